@@ -1,0 +1,119 @@
+"""Prover configuration: config.toml in the data directory, then environment
+variables ``SOLVENCY_<KEY>``, then command-line flags, each overriding the last.
+
+Every key of ``Config`` may appear in config.toml at top level; ``[[assets]]``
+tables list the assets (``id``, ``decimals``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from prover.errors import ConfigError
+from verifier.errors import FormatError
+from verifier.hashing import check_asset_id
+
+__all__ = ["CONFIG_FILE", "Config", "load_config"]
+
+CONFIG_FILE = "config.toml"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon reads at start. Durations are in seconds."""
+
+    data_dir: Path
+    origin: str = "localhost/solvency"
+    database_url: str = ""  # empty: sqlite file prover.db in the data directory
+    host: str = "127.0.0.1"
+    port: int = 8765
+    key_file: str = "signing.key"
+    key_passphrase: str = ""
+    ingest_token: str = ""  # bearer token producers present on /ingest
+    proof_secret: str = ""  # hex; a user's token is HMAC-SHA256(proof_secret, user id)
+    epoch_interval: float = 1.0
+    max_interval: float = 10.0
+    max_reserve_age: float = 300.0
+    max_reserve_skew: float = 5.0
+    salt_period: float = 86_400.0
+    max_subscribers: int = 1000
+    subscriber_queue: int = 64
+    max_message_bytes: int = 16 << 20
+    assets: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+
+    @property
+    def url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'prover.db'}"
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / self.key_file
+
+    def __post_init__(self) -> None:
+        if not 0.05 <= self.epoch_interval <= self.max_interval:
+            raise ConfigError("need 0.05 <= epoch_interval <= max_interval")
+        if self.salt_period < self.max_interval:
+            raise ConfigError("salt_period must be at least max_interval")
+        if not 0 < self.port < 65536:
+            raise ConfigError(f"port {self.port} out of range")
+        if self.proof_secret:
+            try:
+                bytes.fromhex(self.proof_secret)
+            except ValueError:
+                raise ConfigError("proof_secret must be hex") from None
+        for asset, decimals in self.assets:
+            try:
+                check_asset_id(asset)
+            except FormatError as exc:
+                raise ConfigError(str(exc)) from None
+            if not 0 <= decimals <= 36:
+                raise ConfigError(f"asset {asset}: decimals must be 0..36")
+
+
+def _coerce(name: str, raw: Any, kind: Any) -> Any:
+    """Convert a TOML, environment or flag value to the field's type."""
+    try:
+        if name == "assets":
+            if isinstance(raw, str):  # environment: "BTC:8,ETH:18"
+                raw = [
+                    dict(zip(("id", "decimals"), p.split(":"), strict=True)) for p in raw.split(",")
+                ]
+            return tuple((str(a["id"]), int(a["decimals"])) for a in raw)
+        if name == "data_dir":
+            return Path(raw)
+        return {"int": int, "float": float, "str": str}[kind](raw)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"{name}: invalid value {raw!r} ({exc})") from None
+
+
+def load_config(
+    data_dir: Path,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read ``data_dir/config.toml``, then ``SOLVENCY_*`` variables, then ``overrides``."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = data_dir / CONFIG_FILE
+    if path.exists():
+        try:
+            values.update(tomllib.loads(path.read_text()))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    known = {f.name: f.type for f in fields(Config)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
+    for name in known:
+        if f"SOLVENCY_{name.upper()}" in env:
+            values[name] = env[f"SOLVENCY_{name.upper()}"]
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values["data_dir"] = data_dir
+    coerced = {k: _coerce(k, v, known[k]) for k, v in values.items()}
+    return dataclasses.replace(Config(data_dir), **coerced)

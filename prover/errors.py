@@ -1,0 +1,58 @@
+"""The prover's exceptions::
+
+    ProverError               base of everything prover/ raises on its own account
+    ├── ConfigError           bad configuration file, flag or environment variable
+    ├── KeyFileError          signing key missing, unreadable or wrong passphrase
+    ├── TreeError             invalid input to a sum tree (slot, amount, shape)
+    ├── IngestError           an ingest message is refused; ``code`` goes on the wire
+    └── SubscriberShed        a root stream subscriber fell too far behind
+
+Storage failures are storage.errors.StorageError; verification failures are
+verifier.errors.SolvencyError.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "IngestError",
+    "KeyFileError",
+    "ProverError",
+    "SubscriberShed",
+    "TreeError",
+]
+
+
+class ProverError(Exception):
+    """Base class of the prover's errors."""
+
+
+class ConfigError(ProverError):
+    """The configuration is invalid."""
+
+
+class KeyFileError(ProverError):
+    """The signing key cannot be loaded or written."""
+
+
+class TreeError(ProverError, ValueError):
+    """Invalid input to a sum tree."""
+
+
+class IngestError(ProverError):
+    """An ingest message is refused.
+
+    Attributes:
+        code: stable error code sent to the producer (docs/PROTOCOL.md §11.1).
+        index: position of the offending update in the batch, if any.
+    """
+
+    def __init__(self, code: str, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.index = index
+
+
+class SubscriberShed(ProverError):
+    """A root stream subscriber was dropped for falling behind."""

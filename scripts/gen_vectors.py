@@ -1,0 +1,361 @@
+"""Generate the known-answer vectors in tests/vectors/ (docs/PROTOCOL.md §8).
+
+Usage:
+    python scripts/gen_vectors.py           # rewrite tests/vectors/
+    python scripts/gen_vectors.py --check   # exit 1 if the committed files differ
+
+Everything is derived from fixed inputs (fixed salts, padding key and Ed25519
+key; Ed25519 signatures are deterministic), so the output is byte-stable. The
+trees are built here straight from verifier.hashing, independently of prover/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from verifier import rfc9162
+from verifier.checkpoint import Checkpoint, sign_note, verifier_key_for
+from verifier.errors import SolvencyError, VerificationError
+from verifier.hashing import (
+    TAG_COMMITMENT,
+    TAG_LEAF,
+    TAG_NODE,
+    TAG_PADDING,
+    asset_prefix,
+    commitment,
+    encode_sum,
+    leaf_hash,
+    node_hash,
+    padding_hash,
+)
+from verifier.proof import AssetPath, ProofFile, verify_proof
+from verifier.record import AssetState, EpochRecord, ReserveSource, Status
+from verifier.sumtree import PathStep
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors"
+
+ORIGIN = "example.com/solvency/test"
+SIGNING_SEED = bytes(range(1, 33))  # test key only: never use a fixed seed for real
+OTHER_SEED = bytes(range(33, 65))
+PADDING_KEY = hashlib.sha256(b"vectors padding key").digest()
+TIMESTAMP_MS = 1_790_000_000_000
+MAX_AGE_MS = 60_000
+
+
+def salt_of(user: str) -> bytes:
+    return hashlib.sha256(b"vectors salt " + user.encode()).digest()
+
+
+# 1. Single hashing vectors: message bytes and digest, checkable with sha256sum.
+
+
+def hashing_vectors() -> list[dict[str, Any]]:
+    salt = salt_of("alice")
+    c = commitment("alice", salt)
+    cases = [
+        (
+            "commitment",
+            {"user": "alice", "salt": salt.hex()},
+            bytes((TAG_COMMITMENT, 5)) + b"alice" + salt,
+            c,
+        ),
+        (
+            "leaf",
+            {"asset": "BTC", "commitment": c.hex(), "amount": "150000000"},
+            asset_prefix(TAG_LEAF, "BTC") + c + encode_sum(150_000_000),
+            leaf_hash("BTC", c, 150_000_000),
+        ),
+        (
+            "padding",
+            {"asset": "BTC", "padding_key": PADDING_KEY.hex(), "slot": 6},
+            asset_prefix(TAG_PADDING, "BTC") + PADDING_KEY + (6).to_bytes(8, "big"),
+            padding_hash("BTC", PADDING_KEY, 6),
+        ),
+        (
+            "node",
+            {
+                "left": c.hex(),
+                "left_sum": "7",
+                "right": PADDING_KEY.hex(),
+                "right_sum": str(2**64 - 1),
+            },
+            bytes((TAG_NODE,)) + c + encode_sum(7) + PADDING_KEY + encode_sum(2**64 - 1),
+            node_hash(c, 7, PADDING_KEY, 2**64 - 1),
+        ),
+    ]
+    out = []
+    for name, inputs, message, digest in cases:
+        assert hashlib.sha256(message).digest() == digest, name
+        out.append(
+            {"name": name, "inputs": inputs, "message": message.hex(), "digest": digest.hex()}
+        )
+    return out
+
+
+# 2. Two small trees and the epoch record over them.
+
+HOLDINGS = {
+    "BTC": (8, 3, {"alice": (5, 150_000_000), "bob": (0, 2_500), "carol": (3, 99_000_000_000)}),
+    "ETH": (9, 2, {"alice": (2, 3_000_000_000), "dave": (1, 7)}),
+}
+
+
+def build_tree(
+    asset: str, height: int, users: dict[str, tuple[int, int]]
+) -> list[list[tuple[bytes, int]]]:
+    """All levels of one sum tree, leaves first: each node is (hash, sum)."""
+    by_slot = {slot: (user, amount) for user, (slot, amount) in users.items()}
+    level = []
+    for slot in range(1 << height):
+        if slot in by_slot:
+            user, amount = by_slot[slot]
+            level.append((leaf_hash(asset, commitment(user, salt_of(user)), amount), amount))
+        else:
+            level.append((padding_hash(asset, PADDING_KEY, slot), 0))
+    levels = [level]
+    while len(level) > 1:
+        level = [
+            (node_hash(lh, ls, rh, rs), ls + rs)
+            for (lh, ls), (rh, rs) in zip(level[0::2], level[1::2], strict=True)
+        ]
+        levels.append(level)
+    return levels
+
+
+def path_of(levels: list[list[tuple[bytes, int]]], slot: int) -> tuple[PathStep, ...]:
+    return tuple(PathStep(*levels[lvl][(slot >> lvl) ^ 1]) for lvl in range(len(levels) - 1))
+
+
+def make_record(epoch: int, trees: dict[str, list[list[tuple[bytes, int]]]]) -> EpochRecord:
+    """BTC is solvent; ETH's only reserve source is stale, so ETH is unproven."""
+    reserves = {
+        "BTC": (
+            ReserveSource("cold-1", 60_000_000_000, TIMESTAMP_MS - 1_000),
+            ReserveSource("hot", 40_000_000_000, TIMESTAMP_MS - 500),
+        ),
+        "ETH": (ReserveSource("hot", 1_000_000_000, TIMESTAMP_MS - 120_000),),
+    }
+    status = {"BTC": Status.SOLVENT, "ETH": Status.UNPROVEN}
+    assets = []
+    for asset, (decimals, height, _) in HOLDINGS.items():
+        root, total = trees[asset][-1][0]
+        sources = reserves[asset]
+        reserve_total = sum(s.amount for s in sources)
+        assets.append(
+            AssetState(asset, decimals, height, root, total, reserve_total, status[asset], sources)
+        )
+    return EpochRecord(epoch, TIMESTAMP_MS + epoch * 1000, MAX_AGE_MS, tuple(assets))
+
+
+def build_all() -> dict[str, Any]:
+    key = Ed25519PrivateKey.from_private_bytes(SIGNING_SEED)
+    vkey = verifier_key_for(ORIGIN, key.public_key())
+    trees = {a: build_tree(a, h, users) for a, (_, h, users) in HOLDINGS.items()}
+
+    # A log of three epochs over the same trees; the proof is for epoch 1.
+    records = [make_record(n, trees).encode() for n in range(3)]
+    hashes = [rfc9162.leaf_hash(r) for r in records]
+    size = len(records)
+    checkpoint = Checkpoint(ORIGIN, size, rfc9162.root_from_leaf_hashes(hashes), ())
+    note = sign_note(checkpoint.to_note_body(), ORIGIN, key)
+    proof = ProofFile(
+        user="alice",
+        salt=salt_of("alice"),
+        assets=tuple(
+            AssetPath(
+                asset,
+                users["alice"][0],
+                users["alice"][1],
+                path_of(trees[asset], users["alice"][0]),
+            )
+            for asset, (_, _, users) in HOLDINGS.items()
+        ),
+        record=records[1],
+        inclusion=tuple(rfc9162.inclusion_proof(hashes, 1, size)),
+        checkpoint=note,
+    )
+    verify_proof(proof, vkey, user="alice", origin=ORIGIN)  # the valid vector must verify
+
+    record1 = EpochRecord.decode(records[1])
+    return {
+        "key": vkey,
+        "other_key": verifier_key_for(
+            ORIGIN, Ed25519PrivateKey.from_private_bytes(OTHER_SEED).public_key()
+        ),
+        "record": {"hex": records[1].hex(), "fields": record_fields(record1)},
+        "proof": proof,
+        "checkpoint": note,
+    }
+
+
+def record_fields(r: EpochRecord) -> dict[str, Any]:
+    return {
+        "epoch": r.epoch,
+        "timestamp_ms": r.timestamp_ms,
+        "max_reserve_age_ms": r.max_reserve_age_ms,
+        "assets": [
+            {
+                "asset": a.asset,
+                "decimals": a.decimals,
+                "height": a.height,
+                "root": a.root.hex(),
+                "liabilities": str(a.liabilities),
+                "reserves": str(a.reserves),
+                "status": a.status.name,
+                "sources": [
+                    {"name": s.name, "amount": str(s.amount), "as_of_ms": s.as_of_ms}
+                    for s in a.sources
+                ],
+            }
+            for a in r.assets
+        ],
+    }
+
+
+# 3. Mutated proof files: each changes one thing and must fail with the named check.
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def _set_path_sum(asset: int, step: int, value: str) -> Mutation:
+    def mutate(doc: dict[str, Any]) -> None:
+        doc["assets"][asset]["path"][step][1] = value
+
+    return mutate
+
+
+def _add_path_sum(asset: int, step: int, delta: int) -> Mutation:
+    def mutate(doc: dict[str, Any]) -> None:
+        pair = doc["assets"][asset]["path"][step]
+        pair[1] = str(int(pair[1]) + delta)
+
+    return mutate
+
+
+def _flip_record_bit(doc: dict[str, Any]) -> None:
+    """Flip the lowest bit of the epoch number (byte 12 of the record)."""
+    record = bytearray(base64.b64decode(doc["record"]))
+    record[12] ^= 1
+    doc["record"] = base64.b64encode(bytes(record)).decode()
+
+
+def _flip_hex(s: str) -> str:
+    return ("1" if s[0] == "0" else "0") + s[1:]
+
+
+MUTATIONS: dict[str, Mutation] = {
+    "balance-raised": lambda d: d["assets"][0].update(
+        balance=str(int(d["assets"][0]["balance"]) + 1)
+    ),
+    "balance-lowered": lambda d: d["assets"][0].update(balance="1"),
+    "other-user": lambda d: d.update(user="carol"),
+    "other-salt": lambda d: d.update(salt=_flip_hex(d["salt"])),
+    "other-slot": lambda d: d["assets"][0].update(slot=d["assets"][0]["slot"] ^ 1),
+    "slot-beyond-tree": lambda d: d["assets"][0].update(slot=8),
+    "asset-swapped": lambda d: d["assets"][0].update(asset="ETH"),
+    "asset-not-in-record": lambda d: d["assets"][0].update(asset="DOGE"),
+    "duplicate-asset": lambda d: d["assets"].append(d["assets"][0]),
+    "sibling-hash-flipped": lambda d: d["assets"][0]["path"][1].__setitem__(
+        0, _flip_hex(d["assets"][0]["path"][1][0])
+    ),
+    "sibling-sum-raised": _add_path_sum(0, 2, 1),
+    "sibling-sum-hidden": _set_path_sum(0, 2, "0"),
+    "sibling-sum-out-of-range": _set_path_sum(0, 0, str(2**64)),
+    "sibling-sum-wraps": _add_path_sum(0, 2, 2**128),
+    "sibling-sum-negative": _set_path_sum(0, 0, "-1"),
+    "path-truncated": lambda d: d["assets"][0]["path"].pop(),
+    "path-extended": lambda d: d["assets"][0]["path"].append(d["assets"][0]["path"][-1]),
+    "inclusion-flipped": lambda d: d["inclusion"].__setitem__(0, _flip_hex(d["inclusion"][0])),
+    "inclusion-dropped": lambda d: d["inclusion"].pop(),
+    "record-altered": _flip_record_bit,
+    "checkpoint-size-changed": lambda d: d.update(
+        checkpoint=d["checkpoint"].replace("\n3\n", "\n4\n", 1)
+    ),
+    "checkpoint-signature-altered": lambda d: d.update(
+        checkpoint=d["checkpoint"][:-6]
+        + ("A" if d["checkpoint"][-6] != "A" else "B")
+        + d["checkpoint"][-5:]
+    ),
+    "format-version": lambda d: d.update(format="solvency-proof/2"),
+    "unknown-field": lambda d: d.update(note="trust me"),
+    "balance-leading-zero": lambda d: d["assets"][0].update(
+        balance="0" + d["assets"][0]["balance"]
+    ),
+    "hash-truncated": lambda d: d["assets"][0]["path"][0].__setitem__(
+        0, d["assets"][0]["path"][0][0][:16]
+    ),
+}
+
+
+def outcome(text: str, key: Any) -> str:
+    """The check a proof file fails (``format`` for a parse error), or ``ok``."""
+    try:
+        verify_proof(ProofFile.parse(text), key, origin=ORIGIN)
+    except VerificationError as exc:
+        return exc.check
+    except SolvencyError:
+        return "format"
+    return "ok"
+
+
+def render() -> dict[str, str]:
+    """File name -> contents of every vector file."""
+    built = build_all()
+    valid = built["proof"].to_json()
+    files = {
+        "hashing.json": _dump(hashing_vectors()),
+        "record.json": _dump(built["record"]),
+        "verifier-key.txt": f"{built['key']}\n",
+        "other-key.txt": f"{built['other_key']}\n",
+        "checkpoint.txt": built["checkpoint"].decode(),
+        "proof-valid.json": valid + "\n",
+    }
+    manifest: dict[str, Any] = {"valid": "proof-valid.json", "invalid": []}
+    for name, mutate in MUTATIONS.items():
+        doc = json.loads(valid)
+        mutate(doc)
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+        expect = outcome(text, built["key"])
+        if expect == "ok":
+            raise SystemExit(f"mutation {name} still verifies: fix the generator")
+        files[f"invalid/{name}.json"] = text + "\n"
+        manifest["invalid"].append({"file": f"invalid/{name}.json", "expect": expect})
+    files["manifest.json"] = _dump(manifest)
+    return files
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args(argv)
+    files = render()
+    stale = []
+    for name, text in files.items():
+        path = OUT / name
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(name)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if stale:
+        print("stale vectors (run scripts/gen_vectors.py):", ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Ingest message parsing (docs/PROTOCOL.md §11.1): good batches, every refusal."""
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prover.errors import IngestError
+from prover.messages import (
+    MAX_BATCH,
+    BalanceBatch,
+    BalanceUpdate,
+    ReserveBatch,
+    ack,
+    error_reply,
+    parse_ingest,
+)
+from verifier.hashing import MAX_BALANCE
+from verifier.record import MAX_RESERVE
+
+
+def balances(*updates: dict, **extra: object) -> str:
+    return json.dumps({"type": "balances", "source": "core", "updates": list(updates), **extra})
+
+
+def row(seq: int = 1, user: str = "alice", asset: str = "BTC", amount: object = "5") -> dict:
+    return {"seq": seq, "user": user, "asset": asset, "amount": amount}
+
+
+def test_balance_batch() -> None:
+    batch = parse_ingest(balances(row(1), row(3, "bob", amount=7), id="b-1"))
+    assert batch == BalanceBatch(
+        "b-1", "core", (BalanceUpdate(1, "alice", "BTC", 5), BalanceUpdate(3, "bob", "BTC", 7))
+    )
+
+
+def test_reserve_batch() -> None:
+    msg = {
+        "type": "reserves",
+        "source": "cold-1",
+        "id": 9,
+        "updates": [{"seq": 1, "asset": "BTC", "amount": str(MAX_RESERVE), "as_of_ms": 5}],
+    }
+    batch = parse_ingest(json.dumps(msg))
+    assert isinstance(batch, ReserveBatch)
+    assert batch.updates[0].amount == MAX_RESERVE and batch.id == 9
+
+
+def test_amount_bounds_are_exact() -> None:
+    assert parse_ingest(balances(row(amount=str(MAX_BALANCE)))).updates[0].amount == MAX_BALANCE
+    assert parse_ingest(balances(row(amount=MAX_BALANCE))).updates[0].amount == MAX_BALANCE
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("{not json", "bad-json"),
+        ("[]", "bad-message"),
+        (json.dumps({"type": "withdraw", "source": "x", "updates": [row()]}), "bad-message"),
+        (balances(row(), extra=1), "bad-message"),
+        (balances(row(), id=True), "bad-message"),
+        (balances(row(), id="x" * 129), "bad-message"),
+        (
+            json.dumps({"type": "balances", "source": "bad source", "updates": [row()]}),
+            "bad-message",
+        ),
+        (balances(), "bad-message"),
+        (balances(row(amount="-1")), "bad-update"),
+        (balances(row(amount=-1)), "bad-update"),
+        (balances(row(amount=1.5)), "bad-update"),
+        (balances(row(amount="1e3")), "bad-update"),
+        (balances(row(amount="007")), "bad-update"),
+        (balances(row(amount=str(MAX_BALANCE + 1))), "bad-update"),
+        (balances(row(asset="btc")), "bad-update"),
+        (balances(row(user="")), "bad-update"),
+        (balances(row(seq=-1)), "bad-update"),
+        (balances(row(seq="1")), "bad-update"),
+        (balances({**row(), "note": 1}), "bad-update"),
+        (balances(row(2), row(2)), "bad-seq"),
+        (balances(row(3), row(2)), "bad-seq"),
+    ],
+)
+def test_refusals(message: str, code: str) -> None:
+    with pytest.raises(IngestError) as info:
+        parse_ingest(message)
+    assert info.value.code == code
+
+
+def test_refusal_names_the_update() -> None:
+    with pytest.raises(IngestError) as info:
+        parse_ingest(balances(row(1), row(2, amount="x")))
+    assert info.value.index == 1 and "updates[1]" in info.value.message
+
+
+def test_batch_size_limit() -> None:
+    rows = [row(i) for i in range(MAX_BATCH + 1)]
+    with pytest.raises(IngestError) as info:
+        parse_ingest(balances(*rows))
+    assert info.value.code == "bad-message"
+
+
+def test_replies_are_json() -> None:
+    assert json.loads(ack("a", "core", 2, 1, 9)) == {
+        "type": "ack",
+        "id": "a",
+        "source": "core",
+        "applied": 2,
+        "duplicates": 1,
+        "last_seq": 9,
+    }
+    reply = json.loads(error_reply(3, IngestError("bad-seq", "no", 4)))
+    assert reply == {"type": "error", "id": 3, "code": "bad-seq", "message": "no", "index": 4}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@given(st.one_of(st.binary(max_size=200), st.text(max_size=200)))
+def test_garbage_raises_only_ingest_error(data: bytes | str) -> None:
+    with contextlib.suppress(IngestError):
+        parse_ingest(data)
+
+
+@given(
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["balances", "reserves"]), "source": st.text(max_size=5)},
+        optional={"updates": st.lists(json_values, max_size=4), "id": json_values},
+    )
+)
+def test_structured_garbage_raises_only_ingest_error(doc: dict) -> None:
+    with contextlib.suppress(IngestError):
+        parse_ingest(json.dumps(doc))

@@ -1,0 +1,101 @@
+"""Known answers for every hashed message layout (docs/PROTOCOL.md §2)."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from verifier.errors import FormatError
+from verifier.hashing import (
+    MAX_BALANCE,
+    check_asset_id,
+    check_user_id,
+    commitment,
+    encode_sum,
+    leaf_hash,
+    node_hash,
+    padding_hash,
+    subtree_cap,
+)
+
+VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "hashing.json").read_text())
+
+
+def compute(name: str, i: dict[str, str]) -> bytes:
+    if name == "commitment":
+        return commitment(i["user"], bytes.fromhex(i["salt"]))
+    if name == "leaf":
+        return leaf_hash(i["asset"], bytes.fromhex(i["commitment"]), int(i["amount"]))
+    if name == "padding":
+        return padding_hash(i["asset"], bytes.fromhex(i["padding_key"]), int(i["slot"]))
+    assert name == "node"
+    return node_hash(
+        bytes.fromhex(i["left"]), int(i["left_sum"]), bytes.fromhex(i["right"]), int(i["right_sum"])
+    )
+
+
+@pytest.mark.parametrize("case", VECTORS, ids=[c["name"] for c in VECTORS])
+def test_known_answers(case: dict) -> None:
+    message = bytes.fromhex(case["message"])
+    assert hashlib.sha256(message).hexdigest() == case["digest"]
+    assert compute(case["name"], case["inputs"]).hex() == case["digest"]
+
+
+def test_every_vector_kind_is_present() -> None:
+    assert {c["name"] for c in VECTORS} == {"commitment", "leaf", "padding", "node"}
+
+
+def test_tags_separate_domains() -> None:
+    """Same payload under two tags never gives the same digest."""
+    first_bytes = {bytes.fromhex(c["message"])[0] for c in VECTORS}
+    assert len(first_bytes) == 4 and not first_bytes & {0x00, 0x01}
+
+
+def test_node_message_is_97_bytes() -> None:
+    node = next(c for c in VECTORS if c["name"] == "node")
+    assert len(bytes.fromhex(node["message"])) == 97
+
+
+def test_sums_never_wrap_at_max_height() -> None:
+    assert subtree_cap(32) < 2**128
+    assert encode_sum(subtree_cap(32)) == subtree_cap(32).to_bytes(16, "big")
+
+
+@pytest.mark.parametrize("amount", [-1, MAX_BALANCE + 1, 2**128])
+def test_leaf_amount_range(amount: int) -> None:
+    with pytest.raises(FormatError):
+        leaf_hash("BTC", bytes(32), amount)
+
+
+@pytest.mark.parametrize("value", [-1, 2**128])
+def test_sum_encoding_range(value: int) -> None:
+    with pytest.raises(FormatError):
+        encode_sum(value)
+
+
+@pytest.mark.parametrize("asset", ["", "btc", "B TC", "-BTC", "A" * 17, "BTC\n", "É"])
+def test_bad_asset_ids(asset: str) -> None:
+    with pytest.raises(FormatError):
+        check_asset_id(asset)
+
+
+@pytest.mark.parametrize("user", ["", "a\x00b", "tab\tuser", "x" * 256, "\ud800", "é" * 128])
+def test_bad_user_ids(user: str) -> None:
+    with pytest.raises(FormatError):
+        check_user_id(user)
+
+
+def test_user_ids_accept_unicode() -> None:
+    assert check_user_id("josé@example.com") == "josé@example.com".encode()
+    assert len(check_user_id("é" * 127)) == 254
+
+
+def test_commitment_binds_user_and_salt() -> None:
+    salt = bytes(32)
+    assert commitment("alice", salt) != commitment("bob", salt)
+    assert commitment("alice", salt) != commitment("alice", b"\x01" + bytes(31))
+    # length prefix: ("ab", salt) vs ("a", "b" || salt[:31]) cannot collide
+    assert commitment("ab", salt) != commitment("a", b"b" + salt[:31])
+    with pytest.raises(FormatError):
+        commitment("alice", bytes(31))

@@ -1,0 +1,223 @@
+"""C2SP signed notes with Ed25519 and the tlog-checkpoint they carry (PROTOCOL §5).
+
+Note layout (C2SP signed-note)::
+
+    <body: UTF-8 text lines, each ending in "\\n">
+    "\\n"
+    "— <key name> <base64(key_id[4] || signature[64])>\\n"     one or more
+
+The signature covers the body bytes. ``key_id`` is the first four bytes (a
+big-endian uint32) of ``SHA-256(name || "\\n" || 0x01 || public_key)``, 0x01
+being the Ed25519 algorithm byte. A verifier key is written
+``<name>+<key_id as 8 hex>+<base64(0x01 || public_key)>``.
+
+Checkpoint body (C2SP tlog-checkpoint): origin line, tree size in decimal,
+base64 root hash, then optional extension lines.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from verifier.errors import FormatError, VerificationError
+
+__all__ = [
+    "Checkpoint",
+    "VerifierKey",
+    "open_note",
+    "sign_note",
+    "verifier_key_for",
+    "verify_checkpoint",
+]
+
+ALG_ED25519 = 0x01
+MAX_NOTE_BYTES = 1 << 16
+MAX_SIGNATURES = 100
+SIG_PREFIX = "\u2014 "  # EM DASH, space
+_SIZE = re.compile(r"0|[1-9][0-9]{0,19}")
+
+
+def _check_name(name: str) -> None:
+    if not name or "+" in name or any(c.isspace() for c in name):
+        raise FormatError(f"invalid key name {name!r}: non-empty, no spaces, no '+'")
+
+
+def _key_id(name: str, public_key: bytes) -> int:
+    digest = hashlib.sha256(name.encode("utf-8") + b"\n" + bytes((ALG_ED25519,)) + public_key)
+    return int.from_bytes(digest.digest()[:4], "big")
+
+
+def _b64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, or non-ASCII text
+        raise FormatError(f"{what} is not base64") from None
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierKey:
+    """An Ed25519 verifier key with its name and key id."""
+
+    name: str
+    key_id: int
+    public_key: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> VerifierKey:
+        """Parse ``name+keyid+base64``; the key id must match the key."""
+        parts = text.strip().split("+", 2)
+        if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
+            raise FormatError("verifier key must be <name>+<8 hex digits>+<base64 key>")
+        name, key_id = parts[0], int(parts[1], 16)
+        _check_name(name)
+        raw = _b64(parts[2], "verifier key")
+        if len(raw) != 33 or raw[0] != ALG_ED25519:
+            raise FormatError("verifier key is not an Ed25519 key (0x01 || 32 bytes)")
+        if _key_id(name, raw[1:]) != key_id:
+            raise FormatError("verifier key id does not match its name and key")
+        return cls(name, key_id, raw[1:])
+
+    def __str__(self) -> str:
+        encoded = base64.b64encode(bytes((ALG_ED25519,)) + self.public_key).decode("ascii")
+        return f"{self.name}+{self.key_id:08x}+{encoded}"
+
+    def verify(self, body: bytes, signature: bytes) -> bool:
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, body)
+        except (InvalidSignature, ValueError):
+            return False
+        return True
+
+
+def verifier_key_for(name: str, public_key: Ed25519PublicKey) -> VerifierKey:
+    """The verifier key users and auditors are given for the signer ``name``."""
+    _check_name(name)
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return VerifierKey(name, _key_id(name, raw), raw)
+
+
+def sign_note(body: bytes, name: str, private_key: Ed25519PrivateKey) -> bytes:
+    """A signed note: ``body``, a blank line, and one signature line by ``name``."""
+    _check_body(body)
+    key = verifier_key_for(name, private_key.public_key())
+    signature = key.key_id.to_bytes(4, "big") + private_key.sign(body)
+    line = f"{SIG_PREFIX}{name} {base64.b64encode(signature).decode('ascii')}\n"
+    return body + b"\n" + line.encode("utf-8")
+
+
+def _check_body(body: bytes) -> str:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError("note is not UTF-8") from None
+    if not text.endswith("\n"):
+        raise FormatError("note body must end with a newline")
+    if any((ord(c) < 0x20 and c != "\n") or ord(c) == 0x7F for c in text):
+        raise FormatError("note contains a control character")
+    return text
+
+
+def open_note(note: bytes, keys: Sequence[VerifierKey]) -> bytes:
+    """Verify ``note`` and return its body.
+
+    Signatures by keys not in ``keys`` are ignored; at least one must be by a
+    given key, and every signature by a given key must be valid.
+
+    Raises:
+        FormatError: the note is malformed.
+        VerificationError: ``unknown-key`` (no signature by a given key) or
+            ``signature-invalid``.
+    """
+    if len(note) > MAX_NOTE_BYTES:
+        raise FormatError(f"note is larger than {MAX_NOTE_BYTES} bytes")
+    text = _check_body(note)
+    split = text.rfind("\n\n")
+    if split < 0:
+        raise FormatError("note has no blank line before its signatures")
+    body, sig_block = text[: split + 1], text[split + 2 :]
+    lines = sig_block.split("\n")[:-1]  # sig_block ends with "\n" (checked above)
+    if not lines or len(lines) > MAX_SIGNATURES:
+        raise FormatError(f"note must carry 1 to {MAX_SIGNATURES} signature lines")
+    by_id = {(k.name, k.key_id): k for k in keys}
+    verified = False
+    for line in lines:
+        if not line.startswith(SIG_PREFIX):
+            raise FormatError("signature line must start with an em dash and a space")
+        fields = line[len(SIG_PREFIX) :].split(" ")
+        if len(fields) != 2:
+            raise FormatError("signature line must be '— <name> <base64>'")
+        name, encoded = fields
+        _check_name(name)
+        raw = _b64(encoded, "signature")
+        if len(raw) < 5:
+            raise FormatError("signature is too short")
+        key = by_id.get((name, int.from_bytes(raw[:4], "big")))
+        if key is None:
+            continue
+        if len(raw) != 68 or not key.verify(body.encode("utf-8"), raw[4:]):
+            raise VerificationError("signature-invalid", f"bad signature by {name}")
+        verified = True
+    if not verified:
+        raise VerificationError("unknown-key", "the note is not signed by the given key")
+    return body.encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The signed state of a log: its origin, size and root hash."""
+
+    origin: str
+    size: int
+    root: bytes
+    extensions: tuple[str, ...] = ()
+
+    def to_note_body(self) -> bytes:
+        lines = [
+            self.origin,
+            str(self.size),
+            base64.b64encode(self.root).decode(),
+            *self.extensions,
+        ]
+        return ("\n".join(lines) + "\n").encode("utf-8")
+
+    @classmethod
+    def parse(cls, body: bytes) -> Checkpoint:
+        """Parse a checkpoint note body strictly."""
+        text = _check_body(body)
+        lines = text[:-1].split("\n")
+        if len(lines) < 3:
+            raise FormatError("checkpoint needs origin, size and root lines")
+        origin, size, root, *extensions = lines
+        if not origin:
+            raise FormatError("checkpoint origin is empty")
+        if _SIZE.fullmatch(size) is None or int(size) >= 2**64:
+            raise FormatError(f"checkpoint size {size!r} is not a decimal u64")
+        raw_root = _b64(root, "checkpoint root")
+        if len(raw_root) != 32:
+            raise FormatError("checkpoint root must be 32 bytes")
+        if any(not line for line in extensions):
+            raise FormatError("checkpoint has an empty extension line")
+        return cls(origin, int(size), raw_root, tuple(extensions))
+
+
+def verify_checkpoint(note: bytes, key: VerifierKey, origin: str | None = None) -> Checkpoint:
+    """Open a signed checkpoint under ``key`` and parse it.
+
+    Raises:
+        VerificationError: ``unknown-key``, ``signature-invalid`` or ``origin-mismatch``.
+        FormatError: malformed note or checkpoint.
+    """
+    checkpoint = Checkpoint.parse(open_note(note, [key]))
+    if origin is not None and checkpoint.origin != origin:
+        raise VerificationError(
+            "origin-mismatch", f"checkpoint is for log {checkpoint.origin!r}, not {origin!r}"
+        )
+    return checkpoint

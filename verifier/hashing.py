@@ -1,0 +1,148 @@
+"""Byte-exact hashing rules of the Merkle sum trees (docs/PROTOCOL.md §2).
+
+Every function here is pure and defines one message layout. All digests are
+full 32-byte SHA-256; all amounts and sums are unsigned 128-bit big-endian.
+
+Domain-separation tags (one byte, first byte of every hashed message)::
+
+    0x43 'C'  user commitment   C = H(0x43 || u8 len || user_id || salt[32])
+    0x4C 'L'  user leaf         H(0x4C || u8 len || asset || C[32] || amount u128)
+    0x50 'P'  padding leaf      H(0x50 || u8 len || asset || key[32] || slot u64)
+    0x4E 'N'  internal node     H(0x4E || lh[32] || ls u128 || rh[32] || rs u128)
+
+Bounds: a leaf amount is at most MAX_BALANCE = 2**64 - 1 and a tree is at most
+MAX_HEIGHT = 32 levels high, so a subtree of height ``l`` sums to at most
+``subtree_cap(l) = 2**l * MAX_BALANCE < 2**96``: no sum can wrap in 128 bits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from verifier.errors import FormatError
+
+__all__ = [
+    "DIGEST_SIZE",
+    "MAX_BALANCE",
+    "MAX_HEIGHT",
+    "NODE_MESSAGE_SIZE",
+    "SALT_SIZE",
+    "SUM_SIZE",
+    "TAG_COMMITMENT",
+    "TAG_LEAF",
+    "TAG_NODE",
+    "TAG_PADDING",
+    "asset_prefix",
+    "check_asset_id",
+    "check_user_id",
+    "commitment",
+    "encode_sum",
+    "leaf_hash",
+    "node_hash",
+    "padding_hash",
+    "subtree_cap",
+]
+
+TAG_COMMITMENT = 0x43
+TAG_LEAF = 0x4C
+TAG_PADDING = 0x50
+TAG_NODE = 0x4E
+
+DIGEST_SIZE = 32
+SALT_SIZE = 32
+SUM_SIZE = 16
+NODE_MESSAGE_SIZE = 1 + 2 * (DIGEST_SIZE + SUM_SIZE)  # 97 bytes
+
+MAX_BALANCE = 2**64 - 1
+MAX_HEIGHT = 32
+
+_ASSET_ID = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,15}")
+
+
+def subtree_cap(level: int) -> int:
+    """Largest sum a subtree of height ``level`` can hold (level 0 is a leaf)."""
+    return MAX_BALANCE << level
+
+
+def encode_sum(value: int) -> bytes:
+    """The 16-byte big-endian encoding of an amount or sum.
+
+    Raises:
+        FormatError: if ``value`` is negative or does not fit in 128 bits.
+    """
+    if not 0 <= value < 2**128:
+        raise FormatError(f"amount {value} is outside the unsigned 128-bit range")
+    return value.to_bytes(SUM_SIZE, "big")
+
+
+def check_asset_id(asset: str) -> bytes:
+    """Validate an asset id (1-16 of ``A-Z 0-9 . _ -``, starting alphanumeric); return its bytes."""
+    if not isinstance(asset, str) or _ASSET_ID.fullmatch(asset) is None:
+        raise FormatError(f"invalid asset id {asset!r}: want 1-16 of A-Z 0-9 . _ -")
+    return asset.encode("ascii")
+
+
+def check_user_id(user_id: str) -> bytes:
+    """Validate a user id (1-255 bytes of UTF-8, no control characters); return its bytes."""
+    if not isinstance(user_id, str):
+        raise FormatError("user id must be a string")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in user_id):
+        raise FormatError(f"user id {user_id!r} contains a control character")
+    try:
+        raw = user_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise FormatError(f"user id {user_id!r} is not valid UTF-8") from exc
+    if not 1 <= len(raw) <= 255:
+        raise FormatError(f"user id must be 1-255 bytes of UTF-8, got {len(raw)}")
+    return raw
+
+
+def asset_prefix(tag: int, asset: str) -> bytes:
+    """``tag || u8 len || asset``: the constant head of every leaf message of one tree."""
+    raw = check_asset_id(asset)
+    return bytes((tag, len(raw))) + raw
+
+
+def commitment(user_id: str, salt: bytes) -> bytes:
+    """The per-user commitment ``H(0x43 || u8 len || user_id || salt)``.
+
+    A fresh 32-byte salt each salt period keeps two users (or one user in two
+    periods) from ever sharing a leaf, and hides the user id from neighbours.
+    """
+    raw = check_user_id(user_id)
+    if len(salt) != SALT_SIZE:
+        raise FormatError(f"salt must be {SALT_SIZE} bytes, got {len(salt)}")
+    return hashlib.sha256(bytes((TAG_COMMITMENT, len(raw))) + raw + salt).digest()
+
+
+def leaf_hash(asset: str, user_commitment: bytes, amount: int) -> bytes:
+    """Hash of a user leaf: binds the asset, the user commitment and the balance."""
+    if len(user_commitment) != DIGEST_SIZE:
+        raise FormatError(f"commitment must be {DIGEST_SIZE} bytes")
+    if not 0 <= amount <= MAX_BALANCE:
+        raise FormatError(f"leaf amount {amount} is outside 0..2**64-1")
+    return hashlib.sha256(
+        asset_prefix(TAG_LEAF, asset) + user_commitment + encode_sum(amount)
+    ).digest()
+
+
+def padding_hash(asset: str, padding_key: bytes, slot: int) -> bytes:
+    """Hash of an empty slot (sum 0). Only the prover computes it: ``padding_key``
+    is secret, so padding is indistinguishable from a user leaf of balance 0."""
+    if len(padding_key) != DIGEST_SIZE:
+        raise FormatError(f"padding key must be {DIGEST_SIZE} bytes")
+    if not 0 <= slot < 2**64:
+        raise FormatError(f"slot {slot} is outside the u64 range")
+    return hashlib.sha256(
+        asset_prefix(TAG_PADDING, asset) + padding_key + slot.to_bytes(8, "big")
+    ).digest()
+
+
+def node_hash(left: bytes, left_sum: int, right: bytes, right_sum: int) -> bytes:
+    """Hash of an internal node: binds both child hashes and both child sums."""
+    if len(left) != DIGEST_SIZE or len(right) != DIGEST_SIZE:
+        raise FormatError(f"child hashes must be {DIGEST_SIZE} bytes")
+    return hashlib.sha256(
+        bytes((TAG_NODE,)) + left + encode_sum(left_sum) + right + encode_sum(right_sum)
+    ).digest()

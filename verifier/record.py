@@ -1,0 +1,275 @@
+"""The epoch record: what each epoch states, in canonical bytes (docs/PROTOCOL.md §4).
+
+Layout (all integers unsigned big-endian)::
+
+    magic "SOLV" | version u8 = 1 | epoch u64 | timestamp_ms u64
+    | max_reserve_age_ms u64 | asset_count u16 | asset* (sorted by id, unique)
+
+    asset  = id_len u8 | id | decimals u8 | height u8 | root[32]
+             | liabilities u128 | reserves u128 | status u8
+             | source_count u8 | source* (sorted by name, unique)
+    source = name_len u8 | name | amount u128 | as_of_ms u64
+
+Invariants enforced on both encode and decode, so that a record is valid iff it
+round-trips: liabilities <= subtree_cap(height); reserves = sum of the sources'
+amounts; each source amount <= MAX_RESERVE; as_of <= timestamp; status is the one
+``expected_status`` derives. Decoding rejects trailing bytes.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from verifier.errors import FormatError
+from verifier.hashing import DIGEST_SIZE, MAX_HEIGHT, SUM_SIZE, check_asset_id, subtree_cap
+
+__all__ = [
+    "MAGIC",
+    "MAX_RESERVE",
+    "VERSION",
+    "AssetState",
+    "EpochRecord",
+    "ReserveSource",
+    "Status",
+    "check_source_name",
+    "expected_status",
+]
+
+MAGIC = b"SOLV"
+VERSION = 1
+MAX_RESERVE = 2**96 - 1
+MAX_DECIMALS = 36
+
+_HEADER = struct.Struct(">4sBQQQH")
+_ASSET_FIXED = struct.Struct(f">BB{DIGEST_SIZE}s{SUM_SIZE}s{SUM_SIZE}sBB")
+_SOURCE_FIXED = struct.Struct(f">{SUM_SIZE}sQ")
+_SOURCE_NAME = re.compile(r"[!-~]{1,64}")  # printable ASCII, no space
+_U64 = 2**64
+
+
+class Status(IntEnum):
+    """Solvency status of one asset in one epoch."""
+
+    SOLVENT = 0  # reserves >= liabilities, every reserve source fresh
+    INSOLVENT = 1  # reserves < liabilities, every reserve source fresh
+    UNPROVEN = 2  # some reserve source is stale: nothing is proven
+
+
+def check_source_name(name: str) -> bytes:
+    """Validate a reserve source name (1-64 printable ASCII, no space); return its bytes."""
+    if not isinstance(name, str) or _SOURCE_NAME.fullmatch(name) is None:
+        raise FormatError(f"invalid reserve source name {name!r}: want 1-64 printable ASCII")
+    return name.encode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveSource:
+    """One reserve source's last report: ``amount`` held as of ``as_of_ms``."""
+
+    name: str
+    amount: int
+    as_of_ms: int
+
+    def __post_init__(self) -> None:
+        check_source_name(self.name)
+        if not 0 <= self.amount <= MAX_RESERVE:
+            raise FormatError(f"reserve {self.name}: amount {self.amount} outside 0..2**96-1")
+        if not 0 <= self.as_of_ms < _U64:
+            raise FormatError(f"reserve {self.name}: as_of {self.as_of_ms} outside u64")
+
+    def is_stale(self, timestamp_ms: int, max_age_ms: int) -> bool:
+        """True if the report is older than ``max_age_ms`` at ``timestamp_ms``."""
+        return timestamp_ms - self.as_of_ms > max_age_ms
+
+
+@dataclass(frozen=True, slots=True)
+class AssetState:
+    """One asset's line of an epoch record: its sum tree root and its balance sheet."""
+
+    asset: str
+    decimals: int
+    height: int
+    root: bytes
+    liabilities: int
+    reserves: int
+    status: Status
+    sources: tuple[ReserveSource, ...]
+
+    def __post_init__(self) -> None:
+        check_asset_id(self.asset)
+        if not 0 <= self.decimals <= MAX_DECIMALS:
+            raise FormatError(f"{self.asset}: decimals {self.decimals} outside 0..{MAX_DECIMALS}")
+        if not 0 <= self.height <= MAX_HEIGHT:
+            raise FormatError(f"{self.asset}: height {self.height} outside 0..{MAX_HEIGHT}")
+        if len(self.root) != DIGEST_SIZE:
+            raise FormatError(f"{self.asset}: root must be {DIGEST_SIZE} bytes")
+        if not 0 <= self.liabilities <= subtree_cap(self.height):
+            raise FormatError(
+                f"{self.asset}: liabilities {self.liabilities} exceed what a tree "
+                f"of height {self.height} can hold"
+            )
+        names = [s.name for s in self.sources]
+        if names != sorted(set(names)):
+            raise FormatError(f"{self.asset}: reserve sources must be sorted and unique")
+        if len(self.sources) > 255:
+            raise FormatError(f"{self.asset}: more than 255 reserve sources")
+        if self.reserves != sum(s.amount for s in self.sources):
+            raise FormatError(f"{self.asset}: reserves total is not the sum of its sources")
+
+
+def expected_status(
+    liabilities: int, sources: Sequence[ReserveSource], timestamp_ms: int, max_age_ms: int
+) -> Status:
+    """The status an honest prover must state (docs/PROTOCOL.md §4.3)."""
+    if any(s.is_stale(timestamp_ms, max_age_ms) for s in sources):
+        return Status.UNPROVEN
+    if sum(s.amount for s in sources) >= liabilities:
+        return Status.SOLVENT
+    return Status.INSOLVENT
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """What the prover states at one epoch; ``epoch`` is also its index in the log."""
+
+    epoch: int
+    timestamp_ms: int
+    max_reserve_age_ms: int
+    assets: tuple[AssetState, ...]
+
+    def __post_init__(self) -> None:
+        for name in ("epoch", "timestamp_ms", "max_reserve_age_ms"):
+            value = getattr(self, name)
+            if not 0 <= value < _U64:
+                raise FormatError(f"record {name} {value} outside u64")
+        ids = [a.asset for a in self.assets]
+        if ids != sorted(set(ids)):
+            raise FormatError("record assets must be sorted by id and unique")
+        if len(ids) >= 2**16:
+            raise FormatError("record has too many assets")
+        for a in self.assets:
+            for s in a.sources:
+                if s.as_of_ms > self.timestamp_ms:
+                    raise FormatError(f"{a.asset}: reserve {s.name} is dated after the epoch")
+            want = expected_status(
+                a.liabilities, a.sources, self.timestamp_ms, self.max_reserve_age_ms
+            )
+            if a.status != want:
+                raise FormatError(f"{a.asset}: status {a.status.name} contradicts {want.name}")
+
+    def asset(self, asset: str) -> AssetState:
+        """The line for ``asset``; KeyError if the record has none."""
+        for a in self.assets:
+            if a.asset == asset:
+                return a
+        raise KeyError(asset)
+
+    @property
+    def solvent(self) -> bool:
+        """True if every asset is SOLVENT."""
+        return all(a.status is Status.SOLVENT for a in self.assets)
+
+    def encode(self) -> bytes:
+        """The canonical bytes of the record."""
+        out = [
+            _HEADER.pack(
+                MAGIC,
+                VERSION,
+                self.epoch,
+                self.timestamp_ms,
+                self.max_reserve_age_ms,
+                len(self.assets),
+            )
+        ]
+        for a in self.assets:
+            raw = a.asset.encode("ascii")
+            out.append(bytes((len(raw),)) + raw)
+            out.append(
+                _ASSET_FIXED.pack(
+                    a.decimals,
+                    a.height,
+                    a.root,
+                    a.liabilities.to_bytes(SUM_SIZE, "big"),
+                    a.reserves.to_bytes(SUM_SIZE, "big"),
+                    a.status,
+                    len(a.sources),
+                )
+            )
+            for s in a.sources:
+                name = s.name.encode("ascii")
+                out.append(bytes((len(name),)) + name)
+                out.append(_SOURCE_FIXED.pack(s.amount.to_bytes(SUM_SIZE, "big"), s.as_of_ms))
+        return b"".join(out)
+
+    @classmethod
+    def decode(cls, data: bytes) -> EpochRecord:
+        """Parse canonical record bytes.
+
+        Raises:
+            FormatError: on any deviation from the layout or its invariants.
+        """
+        reader = _Reader(bytes(data))
+        magic, version, epoch, timestamp, max_age, count = reader.unpack(_HEADER)
+        if magic != MAGIC:
+            raise FormatError("not an epoch record (bad magic)")
+        if version != VERSION:
+            raise FormatError(f"unsupported epoch record version {version}")
+        assets = []
+        for _ in range(count):
+            asset = reader.name("asset id")
+            decimals, height, root, liab, res, status, n_sources = reader.unpack(_ASSET_FIXED)
+            sources = []
+            for _ in range(n_sources):
+                name = reader.name("reserve source name")
+                amount, as_of = reader.unpack(_SOURCE_FIXED)
+                sources.append(ReserveSource(name, int.from_bytes(amount, "big"), as_of))
+            if status not in Status._value2member_map_:
+                raise FormatError(f"{asset}: unknown status {status}")
+            assets.append(
+                AssetState(
+                    asset=asset,
+                    decimals=decimals,
+                    height=height,
+                    root=root,
+                    liabilities=int.from_bytes(liab, "big"),
+                    reserves=int.from_bytes(res, "big"),
+                    status=Status(status),
+                    sources=tuple(sources),
+                )
+            )
+        reader.finish()
+        return cls(epoch, timestamp, max_age, tuple(assets))
+
+
+class _Reader:
+    """Cursor over record bytes that turns every short read into FormatError."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise FormatError("epoch record is truncated")
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def unpack(self, layout: struct.Struct) -> tuple[Any, ...]:
+        return layout.unpack(self.take(layout.size))
+
+    def name(self, what: str) -> str:
+        raw = self.take(self.take(1)[0])
+        try:
+            return raw.decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise FormatError(f"{what} is not ASCII") from exc
+
+    def finish(self) -> None:
+        if self.pos != len(self.data):
+            raise FormatError(f"{len(self.data) - self.pos} trailing bytes after epoch record")

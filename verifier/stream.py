@@ -1,0 +1,83 @@
+"""Messages of the root stream ``/roots`` (docs/PROTOCOL.md §11.2).
+
+Each epoch the prover sends one text frame holding a JSON object::
+
+    {"type": "epoch",
+     "record": "<base64 epoch record>",
+     "checkpoint": "<signed note text of the log after this epoch>",
+     "inclusion": ["<64 hex>", ...],     # the record at index epoch, RFC 9162
+     "consistency": ["<64 hex>", ...]}   # from size epoch to size epoch + 1
+
+The record's epoch number is its log index, and the checkpoint's size must be
+``epoch + 1``: the stream carries each checkpoint right after its epoch. On a
+refused request the prover sends ``{"type": "error", "code": ..., "message":
+...}`` and closes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+
+from verifier.errors import FormatError
+from verifier.fields import b64, exact_keys, hex32_list, load_object, text
+
+__all__ = ["EpochMessage", "StreamError", "parse_message"]
+
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class EpochMessage:
+    """One epoch as published on the root stream."""
+
+    record: bytes
+    checkpoint: bytes
+    inclusion: tuple[bytes, ...]
+    consistency: tuple[bytes, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "type": "epoch",
+                "record": base64.b64encode(self.record).decode("ascii"),
+                "checkpoint": self.checkpoint.decode("utf-8"),
+                "inclusion": [h.hex() for h in self.inclusion],
+                "consistency": [h.hex() for h in self.consistency],
+            },
+            separators=(",", ":"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamError:
+    """The prover refused the subscription (e.g. ``since`` beyond the log)."""
+
+    code: str
+    message: str
+
+    def to_json(self) -> str:
+        return json.dumps({"type": "error", "code": self.code, "message": self.message})
+
+
+def parse_message(data: str | bytes) -> EpochMessage | StreamError:
+    """Parse one frame of the root stream.
+
+    Raises:
+        FormatError: naming what is malformed.
+    """
+    doc = load_object(data, MAX_MESSAGE_BYTES, "stream message")
+    kind = doc.get("type")
+    if kind == "error":
+        exact_keys(doc, {"type", "code", "message"}, "error message")
+        return StreamError(text(doc["code"], "code"), text(doc["message"], "message"))
+    if kind != "epoch":
+        raise FormatError(f"unknown stream message type {kind!r}")
+    exact_keys(doc, {"type", "record", "checkpoint", "inclusion", "consistency"}, "epoch message")
+    return EpochMessage(
+        record=b64(doc["record"], "record"),
+        checkpoint=text(doc["checkpoint"], "checkpoint").encode("utf-8"),
+        inclusion=hex32_list(doc["inclusion"], "inclusion"),
+        consistency=hex32_list(doc["consistency"], "consistency"),
+    )
