@@ -1,0 +1,156 @@
+"""The auditor's rules for the root stream, pure (docs/PROTOCOL.md §7, §11.2).
+
+``audit_epoch`` takes the last verified state and the next stream message and
+either returns the new state or raises. In order:
+
+1. ``signature``: the checkpoint is signed by the custodian's key for the origin;
+2. ``epoch-size-mismatch``: the record's epoch is the checkpoint's size - 1;
+3. the record is in the log at index ``epoch`` (RFC 9162 inclusion);
+4. history only grows: ``replayed-checkpoint`` (a size not above the last),
+   ``epoch-gap`` (a size skipped), ``fork`` (same size, other root), and the
+   consistency proof from the last verified size (RFC 9162);
+5. ``time-went-back``: record times never decrease.
+
+Solvency findings (an asset INSOLVENT or UNPROVEN) do not stop the chain of
+custody: they are returned as ``alarms`` for the caller to act on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from verifier import rfc9162
+from verifier.checkpoint import VerifierKey, verify_checkpoint
+from verifier.errors import FormatError, VerificationError
+from verifier.fields import exact_keys, hex32, load_object, natural, text
+from verifier.record import EpochRecord, Status
+from verifier.stream import EpochMessage
+
+__all__ = ["AuditState", "Finding", "audit_epoch", "restore"]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditState:
+    """What the auditor keeps between epochs (and across restarts)."""
+
+    origin: str
+    size: int
+    root: bytes
+    timestamp_ms: int
+    checkpoint: str  # the signed note, kept as evidence
+
+    def to_json(self) -> str:
+        doc = asdict(self)
+        doc["root"] = self.root.hex()
+        return json.dumps(doc, sort_keys=True)
+
+    @classmethod
+    def parse(cls, data: str | bytes) -> AuditState:
+        doc = exact_keys(
+            load_object(data, 1 << 16, "audit state"),
+            {"origin", "size", "root", "timestamp_ms", "checkpoint"},
+            "audit state",
+        )
+        return cls(
+            origin=text(doc["origin"], "origin"),
+            size=natural(doc["size"], "size"),
+            root=hex32(doc["root"], "root"),
+            timestamp_ms=natural(doc["timestamp_ms"], "timestamp_ms"),
+            checkpoint=text(doc["checkpoint"], "checkpoint"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """An alarm about one asset of a verified record."""
+
+    asset: str
+    status: str  # "insolvent" or "unproven"
+    detail: str
+
+
+def audit_epoch(
+    state: AuditState | None, message: EpochMessage, key: VerifierKey, origin: str
+) -> tuple[AuditState, EpochRecord, list[Finding]]:
+    """Verify one epoch message after ``state`` (None: the first one ever seen).
+
+    Raises:
+        VerificationError: naming the failed rule; the message must not be trusted.
+        FormatError: the record or checkpoint is malformed.
+    """
+    # 1. Signed by the custodian, for this log.
+    checkpoint = verify_checkpoint(message.checkpoint, key, origin)
+
+    # 2-3. The record is the newest leaf of the log it comes with.
+    record = EpochRecord.decode(message.record)
+    if record.epoch != checkpoint.size - 1:
+        raise VerificationError(
+            "epoch-size-mismatch",
+            f"record of epoch {record.epoch} comes with a log of {checkpoint.size} records",
+        )
+    rfc9162.verify_inclusion(
+        rfc9162.leaf_hash(message.record),
+        record.epoch,
+        checkpoint.size,
+        message.inclusion,
+        checkpoint.root,
+    )
+
+    # 4. History only grows, consistently.
+    if state is not None:
+        if checkpoint.size == state.size and checkpoint.root != state.root:
+            raise VerificationError(
+                "fork", f"two different signed roots for a log of {state.size} records"
+            )
+        if checkpoint.size <= state.size:
+            raise VerificationError(
+                "replayed-checkpoint",
+                f"log of {checkpoint.size} records after one of {state.size}",
+            )
+        if checkpoint.size != state.size + 1:
+            raise VerificationError(
+                "epoch-gap", f"epochs {state.size} to {checkpoint.size - 2} were skipped"
+            )
+        try:
+            rfc9162.verify_consistency(
+                state.size, checkpoint.size, state.root, checkpoint.root, message.consistency
+            )
+        except VerificationError as exc:
+            raise VerificationError("fork", f"not an extension of the last log: {exc}") from exc
+        # 5. Time runs forward.
+        if record.timestamp_ms < state.timestamp_ms:
+            raise VerificationError("time-went-back", "record is older than the previous one")
+
+    findings = [
+        Finding(a.asset, a.status.name.lower(), _detail(record, a.asset))
+        for a in record.assets
+        if a.status is not Status.SOLVENT
+    ]
+    new_state = AuditState(
+        origin=origin,
+        size=checkpoint.size,
+        root=checkpoint.root,
+        timestamp_ms=record.timestamp_ms,
+        checkpoint=message.checkpoint.decode("utf-8"),
+    )
+    return new_state, record, findings
+
+
+def _detail(record: EpochRecord, asset: str) -> str:
+    a = record.asset(asset)
+    if a.status is Status.INSOLVENT:
+        return f"reserves {a.reserves} < liabilities {a.liabilities}"
+    stale = [
+        s.name for s in a.sources if s.is_stale(record.timestamp_ms, record.max_reserve_age_ms)
+    ]
+    return f"stale reserve sources: {', '.join(stale)}"
+
+
+def restore(data: str | bytes, key: VerifierKey, origin: str) -> AuditState:
+    """Load a saved state and re-check its checkpoint, so a tampered file is caught."""
+    state = AuditState.parse(data)
+    checkpoint = verify_checkpoint(state.checkpoint.encode("utf-8"), key, origin)
+    if (checkpoint.size, checkpoint.root) != (state.size, state.root):
+        raise FormatError("audit state does not match its own checkpoint")
+    return state
