@@ -1,0 +1,235 @@
+"""The liabilities ledger: every user's balance of every asset, as sum trees. Pure.
+
+One ``Ledger`` holds one salt period's view: a user index shared by all assets,
+one commitment per user, and per asset a ``SumTree`` with the slot of each
+holder. Updates are staged, then ``close_epoch`` applies them to the trees in
+one batch per asset. A balance of 0 removes the user's leaf (the slot turns
+back into padding and is not reused within the period).
+
+Invariant: for every asset, ``tree.total`` equals the sum of its holders'
+balances, and holder ``u``'s leaf sits at ``slots[u]`` with commitment
+``commitments[u]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from prover.errors import ProverError
+from prover.periods import SaltPeriod, SlotAllocator
+from prover.tree import SumTree
+from verifier.hashing import DIGEST_SIZE, MAX_HEIGHT
+from verifier.sumtree import PathStep
+
+__all__ = ["MIN_HEIGHT", "AssetRoot", "Ledger", "UserProof", "height_for"]
+
+MIN_HEIGHT = 4
+NO_SLOT = -1
+
+
+def height_for(holders: int) -> int:
+    """Smallest height >= MIN_HEIGHT leaving ~3% + 16 slots of headroom for new holders."""
+    need = holders + holders // 32 + 16
+    height = max(MIN_HEIGHT, (need - 1).bit_length())
+    if height > MAX_HEIGHT:
+        raise ProverError(f"{holders} holders do not fit a tree of height {MAX_HEIGHT}")
+    return height
+
+
+@dataclass(frozen=True, slots=True)
+class AssetRoot:
+    """An asset's tree after an epoch: what goes into the epoch record."""
+
+    asset: str
+    height: int
+    root: bytes
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserProof:
+    """A user's leaves and paths in every tree that holds them."""
+
+    user: str
+    salt: bytes
+    entries: tuple[tuple[str, int, int, tuple[PathStep, ...]], ...]  # asset, slot, balance, path
+
+
+@dataclass
+class _Book:
+    """One asset: its tree, its holders' slots (by user index) and its slot order."""
+
+    tree: SumTree
+    slots: npt.NDArray[np.int64]
+    allocator: SlotAllocator
+
+
+@dataclass
+class Ledger:
+    """All trees of one salt period; see the module docstring."""
+
+    period: SaltPeriod
+    users: dict[str, int] = field(default_factory=dict)
+    user_ids: list[str] = field(default_factory=list)
+    commitments: npt.NDArray[np.uint8] = field(
+        default_factory=lambda: np.zeros((0, DIGEST_SIZE), np.uint8)
+    )
+    books: dict[str, _Book] = field(default_factory=dict)
+    pending: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls, period: SaltPeriod, assets: Iterable[str], balances: Iterable[tuple[str, str, int]]
+    ) -> Ledger:
+        """Build every tree from ``(user, asset, amount)`` rows (zero amounts skipped)."""
+        ledger = cls(period)
+        holdings: dict[str, tuple[list[int], list[int]]] = {a: ([], []) for a in assets}
+        for user, asset, amount in balances:
+            if amount:
+                users, amounts = holdings[asset]
+                users.append(ledger._index(user))
+                amounts.append(amount)
+        ledger._grow_commitments()
+        for asset, (users, amounts) in holdings.items():
+            ledger._rebuild(asset, np.array(users, np.int64), np.array(amounts, np.uint64))
+        return ledger
+
+    # Staging and applying updates
+
+    def stage(self, user: str, asset: str, amount: int) -> None:
+        """Record ``user``'s new ``amount`` of ``asset`` for the next epoch (last one wins)."""
+        if asset not in self.books:
+            raise ProverError(f"unknown asset {asset}")
+        self.pending[(asset, self._index(user))] = amount
+
+    def close_epoch(self) -> list[AssetRoot]:
+        """Apply every staged update, one batch per asset; return all roots."""
+        self._grow_commitments()
+        by_asset: dict[str, list[tuple[int, int]]] = {}
+        for (asset, user), amount in self.pending.items():
+            by_asset.setdefault(asset, []).append((user, amount))
+        self.pending = {}
+        for asset, changes in by_asset.items():
+            self._apply(asset, changes)
+        return self.roots()
+
+    def roots(self) -> list[AssetRoot]:
+        return [
+            AssetRoot(asset, b.tree.height, b.tree.root, b.tree.total)
+            for asset, b in sorted(self.books.items())
+        ]
+
+    def add_asset(self, asset: str) -> None:
+        if asset not in self.books:
+            self._rebuild(asset, np.zeros(0, np.int64), np.zeros(0, np.uint64))
+
+    def _apply(self, asset: str, changes: list[tuple[int, int]]) -> None:
+        book = self.books[asset]
+        if len(book.slots) < len(self.users):
+            book.slots = np.concatenate(
+                [book.slots, np.full(len(self.users) - len(book.slots), NO_SLOT, np.int64)]
+            )
+        users = np.array([u for u, _ in changes], np.int64)
+        amounts = np.array([a for _, a in changes], np.uint64)
+        current = book.slots[users]
+        clear = (amounts == 0) & (current != NO_SLOT)
+        update = (amounts != 0) & (current != NO_SLOT)
+        insert = (amounts != 0) & (current == NO_SLOT)
+        new_slots = book.allocator.take(int(insert.sum()))
+        if new_slots is None:  # this period's slot order is used up: one level higher
+            self._rebuild_with(asset, users, amounts)
+            return
+        book.slots[users[insert]] = new_slots
+        set_mask = update | insert
+        set_users = users[set_mask]
+        book.tree.apply(
+            book.slots[set_users],
+            self.commitments[set_users],
+            amounts[set_mask],
+            book.slots[users[clear]],
+        )
+        book.slots[users[clear]] = NO_SLOT
+
+    def _rebuild_with(
+        self, asset: str, users: npt.NDArray[np.int64], amounts: npt.NDArray[np.uint64]
+    ) -> None:
+        """Rebuild ``asset``'s tree from its current holders with the changes applied."""
+        book = self.books[asset]
+        holders = np.flatnonzero(book.slots != NO_SLOT)
+        current = book.tree.amounts()[book.slots[holders]]
+        balances = dict(zip(holders.tolist(), current.tolist(), strict=True))
+        for u, a in zip(users.tolist(), amounts.tolist(), strict=True):
+            balances[u] = a
+        kept = [(u, a) for u, a in balances.items() if a]
+        self._rebuild(
+            asset,
+            np.array([u for u, _ in kept], np.int64),
+            np.array([a for _, a in kept], np.uint64),
+            min_height=book.tree.height + 1,
+        )
+
+    def _rebuild(
+        self,
+        asset: str,
+        users: npt.NDArray[np.int64],
+        amounts: npt.NDArray[np.uint64],
+        min_height: int = MIN_HEIGHT,
+    ) -> None:
+        height = max(min_height, height_for(len(users)))
+        allocator = SlotAllocator(self.period.slot_order(asset, height))
+        taken = allocator.take(len(users))
+        assert taken is not None  # height_for leaves room for every holder
+        slots = np.full(len(self.users), NO_SLOT, np.int64)
+        slots[users] = taken
+        tree = SumTree.build(
+            asset, height, self.period.padding_key(asset), taken, self.commitments[users], amounts
+        )
+        self.books[asset] = _Book(tree, slots, allocator)
+
+    # Users
+
+    def _index(self, user: str) -> int:
+        index = self.users.get(user)
+        if index is None:
+            index = self.users[user] = len(self.user_ids)
+            self.user_ids.append(user)
+        return index
+
+    def _grow_commitments(self) -> None:
+        """Compute the commitment of every user added since the last call."""
+        known = len(self.commitments)
+        if known == len(self.users):
+            return
+        fresh = np.frombuffer(
+            b"".join(self.period.commitment(u) for u in self.user_ids[known:]), np.uint8
+        ).reshape(-1, DIGEST_SIZE)
+        self.commitments = np.concatenate([self.commitments, fresh])
+
+    # Proofs
+
+    def balance(self, user: str, asset: str) -> int:
+        index = self.users.get(user)
+        book = self.books[asset]
+        if index is None or index >= len(book.slots) or book.slots[index] == NO_SLOT:
+            return 0
+        return book.tree.leaf(int(book.slots[index]))[1]
+
+    def proof(self, user: str) -> UserProof | None:
+        """The user's paths in the trees as of the last ``close_epoch``; None if unknown."""
+        index = self.users.get(user)
+        if index is None:
+            return None
+        entries = []
+        for asset, book in sorted(self.books.items()):
+            if index < len(book.slots) and book.slots[index] != NO_SLOT:
+                slot = int(book.slots[index])
+                _, amount = book.tree.leaf(slot)
+                path = tuple(PathStep(h, s) for h, s in book.tree.path(slot))
+                entries.append((asset, slot, amount, path))
+        if not entries:
+            return None
+        return UserProof(user, self.period.salt(user), tuple(entries))

@@ -1,0 +1,129 @@
+"""The sum trees live in a child process, so hashing never stalls the event loop.
+
+hashlib holds the GIL for small messages, so a thread would still take the
+loop's interpreter away for the whole epoch build. The child owns a ``Ledger``;
+the parent sends it commands over a pipe and waits for the answer in a thread
+(``recv`` releases the GIL). Commands are served one at a time, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from prover.ledger import AssetRoot, Ledger, UserProof
+from prover.periods import SaltPeriod
+
+__all__ = ["Applied", "TreeWorker"]
+
+Row = tuple[str, str, int]  # user, asset, amount
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The worker's answer to an epoch: every root, and how long the trees took."""
+
+    roots: tuple[AssetRoot, ...]
+    seconds: float
+
+
+def _serve(conn: Connection) -> None:
+    """Child process main loop: one command in, one answer out, until ``stop``."""
+    ledger: Ledger | None = None
+    period: SaltPeriod | None = None
+    assets: list[str] = []
+    rows: list[Row] = []
+    while True:
+        command, args = conn.recv()
+        try:
+            if command == "stop":
+                conn.send(("ok", None))
+                return
+            if command == "begin":  # a new period: rows follow in chunks, then "build"
+                period, assets = args
+                rows = []
+                conn.send(("ok", None))
+            elif command == "rows":
+                rows.extend(args)
+                conn.send(("ok", None))
+            elif command == "build":
+                assert period is not None
+                ledger = Ledger.build(period, assets, rows)
+                rows = []
+                conn.send(("ok", tuple(ledger.roots())))
+            elif command == "apply":
+                assert ledger is not None
+                new_assets, updates = args
+                start = time.perf_counter()
+                for asset in new_assets:
+                    ledger.add_asset(asset)
+                unknown = {a for _, a, _ in updates} - set(ledger.books)
+                if unknown:  # refuse the whole batch before staging any of it
+                    raise ValueError(f"unknown asset {sorted(unknown)[0]}")
+                for user, asset, amount in updates:
+                    ledger.stage(user, asset, amount)
+                roots = tuple(ledger.close_epoch())
+                conn.send(("ok", Applied(roots, time.perf_counter() - start)))
+            elif command == "proof":
+                assert ledger is not None
+                conn.send(("ok", ledger.proof(args)))
+            else:
+                conn.send(("error", f"unknown command {command!r}"))
+        except Exception as exc:  # report to the parent, keep serving
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class TreeWorker:
+    """Handle on the child process that owns the trees."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._process = ctx.Process(target=_serve, args=(child,), daemon=True, name="sum-trees")
+        self._process.start()
+        child.close()
+        self._lock = asyncio.Lock()
+
+    def _call_blocking(self, command: str, args: Any) -> Any:
+        self._conn.send((command, args))
+        status, value = self._conn.recv()
+        if status != "ok":
+            raise RuntimeError(f"tree worker: {value}")
+        return value
+
+    async def _call(self, command: str, args: Any = None) -> Any:
+        async with self._lock:
+            return await asyncio.to_thread(self._call_blocking, command, args)
+
+    async def build(
+        self, period: SaltPeriod, assets: Sequence[str], chunks: Iterable[Sequence[Row]]
+    ) -> tuple[AssetRoot, ...]:
+        """Build every tree of ``period`` from balance rows, sent chunk by chunk."""
+        await self._call("begin", (period, list(assets)))
+        for chunk in chunks:
+            await self._call("rows", list(chunk))
+        result: tuple[AssetRoot, ...] = await self._call("build")
+        return result
+
+    async def apply(self, assets: Sequence[str], rows: Sequence[Row]) -> Applied:
+        """Add new ``assets``, apply ``rows`` in order, and return the new roots."""
+        result: Applied = await self._call("apply", (list(assets), list(rows)))
+        return result
+
+    async def proof(self, user: str) -> UserProof | None:
+        result: UserProof | None = await self._call("proof", user)
+        return result
+
+    async def close(self) -> None:
+        if self._process.is_alive():
+            with contextlib.suppress(TimeoutError, OSError, EOFError, RuntimeError):
+                await asyncio.wait_for(self._call("stop"), 5)
+        self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.kill()

@@ -1,0 +1,132 @@
+"""The ledger: staged updates, slot placement, growth, and proofs that verify."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prover.errors import ProverError
+from prover.ledger import MIN_HEIGHT, Ledger, height_for
+from prover.periods import SaltPeriod
+from verifier.hashing import commitment, leaf_hash
+from verifier.sumtree import verify_path
+
+PERIOD = SaltPeriod(1, 0, bytes(range(32)))
+
+
+def balances_of(ledger: Ledger) -> dict[tuple[str, str], int]:
+    return {
+        (user, asset): ledger.balance(user, asset)
+        for user in ledger.users
+        for asset in ledger.books
+        if ledger.balance(user, asset)
+    }
+
+
+def check_all_proofs(ledger: Ledger) -> None:
+    roots = {r.asset: r for r in ledger.roots()}
+    for user in ledger.users:
+        proof = ledger.proof(user)
+        if proof is None:
+            continue
+        c = commitment(user, proof.salt)
+        for asset, slot, amount, path in proof.entries:
+            r = roots[asset]
+            verify_path(
+                height=r.height,
+                root=r.root,
+                liabilities=r.total,
+                slot=slot,
+                leaf=leaf_hash(asset, c, amount),
+                amount=amount,
+                path=path,
+            )
+
+
+def test_height_policy() -> None:
+    assert height_for(0) == MIN_HEIGHT
+    assert height_for(1_000_000) == 20
+    assert height_for(1_040_000) == 21  # too little headroom left in 2**20
+    with pytest.raises(ProverError):
+        height_for(2**33)
+
+
+def test_build_stage_and_close() -> None:
+    ledger = Ledger.build(
+        PERIOD, ["BTC", "ETH"], [("a", "BTC", 5), ("b", "BTC", 7), ("a", "ETH", 1)]
+    )
+    assert {r.asset: r.total for r in ledger.roots()} == {"BTC": 12, "ETH": 1}
+    ledger.stage("c", "ETH", 10)
+    ledger.stage("a", "BTC", 0)  # a leaves BTC
+    ledger.stage("b", "BTC", 8)
+    ledger.stage("b", "BTC", 9)  # the last update wins
+    assert {r.asset: r.total for r in ledger.roots()} == {"BTC": 12, "ETH": 1}  # staged only
+    assert {r.asset: r.total for r in ledger.close_epoch()} == {"BTC": 9, "ETH": 11}
+    assert balances_of(ledger) == {("b", "BTC"): 9, ("a", "ETH"): 1, ("c", "ETH"): 10}
+    check_all_proofs(ledger)
+    a = ledger.proof("a")
+    assert a is not None and [e[0] for e in a.entries] == ["ETH"]
+    assert ledger.proof("nobody") is None
+    with pytest.raises(ProverError):
+        ledger.stage("a", "DOGE", 1)
+
+
+def test_slots_are_not_reused_within_a_period() -> None:
+    ledger = Ledger.build(PERIOD, ["BTC"], [("a", "BTC", 5)])
+    first = ledger.proof("a")
+    assert first is not None
+    ledger.stage("a", "BTC", 0)
+    ledger.close_epoch()
+    ledger.stage("b", "BTC", 5)
+    ledger.close_epoch()
+    b = ledger.proof("b")
+    assert b is not None and b.entries[0][1] != first.entries[0][1]
+
+
+def test_growth_rebuilds_one_level_higher() -> None:
+    ledger = Ledger.build(PERIOD, ["BTC"], [])
+    assert ledger.roots()[0].height == MIN_HEIGHT
+    for i in range(40):  # more than 2**4 slots
+        ledger.stage(f"user{i}", "BTC", i + 1)
+        if i % 7 == 0:
+            ledger.close_epoch()
+    ledger.close_epoch()
+    root = ledger.roots()[0]
+    assert root.height > MIN_HEIGHT and root.total == sum(range(1, 41))
+    check_all_proofs(ledger)
+
+
+def test_other_period_other_salts_and_slots() -> None:
+    rows = [(f"u{i}", "BTC", i + 1) for i in range(10)]
+    one = Ledger.build(PERIOD, ["BTC"], rows)
+    two = Ledger.build(SaltPeriod(2, 0, bytes(32)), ["BTC"], rows)
+    assert one.roots()[0].total == two.roots()[0].total
+    assert one.roots()[0].root != two.roots()[0].root
+    p1, p2 = one.proof("u3"), two.proof("u3")
+    assert p1 is not None and p2 is not None and p1.salt != p2.salt
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abcdefgh"), st.sampled_from(["BTC", "ETH"]), st.integers(0, 50)),
+        max_size=60,
+    ),
+    st.integers(1, 6),
+)
+@settings(max_examples=60, deadline=None)
+def test_any_update_sequence_keeps_totals_and_proofs(updates: list, epochs: int) -> None:
+    ledger = Ledger.build(PERIOD, ["BTC", "ETH"], [])
+    expected: dict[tuple[str, str], int] = {}
+    step = max(1, len(updates) // epochs)
+    for i, (user, asset, amount) in enumerate(updates):
+        ledger.stage(user, asset, amount)
+        expected[(user, asset)] = amount
+        if i % step == 0:
+            ledger.close_epoch()
+    ledger.close_epoch()
+    assert balances_of(ledger) == {k: v for k, v in expected.items() if v}
+    totals = {r.asset: r.total for r in ledger.roots()}
+    for asset in ("BTC", "ETH"):
+        assert totals[asset] == sum(v for (_, a), v in expected.items() if a == asset)
+    check_all_proofs(ledger)

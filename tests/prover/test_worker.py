@@ -1,0 +1,34 @@
+"""The tree worker process: same answers as an in-process ledger, errors reported."""
+
+import asyncio
+
+import pytest
+
+from prover.ledger import Ledger
+from prover.periods import SaltPeriod
+from prover.worker import TreeWorker
+
+PERIOD = SaltPeriod(1, 0, bytes(range(32)))
+ROWS = [("a", "BTC", 5), ("b", "BTC", 7), ("a", "ETH", 1)]
+
+
+def test_worker_matches_ledger() -> None:
+    async def run() -> None:
+        worker = TreeWorker()
+        try:
+            roots = await worker.build(PERIOD, ["BTC", "ETH"], [ROWS[:2], ROWS[2:]])
+            local = Ledger.build(PERIOD, ["BTC", "ETH"], ROWS)
+            assert list(roots) == local.roots()
+            applied = await worker.apply(["SOL"], [("c", "BTC", 3), ("a", "SOL", 9)])
+            local.add_asset("SOL")
+            local.stage("c", "BTC", 3)
+            local.stage("a", "SOL", 9)
+            assert list(applied.roots) == local.close_epoch()
+            assert await worker.proof("a") == local.proof("a")
+            with pytest.raises(RuntimeError, match="unknown asset"):
+                await worker.apply([], [("a", "DOGE", 1)])
+            assert await worker.proof("nobody") is None  # still serving after an error
+        finally:
+            await worker.close()
+
+    asyncio.run(run())
