@@ -104,12 +104,20 @@ class TreeWorker:
     async def build(
         self, period: SaltPeriod, assets: Sequence[str], chunks: Iterable[Sequence[Row]]
     ) -> tuple[AssetRoot, ...]:
-        """Build every tree of ``period`` from balance rows, sent chunk by chunk."""
-        await self._call("begin", (period, list(assets)))
-        for chunk in chunks:
-            await self._call("rows", list(chunk))
-        result: tuple[AssetRoot, ...] = await self._call("build")
-        return result
+        """Build every tree of ``period`` from balance rows, sent chunk by chunk.
+
+        ``chunks`` is consumed in a worker thread, so it may read a database.
+        """
+
+        def send_all() -> tuple[AssetRoot, ...]:
+            self._call_blocking("begin", (period, list(assets)))
+            for chunk in chunks:
+                self._call_blocking("rows", list(chunk))
+            result: tuple[AssetRoot, ...] = self._call_blocking("build", None)
+            return result
+
+        async with self._lock:
+            return await asyncio.to_thread(send_all)
 
     async def apply(self, assets: Sequence[str], rows: Sequence[Row]) -> Applied:
         """Add new ``assets``, apply ``rows`` in order, and return the new roots."""

@@ -157,7 +157,7 @@ class Store:
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
         """Connect to ``url`` and bring its schema up to date."""
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url, pool_pre_ping=True, insertmanyvalues_page_size=5000)
         if engine.dialect.name == "sqlite":
             event.listen(engine, "connect", _sqlite_pragmas)
         store = cls(engine)
@@ -511,7 +511,8 @@ class _Transaction:
 
 
 def _committed_size(conn: Connection) -> int:
-    return int(conn.scalar(select(func.count()).select_from(Epoch)) or 0)
+    last = conn.scalar(select(func.max(Epoch.number)))
+    return 0 if last is None else int(last) + 1
 
 
 _EPOCH_COLUMNS = select(Epoch.number, Epoch.record, Epoch.checkpoint, Epoch.created_ms)

@@ -1,0 +1,336 @@
+"""The prover's engine: ingest, epochs, publishing and proofs, without sockets.
+
+The server (prover/server.py) and the CLI feed it; tests drive it directly.
+Order of work for one epoch (docs/PROTOCOL.md §11):
+
+1. take the balance updates acknowledged since the last epoch;
+2. the tree worker applies them and returns every asset's root;
+3. build the record (reserves as last reported, stale sources flagged);
+4. append the record to the log, sign the checkpoint, commit all in one
+   transaction; only then
+5. publish to subscribers.
+
+Storage calls run in one dedicated thread, so the event loop never waits on
+the database and writes stay in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from prover.config import Config
+from prover.epoch import Reserve, build_record
+from prover.errors import IngestError, SubscriberShed
+from prover.messages import BalanceBatch, ReserveBatch, ack
+from prover.periods import SaltPeriod
+from prover.worker import TreeWorker
+from storage.errors import InvalidAmountError, SequenceError, StorageError, UnknownAssetError
+from storage.store import ApplyResult, Store
+from verifier.checkpoint import Checkpoint, sign_note, verifier_key_for
+from verifier.proof import AssetPath, ProofFile
+from verifier.record import EpochRecord
+from verifier.stream import EpochMessage
+
+__all__ = ["Engine", "Metrics"]
+
+log = logging.getLogger("solvency.prover")
+T = TypeVar("T")
+LOAD_CHUNK = 50_000
+
+
+@dataclass
+class Metrics:
+    """Counters and gauges exported on /metrics."""
+
+    updates: int = 0
+    epoch: int = -1
+    epoch_build_seconds: float = 0.0
+    tree_seconds: float = 0.0
+    loop_lag_seconds: float = 0.0
+    last_epoch_time: float = 0.0
+    subscribers: int = 0
+    shed_subscribers: int = 0
+    ingest_errors: int = 0
+
+
+@dataclass(eq=False)
+class _Subscriber:
+    """A root stream subscriber: frames as (epoch, text); None ends the stream."""
+
+    queue: asyncio.Queue[tuple[int, str] | None]
+    overflowed: bool = False
+
+
+@dataclass
+class Engine:
+    config: Config
+    store: Store
+    key: Ed25519PrivateKey
+    clock: Callable[[], float] = time.time
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def __post_init__(self) -> None:
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
+        self._worker: TreeWorker | None = None
+        self._pending: list[tuple[str, str, int]] = []
+        self._decimals: dict[str, int] = {}
+        self._reserves: dict[str, dict[str, Reserve]] = {}
+        self._subscribers: set[_Subscriber] = set()
+        self._latest: EpochMessage | None = None
+        self._latest_frame: str | None = None
+        self._epoch_lock = asyncio.Lock()
+        self._period: SaltPeriod | None = None
+        self._marks: dict[tuple[str, str], int] = {}
+        self._last_timestamp_ms = 0
+        self.verifier_key = verifier_key_for(self.config.origin, self.key.public_key())
+
+    async def _db_call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    # Start and stop
+
+    async def start(self) -> None:
+        """Load state from storage and build every tree (a new salt period)."""
+        for asset, decimals in self.config.assets:
+            await self._db_call(self.store.ensure_asset, asset, decimals)
+        self._decimals = {a.id: a.decimals for a in await self._db_call(self.store.assets)}
+        for r in await self._db_call(self.store.reserves):
+            self._reserves.setdefault(r.asset, {})[r.source] = Reserve(r.amount, r.as_of_ms)
+        self._marks = await self._db_call(self.store.source_marks)
+        latest = await self._db_call(self.store.latest_epoch)
+        if latest is not None:
+            self.metrics.epoch = latest.number
+            self._last_timestamp_ms = EpochRecord.decode(latest.record).timestamp_ms
+            self.metrics.last_epoch_time = self._last_timestamp_ms / 1000
+            await self._db_call(self.store.log_root)  # warm the log's subtree cache
+        now_ms = int(self.clock() * 1000)
+        period = await self._db_call(self.store.start_salt_period, now_ms)
+        self._period = SaltPeriod(period.number, period.started_ms, period.secret)
+        self._worker = TreeWorker()
+        await self._worker.build(
+            self._period, sorted(self._decimals), self.store.iter_balances(LOAD_CHUNK)
+        )
+
+    async def close(self) -> None:
+        for sub in list(self._subscribers):
+            sub.queue.put_nowait(None)
+        if self._worker is not None:
+            await self._worker.close()
+        self._db.shutdown(wait=True)
+
+    # Ingest
+
+    async def ingest(self, batch: BalanceBatch | ReserveBatch) -> str:
+        """Durably store ``batch`` and stage it for the next epoch; return the ack frame.
+
+        Raises:
+            IngestError: if anything in the batch is refused (nothing is applied).
+        """
+        for update in batch.updates:
+            if update.asset not in self._decimals:
+                raise IngestError("unknown-asset", f"asset {update.asset} is not configured", None)
+        if isinstance(batch, ReserveBatch):
+            limit = int((self.clock() + self.config.max_reserve_skew) * 1000)
+            for i, r in enumerate(batch.updates):
+                if r.as_of_ms > limit:
+                    raise IngestError("bad-update", f"updates[{i}]: as_of_ms is in the future", i)
+            result = await self._store_batch(self.store.apply_reserves, batch)
+            for r in batch.updates[len(batch.updates) - len(result.applied) :]:
+                self._reserves.setdefault(r.asset, {})[batch.source] = Reserve(r.amount, r.as_of_ms)
+            self._marks[("reserves", batch.source)] = result.last_seq
+        else:
+            result = await self._store_batch(self.store.apply_balances, batch)
+            fresh = batch.updates[len(batch.updates) - len(result.applied) :]
+            self._pending.extend((u.user, u.asset, u.amount) for u in fresh)
+            self._marks[("balances", batch.source)] = result.last_seq
+            self.metrics.updates += len(fresh)
+        return ack(batch.id, batch.source, len(result.applied), result.duplicates, result.last_seq)
+
+    async def _store_batch(
+        self, apply: Callable[[str, Any], ApplyResult], batch: BalanceBatch | ReserveBatch
+    ) -> ApplyResult:
+        """Commit a batch durably, turning storage refusals into ingest errors."""
+        try:
+            return await self._db_call(apply, batch.source, batch.updates)
+        except SequenceError as exc:
+            raise IngestError("bad-seq", str(exc)) from None
+        except UnknownAssetError as exc:
+            raise IngestError("unknown-asset", str(exc)) from None
+        except InvalidAmountError as exc:
+            raise IngestError("bad-update", str(exc)) from None
+        except StorageError as exc:
+            log.error("could not store a batch from %s: %s", batch.source, exc)
+            raise IngestError("internal", "the batch could not be stored; retry") from None
+
+    # Epochs
+
+    def healthy(self) -> bool:
+        """True while epochs keep coming: the last one is at most two heartbeats old."""
+        return self.clock() - self.metrics.last_epoch_time <= 2 * self.config.max_interval + 1
+
+    @property
+    def due(self) -> bool:
+        """True if an epoch should close now: changes are waiting, or the heartbeat is due."""
+        since = self.clock() - self.metrics.last_epoch_time
+        if self._pending:
+            return since >= self.config.epoch_interval * 0.5
+        return since >= self.config.max_interval
+
+    async def close_epoch(self) -> EpochMessage:
+        """Close one epoch (steps 1-5 of the module docstring)."""
+        assert self._worker is not None
+        async with self._epoch_lock:
+            started = time.perf_counter()
+            rows, self._pending = self._pending, []
+            marks = dict(self._marks)  # what this epoch covers
+            applied = await self._worker.apply([], rows)
+            number = self.metrics.epoch + 1
+            now = self.clock()
+            timestamp_ms = max(int(now * 1000), self._last_timestamp_ms)  # never backwards
+            record = build_record(
+                epoch=number,
+                timestamp_ms=timestamp_ms,
+                max_reserve_age_ms=int(self.config.max_reserve_age * 1000),
+                decimals=self._decimals,
+                roots=applied.roots,
+                reserves=self._reserves,
+            ).encode()
+            message = await self._db_call(self._commit_epoch, number, record, timestamp_ms, marks)
+            self._last_timestamp_ms = timestamp_ms
+            self.metrics.epoch = number
+            self.metrics.tree_seconds = applied.seconds
+            self.metrics.epoch_build_seconds = time.perf_counter() - started
+            self.metrics.last_epoch_time = now
+            self._publish(number, message)
+            return message
+
+    def _commit_epoch(
+        self, number: int, record: bytes, timestamp_ms: int, marks: dict[tuple[str, str], int]
+    ) -> EpochMessage:
+        """In the db thread: append, sign and commit in one transaction."""
+
+        def sign(size: int, root: bytes) -> bytes:
+            body = Checkpoint(self.config.origin, size, root, ()).to_note_body()
+            return sign_note(body, self.config.origin, self.key)
+
+        checkpoint = self.store.append_epoch(
+            number, record, sign, created_ms=timestamp_ms, marks=marks
+        )
+        return EpochMessage(
+            record=record,
+            checkpoint=checkpoint,
+            inclusion=tuple(self.store.inclusion_proof(number, number + 1)),
+            consistency=tuple(self.store.consistency_proof(number, number + 1)),
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Close epochs on schedule until ``stop`` is set, then close one last epoch
+        if updates are waiting, so that nothing acknowledged is left unpublished."""
+        tick = min(self.config.epoch_interval / 4, 0.25)
+        while not stop.is_set():
+            expected = time.perf_counter() + tick
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), tick)
+            self.metrics.loop_lag_seconds = max(0.0, time.perf_counter() - expected)
+            if self.due and not stop.is_set():
+                try:
+                    await self.close_epoch()
+                except Exception:
+                    log.exception("epoch %d failed; retrying", self.metrics.epoch + 1)
+        if self._pending:
+            await self.close_epoch()
+
+    # Root stream
+
+    def _publish(self, number: int, message: EpochMessage) -> None:
+        frame = message.to_json()
+        self._latest, self._latest_frame = message, frame
+        for sub in list(self._subscribers):
+            if sub.queue.qsize() >= self.config.subscriber_queue:
+                sub.overflowed = True
+                self._subscribers.discard(sub)
+                self.metrics.shed_subscribers += 1
+                sub.queue.put_nowait(None)  # room was reserved for this marker
+            else:
+                sub.queue.put_nowait((number, frame))
+        self.metrics.subscribers = len(self._subscribers)
+
+    async def subscribe(self, since: int | None) -> AsyncIterator[str]:
+        """Frames from epoch ``since`` (or from the next one), without gap or duplicate.
+
+        Ends when the engine closes.
+
+        Raises:
+            SubscriberShed: the subscriber fell too far behind and was dropped.
+        """
+        next_epoch = self.metrics.epoch + 1 if since is None else since
+        # Replay from storage until caught up; the check and the registration
+        # below run without an await in between, so no epoch falls in a gap.
+        while next_epoch <= self.metrics.epoch:
+            yield await self._db_call(self._stored_frame, next_epoch)
+            next_epoch += 1
+        sub = _Subscriber(asyncio.Queue(self.config.subscriber_queue + 1))
+        self._subscribers.add(sub)
+        self.metrics.subscribers = len(self._subscribers)
+        try:
+            while (item := await sub.queue.get()) is not None:
+                yield item[1]
+            if sub.overflowed:
+                raise SubscriberShed(f"more than {self.config.subscriber_queue} epochs behind")
+        finally:
+            self._subscribers.discard(sub)
+            self.metrics.subscribers = len(self._subscribers)
+
+    def _stored_frame(self, epoch: int) -> str:
+        stored = self.store.epoch(epoch)
+        return EpochMessage(
+            record=stored.record,
+            checkpoint=stored.checkpoint,
+            inclusion=tuple(self.store.inclusion_proof(epoch, epoch + 1)),
+            consistency=tuple(self.store.consistency_proof(epoch, epoch + 1)),
+        ).to_json()
+
+    # Proofs
+
+    def user_token(self, user: str) -> str:
+        """The bearer token the custodian hands ``user`` for /proof."""
+        secret = bytes.fromhex(self.config.proof_secret)
+        return hmac.new(secret, user.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def check_user_token(self, user: str, token: str) -> bool:
+        if not self.config.proof_secret:
+            return False
+        return hmac.compare_digest(self.user_token(user), token)
+
+    async def proof(self, user: str) -> ProofFile | None:
+        """``user``'s proof for the latest published epoch; None if they hold nothing."""
+        assert self._worker is not None
+        async with self._epoch_lock:  # the trees and the latest record must match
+            if self._latest is None:
+                return None
+            message = self._latest
+            found = await self._worker.proof(user)
+        if found is None:
+            return None
+        return ProofFile(
+            user=user,
+            salt=found.salt,
+            assets=tuple(
+                AssetPath(asset, slot, balance, path)
+                for asset, slot, balance, path in found.entries
+            ),
+            record=message.record,
+            inclusion=message.inclusion,
+            checkpoint=message.checkpoint,
+        )

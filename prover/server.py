@@ -1,0 +1,171 @@
+"""The prover's network face: one port, routes of docs/PROTOCOL.md §11.
+
+Plain HTTP routes (``/healthz``, ``/metrics``, ``/proof``) and refusals (401,
+404, 503) are answered in ``process_request`` during the opening handshake;
+``/ingest`` and ``/roots`` continue as WebSockets. All the work is the engine's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import http
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from prover.engine import Engine
+from prover.errors import IngestError, SubscriberShed
+from prover.messages import error_reply, parse_ingest
+from prover.metrics import render_metrics
+
+__all__ = ["start_server"]
+
+log = logging.getLogger("solvency.server")
+CLOSE_SHED = 1013  # try again later
+CLOSE_GOING_AWAY = 1001
+
+
+def _response(status: int, body: str | bytes, content_type: str = "application/json") -> Response:
+    data = body.encode() if isinstance(body, str) else body
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data)))])
+    return Response(status, http.HTTPStatus(status).phrase, headers, data)
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return _response(status, json.dumps({"type": "error", "code": code, "message": message}))
+
+
+def _bearer(request: Request) -> str:
+    value = request.headers.get("Authorization", "")
+    return value[7:] if value.startswith("Bearer ") else ""
+
+
+async def start_server(engine: Engine, host: str, port: int) -> Server:
+    """Listen on ``host:port`` (0 picks a free port: see ``server.sockets``)."""
+    config = engine.config
+
+    async def process_request(conn: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        query = parse_qs(url.query)
+        if url.path == "/healthz":
+            ok = engine.healthy()
+            return _response(200 if ok else 503, "ok\n" if ok else "late\n", "text/plain")
+        if url.path == "/metrics":
+            return _response(200, render_metrics(engine.metrics), "text/plain; version=0.0.4")
+        if url.path == "/proof":
+            return await _proof(engine, request, query)
+        if url.path == "/ingest":
+            if not config.ingest_token or not _token_ok(_bearer(request), config.ingest_token):
+                return _error(401, "unauthorized", "ingest needs Authorization: Bearer <token>")
+            return None
+        if url.path == "/roots":
+            if engine.metrics.subscribers >= config.max_subscribers:
+                return _error(503, "busy", "too many subscribers")
+            try:
+                since = _since(query)
+            except ValueError as exc:
+                return _error(400, "bad-request", str(exc))
+            if since is not None and since > engine.metrics.epoch + 1:
+                return _error(400, "bad-since", f"since={since} is beyond the log")
+            return None
+        return _error(404, "not-found", f"no route {url.path}")
+
+    async def handler(conn: ServerConnection) -> None:
+        assert conn.request is not None
+        url = urlsplit(conn.request.path)
+        if url.path == "/ingest":
+            await _ingest(engine, conn)
+        else:
+            await _roots(engine, conn, _since(parse_qs(url.query)))
+
+    return await serve(
+        handler,
+        host,
+        port,
+        process_request=process_request,
+        max_size=config.max_message_bytes,
+        ping_interval=20,
+        ping_timeout=20,
+        close_timeout=5,
+    )
+
+
+def _token_ok(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _since(query: dict[str, list[str]]) -> int | None:
+    values = query.get("since")
+    if not values:
+        return None
+    if len(values) != 1 or not values[0].isdigit() or len(values[0]) > 19:
+        raise ValueError("since must be one epoch number")
+    return int(values[0])
+
+
+async def _proof(engine: Engine, request: Request, query: dict[str, list[str]]) -> Response:
+    users = query.get("user", [])
+    if len(users) != 1:
+        return _error(400, "bad-request", "give exactly one user=ID")
+    user = users[0]
+    if not engine.check_user_token(user, _bearer(request)):
+        return _error(401, "unauthorized", "wrong or missing token for this user")
+    if "epoch" in query:
+        wanted = query["epoch"][0]
+        if not wanted.isdigit() or int(wanted) != engine.metrics.epoch:
+            return _error(404, "not-retained", "only the latest epoch's proofs are served")
+    proof = await engine.proof(user)
+    if proof is None:
+        return _error(404, "no-leaf", "this user holds nothing in the latest epoch")
+    return _response(200, proof.to_json())
+
+
+async def _ingest(engine: Engine, conn: ServerConnection) -> None:
+    """One message in, one reply out, in order; errors leave the connection usable."""
+    try:
+        async for message in conn:
+            request_id: Any = None
+            try:
+                batch = parse_ingest(message)
+                request_id = batch.id
+                reply = await engine.ingest(batch)
+            except IngestError as exc:
+                engine.metrics.ingest_errors += 1
+                reply = error_reply(request_id, exc)
+            except Exception:
+                log.exception("ingest failed")
+                engine.metrics.ingest_errors += 1
+                reply = error_reply(request_id, IngestError("internal", "internal error"))
+            await conn.send(reply)
+    except ConnectionClosed:
+        pass
+
+
+async def _roots(engine: Engine, conn: ServerConnection, since: int | None) -> None:
+    """Send epochs until the subscriber leaves, is shed, or the prover stops."""
+
+    async def pump() -> None:
+        try:
+            async for frame in engine.subscribe(since):
+                await conn.send(frame)
+            await conn.close(CLOSE_GOING_AWAY, "prover shutting down")
+        except SubscriberShed as exc:
+            await conn.close(CLOSE_SHED, str(exc)[:120])
+
+    sending = asyncio.create_task(pump())
+    closed = asyncio.create_task(conn.wait_closed())
+    try:
+        await asyncio.wait({sending, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sending, closed):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+            await sending

@@ -1,0 +1,244 @@
+"""The engine without sockets: ingest -> epoch -> proof -> verification, replays,
+refusals, the root stream and restarts, on a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from prover.config import Config
+from prover.engine import Engine
+from prover.errors import IngestError
+from prover.messages import parse_ingest
+from storage.store import Store
+from verifier.audit import audit_epoch
+from verifier.proof import ProofFile, verify_proof
+from verifier.record import EpochRecord, Status
+from verifier.stream import EpochMessage, parse_message
+
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+ORIGIN = "test.example/solvency"
+
+
+def config(tmp_path: Path, **changes: object) -> Config:
+    base: dict[str, object] = dict(
+        data_dir=tmp_path,
+        origin=ORIGIN,
+        assets=(("BTC", 8), ("ETH", 9)),
+        proof_secret="00" * 32,
+        ingest_token="secret-token",
+        epoch_interval=0.05,
+        max_interval=0.5,
+        max_reserve_age=60.0,
+    )
+    base.update(changes)
+    return Config(**base)  # type: ignore[arg-type]
+
+
+def balances(source: str, *rows: tuple[int, str, str, int], id: object = None) -> str:
+    return json.dumps(
+        {
+            "type": "balances",
+            "id": id,
+            "source": source,
+            "updates": [{"seq": s, "user": u, "asset": a, "amount": str(m)} for s, u, a, m in rows],
+        }
+    )
+
+
+def reserves(source: str, *rows: tuple[int, str, int, int]) -> str:
+    return json.dumps(
+        {
+            "type": "reserves",
+            "source": source,
+            "updates": [{"seq": s, "asset": a, "amount": m, "as_of_ms": t} for s, a, m, t in rows],
+        }
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_790_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+Scenario = Callable[[Engine, Clock], Awaitable[None]]
+
+
+def run(tmp_path: Path, scenario: Scenario, **changes: object) -> None:
+    async def main() -> None:
+        clock = Clock()
+        store = Store.open(f"sqlite:///{tmp_path / 'prover.db'}")
+        engine = Engine(config(tmp_path, **changes), store, KEY, clock=clock)
+        await engine.start()
+        try:
+            await scenario(engine, clock)
+        finally:
+            await engine.close()
+            store.close()
+
+    asyncio.run(main())
+
+
+async def ingest(engine: Engine, message: str) -> dict:
+    return json.loads(await engine.ingest(parse_ingest(message)))
+
+
+def test_round_trip_to_a_verified_proof(tmp_path: Path) -> None:
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        ack = await ingest(
+            engine,
+            balances(
+                "core", (1, "alice", "BTC", 150), (2, "bob", "BTC", 50), (3, "alice", "ETH", 7)
+            ),
+        )
+        assert ack == {
+            "type": "ack",
+            "id": None,
+            "source": "core",
+            "applied": 3,
+            "duplicates": 0,
+            "last_seq": 3,
+        }
+        await ingest(
+            engine, reserves("cold", (1, "BTC", 500, int(clock.now * 1000)), (2, "ETH", 1, 0))
+        )
+        message = await engine.close_epoch()
+        record = EpochRecord.decode(message.record)
+        assert record.epoch == 0
+        assert [(a.asset, a.liabilities, a.reserves, a.status) for a in record.assets] == [
+            ("BTC", 200, 500, Status.SOLVENT),
+            ("ETH", 7, 1, Status.UNPROVEN),  # as_of 0 is long stale
+        ]
+        proof = await engine.proof("alice")
+        assert proof is not None
+        report = verify_proof(ProofFile.parse(proof.to_json()), engine.verifier_key, user="alice")
+        assert {a.asset: a.balance for a in report.assets} == {"BTC": 150, "ETH": 7}
+        assert await engine.proof("nobody") is None
+
+    run(tmp_path, scenario)
+
+
+def test_replays_are_acknowledged_and_ignored(tmp_path: Path) -> None:
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        await ingest(engine, balances("core", (1, "a", "BTC", 5), (2, "b", "BTC", 6)))
+        again = await ingest(engine, balances("core", (1, "a", "BTC", 500), (2, "b", "BTC", 600)))
+        assert (again["applied"], again["duplicates"], again["last_seq"]) == (0, 2, 2)
+        record = EpochRecord.decode((await engine.close_epoch()).record)
+        assert record.asset("BTC").liabilities == 11
+
+    run(tmp_path, scenario)
+
+
+def test_refused_batches_change_nothing(tmp_path: Path) -> None:
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        await ingest(engine, balances("core", (1, "a", "BTC", 5)))
+        bad = [
+            (balances("core", (2, "a", "BTC", 6), (3, "b", "DOGE", 1)), "unknown-asset"),
+            (balances("core", (1, "a", "BTC", 6), (2, "b", "BTC", 1)), None),  # replay + new: fine
+            (reserves("cold", (1, "BTC", 5, int(clock.now * 1000) + 60_000)), "bad-update"),
+        ]
+        for message, code in bad:
+            if code is None:
+                await ingest(engine, message)
+                continue
+            with pytest.raises(IngestError) as info:
+                await ingest(engine, message)
+            assert info.value.code == code
+        record = EpochRecord.decode((await engine.close_epoch()).record)
+        assert record.asset("BTC").liabilities == 6  # a=5 kept, b=1 added
+        assert record.asset("BTC").sources == ()
+
+    run(tmp_path, scenario)
+
+
+async def take(stream: AsyncIterator[str], count: int) -> list[EpochMessage]:
+    out = []
+    async for frame in stream:
+        message = parse_message(frame)
+        assert isinstance(message, EpochMessage)
+        out.append(message)
+        if len(out) == count:
+            break
+    return out
+
+
+def test_root_stream_replays_then_follows_without_gap(tmp_path: Path) -> None:
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        for n in range(3):
+            await ingest(engine, balances("core", (n + 1, f"u{n}", "BTC", n + 1)))
+            clock.now += 1
+            await engine.close_epoch()
+        reader = asyncio.create_task(take(engine.subscribe(1), 4))  # epochs 1, 2 stored; 3, 4 live
+        await asyncio.sleep(0.05)
+        for _ in range(2):
+            clock.now += 1
+            await engine.close_epoch()
+        messages = await asyncio.wait_for(reader, 5)
+        assert [EpochRecord.decode(m.record).epoch for m in messages] == [1, 2, 3, 4]
+        state = None
+        for m in messages:
+            if state is None:  # an auditor starting at epoch 1 trusts its first checkpoint
+                state, _, _ = audit_epoch(None, m, engine.verifier_key, ORIGIN)
+            else:
+                state, _, _ = audit_epoch(state, m, engine.verifier_key, ORIGIN)
+
+    run(tmp_path, scenario)
+
+
+def test_a_slow_subscriber_is_shed(tmp_path: Path) -> None:
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        from prover.errors import SubscriberShed
+
+        stream = engine.subscribe(None)
+        first = asyncio.create_task(stream.__anext__())  # registers, then never reads again
+        await asyncio.sleep(0.01)
+        for _ in range(5):
+            clock.now += 1
+            await engine.close_epoch()
+        await first
+        with pytest.raises(SubscriberShed):
+            while True:
+                await stream.__anext__()
+        assert engine.metrics.shed_subscribers == 1 and engine.metrics.subscribers == 0
+
+    run(tmp_path, scenario, subscriber_queue=2)
+
+
+def test_restart_continues_the_same_log(tmp_path: Path) -> None:
+    async def first(engine: Engine, clock: Clock) -> None:
+        await ingest(engine, balances("core", (1, "a", "BTC", 5)))
+        await engine.close_epoch()
+        await ingest(engine, balances("core", (2, "a", "BTC", 9)))  # acked, not yet in an epoch
+
+    async def second(engine: Engine, clock: Clock) -> None:
+        assert engine.metrics.epoch == 0
+        again = await ingest(engine, balances("core", (2, "a", "BTC", 9)))
+        assert again["duplicates"] == 1  # the producer's replay after the crash
+        message = await engine.close_epoch()
+        record = EpochRecord.decode(message.record)
+        assert record.epoch == 1 and record.asset("BTC").liabilities == 9
+        stored = [parse_message(f) async for f in _first(engine.subscribe(0), 2)]
+        state = None
+        for m in stored:
+            assert isinstance(m, EpochMessage)
+            state, _, _ = audit_epoch(state, m, engine.verifier_key, ORIGIN)
+
+    run(tmp_path, first)
+    run(tmp_path, second)
+
+
+async def _first(stream: AsyncIterator[str], count: int) -> AsyncIterator[str]:
+    n = 0
+    async for frame in stream:
+        yield frame
+        n += 1
+        if n == count:
+            return

@@ -1,0 +1,143 @@
+"""The prover over real sockets on 127.0.0.1: ingest, root stream, proofs, operations."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from prover.engine import Engine
+from prover.server import start_server
+from storage.store import Store
+from tests.prover.test_engine import KEY, ORIGIN, balances, config, reserves
+from verifier.audit import audit_epoch
+from verifier.cli import main as verify_main
+from verifier.proof import ProofFile, verify_proof
+from verifier.stream import EpochMessage, parse_message
+
+Scenario = Callable[[Engine, str], Awaitable[None]]
+
+
+def serve(tmp_path: Path, scenario: Scenario, **changes: object) -> None:
+    async def main() -> None:
+        store = Store.open(f"sqlite:///{tmp_path / 'prover.db'}")
+        engine = Engine(config(tmp_path, **changes), store, KEY)
+        await engine.start()
+        server = await start_server(engine, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        stop = asyncio.Event()
+        loop = asyncio.create_task(engine.run(stop))
+        try:
+            await asyncio.wait_for(scenario(engine, f"127.0.0.1:{port}"), 30)
+        finally:
+            stop.set()
+            await loop
+            server.close()
+            await server.wait_closed()
+            await engine.close()
+            store.close()
+
+    asyncio.run(main())
+
+
+AUTH = {"Authorization": "Bearer secret-token"}
+
+
+def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_ingest_stream_and_proof(tmp_path: Path) -> None:
+    async def scenario(engine: Engine, host: str) -> None:
+        async with connect(f"ws://{host}/roots") as roots:
+            async with connect(f"ws://{host}/ingest", additional_headers=AUTH) as producer:
+                await producer.send(balances("core", (1, "alice", "BTC", 150), id="b1"))
+                assert json.loads(await producer.recv())["type"] == "ack"
+                await producer.send("{not json")
+                reply = json.loads(await producer.recv())
+                assert (reply["type"], reply["code"]) == ("error", "bad-json")
+                await producer.send(balances("core", (2, "bob", "DOGE", 1), id="b2"))
+                reply = json.loads(await producer.recv())
+                assert (reply["code"], reply["id"]) == ("unknown-asset", "b2")
+                await producer.send(reserves("cold", (1, "BTC", 1000, 0)))  # still usable
+                assert json.loads(await producer.recv())["type"] == "ack"
+            state = None
+            while True:  # follow epochs until alice's balance is in one
+                message = parse_message(await roots.recv())
+                assert isinstance(message, EpochMessage)
+                state, record, _ = audit_epoch(state, message, engine.verifier_key, ORIGIN)
+                if record.asset("BTC").liabilities == 150:
+                    break
+        token = engine.user_token("alice")
+        await asyncio.sleep(0.01)
+        status, body = await asyncio.to_thread(http_get, f"http://{host}/proof?user=alice", token)
+        assert status == 200
+        report = verify_proof(ProofFile.parse(body), engine.verifier_key, user="alice")
+        assert report.assets[0].balance == 150
+        key = str(engine.verifier_key)
+        args = ["proof", "--url", f"ws://{host}", "--user", "alice", "--token", token, "--key", key]
+        assert await asyncio.to_thread(verify_main, args) == 0
+        status, _ = await asyncio.to_thread(http_get, f"http://{host}/proof?user=alice", "0" * 64)
+        assert status == 401
+        status, _ = await asyncio.to_thread(http_get, f"http://{host}/proof?user=alice")
+        assert status == 401
+        status, _ = await asyncio.to_thread(
+            http_get, f"http://{host}/proof?user=nobody", engine.user_token("nobody")
+        )
+        assert status == 404
+
+    serve(tmp_path, scenario)
+
+
+def test_refusals_at_the_door(tmp_path: Path) -> None:
+    async def scenario(engine: Engine, host: str) -> None:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(f"ws://{host}/ingest", additional_headers=headers):
+                    pass
+            assert info.value.response.status_code == 401
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(f"ws://{host}/roots?since=999"):
+                pass
+        assert info.value.response.status_code == 400
+        with pytest.raises(InvalidStatus) as info:
+            async with connect(f"ws://{host}/nowhere"):
+                pass
+        assert info.value.response.status_code == 404
+        async with connect(f"ws://{host}/roots"), connect(f"ws://{host}/roots"):
+            await asyncio.sleep(0.05)
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(f"ws://{host}/roots"):
+                    pass
+            assert info.value.response.status_code == 503
+        async with connect(f"ws://{host}/ingest", additional_headers=AUTH, max_size=None) as ws:
+            await ws.send("x" * 5000)  # over the 4 KiB limit of this test
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+
+    serve(tmp_path, scenario, max_subscribers=2, max_message_bytes=4096)
+
+
+def test_health_and_metrics(tmp_path: Path) -> None:
+    async def scenario(engine: Engine, host: str) -> None:
+        while engine.metrics.epoch < 0:
+            await asyncio.sleep(0.05)
+        status, body = await asyncio.to_thread(http_get, f"http://{host}/healthz")
+        assert (status, body) == (200, b"ok\n")
+        status, body = await asyncio.to_thread(http_get, f"http://{host}/metrics")
+        assert status == 200 and b"solvency_epoch " in body and b"# TYPE" in body
+
+    serve(tmp_path, scenario)
