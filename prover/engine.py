@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +27,7 @@ from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from prover import tokens
 from prover.config import Config
 from prover.epoch import Reserve, build_record
 from prover.errors import IngestError, SubscriberShed
@@ -184,7 +183,7 @@ class Engine:
         """True if an epoch should close now: changes are waiting, or the heartbeat is due."""
         since = self.clock() - self.metrics.last_epoch_time
         if self._pending:
-            return since >= self.config.epoch_interval * 0.5
+            return since >= self.config.epoch_interval
         return since >= self.config.max_interval
 
     async def close_epoch(self) -> EpochMessage:
@@ -213,6 +212,13 @@ class Engine:
             self.metrics.epoch_build_seconds = time.perf_counter() - started
             self.metrics.last_epoch_time = now
             self._publish(number, message)
+            log.info(
+                "epoch %d published: %d updates, trees %.0f ms, total %.0f ms",
+                number,
+                len(rows),
+                applied.seconds * 1000,
+                self.metrics.epoch_build_seconds * 1000,
+            )
             return message
 
     def _commit_epoch(
@@ -305,13 +311,10 @@ class Engine:
 
     def user_token(self, user: str) -> str:
         """The bearer token the custodian hands ``user`` for /proof."""
-        secret = bytes.fromhex(self.config.proof_secret)
-        return hmac.new(secret, user.encode("utf-8"), hashlib.sha256).hexdigest()
+        return tokens.user_token(self.config.proof_secret, user)
 
     def check_user_token(self, user: str, token: str) -> bool:
-        if not self.config.proof_secret:
-            return False
-        return hmac.compare_digest(self.user_token(user), token)
+        return tokens.check_user_token(self.config.proof_secret, user, token)
 
     async def proof(self, user: str) -> ProofFile | None:
         """``user``'s proof for the latest published epoch; None if they hold nothing."""

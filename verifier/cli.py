@@ -183,6 +183,7 @@ class Watcher:
         self.max_epochs = args.max_epochs
         self.seen = 0
         self.violations = 0
+        self.open_findings: dict[str, str] = {}
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_file = self.state_dir / "state.json"
         self.state: AuditState | None = None
@@ -235,8 +236,17 @@ class Watcher:
         self._save(state)
         self.seen += 1
         self._report(record)
+        # Alarm when an asset turns insolvent or unproven, not again each epoch it stays so.
+        current = {f.asset: f for f in findings}
         for f in findings:
-            self.violation(f.status, f"{f.asset}: {f.detail}", message)
+            if self.open_findings.get(f.asset) != f.status:
+                self.violation(f.status, f"{f.asset}: {f.detail}", message)
+        for asset in set(self.open_findings) - set(current):
+            self._say(
+                {"event": "recovered", "asset": asset, "epoch": record.epoch},
+                f"RECOVERED {asset} is solvent again at epoch {record.epoch}",
+            )
+        self.open_findings = {a: f.status for a, f in current.items()}
         if findings and not self.keep_going:
             return False
         return not (self.max_epochs and self.seen >= self.max_epochs)

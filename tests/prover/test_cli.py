@@ -1,0 +1,78 @@
+"""solvency-prover commands, and the demo as a short smoke run."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from prover.cli import main
+from prover.config import load_config
+from prover.demo import main as demo_main
+from storage.store import Store
+
+
+def test_init_import_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    assert (
+        main(
+            [
+                "--data-dir",
+                str(data),
+                "init",
+                "--origin",
+                "x.example/log",
+                "--assets",
+                "BTC:8,ETH:9",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "x.example/log+" in out
+    assert stat.S_IMODE((data / "config.toml").stat().st_mode) == 0o600
+    assert stat.S_IMODE((data / "signing.key").stat().st_mode) == 0o600
+    config = load_config(data)
+    assert config.assets == (("BTC", 8), ("ETH", 9)) and len(config.proof_secret) == 64
+    assert main(["--data-dir", str(data), "init"]) == 2  # never overwrites
+
+    (tmp_path / "b.csv").write_text("user,asset,amount\nalice,BTC,5\nbob,ETH,7\n")
+    (tmp_path / "b.jsonl").write_text('{"user": "carol", "asset": "BTC", "amount": "9"}\n')
+    assert main(["--data-dir", str(data), "import", str(tmp_path / "b.csv")]) == 0
+    assert main(["--data-dir", str(data), "import", str(tmp_path / "b.jsonl")]) == 0
+    store = Store.open(config.url)
+    got = {(u, a): m for chunk in store.iter_balances() for u, a, m in chunk}
+    store.close()
+    assert got == {("alice", "BTC"): 5, ("bob", "ETH"): 7, ("carol", "BTC"): 9}
+    assert main(["--data-dir", str(data), "status"]) == 0
+    assert "no epoch yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "user,amount\nalice,5\n",
+        "user,asset,amount\nalice,BTC,-5\n",
+        "user,asset,amount\nalice,BTC,1.5\n",
+        "user,asset,amount\nalice,DOGE,5\n",
+        "user,asset,amount\n,BTC,5\n",
+    ],
+)
+def test_import_refuses_bad_files(
+    tmp_path: Path, content: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    main(["--data-dir", str(data), "init", "--assets", "BTC:8"])
+    (tmp_path / "bad.csv").write_text(content)
+    assert main(["--data-dir", str(data), "import", str(tmp_path / "bad.csv")]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_demo_runs_the_whole_loop(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--seconds", "9", "--users", "300", "--rate", "400", "--proof-every", "4"]
+    assert demo_main([*args, "--data-dir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "[auditor] epoch" in out and "verified" in out
+    assert "[user] VALID" in out
+    assert "[prover] stopped at epoch" in out
