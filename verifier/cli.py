@@ -30,7 +30,7 @@ from verifier.checkpoint import VerifierKey, verify_checkpoint
 from verifier.errors import FormatError, SolvencyError, VerificationError
 from verifier.proof import ProofFile, ProofReport, verify_proof
 from verifier.record import EpochRecord
-from verifier.stream import EpochMessage, StreamError, parse_message
+from verifier.stream import EpochMessage, parse_message
 
 __all__ = ["format_amount", "main"]
 
@@ -279,7 +279,12 @@ class Watcher:
 
     async def run(self) -> int:
         from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+        from websockets.exceptions import (
+            ConnectionClosed,
+            InvalidHandshake,
+            InvalidStatus,
+            InvalidURI,
+        )
 
         backoff = 1.0
         while True:
@@ -304,12 +309,24 @@ class Watcher:
                             if not self.keep_going:
                                 return EXIT_INVALID
                             continue
-                        if isinstance(message, StreamError):
-                            raise UsageError(f"prover refused: {message.code}: {message.message}")
                         if not self.on_message(message):
                             return EXIT_INVALID if self.violations else EXIT_VALID
             except InvalidURI as exc:
                 raise UsageError(str(exc)) from None
+            except InvalidStatus as exc:
+                if exc.response.status_code == 400 and b"bad-since" in exc.response.body:
+                    # The prover has fewer epochs than this auditor already verified.
+                    self.violation(
+                        "log-rolled-back", f"the log no longer reaches size {since}", None
+                    )
+                    if not self.keep_going:
+                        return EXIT_INVALID
+                self._say(
+                    {"event": "refused", "status": exc.response.status_code, "retry_in": backoff},
+                    f"prover refused the connection ({exc}); retrying in {backoff:g} s",
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
                 self._say(
                     {"event": "disconnected", "reason": str(exc), "retry_in": backoff},

@@ -9,9 +9,7 @@ Each epoch the prover sends one text frame holding a JSON object::
      "consistency": ["<64 hex>", ...]}   # from size epoch to size epoch + 1
 
 The record's epoch number is its log index, and the checkpoint's size must be
-``epoch + 1``: the stream carries each checkpoint right after its epoch. On a
-refused request the prover sends ``{"type": "error", "code": ..., "message":
-...}`` and closes.
+``epoch + 1``: the stream carries each checkpoint right after its epoch.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from dataclasses import dataclass
 from verifier.errors import FormatError
 from verifier.fields import b64, exact_keys, hex32_list, load_object, text
 
-__all__ = ["EpochMessage", "StreamError", "parse_message"]
+__all__ = ["EpochMessage", "parse_message"]
 
 MAX_MESSAGE_BYTES = 1 << 20
 
@@ -50,30 +48,15 @@ class EpochMessage:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class StreamError:
-    """The prover refused the subscription (e.g. ``since`` beyond the log)."""
-
-    code: str
-    message: str
-
-    def to_json(self) -> str:
-        return json.dumps({"type": "error", "code": self.code, "message": self.message})
-
-
-def parse_message(data: str | bytes) -> EpochMessage | StreamError:
+def parse_message(data: str | bytes) -> EpochMessage:
     """Parse one frame of the root stream.
 
     Raises:
         FormatError: naming what is malformed.
     """
     doc = load_object(data, MAX_MESSAGE_BYTES, "stream message")
-    kind = doc.get("type")
-    if kind == "error":
-        exact_keys(doc, {"type", "code", "message"}, "error message")
-        return StreamError(text(doc["code"], "code"), text(doc["message"], "message"))
-    if kind != "epoch":
-        raise FormatError(f"unknown stream message type {kind!r}")
+    if doc.get("type") != "epoch":
+        raise FormatError(f"unknown stream message type {doc.get('type')!r}")
     exact_keys(doc, {"type", "record", "checkpoint", "inclusion", "consistency"}, "epoch message")
     return EpochMessage(
         record=b64(doc["record"], "record"),

@@ -18,6 +18,7 @@ from prover.server import start_server
 from storage.store import Store
 from tests.prover.test_engine import KEY, ORIGIN, balances, config, reserves
 from verifier.audit import audit_epoch
+from verifier.checkpoint import verifier_key_for
 from verifier.cli import main as verify_main
 from verifier.proof import ProofFile, verify_proof
 from verifier.stream import EpochMessage, parse_message
@@ -141,3 +142,29 @@ def test_health_and_metrics(tmp_path: Path) -> None:
         assert status == 200 and b"solvency_epoch " in body and b"# TYPE" in body
 
     serve(tmp_path, scenario)
+
+
+def test_auditor_catches_a_rolled_back_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An auditor that already verified 5 epochs meets a prover whose log is shorter."""
+    from tests.verifier.fakelog import FakeLog
+
+    log = FakeLog(KEY, ORIGIN)
+    state = None
+    for _ in range(5):
+        state, _, _ = audit_epoch(
+            state, log.append(), verifier_key_for(ORIGIN, KEY.public_key()), ORIGIN
+        )
+    assert state is not None
+    (tmp_path / "auditor").mkdir()
+    (tmp_path / "auditor" / "state.json").write_text(state.to_json())
+
+    async def scenario(engine: Engine, host: str) -> None:
+        args = ["watch", f"ws://{host}", "--key", str(engine.verifier_key)]
+        args += ["--state", str(tmp_path / "auditor"), "--json"]
+        assert await asyncio.to_thread(verify_main, args) == 1
+
+    serve(tmp_path, scenario)
+    alarms = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert alarms[0]["check"] == "log-rolled-back"
