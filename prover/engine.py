@@ -33,7 +33,7 @@ from prover.epoch import Reserve, build_record
 from prover.errors import IngestError, SubscriberShed
 from prover.messages import BalanceBatch, ReserveBatch, ack
 from prover.periods import SaltPeriod
-from prover.worker import TreeWorker
+from prover.worker import Applied, TreeWorker
 from storage.errors import InvalidAmountError, SequenceError, StorageError, UnknownAssetError
 from storage.store import ApplyResult, Store
 from verifier.checkpoint import Checkpoint, sign_note, verifier_key_for
@@ -90,6 +90,10 @@ class Engine:
         self._latest_frame: str | None = None
         self._epoch_lock = asyncio.Lock()
         self._period: SaltPeriod | None = None
+        # salt rotation: the next period's worker, built in the background, and the
+        # rows applied since it started loading, replayed into it before the switch
+        self._next: asyncio.Task[tuple[TreeWorker, SaltPeriod]] | None = None
+        self._replay: list[tuple[str, str, int]] = []
         self._marks: dict[tuple[str, str], int] = {}
         self._last_timestamp_ms = 0
         self.verifier_key = verifier_key_for(self.config.origin, self.key.public_key())
@@ -113,17 +117,28 @@ class Engine:
             self._last_timestamp_ms = EpochRecord.decode(latest.record).timestamp_ms
             self.metrics.last_epoch_time = self._last_timestamp_ms / 1000
             await self._db_call(self.store.log_root)  # warm the log's subtree cache
-        now_ms = int(self.clock() * 1000)
-        period = await self._db_call(self.store.start_salt_period, now_ms)
-        self._period = SaltPeriod(period.number, period.started_ms, period.secret)
-        self._worker = TreeWorker()
-        await self._worker.build(
-            self._period, sorted(self._decimals), self.store.iter_balances(LOAD_CHUNK)
-        )
+        self._worker, self._period = await self._new_period()
+
+    async def _new_period(self) -> tuple[TreeWorker, SaltPeriod]:
+        """A worker holding every tree of a new salt period, built from the stored balances."""
+        row = await self._db_call(self.store.start_salt_period, int(self.clock() * 1000))
+        period = SaltPeriod(row.number, row.started_ms, row.secret)
+        worker = TreeWorker()
+        try:
+            await worker.build(period, sorted(self._decimals), self.store.iter_balances(LOAD_CHUNK))
+        except BaseException:
+            await worker.close()
+            raise
+        return worker, period
 
     async def close(self) -> None:
         for sub in list(self._subscribers):
             sub.queue.put_nowait(None)
+        if self._next is not None:
+            self._next.cancel()
+            with contextlib.suppress(BaseException):
+                worker, _ = await self._next
+                await worker.close()
         if self._worker is not None:
             await self._worker.close()
         self._db.shutdown(wait=True)
@@ -193,7 +208,7 @@ class Engine:
             started = time.perf_counter()
             rows, self._pending = self._pending, []
             marks = dict(self._marks)  # what this epoch covers
-            applied = await self._worker.apply([], rows)
+            applied = await self._apply(rows)
             number = self.metrics.epoch + 1
             now = self.clock()
             timestamp_ms = max(int(now * 1000), self._last_timestamp_ms)  # never backwards
@@ -220,6 +235,30 @@ class Engine:
                 self.metrics.epoch_build_seconds * 1000,
             )
             return message
+
+    async def _apply(self, rows: list[tuple[str, str, int]]) -> Applied:
+        """Apply rows to the current trees; rotate the salt period when it is due
+        (docs/PROTOCOL.md §2.5) without holding up the epochs meanwhile."""
+        assert self._worker is not None and self._period is not None
+        age = self.clock() - self._period.started_ms / 1000
+        if self._next is None and age >= self.config.salt_period:
+            self._next, self._replay = asyncio.create_task(self._new_period()), []
+        if self._next is None:
+            return await self._worker.apply([], rows)
+        self._replay.extend(rows)
+        if not self._next.done():
+            return await self._worker.apply([], rows)
+        task, self._next = self._next, None
+        try:
+            worker, period = task.result()
+        except Exception:
+            log.exception("building the next salt period failed; keeping the current one")
+            return await self._worker.apply([], rows)
+        applied = await worker.apply([], self._replay)
+        old, self._worker, self._period, self._replay = self._worker, worker, period, []
+        await old.close()
+        log.info("salt period %d began: new salts and slots for every user", period.number)
+        return applied
 
     def _commit_epoch(
         self, number: int, record: bytes, timestamp_ms: int, marks: dict[tuple[str, str], int]

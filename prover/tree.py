@@ -1,87 +1,123 @@
 """One asset's Merkle sum tree, stored level by level in numpy arrays. Pure.
 
 Hashing follows docs/PROTOCOL.md §2 through the layouts of verifier/hashing.py.
-Level ``l`` (0 = leaves) holds ``2**(h-l)`` nodes as three arrays: hashes
-``(n, 32) uint8`` and the 128-bit sums split into ``hi`` and ``lo`` uint64
-halves. No Python object exists per node: a level's node messages are
-assembled in one ``(n, 97)`` buffer by column slicing and hashed in one tight
-loop, so the cost stays close to the SHA-256 calls themselves.
 
-Invariants: every node's hash and sum are those of its children (or of its
-leaf); ``hi`` is 0 at level 0; sums never exceed ``subtree_cap(level) < 2**96``.
+Storage: a node's *record* is its 48 bytes ``hash[32] || sum u128 big-endian``,
+and the record of an internal node's children are exactly the 96 bytes that
+follow the tag in its message ``TAG_NODE || left record || right record``.
+So level ``l`` (0 = leaves, ``h`` = root) is one C-contiguous ``(m, 97)``
+uint8 array of sibling pairs: row ``r`` is ``TAG_NODE || record(2r) ||
+record(2r+1)``, ``m = 2**(h-l-1)`` (one row, right half unused, at level
+``h``). Row ``r`` of level ``l`` *is* the message of node ``r`` of level
+``l+1``: rebuilding a level hashes rows in place, with no message assembly and
+no Python object per node (about 48.5 bytes per node, 97 per leaf slot).
+
+Invariants: column 0 of every row is ``TAG_NODE``; every leaf record is the
+leaf or padding hash of its slot with the amount (0 for padding); every other
+record is the node hash of its two children with the sum of theirs; a sum at
+level ``l`` is at most ``subtree_cap(l) < 2**96``, so 128 bits never wrap.
 """
 
 from __future__ import annotations
 
+import operator
 from hashlib import sha256
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
 from prover.errors import TreeError
+from verifier.errors import FormatError
 from verifier.hashing import (
     DIGEST_SIZE,
+    MAX_BALANCE,
     MAX_HEIGHT,
     NODE_MESSAGE_SIZE,
+    SUM_SIZE,
     TAG_LEAF,
     TAG_NODE,
     TAG_PADDING,
     asset_prefix,
 )
 
-__all__ = ["SumTree"]
+__all__ = ["SumTree", "TreeError"]
 
 U8 = npt.NDArray[np.uint8]
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
-HASH_CHUNK = 4096  # rows per chunk: ~400 KB of node messages, cache-sized
+Records = npt.NDArray[np.void]  # one "V48" element per node
+
+RECORD: Final = DIGEST_SIZE + SUM_SIZE  # 48: hash || sum, one half of a row
+SLOT_SIZE: Final = 8  # the padding message ends with the slot as u64
+HASH_CHUNK = 2048  # rows hashed per step: keeps messages and digests in cache
+
+_EMPTY_SLOTS: Final[I64] = np.zeros(0, np.int64)
 
 
-def _hash_rows(buf: U8) -> U8:
-    """SHA-256 of each row of ``buf``, as an ``(n, 32)`` array.
+def _digests(rows: U8) -> U8:
+    """SHA-256 of each row of a C-contiguous ``(k, w)`` uint8 array, as ``(k, 32)``.
 
-    Rows become bytes objects and digests are joined one chunk at a time, so the
-    working set stays in cache; this runs at about the speed of bare
-    ``sha256(m).digest()`` calls over ready-made messages.
+    ``tolist`` on a ``V{w}`` view makes one bytes object per row in C; hashing
+    those in a list comprehension runs within a few percent of bare
+    ``sha256(m).digest()`` calls (faster than memoryview slicing).
     """
-    n, width = buf.shape
-    rows = buf.view(f"V{width}").ravel()
-    out = bytearray()
-    for start in range(0, n, HASH_CHUNK):
-        out += b"".join([sha256(m).digest() for m in rows[start : start + HASH_CHUNK].tolist()])
-    return np.frombuffer(out, np.uint8).reshape(n, DIGEST_SIZE)  # writable: a bytearray
+    messages: list[Any] = rows.view(f"V{rows.shape[1]}").ravel().tolist()
+    joined = b"".join([sha256(m).digest() for m in messages])
+    return np.frombuffer(joined, np.uint8).reshape(len(messages), DIGEST_SIZE)
 
 
-def _put_sums(columns: U8, hi: U64, lo: U64) -> None:
-    """Write 16-byte big-endian sums into a ``(n, 16)`` column block of a message buffer."""
-    view = columns.view(">u8")
-    view[:, 0] = hi
-    view[:, 1] = lo
+def _add_sums(rows: U8) -> tuple[U64, U64]:
+    """``(hi, lo)`` of left sum + right sum for node message rows ``(k, 97)``."""
+    left = rows[:, 1 + DIGEST_SIZE : 1 + RECORD].view(">u8")
+    right = rows[:, 1 + RECORD + DIGEST_SIZE :].view(">u8")
+    l_lo = left[:, 1].astype(np.uint64)
+    lo = l_lo + right[:, 1]  # modulo 2**64: the carry goes to hi
+    hi: U64 = left[:, 0] + right[:, 0] + (lo < l_lo)
+    return hi, lo
+
+
+def _records(digests: U8, hi: U64 | int, lo: U64 | int) -> Records:
+    """``k`` records (``V48``) from digests and 128-bit sums split in halves."""
+    out = np.empty((len(digests), RECORD), np.uint8)
+    out[:, :DIGEST_SIZE] = digests
+    sums = out[:, DIGEST_SIZE:].view(">u8")
+    sums[:, 0] = hi
+    sums[:, 1] = lo
+    return out.view(f"V{RECORD}").ravel()
 
 
 class SumTree:
-    """A Merkle sum tree of fixed height over ``2**height`` slots (see module docstring)."""
+    """A Merkle sum tree over ``2**height`` slots of one asset (see the module docstring).
 
-    def __init__(self, asset: str, height: int, padding_key: bytes) -> None:
-        """An all-padding tree; use ``build`` to fill it."""
-        if not 0 <= height <= MAX_HEIGHT:
-            raise TreeError(f"height {height} is outside 0..{MAX_HEIGHT}")
-        if len(padding_key) != DIGEST_SIZE:
-            raise TreeError(f"padding key must be {DIGEST_SIZE} bytes")
-        self.asset = asset
-        self.height = height
-        self._leaf_prefix = np.frombuffer(asset_prefix(TAG_LEAF, asset), np.uint8)
-        self._pad_prefix = np.frombuffer(asset_prefix(TAG_PADDING, asset) + padding_key, np.uint8)
-        self._hashes: list[U8] = []
-        self._hi: list[U64] = []
-        self._lo: list[U64] = []
-        for level in range(height + 1):
-            n = 1 << (height - level)
-            self._hashes.append(np.zeros((n, DIGEST_SIZE), np.uint8))
-            self._hi.append(np.zeros(n, np.uint64))
-            self._lo.append(np.zeros(n, np.uint64))
+    Build with ``SumTree.build``; change with ``apply``; read ``root``, ``total``,
+    ``leaf(slot)`` and ``path(slot)``. Growing capacity means building a new tree.
+    """
 
-    # Construction and updates
+    __slots__ = ("_asset", "_height", "_leaf_prefix", "_nodes", "_pad_prefix", "_rows")
+
+    _asset: str
+    _height: int
+    _leaf_prefix: U8  # asset_prefix(TAG_LEAF, asset)
+    _pad_prefix: U8  # asset_prefix(TAG_PADDING, asset) || padding key
+    _rows: list[U8]  # level l: (m, 97) uint8 sibling pairs, see the module docstring
+    _nodes: list[Records]  # the same memory as (m, 2) V48 records: node i at [i >> 1, i & 1]
+
+    def _attach(self, rows: list[U8]) -> None:
+        """Take ``rows`` as the levels and make the record views over them."""
+        self._rows = rows
+        self._nodes = [
+            np.ndarray((len(r), 2), f"V{RECORD}", r, offset=1, strides=(NODE_MESSAGE_SIZE, RECORD))
+            for r in rows
+        ]
+
+    def __getstate__(self) -> tuple[str, int, U8, U8, list[U8]]:
+        """Pickle and deepcopy the levels only: the record views are remade over them."""
+        return self._asset, self._height, self._leaf_prefix, self._pad_prefix, self._rows
+
+    def __setstate__(self, state: tuple[str, int, U8, U8, list[U8]]) -> None:
+        self._asset, self._height, self._leaf_prefix, self._pad_prefix, rows = state
+        self._attach(rows)
 
     @classmethod
     def build(
@@ -93,14 +129,51 @@ class SumTree:
         commitments: npt.ArrayLike,
         amounts: npt.ArrayLike,
     ) -> SumTree:
-        """A tree with user leaves at ``slots`` and padding everywhere else."""
-        tree = cls(asset, height, padding_key)
-        slots_a, commitments_a, amounts_a = tree._check_sets(slots, commitments, amounts)
-        occupied = np.zeros(tree.capacity, bool)
-        occupied[slots_a] = True
-        tree._write_leaves(slots_a, commitments_a, amounts_a)
-        tree._write_padding(np.flatnonzero(~occupied))
-        for level in range(1, height + 1):
+        """A tree with user leaves ``(commitments[i], amounts[i])`` at ``slots[i]``
+        and padding in every other slot. The only way to make a tree.
+
+        Args:
+            asset: asset id (1-16 of ``A-Z 0-9 . _ -``).
+            height: 0..32; the tree has ``2**height`` slots.
+            padding_key: 32 secret bytes keying the padding leaves.
+            slots: distinct integers in ``0 .. 2**height - 1``, in any order.
+            commitments: uint8 array of shape ``(len(slots), 32)``.
+            amounts: integers in ``0 .. 2**64 - 1``, one per slot.
+
+        Raises:
+            TreeError: on a bad asset id, height or padding key, or bad leaves.
+        """
+        height = _check_height(height)
+        try:
+            leaf_prefix = asset_prefix(TAG_LEAF, asset)
+            pad_prefix = asset_prefix(TAG_PADDING, asset)
+        except FormatError as exc:
+            raise TreeError(str(exc)) from exc
+        if not isinstance(padding_key, bytes) or len(padding_key) != DIGEST_SIZE:
+            raise TreeError(f"padding key must be {DIGEST_SIZE} bytes")
+        slot_a, commitment_a, amount_a = _check_sets(height, slots, commitments, amounts)
+        occupied = np.zeros(1 << height, bool)
+        occupied[slot_a] = True
+        if np.count_nonzero(occupied) != len(slot_a):
+            raise TreeError(_duplicate_message(slot_a, _EMPTY_SLOTS, "among the leaves"))
+
+        tree = cls.__new__(cls)  # no __init__: a tree exists only fully hashed
+        tree._asset = asset
+        tree._height = height
+        tree._leaf_prefix = np.frombuffer(leaf_prefix, np.uint8)
+        tree._pad_prefix = np.frombuffer(pad_prefix + padding_key, np.uint8)
+        levels = []
+        for level in range(height + 1):
+            rows = np.zeros(
+                (1 << (height - level - 1) if level < height else 1, NODE_MESSAGE_SIZE), np.uint8
+            )
+            rows[:, 0] = TAG_NODE
+            levels.append(rows)
+        tree._attach(levels)
+        tree._put_leaves(slot_a, commitment_a, amount_a)
+        tree._put_padding(np.flatnonzero(~occupied))
+        del occupied
+        for level in range(height):
             tree._rehash(level, None)
         return tree
 
@@ -111,150 +184,235 @@ class SumTree:
         set_amounts: npt.ArrayLike,
         clear_slots: npt.ArrayLike | None = None,
     ) -> int:
-        """Set user leaves and clear slots back to padding, in one batch; each
-        dirty node is rehashed once. Returns the number of nodes rehashed.
+        """Apply one batch: set user leaves (insert or update) at ``set_slots`` and
+        turn ``clear_slots`` back into padding. Each dirty node is rehashed once.
+
+        Returns:
+            The number of hashes computed (dirty leaves plus dirty internal nodes).
 
         Raises:
-            TreeError: on a slot out of range or named twice, a bad commitment
-                shape or an amount outside 0..2**64-1. Nothing is changed then.
+            TreeError: on a slot out of range or named twice (within or across the
+                two sets), a bad commitment shape or an amount outside
+                0..2**64-1. The tree is unchanged then.
         """
-        slots, commitments, amounts = self._check_sets(set_slots, set_commitments, set_amounts)
-        clears = self._check_slots(np.zeros(0, np.int64) if clear_slots is None else clear_slots)
-        dirty = np.concatenate([slots, clears])
-        if len(np.unique(dirty)) != len(dirty):
-            raise TreeError("a slot is both set and cleared in one batch")
-        self._write_leaves(slots, commitments, amounts)
-        self._write_padding(clears)
-        rehashed = len(dirty)
-        dirty = np.unique(dirty)
-        for level in range(1, self.height + 1):
-            dirty = np.unique(dirty >> 1)
+        h = self._height
+        slots, commitments, amounts = _check_sets(h, set_slots, set_commitments, set_amounts)
+        clears = _EMPTY_SLOTS if clear_slots is None else _check_slots(h, clear_slots, "clear")
+        dirty = np.sort(np.concatenate([slots, clears]))
+        if np.any(dirty[1:] == dirty[:-1]):
+            raise TreeError(_duplicate_message(slots, clears, "in one batch"))
+        self._put_leaves(slots, commitments, amounts)
+        self._put_padding(clears)
+        hashed = len(dirty)
+        for level in range(self._height):
+            if not len(dirty):
+                break
+            parents = dirty >> 1  # sorted, so duplicates are adjacent
+            keep = np.empty(len(parents), bool)
+            keep[0] = True
+            np.not_equal(parents[1:], parents[:-1], out=keep[1:])
+            dirty = parents[keep]
             self._rehash(level, dirty)
-            rehashed += len(dirty)
-        return rehashed
+            hashed += len(dirty)
+        return hashed
 
-    def _check_slots(self, slots: npt.ArrayLike) -> I64:
-        array = np.asarray(slots)
-        if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
-            raise TreeError("slots must be a one-dimensional integer array")
-        array = array.astype(np.int64)
-        if array.size and (array.min() < 0 or array.max() >= self.capacity):
-            raise TreeError(f"slot outside 0..{self.capacity - 1} (tree of height {self.height})")
-        if len(array) > self.capacity >> 4:  # large batch: a mask is cheaper than sorting
-            seen = np.zeros(self.capacity, bool)
-            seen[array] = True
-            duplicates = int(seen.sum()) != len(array)
-        else:
-            duplicates = len(np.unique(array)) != len(array)
-        if duplicates:
-            raise TreeError("a slot appears twice in one batch")
-        return array
+    # Writing leaves and rehashing levels
 
-    def _check_sets(
-        self, slots: npt.ArrayLike, commitments: npt.ArrayLike, amounts: npt.ArrayLike
-    ) -> tuple[I64, U8, U64]:
-        slots_a = self._check_slots(slots)
-        commitments_a = np.asarray(commitments, np.uint8)
-        if commitments_a.shape != (len(slots_a), DIGEST_SIZE):
-            raise TreeError(f"commitments must have shape ({len(slots_a)}, {DIGEST_SIZE})")
-        raw = np.asarray(amounts)
-        if raw.shape != slots_a.shape:
-            raise TreeError("need one amount per slot")
-        if raw.size and (raw.dtype.kind not in "iu" or (raw.dtype.kind == "i" and raw.min() < 0)):
-            raise TreeError("amounts must be integers in 0..2**64-1")
-        return slots_a, commitments_a, raw.astype(np.uint64)
-
-    def _write_leaves(self, slots: I64, commitments: U8, amounts: U64) -> None:
-        if not len(slots):
-            return
+    def _put_leaves(self, slots: I64, commitments: U8, amounts: U64) -> None:
+        """Hash user leaves into level 0, one chunk at a time."""
         p = len(self._leaf_prefix)
-        buf = np.empty((len(slots), p + DIGEST_SIZE + 16), np.uint8)
-        buf[:, :p] = self._leaf_prefix
-        buf[:, p : p + DIGEST_SIZE] = commitments
-        _put_sums(buf[:, p + DIGEST_SIZE :], np.zeros(len(slots), np.uint64), amounts)
-        self._hashes[0][slots] = _hash_rows(buf)
-        self._lo[0][slots] = amounts
+        message = np.empty((min(len(slots), HASH_CHUNK), p + DIGEST_SIZE + SUM_SIZE), np.uint8)
+        message[:, :p] = self._leaf_prefix
+        message[:, p + DIGEST_SIZE : p + DIGEST_SIZE + 8] = 0  # amount < 2**64: high half 0
+        amount_view = message[:, p + DIGEST_SIZE + 8 :].view(">u8")[:, 0]
+        for start in range(0, len(slots), HASH_CHUNK):
+            stop = min(start + HASH_CHUNK, len(slots))
+            k = stop - start
+            message[:k, p : p + DIGEST_SIZE] = commitments[start:stop]
+            amount_view[:k] = amounts[start:stop]
+            where = slots[start:stop]
+            self._nodes[0][where >> 1, where & 1] = _records(
+                _digests(message[:k]), 0, amounts[start:stop]
+            )
 
-    def _write_padding(self, slots: I64) -> None:
-        if not len(slots):
-            return
+    def _put_padding(self, slots: I64) -> None:
+        """Hash padding leaves (sum 0) into level 0, one chunk at a time."""
         p = len(self._pad_prefix)
-        buf = np.empty((len(slots), p + 8), np.uint8)
-        buf[:, :p] = self._pad_prefix
-        buf[:, p:].view(">u8")[:, 0] = slots
-        self._hashes[0][slots] = _hash_rows(buf)
-        self._lo[0][slots] = 0
+        message = np.empty((min(len(slots), HASH_CHUNK), p + SLOT_SIZE), np.uint8)
+        message[:, :p] = self._pad_prefix
+        slot_view = message[:, p:].view(">u8")[:, 0]
+        for start in range(0, len(slots), HASH_CHUNK):
+            stop = min(start + HASH_CHUNK, len(slots))
+            k = stop - start
+            where = slots[start:stop]
+            slot_view[:k] = where
+            self._nodes[0][where >> 1, where & 1] = _records(_digests(message[:k]), 0, 0)
 
-    def _rehash(self, level: int, nodes: I64 | None) -> None:
-        """Recompute ``nodes`` of ``level`` (sorted indices, or None for all)
-        from their children, one cache-sized chunk at a time."""
-        count = len(self._lo[level]) if nodes is None else len(nodes)
-        buf = np.empty((min(count, HASH_CHUNK), NODE_MESSAGE_SIZE), np.uint8)
-        buf[:, 0] = TAG_NODE
-        for start in range(0, count, HASH_CHUNK):
-            stop = min(start + HASH_CHUNK, count)
-            if nodes is None:  # a whole level: contiguous ranges, no gathering
-                where: I64 | slice = slice(start, stop)
-                left: I64 | slice = slice(2 * start, 2 * stop, 2)
-                right: I64 | slice = slice(2 * start + 1, 2 * stop, 2)
-            else:
-                where = nodes[start:stop]
-                left, right = where * 2, where * 2 + 1
-            self._combine(level, where, left, right, buf[: stop - start])
-
-    def _combine(
-        self, level: int, where: I64 | slice, left: I64 | slice, right: I64 | slice, buf: U8
-    ) -> None:
-        below_h, below_hi, below_lo = (
-            self._hashes[level - 1],
-            self._hi[level - 1],
-            self._lo[level - 1],
-        )
-        l_hi, l_lo, r_hi, r_lo = below_hi[left], below_lo[left], below_hi[right], below_lo[right]
-        buf[:, 1:33] = below_h[left]
-        _put_sums(buf[:, 33:49], l_hi, l_lo)
-        buf[:, 49:81] = below_h[right]
-        _put_sums(buf[:, 81:97], r_hi, r_lo)
-        self._hashes[level][where] = _hash_rows(buf)
-        lo = l_lo + r_lo  # wraps modulo 2**64: the carry goes to hi
-        self._lo[level][where] = lo
-        self._hi[level][where] = l_hi + r_hi + (lo < l_lo)
+    def _rehash(self, level: int, parents: I64 | None) -> None:
+        """Recompute nodes ``parents`` (sorted, distinct; None: all) of level
+        ``level + 1`` from their children, which are rows of level ``level``."""
+        rows, above = self._rows[level], self._nodes[level + 1]
+        pairs = rows.view(f"V{NODE_MESSAGE_SIZE}").ravel()
+        count = len(rows) if parents is None else len(parents)
+        step = max(2, HASH_CHUNK & ~1)  # even: a contiguous chunk fills whole pairs above
+        for start in range(0, count, step):
+            stop = min(start + step, count)
+            if parents is None:  # contiguous rows in, contiguous pairs out
+                messages = rows[start:stop]
+            else:  # gather whole rows through a one-element-per-row view
+                where = parents[start:stop]
+                messages = pairs[where].view(np.uint8).reshape(-1, NODE_MESSAGE_SIZE)
+            hi, lo = _add_sums(messages)
+            records = _records(_digests(messages), hi, lo)
+            if parents is not None:
+                above[where >> 1, where & 1] = records
+            elif count == 1:  # the root
+                above[0, 0] = records[0]
+            else:  # step and count are even: whole pairs
+                above[start // 2 : stop // 2] = records.reshape(-1, 2)
 
     # Reading
 
     @property
+    def asset(self) -> str:
+        return self._asset
+
+    @property
+    def height(self) -> int:
+        return self._height
+
+    @property
     def capacity(self) -> int:
-        return 1 << self.height
+        """Number of leaf slots, ``2**height``."""
+        return 1 << self._height
 
     @property
     def root(self) -> bytes:
-        return bytes(self._hashes[self.height][0])
+        return self._record(self._height, 0)[0]
 
     @property
     def total(self) -> int:
-        return self._sum(self.height, 0)
+        """The root sum: the sum of every leaf amount."""
+        return self._record(self._height, 0)[1]
 
-    def _sum(self, level: int, index: int) -> int:
-        return (int(self._hi[level][index]) << 64) | int(self._lo[level][index])
+    def _record(self, level: int, index: int) -> tuple[bytes, int]:
+        raw = self._nodes[level][index >> 1, index & 1].tobytes()
+        return raw[:DIGEST_SIZE], int.from_bytes(raw[DIGEST_SIZE:], "big")
+
+    def _check_slot(self, slot: int) -> int:
+        try:
+            index = operator.index(slot)
+        except TypeError as exc:
+            raise TreeError(f"slot must be an integer, got {type(slot).__name__}") from exc
+        if not 0 <= index < self.capacity:
+            raise TreeError(
+                f"slot {index} is outside 0..{self.capacity - 1} (tree of height {self._height})"
+            )
+        return index
 
     def leaf(self, slot: int) -> tuple[bytes, int]:
-        """Hash and amount of the leaf at ``slot`` (amount 0 for padding)."""
-        if not 0 <= slot < self.capacity:
-            raise TreeError(f"slot {slot} outside 0..{self.capacity - 1}")
-        return self._hashes[0][slot].tobytes(), int(self._lo[0][slot])
-
-    def amounts(self) -> U64:
-        """A read-only view of every slot's amount (0 for padding)."""
-        view = self._lo[0].view()
-        view.flags.writeable = False
-        return view
+        """``(hash, amount)`` of the leaf at ``slot``; amount 0 for padding."""
+        return self._record(0, self._check_slot(slot))
 
     def path(self, slot: int) -> list[tuple[bytes, int]]:
-        """The inclusion path of ``slot``: (sibling hash, sibling sum) from the leaves up."""
-        if not 0 <= slot < self.capacity:
-            raise TreeError(f"slot {slot} outside 0..{self.capacity - 1}")
-        steps = []
-        for level in range(self.height):
-            sibling = (slot >> level) ^ 1
-            steps.append((self._hashes[level][sibling].tobytes(), self._sum(level, sibling)))
-        return steps
+        """The inclusion path of ``slot``: ``(sibling hash, sibling sum)`` at each
+        level ``l = 0 .. height-1``, the sibling being node ``(slot >> l) ^ 1``."""
+        slot = self._check_slot(slot)
+        return [self._record(level, (slot >> level) ^ 1) for level in range(self._height)]
+
+    def amounts(self) -> U64:
+        """Every slot's amount (0 for padding), as a new read-only uint64 array."""
+        rows = self._rows[0]
+        out = np.empty((len(rows), 2), np.uint64)
+        out[:, 0] = rows[:, RECORD - 7 : RECORD + 1].view(">u8")[:, 0]
+        out[:, 1] = rows[:, 2 * RECORD - 7 :].view(">u8")[:, 0]
+        out = out.reshape(-1)[: self.capacity]
+        out.flags.writeable = False
+        return out
+
+
+def _check_height(height: int) -> int:
+    if isinstance(height, bool):
+        raise TreeError("height must be an integer, got bool")
+    try:
+        value = operator.index(height)
+    except TypeError as exc:
+        raise TreeError(f"height must be an integer, got {type(height).__name__}") from exc
+    if not 0 <= value <= MAX_HEIGHT:
+        raise TreeError(f"height {value} is outside 0..{MAX_HEIGHT}")
+    return value
+
+
+def _check_slots(height: int, slots: npt.ArrayLike, what: str) -> I64:
+    array = np.asarray(slots)
+    if array.ndim != 1:
+        raise TreeError(f"{what} slots must be a one-dimensional array, got shape {array.shape}")
+    if not array.size:
+        return _EMPTY_SLOTS
+    if array.dtype.kind not in "iu":
+        raise TreeError(f"{what} slots must be integers, got dtype {array.dtype}")
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high >= 1 << height:
+        raise TreeError(
+            f"{what} slot {low if low < 0 else high} is outside 0..{(1 << height) - 1} "
+            f"(tree of height {height})"
+        )
+    return array.astype(np.int64, copy=False)
+
+
+def _check_sets(
+    height: int, slots: npt.ArrayLike, commitments: npt.ArrayLike, amounts: npt.ArrayLike
+) -> tuple[I64, U8, U64]:
+    """Validate user leaves (vectorised: no Python loop over elements)."""
+    slot_a = _check_slots(height, slots, "leaf")
+    n = len(slot_a)
+    commitment_a = np.asarray(commitments)
+    if commitment_a.size == 0 and n == 0:
+        commitment_a = np.zeros((0, DIGEST_SIZE), np.uint8)
+    if commitment_a.dtype != np.uint8:
+        raise TreeError(f"commitments must be a uint8 array, got dtype {commitment_a.dtype}")
+    if commitment_a.shape != (n, DIGEST_SIZE):
+        raise TreeError(
+            f"commitments must have shape ({n}, {DIGEST_SIZE}), got {commitment_a.shape}"
+        )
+    return slot_a, commitment_a, _check_amounts(amounts, n)
+
+
+def _check_amounts(amounts: npt.ArrayLike, n: int) -> U64:
+    """Amounts as uint64, checked to be integers in 0..MAX_BALANCE (vectorised).
+
+    A list mixing ints above 2**63 with small ones would become float64 under
+    numpy's promotion; such lists are taken as Python ints (an object array)
+    and checked exactly instead: type ``int`` only, then the range.
+    """
+    array = np.asarray(amounts)
+    if array.dtype.kind in "fO" and not isinstance(amounts, np.ndarray):
+        array = np.asarray(amounts, dtype=object)
+    if array.shape != (n,):
+        raise TreeError(f"need one amount per slot: shape ({n},), got {array.shape}")
+    if not n:
+        return np.zeros(0, np.uint64)
+    kind = array.dtype.kind
+    if kind == "O":
+        types = np.frompyfunc(type, 1, 1)(array)
+        if not (types == int).all():  # noqa: E721  (an elementwise array comparison)
+            raise TreeError("amounts must be integers in 0..2**64-1")
+        bad = (array < 0) | (array > MAX_BALANCE)
+        if bad.any():
+            raise TreeError(f"amount {array[bad][0]} is outside 0..2**64-1")
+    elif kind not in "iu":
+        raise TreeError(f"amounts must be integers in 0..2**64-1, got dtype {array.dtype}")
+    elif kind == "i" and int(array.min()) < 0:
+        raise TreeError(f"amount {int(array.min())} is outside 0..2**64-1")
+    return array.astype(np.uint64)
+
+
+def _duplicate_message(slots: I64, clears: I64, where: str) -> str:
+    """Name the first slot given twice (cold path: only after a duplicate is found)."""
+    for name, group in (("set", slots), ("cleared", clears)):
+        ordered = np.sort(group)
+        twice = ordered[1:][ordered[1:] == ordered[:-1]]
+        if len(twice):
+            return f"slot {int(twice[0])} is {name} twice {where}"
+    both = np.intersect1d(slots, clears)
+    return f"slot {int(both[0])} is both set and cleared {where}"

@@ -242,3 +242,37 @@ async def _first(stream: AsyncIterator[str], count: int) -> AsyncIterator[str]:
         n += 1
         if n == count:
             return
+
+
+def test_salt_period_rotates_without_losing_updates(tmp_path: Path) -> None:
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        await ingest(engine, balances("core", (1, "alice", "BTC", 10), (2, "bob", "BTC", 20)))
+        first = await engine.close_epoch()
+        before = await engine.proof("alice")
+        clock.now += 2  # the period is over: the next epoch starts building the new one
+        await ingest(engine, balances("core", (3, "alice", "BTC", 11)))
+        await engine.close_epoch()
+        messages = [first]
+        while engine._next is not None:  # epochs go on while the new trees load
+            await ingest(
+                engine, balances("core", (4 + len(messages), "carol", "BTC", len(messages)))
+            )
+            clock.now += 0.1
+            messages.append(await engine.close_epoch())
+            await asyncio.sleep(0.05)
+        after = await engine.proof("alice")
+        assert before is not None and after is not None and before.salt != after.salt
+        record = EpochRecord.decode(messages[-1].record)
+        carol = len(messages) - 1
+        assert record.asset("BTC").liabilities == 11 + 20 + carol
+        report = verify_proof(ProofFile.parse(after.to_json()), engine.verifier_key, user="alice")
+        assert report.assets[0].balance == 11
+        state = None
+        for m in [
+            first,
+            *[parse_message(f) async for f in _first(engine.subscribe(1), engine.metrics.epoch)],
+        ]:
+            assert isinstance(m, EpochMessage)
+            state, _, _ = audit_epoch(state, m, engine.verifier_key, ORIGIN)
+
+    run(tmp_path, scenario, salt_period=1.0)
