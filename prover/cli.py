@@ -5,6 +5,7 @@ Commands (all take ``--data-dir DIR``, default ./prover-data):
     import FILE [--source NAME]        bulk balances from CSV (user,asset,amount) or JSONL
     run [--follow FILE|-]              the daemon; --follow also reads ingest messages as JSON lines
     proof USER [--out FILE]            fetch a user's proof from the running daemon
+    export-proofs --out DIR            every user's proof, written by the running daemon
     status                             the last epoch, from the database
 
 Configuration comes from DIR/config.toml, then SOLVENCY_* environment
@@ -275,6 +276,37 @@ def cmd_proof(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Ask the running daemon to write every user's proof into a directory."""
+    from websockets.asyncio.client import connect
+
+    config = _config(args)
+    out = Path(args.out).resolve()
+
+    async def run() -> dict[str, Any]:
+        url = f"ws://{config.host}:{config.port}/admin/export"
+        headers = {"Authorization": f"Bearer {config.ingest_token}"}
+        async with connect(url, additional_headers=headers) as ws:
+            await ws.send(json.dumps({"out": str(out)}))
+            with tqdm(unit=" users", desc="exporting proofs", file=sys.stderr) as bar:
+                async for frame in ws:
+                    reply: dict[str, Any] = json.loads(frame)
+                    if reply["type"] != "progress":
+                        return reply
+                    bar.total = reply["total"]
+                    bar.update(reply["done"] - bar.n)
+        raise ProverError("the daemon closed the connection during the export")
+
+    try:
+        reply = asyncio.run(run())
+    except OSError as exc:
+        raise ProverError(f"cannot reach the daemon: {exc}") from None
+    if reply["type"] == "error":
+        raise ProverError(reply["message"])
+    print(f"wrote {reply['files']:,} proofs of epoch {reply['epoch']} to {out}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     store = Store.open(config.url)
@@ -325,6 +357,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--out", help="file to write (default: standard output)")
     p.set_defaults(run=cmd_proof)
+
+    p = sub.add_parser("export-proofs", help="write every user's proof (daemon must run)")
+    p.add_argument("--out", required=True, help="directory for the proof files")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("status", help="show the last epoch")
     p.set_defaults(run=cmd_status)

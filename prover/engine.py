@@ -20,9 +20,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prover import tokens
 from prover.config import Config
 from prover.epoch import Reserve, build_record
-from prover.errors import IngestError, SubscriberShed
+from prover.errors import IngestError, ProverError, SubscriberShed
 from prover.messages import BalanceBatch, ReserveBatch, ack
 from prover.periods import SaltPeriod
 from prover.worker import Applied, TreeWorker
@@ -46,6 +47,7 @@ __all__ = ["Engine", "Metrics"]
 log = logging.getLogger("solvency.prover")
 T = TypeVar("T")
 LOAD_CHUNK = 50_000
+EXPORT_CHUNK = 5_000
 
 
 @dataclass
@@ -354,6 +356,30 @@ class Engine:
 
     def check_user_token(self, user: str, token: str) -> bool:
         return tokens.check_user_token(self.config.proof_secret, user, token)
+
+    async def export_proofs(
+        self, out: Path, progress: Callable[[int, int], Awaitable[None]]
+    ) -> tuple[int, int]:
+        """Write every user's proof for the latest epoch into ``out``.
+
+        The trees are copied first (one pause of the tree worker), so epochs go
+        on while the files are written. Returns (epoch, files written).
+        """
+        assert self._worker is not None
+        out.mkdir(parents=True, exist_ok=True)
+        async with self._epoch_lock:
+            if self._latest is None:
+                raise ProverError("no epoch has been published yet")
+            message, epoch, worker = self._latest, self.metrics.epoch, self._worker
+            users = await worker.snapshot()
+        written = 0
+        for start in range(0, users, EXPORT_CHUNK):
+            async with self._epoch_lock:  # the worker may be swapped by a salt rotation
+                if worker is not self._worker:
+                    raise ProverError("the salt period changed during the export; run it again")
+                written += await worker.export(out, start, EXPORT_CHUNK, message)
+            await progress(min(start + EXPORT_CHUNK, users), users)
+        return epoch, written
 
     async def proof(self, user: str) -> ProofFile | None:
         """``user``'s proof for the latest published epoch; None if they hold nothing."""

@@ -13,6 +13,7 @@ import hmac
 import http
 import json
 import logging
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -22,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from prover.engine import Engine
-from prover.errors import IngestError, SubscriberShed
+from prover.errors import IngestError, ProverError, SubscriberShed
 from prover.messages import error_reply, parse_ingest
 from prover.metrics import render_metrics
 
@@ -62,9 +63,11 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
             return _response(200, render_metrics(engine.metrics), "text/plain; version=0.0.4")
         if url.path == "/proof":
             return await _proof(engine, request, query)
-        if url.path == "/ingest":
+        if url.path in ("/ingest", "/admin/export"):  # the operator's side
             if not config.ingest_token or not _token_ok(_bearer(request), config.ingest_token):
-                return _error(401, "unauthorized", "ingest needs Authorization: Bearer <token>")
+                return _error(
+                    401, "unauthorized", f"{url.path} needs Authorization: Bearer <token>"
+                )
             return None
         if url.path == "/roots":
             if engine.metrics.subscribers >= config.max_subscribers:
@@ -83,6 +86,8 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
         url = urlsplit(conn.request.path)
         if url.path == "/ingest":
             await _ingest(engine, conn)
+        elif url.path == "/admin/export":
+            await _export(engine, conn)
         else:
             await _roots(engine, conn, _since(parse_qs(url.query)))
 
@@ -145,6 +150,26 @@ async def _ingest(engine: Engine, conn: ServerConnection) -> None:
                 engine.metrics.ingest_errors += 1
                 reply = error_reply(request_id, IngestError("internal", "internal error"))
             await conn.send(reply)
+    except ConnectionClosed:
+        pass
+
+
+async def _export(engine: Engine, conn: ServerConnection) -> None:
+    """Write every user's proof into the directory the operator names; report progress."""
+
+    async def progress(done: int, total: int) -> None:
+        await conn.send(json.dumps({"type": "progress", "done": done, "total": total}))
+
+    try:
+        request = json.loads(await conn.recv())
+        out = Path(request["out"])
+        if not out.is_absolute():
+            raise ProverError("out must be an absolute path on the prover's host")
+        epoch, files = await engine.export_proofs(out, progress)
+        await conn.send(json.dumps({"type": "done", "epoch": epoch, "files": files}))
+    except (ProverError, OSError, ValueError, KeyError, TypeError) as exc:
+        reply = {"type": "error", "code": "export-failed", "message": str(exc)}
+        await conn.send(json.dumps(reply))
     except ConnectionClosed:
         pass
 

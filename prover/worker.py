@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import hashlib
 import multiprocessing
 import time
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from prover.ledger import AssetRoot, Ledger, UserProof
 from prover.periods import SaltPeriod
+from verifier.proof import AssetPath, ProofFile
+from verifier.stream import EpochMessage
 
 __all__ = ["Applied", "TreeWorker"]
 
@@ -33,9 +39,38 @@ class Applied:
     seconds: float
 
 
+def proof_file_name(user: str) -> str:
+    """The file a user's proof is exported to: the id, percent-quoted, or its hash if long."""
+    name = urllib.parse.quote(user, safe="@.-_")
+    if len(name) > 200 or name.startswith("."):
+        name = "sha256-" + hashlib.sha256(user.encode()).hexdigest()
+    return name + ".json"
+
+
+def export_proofs(ledger: Ledger, out: Path, start: int, count: int, epoch: EpochMessage) -> int:
+    """Write one proof file per user holding anything, for users ``start .. start+count``."""
+    written = 0
+    for user in ledger.user_ids[start : start + count]:
+        found = ledger.proof(user)
+        if found is None:
+            continue
+        proof = ProofFile(
+            user=user,
+            salt=found.salt,
+            assets=tuple(AssetPath(a, s, b, p) for a, s, b, p in found.entries),
+            record=epoch.record,
+            inclusion=epoch.inclusion,
+            checkpoint=epoch.checkpoint,
+        )
+        (out / proof_file_name(user)).write_text(proof.to_json())
+        written += 1
+    return written
+
+
 def _serve(conn: Connection) -> None:
     """Child process main loop: one command in, one answer out, until ``stop``."""
     ledger: Ledger | None = None
+    snapshot: Ledger | None = None
     period: SaltPeriod | None = None
     assets: list[str] = []
     rows: list[Row] = []
@@ -73,6 +108,13 @@ def _serve(conn: Connection) -> None:
             elif command == "proof":
                 assert ledger is not None
                 conn.send(("ok", ledger.proof(args)))
+            elif command == "snapshot":  # freeze the trees for an export
+                assert ledger is not None
+                snapshot = copy.deepcopy(ledger)
+                conn.send(("ok", len(snapshot.user_ids)))
+            elif command == "export":
+                assert snapshot is not None
+                conn.send(("ok", export_proofs(snapshot, *args)))
             else:
                 conn.send(("error", f"unknown command {command!r}"))
         except Exception as exc:  # report to the parent, keep serving
@@ -127,6 +169,16 @@ class TreeWorker:
     async def proof(self, user: str) -> UserProof | None:
         result: UserProof | None = await self._call("proof", user)
         return result
+
+    async def snapshot(self) -> int:
+        """Freeze a copy of the trees for ``export``; return its number of users."""
+        count: int = await self._call("snapshot")
+        return count
+
+    async def export(self, out: Path, start: int, count: int, epoch: EpochMessage) -> int:
+        """Write the proofs of snapshot users ``start .. start+count`` into ``out``."""
+        written: int = await self._call("export", (out, start, count, epoch))
+        return written
 
     async def close(self) -> None:
         if self._process.is_alive():

@@ -168,3 +168,36 @@ def test_auditor_catches_a_rolled_back_log(
     serve(tmp_path, scenario)
     alarms = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert alarms[0]["check"] == "log-rolled-back"
+
+
+def test_export_every_proof(tmp_path: Path) -> None:
+    out = tmp_path / "proofs"
+
+    async def scenario(engine: Engine, host: str) -> None:
+        async with connect(f"ws://{host}/ingest", additional_headers=AUTH) as producer:
+            rows = [(i + 1, f"user/{i}", "BTC", i + 1) for i in range(30)]
+            await producer.send(balances("core", *rows, (31, "user/0", "ETH", 5)))
+            assert json.loads(await producer.recv())["type"] == "ack"
+        while engine.metrics.updates < 31 or engine._pending:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # let the epoch holding them close
+        with pytest.raises(InvalidStatus):
+            async with connect(f"ws://{host}/admin/export"):
+                pass
+        async with connect(f"ws://{host}/admin/export", additional_headers=AUTH) as ws:
+            await ws.send(json.dumps({"out": "relative/dir"}))
+            assert json.loads(await ws.recv())["code"] == "export-failed"
+        async with connect(f"ws://{host}/admin/export", additional_headers=AUTH) as ws:
+            await ws.send(json.dumps({"out": str(out)}))
+            replies = [json.loads(m) async for m in ws]
+        assert replies[-1]["type"] == "done" and replies[-1]["files"] == 30
+        assert replies[0]["type"] == "progress"
+
+    serve(tmp_path, scenario)
+    files = sorted(out.iterdir())
+    assert len(files) == 30 and files[0].name == "user%2F0.json"
+    for path in files:
+        report = verify_proof(
+            ProofFile.parse(path.read_bytes()), verifier_key_for(ORIGIN, KEY.public_key())
+        )
+        assert report.assets[0].balance >= 1
