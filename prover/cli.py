@@ -6,6 +6,7 @@ Commands (all take ``--data-dir DIR``, default ./prover-data):
     run [--follow FILE|-]              the daemon; --follow also reads ingest messages as JSON lines
     proof USER [--out FILE]            fetch a user's proof from the running daemon
     export-proofs --out DIR            every user's proof, written by the running daemon
+    rotate-key                         new signing key; the old one co-signs until removed
     status                             the last epoch, from the database
 
 Configuration comes from DIR/config.toml, then SOLVENCY_* environment
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tqdm import tqdm
 
 from prover.config import CONFIG_FILE, Config, load_config
@@ -214,8 +216,11 @@ async def _follow(engine: Engine, path: str) -> None:
 
 async def _run(config: Config, follow: str | None) -> int:
     key = load_key(config.key_path, _passphrase(config))
+    previous: tuple[Ed25519PrivateKey, ...] = ()
+    if config.previous_key_file:
+        previous = (load_key(config.data_dir / config.previous_key_file, _passphrase(config)),)
     store = Store.open(config.url)
-    engine = Engine(config, store, key)
+    engine = Engine(config, store, key, previous_keys=previous)
     await engine.start()
     server = await start_server(engine, config.host, config.port)
     port = server.sockets[0].getsockname()[1]
@@ -307,6 +312,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_top_level(path: Path, values: dict[str, str]) -> None:
+    """Set top-level string keys of a TOML file, keeping the rest of it as it is."""
+    lines = path.read_text().splitlines()
+    first_table = next((i for i, line in enumerate(lines) if line.startswith("[")), len(lines))
+    head = [line for line in lines[:first_table] if line.split("=", 1)[0].strip() not in values]
+    head += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    path.write_text("\n".join([*head, *lines[first_table:]]) + "\n")
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    """A new signing key; the old one keeps co-signing until previous_key_file is removed."""
+    config = _config(args)
+    passphrase = _passphrase(config)
+    load_key(config.key_path, passphrase)  # the current key must be usable
+    name = f"signing-{int(time.time())}.key"
+    key = generate_key(config.data_dir / name, passphrase)
+    vkey = verifier_key_for(config.origin, key.public_key())
+    store = Store.open(config.url)
+    store.add_signing_key(f"{vkey.key_id:08x}", vkey.name, vkey.public_key, int(time.time() * 1000))
+    store.close()
+    _set_top_level(
+        config.data_dir / CONFIG_FILE, {"key_file": name, "previous_key_file": config.key_file}
+    )
+    print(f"new signing key {name}; restart the daemon to use it.")
+    print("Checkpoints are signed by both keys until you remove previous_key_file from")
+    print(f"{config.data_dir / CONFIG_FILE}. New verifier key:\n{vkey}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     store = Store.open(config.url)
@@ -361,6 +395,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export-proofs", help="write every user's proof (daemon must run)")
     p.add_argument("--out", required=True, help="directory for the proof files")
     p.set_defaults(run=cmd_export)
+
+    p = sub.add_parser("rotate-key", help="make a new signing key (old one co-signs)")
+    p.set_defaults(run=cmd_rotate_key)
 
     p = sub.add_parser("status", help="show the last epoch")
     p.set_defaults(run=cmd_status)

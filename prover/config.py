@@ -34,6 +34,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8765
     key_file: str = "signing.key"
+    previous_key_file: str = ""  # after rotate-key: keeps co-signing until removed
     key_passphrase: str = ""
     ingest_token: str = ""  # bearer token producers present on /ingest
     proof_secret: str = ""  # hex; a user's token is HMAC-SHA256(proof_secret, user id)

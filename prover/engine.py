@@ -78,6 +78,7 @@ class Engine:
     config: Config
     store: Store
     key: Ed25519PrivateKey
+    previous_keys: tuple[Ed25519PrivateKey, ...] = ()  # still co-signing after a rotation
     clock: Callable[[], float] = time.time
     metrics: Metrics = field(default_factory=Metrics)
 
@@ -269,7 +270,7 @@ class Engine:
 
         def sign(size: int, root: bytes) -> bytes:
             body = Checkpoint(self.config.origin, size, root, ()).to_note_body()
-            return sign_note(body, self.config.origin, self.key)
+            return sign_note(body, self.config.origin, self.key, *self.previous_keys)
 
         checkpoint = self.store.append_epoch(
             number, record, sign, created_ms=timestamp_ms, marks=marks

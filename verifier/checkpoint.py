@@ -104,13 +104,16 @@ def verifier_key_for(name: str, public_key: Ed25519PublicKey) -> VerifierKey:
     return VerifierKey(name, _key_id(name, raw), raw)
 
 
-def sign_note(body: bytes, name: str, private_key: Ed25519PrivateKey) -> bytes:
-    """A signed note: ``body``, a blank line, and one signature line by ``name``."""
+def sign_note(body: bytes, name: str, *private_keys: Ed25519PrivateKey) -> bytes:
+    """A signed note: ``body``, a blank line, and one signature line per key, all
+    under ``name`` (two keys while a key rotation overlaps)."""
     _check_body(body)
-    key = verifier_key_for(name, private_key.public_key())
-    signature = key.key_id.to_bytes(4, "big") + private_key.sign(body)
-    line = f"{SIG_PREFIX}{name} {base64.b64encode(signature).decode('ascii')}\n"
-    return body + b"\n" + line.encode("utf-8")
+    lines = []
+    for private_key in private_keys:
+        key = verifier_key_for(name, private_key.public_key())
+        signature = key.key_id.to_bytes(4, "big") + private_key.sign(body)
+        lines.append(f"{SIG_PREFIX}{name} {base64.b64encode(signature).decode('ascii')}\n")
+    return body + b"\n" + "".join(lines).encode("utf-8")
 
 
 def _check_body(body: bytes) -> str:

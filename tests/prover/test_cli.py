@@ -76,3 +76,27 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "[auditor] epoch" in out and "verified" in out
     assert "[user] VALID" in out
     assert "[prover] stopped at epoch" in out
+
+
+def test_rotate_key_keeps_the_old_key_co_signing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prover.keys import load_key
+    from verifier.checkpoint import Checkpoint, sign_note, verifier_key_for, verify_checkpoint
+
+    data = tmp_path / "data"
+    main(["--data-dir", str(data), "init", "--origin", "r.example/log", "--assets", "BTC:8"])
+    old = load_config(data)
+    assert main(["--data-dir", str(data), "rotate-key"]) == 0
+    new = load_config(data)
+    assert new.previous_key_file == "signing.key" and new.key_file != old.key_file
+    assert new.assets == (("BTC", 8),) and new.ingest_token == old.ingest_token
+    old_key, new_key = load_key(new.data_dir / new.previous_key_file), load_key(new.key_path)
+    note = sign_note(
+        Checkpoint("r.example/log", 1, bytes(32)).to_note_body(), "r.example/log", new_key, old_key
+    )
+    for key in (old_key, new_key):  # auditors holding either key accept the checkpoints
+        verify_checkpoint(note, verifier_key_for("r.example/log", key.public_key()))
+    store = Store.open(new.url)
+    assert [k.active_to_ms is None for k in store.signing_keys()] == [False, True]
+    store.close()
