@@ -186,9 +186,7 @@ def main() -> None:
         f"{'solvency-verify proof, 4 assets x height 20, whole process (ms, median)':<72} "
         f"{statistics.median(times):>8.0f}"
     )
-    print(
-        f"{f'solvency-verify proof, worst of {args.runs} runs (ms)':<72} {max(times):>8.0f}"
-    )
+    print(f"{f'solvency-verify proof, worst of {args.runs} runs (ms)':<72} {max(times):>8.0f}")
     print(f"{'solvency-verify watch at 1 epoch/s, CPU share of one core':<72} {share:>8.2%}")
 
 
