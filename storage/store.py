@@ -256,19 +256,39 @@ class Store:
                 latest: dict[tuple[str, str], int] = {}
                 for u in fresh:  # the last update of a key in the batch wins
                     latest[(u.user, u.asset)] = u.amount
-                stmt = _insert(self.dialect, Balance)
-                conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=["user_id", "asset"], set_={"amount": stmt.excluded.amount}
-                    ),
-                    [
-                        {"user_id": user, "asset": asset, "amount": amount}
-                        for (user, asset), amount in latest.items()
-                    ],
-                )
+                self._upsert_balances(conn, latest)
                 mark = fresh[-1].seq
                 self._set_mark(conn, "balances", source, mark)
         return ApplyResult(tuple(fresh), len(updates) - len(fresh), mark)
+
+    def _upsert_balances(self, conn: Connection, latest: Mapping[tuple[str, str], int]) -> None:
+        """Write absolute balances: COPY into a staging table, then one upsert, on
+        PostgreSQL; a multi-row INSERT .. ON CONFLICT elsewhere."""
+        if self.dialect == "postgresql":
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            cursor.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS balance_stage"
+                " (user_id text, asset text, amount numeric(39, 0)) ON COMMIT DELETE ROWS"
+            )
+            with cursor.copy("COPY balance_stage (user_id, asset, amount) FROM STDIN") as copy:
+                for (user, asset), amount in latest.items():
+                    copy.write_row((user, asset, amount))
+            cursor.execute(
+                "INSERT INTO balances (user_id, asset, amount)"
+                " SELECT user_id, asset, amount FROM balance_stage"
+                " ON CONFLICT (user_id, asset) DO UPDATE SET amount = EXCLUDED.amount"
+            )
+            return
+        stmt = _insert(self.dialect, Balance)
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["user_id", "asset"], set_={"amount": stmt.excluded.amount}
+            ),
+            [
+                {"user_id": user, "asset": asset, "amount": amount}
+                for (user, asset), amount in latest.items()
+            ],
+        )
 
     def apply_reserves(self, source: str, updates: Sequence[ReserveUpdate]) -> ApplyResult:
         """Store a reserve source's reports (latest per asset), skipping replays."""
@@ -506,7 +526,8 @@ class _Transaction:
             self.conn.close()
         if isinstance(exc, IntegrityError):
             raise StorageError(f"constraint violated: {exc.orig}") from exc
-        if isinstance(exc, SQLAlchemyError):
+        dbapi_error = getattr(self.store.engine.dialect.dbapi, "Error", ())
+        if isinstance(exc, SQLAlchemyError) or (dbapi_error and isinstance(exc, dbapi_error)):
             raise StorageError(f"database error: {exc}") from exc
 
 
