@@ -3,8 +3,8 @@
 Hashing follows docs/PROTOCOL.md §2 through the layouts of verifier/hashing.py.
 
 Storage: a node's *record* is its 48 bytes ``hash[32] || sum u128 big-endian``,
-and the record of an internal node's children are exactly the 96 bytes that
-follow the tag in its message ``TAG_NODE || left record || right record``.
+so the message of an internal node is ``TAG_NODE || left record || right
+record`` (``NODE_MESSAGE_SIZE`` = 1 + 2 * 48 bytes).
 So level ``l`` (0 = leaves, ``h`` = root) is one C-contiguous ``(m, 97)``
 uint8 array of sibling pairs: row ``r`` is ``TAG_NODE || record(2r) ||
 record(2r+1)``, ``m = 2**(h-l-1)`` (one row, right half unused, at level
@@ -16,6 +16,7 @@ Invariants: column 0 of every row is ``TAG_NODE``; every leaf record is the
 leaf or padding hash of its slot with the amount (0 for padding); every other
 record is the node hash of its two children with the sum of theirs; a sum at
 level ``l`` is at most ``subtree_cap(l) < 2**96``, so 128 bits never wrap.
+tests/prover/test_tree.py checks every byte against verifier.hashing.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ SLOT_SIZE: Final = 8  # the padding message ends with the slot as u64
 HASH_CHUNK = 2048  # rows hashed per step: keeps messages and digests in cache
 
 _EMPTY_SLOTS: Final[I64] = np.zeros(0, np.int64)
+_EMPTY_SLOTS.flags.writeable = False
 
 
 def _digests(rows: U8) -> U8:
@@ -102,22 +104,6 @@ class SumTree:
     _pad_prefix: U8  # asset_prefix(TAG_PADDING, asset) || padding key
     _rows: list[U8]  # level l: (m, 97) uint8 sibling pairs, see the module docstring
     _nodes: list[Records]  # the same memory as (m, 2) V48 records: node i at [i >> 1, i & 1]
-
-    def _attach(self, rows: list[U8]) -> None:
-        """Take ``rows`` as the levels and make the record views over them."""
-        self._rows = rows
-        self._nodes = [
-            np.ndarray((len(r), 2), f"V{RECORD}", r, offset=1, strides=(NODE_MESSAGE_SIZE, RECORD))
-            for r in rows
-        ]
-
-    def __getstate__(self) -> tuple[str, int, U8, U8, list[U8]]:
-        """Pickle and deepcopy the levels only: the record views are remade over them."""
-        return self._asset, self._height, self._leaf_prefix, self._pad_prefix, self._rows
-
-    def __setstate__(self, state: tuple[str, int, U8, U8, list[U8]]) -> None:
-        self._asset, self._height, self._leaf_prefix, self._pad_prefix, rows = state
-        self._attach(rows)
 
     @classmethod
     def build(
@@ -216,6 +202,24 @@ class SumTree:
             hashed += len(dirty)
         return hashed
 
+    # Storage
+
+    def _attach(self, rows: list[U8]) -> None:
+        """Take ``rows`` as the levels and make the record views over them."""
+        self._rows = rows
+        self._nodes = [
+            np.ndarray((len(r), 2), f"V{RECORD}", r, offset=1, strides=(NODE_MESSAGE_SIZE, RECORD))
+            for r in rows
+        ]
+
+    def __getstate__(self) -> tuple[str, int, U8, U8, list[U8]]:
+        """Pickle and deepcopy the levels only: the record views are remade over them."""
+        return self._asset, self._height, self._leaf_prefix, self._pad_prefix, self._rows
+
+    def __setstate__(self, state: tuple[str, int, U8, U8, list[U8]]) -> None:
+        self._asset, self._height, self._leaf_prefix, self._pad_prefix, rows = state
+        self._attach(rows)
+
     # Writing leaves and rehashing levels
 
     def _put_leaves(self, slots: I64, commitments: U8, amounts: U64) -> None:
@@ -272,6 +276,9 @@ class SumTree:
                 above[start // 2 : stop // 2] = records.reshape(-1, 2)
 
     # Reading
+
+    def __repr__(self) -> str:
+        return f"SumTree(asset={self._asset!r}, height={self._height}, total={self.total})"
 
     @property
     def asset(self) -> str:

@@ -35,7 +35,8 @@ def start(data: Path, port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    for _ in range(200):
+    deadline = time.monotonic() + 60  # a loaded CI machine starts processes slowly
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
             return proc

@@ -202,12 +202,19 @@ def test_height_zero_is_a_single_leaf() -> None:
 
 
 def test_sums_carry_past_64_bits() -> None:
-    tree = build(3, {s: (bytes([s]) * 32, MAX_BALANCE) for s in range(8)})
+    full = {s: (bytes([s]) * 32, MAX_BALANCE) for s in range(8)}
+    tree = build(3, full)
     assert tree.total == 8 * MAX_BALANCE
     assert [s for _, s in tree.path(0)] == [MAX_BALANCE, 2 * MAX_BALANCE, 4 * MAX_BALANCE]
-    assert (tree.root, tree.total) == reference(
-        3, {s: (bytes([s]) * 32, MAX_BALANCE) for s in range(8)}
-    )[3][0]
+    assert (tree.root, tree.total) == reference(3, full)[3][0]
+
+
+def test_an_empty_batch_changes_nothing() -> None:
+    tree = build(4, {3: (bytes(32), 5)})
+    before = (tree.root, tree.total)
+    assert tree.apply([], np.zeros((0, 32), np.uint8), []) == 0
+    assert tree.apply(np.zeros(0, np.int64), [], [], []) == 0
+    assert (tree.root, tree.total) == before
 
 
 def test_a_larger_tree_crosses_many_chunks() -> None:
