@@ -57,7 +57,11 @@ async def relay(name: str, stream: asyncio.StreamReader) -> None:
 
 async def spawn(name: str, *args: str) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        sys.executable,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C reaches the demo only; it stops the others in order
     )
     assert proc.stdout is not None
     _relays.add(asyncio.create_task(relay(name, proc.stdout)))

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import hashlib
 import multiprocessing
+import signal
 import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -68,7 +69,12 @@ def export_proofs(ledger: Ledger, out: Path, start: int, count: int, epoch: Epoc
 
 
 def _serve(conn: Connection) -> None:
-    """Child process main loop: one command in, one answer out, until ``stop``."""
+    """Child process main loop: one command in, one answer out, until ``stop``.
+
+    Signals are the parent's business: a Ctrl-C reaching the whole process group
+    must not kill the trees under an epoch the parent is finishing.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     ledger: Ledger | None = None
     snapshot: Ledger | None = None
     period: SaltPeriod | None = None

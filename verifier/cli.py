@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -338,10 +339,19 @@ class Watcher:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     watcher = Watcher(args)
-    try:
-        return asyncio.run(watcher.run())
-    except KeyboardInterrupt:
-        return EXIT_INVALID if watcher.violations else EXIT_VALID
+
+    async def until_signalled() -> int:
+        """Watch until done, or until SIGINT/SIGTERM ends the watch cleanly."""
+        task = asyncio.create_task(watcher.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return EXIT_INVALID if watcher.violations else EXIT_VALID
+
+    return asyncio.run(until_signalled())
 
 
 # entry point
