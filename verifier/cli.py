@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -343,9 +344,10 @@ def cmd_watch(args: argparse.Namespace) -> int:
     async def until_signalled() -> int:
         """Watch until done, or until SIGINT/SIGTERM ends the watch cleanly."""
         task = asyncio.create_task(watcher.run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+        if threading.current_thread() is threading.main_thread():  # else: embedded, e.g. tests
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, task.cancel)
         try:
             return await task
         except asyncio.CancelledError:
