@@ -201,3 +201,59 @@ def test_export_every_proof(tmp_path: Path) -> None:
             ProofFile.parse(path.read_bytes()), verifier_key_for(ORIGIN, KEY.public_key())
         )
         assert report.assets[0].balance >= 1
+
+
+def test_malformed_ingest_never_changes_state(tmp_path: Path) -> None:
+    """Hypothesis-made messages over one real connection: each gets an error reply or
+    an ack, the daemon survives, and nothing refused reaches the store."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    values = st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+        ),
+        max_leaves=12,
+    )
+    update = st.fixed_dictionaries(
+        {
+            "seq": values,
+            "user": values,
+            "asset": st.sampled_from(["BTC", "DOGE", "btc", 5]),
+            "amount": values,
+        }
+    )
+    frames = st.one_of(
+        st.text(max_size=60),
+        st.builds(
+            lambda t, s, u: json.dumps({"type": t, "source": s, "updates": u}),
+            st.sampled_from(["balances", "reserves", "other"]),
+            st.sampled_from(["core", "", "bad source", 7]),
+            st.lists(update, max_size=3),
+        ),
+    )
+    samples: list[str] = []
+
+    @given(frames)
+    @settings(max_examples=150, suppress_health_check=list(HealthCheck), database=None)
+    def collect(frame: str) -> None:
+        samples.append(frame)
+
+    collect()
+
+    async def scenario(engine: Engine, host: str) -> None:
+        async with connect(f"ws://{host}/ingest", additional_headers=AUTH) as ws:
+            for frame in samples:
+                await ws.send(frame)
+                reply = json.loads(await ws.recv())
+                assert reply["type"] in ("ack", "error")
+            await ws.send(balances("probe", (1, "probe-user", "BTC", 1)))
+            assert json.loads(await ws.recv())["type"] == "ack"  # still serving
+        accepted = engine.metrics.updates - 1
+        store_rows = await asyncio.to_thread(
+            lambda: sum(len(c) for c in engine.store.iter_balances())
+        )
+        assert store_rows <= accepted + 1  # only what was acknowledged was stored
+
+    serve(tmp_path, scenario)
