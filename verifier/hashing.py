@@ -58,6 +58,7 @@ MAX_BALANCE = 2**64 - 1
 MAX_HEIGHT = 32
 
 _ASSET_ID = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,15}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 control characters
 
 
 def subtree_cap(level: int) -> int:
@@ -87,7 +88,7 @@ def check_user_id(user_id: str) -> bytes:
     """Validate a user id (1-255 bytes of UTF-8, no control characters); return its bytes."""
     if not isinstance(user_id, str):
         raise FormatError("user id must be a string")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in user_id):
+    if _CONTROL.search(user_id):
         raise FormatError(f"user id {user_id!r} contains a control character")
     try:
         raw = user_id.encode("utf-8")
