@@ -4,8 +4,8 @@
 either returns the new state or raises. In order:
 
 1. ``signature``: the checkpoint is signed by the custodian's key for the origin;
-2. ``epoch-size-mismatch``: the record's epoch is the checkpoint's size - 1;
-3. the record is in the log at index ``epoch`` (RFC 9162 inclusion);
+2. the record is in the log at index ``epoch`` (RFC 9162 inclusion);
+3. ``epoch-size-mismatch``: it is the newest record: its epoch is the size - 1;
 4. history only grows: ``replayed-checkpoint`` (a size not above the last),
    ``epoch-gap`` (a size skipped), ``fork`` (same size, other root), and the
    consistency proof from the last verified size (RFC 9162);
@@ -24,6 +24,7 @@ from verifier import rfc9162
 from verifier.checkpoint import VerifierKey, verify_checkpoint
 from verifier.errors import FormatError, VerificationError
 from verifier.fields import exact_keys, hex32, load_object, natural, text
+from verifier.proof import record_in_log
 from verifier.record import EpochRecord, Status
 from verifier.stream import EpochMessage
 
@@ -83,19 +84,12 @@ def audit_epoch(
     checkpoint = verify_checkpoint(message.checkpoint, key, origin)
 
     # 2-3. The record is the newest leaf of the log it comes with.
-    record = EpochRecord.decode(message.record)
+    record = record_in_log(message.record, message.inclusion, checkpoint)
     if record.epoch != checkpoint.size - 1:
         raise VerificationError(
             "epoch-size-mismatch",
             f"record of epoch {record.epoch} comes with a log of {checkpoint.size} records",
         )
-    rfc9162.verify_inclusion(
-        rfc9162.leaf_hash(message.record),
-        record.epoch,
-        checkpoint.size,
-        message.inclusion,
-        checkpoint.root,
-    )
 
     # 4. History only grows, consistently.
     if state is not None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,15 @@ from verifier.hashing import check_user_id, commitment, leaf_hash
 from verifier.record import AssetState, EpochRecord
 from verifier.sumtree import PathStep, verify_path
 
-__all__ = ["FORMAT", "AssetPath", "AssetReport", "ProofFile", "ProofReport", "verify_proof"]
+__all__ = [
+    "FORMAT",
+    "AssetPath",
+    "AssetReport",
+    "ProofFile",
+    "ProofReport",
+    "record_in_log",
+    "verify_proof",
+]
 
 FORMAT = "solvency-proof/1"
 MAX_PROOF_BYTES = 1 << 22  # 4 MiB: far above 500 assets x 32 levels
@@ -144,19 +153,7 @@ def verify_proof(
     checkpoint = verify_checkpoint(proof.checkpoint, key, origin)
 
     # 2. The epoch record is the leaf at index = its epoch number in that log.
-    record = EpochRecord.decode(proof.record)
-    if record.epoch >= checkpoint.size:
-        raise VerificationError(
-            "record-not-in-log",
-            f"epoch {record.epoch} is not in a log of {checkpoint.size} records",
-        )
-    rfc9162.verify_inclusion(
-        rfc9162.leaf_hash(proof.record),
-        record.epoch,
-        checkpoint.size,
-        proof.inclusion,
-        checkpoint.root,
-    )
+    record = record_in_log(proof.record, proof.inclusion, checkpoint)
 
     # 3. The proof is for the expected user.
     if user is not None and user != proof.user:
@@ -201,6 +198,25 @@ def verify_proof(
         assets=tuple(reports),
         record=record,
     )
+
+
+def record_in_log(record: bytes, inclusion: Sequence[bytes], checkpoint: Checkpoint) -> EpochRecord:
+    """Decode ``record`` and check it is leaf ``epoch`` of the checkpoint's log.
+
+    Raises:
+        VerificationError: ``record-not-in-log`` or an RFC 9162 inclusion check.
+        FormatError: the record is malformed.
+    """
+    decoded = EpochRecord.decode(record)
+    if decoded.epoch >= checkpoint.size:
+        raise VerificationError(
+            "record-not-in-log",
+            f"epoch {decoded.epoch} is not in a log of {checkpoint.size} records",
+        )
+    rfc9162.verify_inclusion(
+        rfc9162.leaf_hash(record), decoded.epoch, checkpoint.size, inclusion, checkpoint.root
+    )
+    return decoded
 
 
 def _asset_state(record: EpochRecord, asset: str) -> AssetState:

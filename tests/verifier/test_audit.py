@@ -4,6 +4,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.verifier.fakelog import ORIGIN, VKEY, FakeLog, record
+from verifier import rfc9162
 from verifier.audit import AuditState, audit_epoch, restore
 from verifier.errors import FormatError, VerificationError
 from verifier.stream import EpochMessage
@@ -68,10 +69,14 @@ def test_unknown_key_and_other_origin() -> None:
 def test_record_must_be_the_newest_leaf() -> None:
     log = FakeLog()
     messages = [log.append() for _ in range(3)]
-    swapped = EpochMessage(
-        messages[1].record, messages[2].checkpoint, messages[2].inclusion, messages[2].consistency
+    # an older record, truly in the log, passed off as the newest one
+    older = EpochMessage(
+        messages[1].record,
+        messages[2].checkpoint,
+        tuple(rfc9162.inclusion_proof(log.hashes, 1, 3)),
+        messages[2].consistency,
     )
-    assert check_of(None, swapped) == "epoch-size-mismatch"
+    assert check_of(None, older) == "epoch-size-mismatch"
     bad_inclusion = EpochMessage(
         messages[2].record, messages[2].checkpoint, messages[1].inclusion, messages[2].consistency
     )
