@@ -65,26 +65,23 @@ MAX_SEQ = 2**63 - 1
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-class BalanceUpdate(Protocol):
-    """What ``apply_balances`` needs of an update (prover.messages.BalanceUpdate fits)."""
+class Update(Protocol):
+    """What every update carries (prover.messages' update types fit)."""
 
     @property
     def seq(self) -> int: ...
+    @property
+    def asset(self) -> str: ...
+    @property
+    def amount(self) -> int: ...
+
+
+class BalanceUpdate(Update, Protocol):
     @property
     def user(self) -> str: ...
-    @property
-    def asset(self) -> str: ...
-    @property
-    def amount(self) -> int: ...
 
 
-class ReserveUpdate(Protocol):
-    @property
-    def seq(self) -> int: ...
-    @property
-    def asset(self) -> str: ...
-    @property
-    def amount(self) -> int: ...
+class ReserveUpdate(Update, Protocol):
     @property
     def as_of_ms(self) -> int: ...
 
@@ -206,16 +203,16 @@ class Store:
 
     # Ingest
 
-    def _check_batch(self, updates: Sequence[object]) -> None:
+    def _check_batch(self, updates: Sequence[Update]) -> None:
+        """Sequence numbers strictly increase and every asset is registered."""
         known = self._known_assets()
         last = -1
         for i, u in enumerate(updates):
-            seq = getattr(u, "seq")  # noqa: B009 - duck-typed updates
-            if not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ or seq <= last:
-                raise SequenceError(f"updates[{i}]: seq {seq} does not increase")
-            last = seq
-            if u.asset not in known:  # type: ignore[attr-defined]
-                raise UnknownAssetError(f"updates[{i}]: unknown asset {u.asset!r}")  # type: ignore[attr-defined]
+            if not isinstance(u.seq, int) or not 0 <= u.seq <= MAX_SEQ or u.seq <= last:
+                raise SequenceError(f"updates[{i}]: seq {u.seq} does not increase")
+            last = u.seq
+            if u.asset not in known:
+                raise UnknownAssetError(f"updates[{i}]: unknown asset {u.asset!r}")
 
     def _mark(self, conn: Connection, kind: str, source: str) -> int:
         query = select(SourceMark.last_seq).where(
