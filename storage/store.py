@@ -43,6 +43,7 @@ from storage.schema import (
     SaltPeriodRow,
     SigningKey,
     SourceMark,
+    encode_amount,
 )
 from verifier.errors import FormatError
 from verifier.hashing import MAX_BALANCE, check_asset_id, check_user_id
@@ -260,9 +261,10 @@ class Store:
 
     def _upsert_balances(self, conn: Connection, latest: Mapping[tuple[str, str], int]) -> None:
         """Write absolute balances: COPY into a staging table, then one upsert, on
-        PostgreSQL; a multi-row INSERT .. ON CONFLICT elsewhere."""
+        PostgreSQL; the driver's executemany of INSERT .. ON CONFLICT on SQLite.
+        Both bypass per-row ORM work: this is the ingest hot path."""
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         if self.dialect == "postgresql":
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             cursor.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS balance_stage"
                 " (user_id text, asset text, amount numeric(39, 0)) ON COMMIT DELETE ROWS"
@@ -276,13 +278,11 @@ class Store:
                 " ON CONFLICT (user_id, asset) DO UPDATE SET amount = EXCLUDED.amount"
             )
             return
-        stmt = _insert(self.dialect, Balance)
-        conn.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["user_id", "asset"], set_={"amount": stmt.excluded.amount}
-            ),
+        cursor.executemany(
+            "INSERT INTO balances (user_id, asset, amount) VALUES (?, ?, ?)"
+            " ON CONFLICT (user_id, asset) DO UPDATE SET amount = excluded.amount",
             [
-                {"user_id": user, "asset": asset, "amount": amount}
+                (user, asset, encode_amount(amount, "sqlite"))
                 for (user, asset), amount in latest.items()
             ],
         )
