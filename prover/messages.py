@@ -43,6 +43,10 @@ MAX_MESSAGE_BYTES = 16 << 20
 MAX_BATCH = 100_000
 MAX_SEQ = 2**63 - 1
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,38}")
+_MESSAGE_KEYS = frozenset({"type", "source", "updates"})
+_BALANCE_KEYS = frozenset({"seq", "user", "asset", "amount"})
+_RESERVE_KEYS = frozenset({"seq", "asset", "amount", "as_of_ms"})
+_NONE: frozenset[str] = frozenset()
 
 RequestId = str | int | None
 
@@ -101,7 +105,7 @@ def parse_ingest(data: str | bytes) -> BalanceBatch | ReserveBatch:
     kind = doc.get("type")
     if kind not in ("balances", "reserves"):
         raise IngestError("bad-message", f"type must be 'balances' or 'reserves', got {kind!r}")
-    _exact_keys(doc, {"type", "source", "updates"}, {"id"}, "message")
+    _exact_keys(doc, _MESSAGE_KEYS, frozenset({"id"}), "message")
     source = doc["source"]
     try:
         check_source_name(source)
@@ -160,7 +164,11 @@ def error_reply(request_id: RequestId, error: IngestError) -> str:
     )
 
 
-def _exact_keys(doc: dict[str, Any], required: set[str], optional: set[str], where: str) -> None:
+def _exact_keys(
+    doc: dict[str, Any], required: frozenset[str], optional: frozenset[str], where: str
+) -> None:
+    if doc.keys() == required:  # the common case, checked without building sets
+        return
     keys = set(doc)
     if not required <= keys or not keys <= required | optional:
         missing, extra = sorted(required - keys), sorted(keys - required - optional)
@@ -190,7 +198,7 @@ def _amount(value: Any, limit: int) -> int:
 def _balance(row: Any) -> BalanceUpdate:
     if not isinstance(row, dict):
         raise IngestError("bad-update", "an update must be a JSON object")
-    _exact_keys(row, {"seq", "user", "asset", "amount"}, set(), "update")
+    _exact_keys(row, _BALANCE_KEYS, _NONE, "update")
     check_user_id(row["user"])
     check_asset_id(row["asset"])
     return BalanceUpdate(
@@ -201,7 +209,7 @@ def _balance(row: Any) -> BalanceUpdate:
 def _reserve(row: Any) -> ReserveUpdate:
     if not isinstance(row, dict):
         raise IngestError("bad-update", "an update must be a JSON object")
-    _exact_keys(row, {"seq", "asset", "amount", "as_of_ms"}, set(), "update")
+    _exact_keys(row, _RESERVE_KEYS, _NONE, "update")
     check_asset_id(row["asset"])
     as_of = row["as_of_ms"]
     if type(as_of) is not int or not 0 <= as_of < 2**63:
