@@ -348,10 +348,6 @@ class Store:
             for partition in result.partitions(chunk_size):
                 yield [(user, asset, amount) for user, asset, amount in partition]
 
-    def balance_count(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.scalar(select(func.count()).select_from(Balance)) or 0)
-
     # Salt periods and signing keys
 
     def start_salt_period(self, now_ms: int) -> PeriodRow:
