@@ -209,11 +209,12 @@ class Engine:
         assert self._worker is not None
         async with self._epoch_lock:
             started = time.perf_counter()
+            now = self.clock()  # the epoch closes here: its updates and reserves are cut
             rows, self._pending = self._pending, []
             marks = dict(self._marks)  # what this epoch covers
+            reserves = {asset: dict(by_source) for asset, by_source in self._reserves.items()}
             applied = await self._apply(rows)
             number = self.metrics.epoch + 1
-            now = self.clock()
             timestamp_ms = max(int(now * 1000), self._last_timestamp_ms)  # never backwards
             record = build_record(
                 epoch=number,
@@ -221,7 +222,7 @@ class Engine:
                 max_reserve_age_ms=int(self.config.max_reserve_age * 1000),
                 decimals=self._decimals,
                 roots=applied.roots,
-                reserves=self._reserves,
+                reserves=reserves,
             ).encode()
             message = await self._db_call(self._commit_epoch, number, record, timestamp_ms, marks)
             self._last_timestamp_ms = timestamp_ms
