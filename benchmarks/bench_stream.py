@@ -1,0 +1,245 @@
+"""End-to-end stream benchmark on loopback: the prover daemon as its own process,
+producers, an auditor verifying every epoch, and many subscribers.
+
+    python benchmarks/bench_stream.py [--accounts 1000000] [--rates 25000,50000,100000]
+                                      [--seconds 15] [--subscribers 1000]
+
+For each offered update rate: the rate acknowledged, whether every epoch closed
+within its 1 s interval (largest gap between consecutive epoch times), and the
+p50/p99 latency from epoch close (the record's timestamp) to the auditor
+holding the verified checkpoint. Then the fan-out: p99 delivery latency to
+``--subscribers`` connections and the epoch cadence meanwhile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+
+from prover.cli import main as prover_main
+from prover.config import load_config
+from prover.keys import load_key
+from storage.store import Store
+from verifier.audit import audit_epoch
+from verifier.checkpoint import verifier_key_for
+from verifier.record import EpochRecord
+from verifier.stream import parse_message
+
+
+@dataclass(frozen=True)
+class Row:
+    seq: int
+    user: str
+    asset: str
+    amount: int
+
+
+def load_accounts(url: str, accounts: int) -> None:
+    store = Store.open(url)
+    for start in range(0, accounts, 50_000):
+        rows = [
+            Row(i + 1, f"acct{i}", "BTC", 1000 + i)
+            for i in range(start, min(accounts, start + 50_000))
+        ]
+        store.apply_balances("initial-load", rows)
+    store.close()
+
+
+def start_daemon(data: Path, port: int) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prover.cli", "--data-dir", str(data), "--port", str(port), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the prover did not start")
+
+
+async def produce(
+    url: str, token: str, source: str, rate: float, seconds: float, accounts: int
+) -> int:
+    """Send balance updates at ``rate``/s in batches of ``rate/10``; return the number acked."""
+    batch = max(1, int(rate / 10))
+    seq, acked = 0, 0
+    began = time.monotonic()
+    async with connect(
+        f"{url}/ingest", additional_headers={"Authorization": f"Bearer {token}"}, max_size=None
+    ) as ws:
+        while time.monotonic() - began < seconds:
+            updates = []
+            for _ in range(batch):
+                seq += 1
+                updates.append(
+                    {
+                        "seq": seq,
+                        "user": f"acct{(seq * 7919) % accounts}",
+                        "asset": "BTC",
+                        "amount": seq,
+                    }
+                )
+            await ws.send(json.dumps({"type": "balances", "source": source, "updates": updates}))
+            reply = json.loads(await ws.recv())
+            acked += reply.get("applied", 0)
+            due = began + seq / rate
+            if due > time.monotonic():
+                await asyncio.sleep(due - time.monotonic())
+    return acked
+
+
+async def audit(url: str, key: object, origin: str, stop: asyncio.Event) -> list[tuple[int, float]]:
+    """Verify every epoch; return (epoch time ms, latency s to verified) per epoch."""
+    out: list[tuple[int, float]] = []
+    state = None
+    async with connect(f"{url}/roots", max_size=1 << 22) as ws:
+        while not stop.is_set():
+            try:
+                frame = await asyncio.wait_for(ws.recv(), 0.5)
+            except TimeoutError:
+                continue
+            message = parse_message(frame)
+            state, record, _ = audit_epoch(state, message, key, origin)  # type: ignore[arg-type]
+            out.append((record.timestamp_ms, time.time() - record.timestamp_ms / 1000))
+    return out
+
+
+async def subscriber(
+    url: str, latencies: list[float], ready: asyncio.Event, stop: asyncio.Event
+) -> None:
+    async with connect(f"{url}/roots", max_size=1 << 22) as ws:
+        ready.set()
+        while not stop.is_set():
+            try:
+                frame = await asyncio.wait_for(ws.recv(), 0.5)
+            except TimeoutError:
+                continue
+            received = time.time()
+            timestamp = EpochRecord.decode(parse_message(frame).record).timestamp_ms
+            latencies.append(received - timestamp / 1000)
+
+
+def pct(values: list[float], q: int) -> float:
+    if len(values) < 2:
+        return values[0] if values else float("nan")
+    return statistics.quantiles(values, n=100)[q - 1]
+
+
+async def run(args: argparse.Namespace, url: str, token: str, key: object, origin: str) -> None:
+    header = ("offered/s", "acked/s", "epochs", "max gap s", "p50 ms", "p99 ms")
+    print(" ".join(f"{h:>10}" for h in header))
+    for rate in [float(r) for r in args.rates.split(",")]:
+        stop = asyncio.Event()
+        auditor = asyncio.create_task(audit(url, key, origin, stop))
+        await asyncio.sleep(1)
+        producers = [
+            produce(
+                url,
+                token,
+                f"bench-{int(rate)}-{p}",
+                rate / args.producers,
+                args.seconds,
+                args.accounts,
+            )
+            for p in range(args.producers)
+        ]
+        acked = sum(await asyncio.gather(*producers))
+        await asyncio.sleep(2)
+        stop.set()
+        epochs = await auditor
+        times = [t for t, _ in epochs]
+        gaps = [(b - a) / 1000 for a, b in itertools.pairwise(times)]
+        lat = [s * 1000 for _, s in epochs]
+        print(
+            f"{rate:>10,.0f} {acked / args.seconds:>10,.0f} {len(epochs):>10} "
+            f"{max(gaps, default=0):>10.2f} {pct(lat, 50):>10.0f} {pct(lat, 99):>10.0f}"
+        )
+
+    if args.subscribers:
+        stop = asyncio.Event()
+        latencies: list[float] = []
+        readies = [asyncio.Event() for _ in range(args.subscribers)]
+        subs = [asyncio.create_task(subscriber(url, latencies, r, stop)) for r in readies]
+        await asyncio.gather(*(r.wait() for r in readies))
+        auditor = asyncio.create_task(audit(url, key, origin, stop))
+        rate = float(args.rates.split(",")[0])
+        await produce(url, token, "fanout", rate, args.seconds, args.accounts)
+        stop.set()
+        epochs = await auditor
+        await asyncio.gather(*subs, return_exceptions=True)
+        times = [t for t, _ in epochs]
+        gaps = [(b - a) / 1000 for a, b in itertools.pairwise(times)]
+        ms = [v * 1000 for v in latencies]
+        print(
+            f"\nfan-out to {args.subscribers} subscribers at {rate:,.0f} updates/s: "
+            f"{len(ms)} deliveries, p50 {pct(ms, 50):.0f} ms, p99 {pct(ms, 99):.0f} ms "
+            f"(from epoch close); largest gap between epochs {max(gaps, default=0):.2f} s"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=1_000_000)
+    parser.add_argument("--rates", default="25000,50000,75000,100000")
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--producers", type=int, default=2)
+    parser.add_argument("--subscribers", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "data"
+        prover_main(
+            [
+                "--data-dir",
+                str(data),
+                "init",
+                "--origin",
+                "bench.local/solvency",
+                "--assets",
+                "BTC:8",
+            ]
+        )
+        os.environ["SOLVENCY_MAX_SUBSCRIBERS"] = str(args.subscribers + 10)
+        config = load_config(data)
+        began = time.monotonic()
+        load_accounts(config.url, args.accounts)
+        print(
+            f"machine: {os.cpu_count()} cores; {args.accounts:,} accounts loaded in "
+            f"{time.monotonic() - began:.1f} s"
+        )
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        began = time.monotonic()
+        proc = start_daemon(data, port)
+        print(f"prover up in {time.monotonic() - began:.1f} s\n")
+        key = verifier_key_for(config.origin, load_key(config.key_path).public_key())
+        try:
+            asyncio.run(
+                run(args, f"ws://127.0.0.1:{port}", config.ingest_token, key, config.origin)
+            )
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+if __name__ == "__main__":
+    main()
