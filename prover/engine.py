@@ -196,13 +196,11 @@ class Engine:
         """True while epochs keep coming: the last one is at most two heartbeats old."""
         return self.clock() - self.metrics.last_epoch_time <= 2 * self.config.max_interval + 1
 
-    @property
-    def due(self) -> bool:
-        """True if an epoch should close now: changes are waiting, or the heartbeat is due."""
-        since = self.clock() - self.metrics.last_epoch_time
-        if self._pending:
-            return since >= self.config.epoch_interval
-        return since >= self.config.max_interval
+    def _until_due(self) -> float:
+        """Seconds until the next epoch closes: one interval after the last close
+        if updates are waiting, else at the heartbeat (0: now)."""
+        limit = self.config.epoch_interval if self._pending else self.config.max_interval
+        return max(0.0, self.metrics.last_epoch_time + limit - self.clock())
 
     async def close_epoch(self) -> EpochMessage:
         """Close one epoch (steps 1-5 of the module docstring)."""
@@ -286,13 +284,14 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         """Close epochs on schedule until ``stop`` is set, then close one last epoch
         if updates are waiting, so that nothing acknowledged is left unpublished."""
-        tick = min(self.config.epoch_interval / 4, 0.25)
+        poll = self.config.epoch_interval / 20  # to notice the first update after a quiet spell
         while not stop.is_set():
-            expected = time.perf_counter() + tick
+            wait = self._until_due() if self._pending else min(self._until_due(), poll)
+            expected = time.perf_counter() + wait
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), tick)
+                await asyncio.wait_for(stop.wait(), wait)
             self.metrics.loop_lag_seconds = max(0.0, time.perf_counter() - expected)
-            if self.due and not stop.is_set():
+            if self._until_due() == 0 and not stop.is_set():
                 try:
                     await self.close_epoch()
                 except Exception:
