@@ -90,7 +90,6 @@ class Engine:
         self._reserves: dict[str, dict[str, Reserve]] = {}
         self._subscribers: set[_Subscriber] = set()
         self._latest: EpochMessage | None = None
-        self._latest_frame: str | None = None
         self._epoch_lock = asyncio.Lock()
         self._period: SaltPeriod | None = None
         # salt rotation: the next period's worker, built in the background, and the
@@ -303,7 +302,7 @@ class Engine:
 
     def _publish(self, number: int, message: EpochMessage) -> None:
         frame = message.to_json()
-        self._latest, self._latest_frame = message, frame
+        self._latest = message
         for sub in list(self._subscribers):
             if sub.queue.qsize() >= self.config.subscriber_queue:
                 sub.overflowed = True
