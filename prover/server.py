@@ -13,6 +13,7 @@ import hmac
 import http
 import json
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -52,6 +53,9 @@ def _bearer(request: Request) -> str:
 async def start_server(engine: Engine, host: str, port: int) -> Server:
     """Listen on ``host:port`` (0 picks a free port: see ``server.sockets``)."""
     config = engine.config
+    # /roots connections, counted from the handshake on: a burst of handshakes
+    # cannot pass the cap before the first of them subscribes.
+    subscribers: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
 
     async def process_request(conn: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
@@ -70,7 +74,7 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
                 )
             return None
         if url.path == "/roots":
-            if engine.metrics.subscribers >= config.max_subscribers:
+            if len(subscribers) >= config.max_subscribers:
                 return _error(503, "busy", "too many subscribers")
             try:
                 since = _since(query)
@@ -78,6 +82,7 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
                 return _error(400, "bad-request", str(exc))
             if since is not None and since > engine.metrics.epoch + 1:
                 return _error(400, "bad-since", f"since={since} is beyond the log")
+            subscribers.add(conn)
             return None
         return _error(404, "not-found", f"no route {url.path}")
 
@@ -89,7 +94,10 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
         elif url.path == "/admin/export":
             await _export(engine, conn)
         else:
-            await _roots(engine, conn, _since(parse_qs(url.query)))
+            try:
+                await _roots(engine, conn, _since(parse_qs(url.query)))
+            finally:
+                subscribers.discard(conn)
 
     return await serve(
         handler,

@@ -257,3 +257,31 @@ def test_malformed_ingest_never_changes_state(tmp_path: Path) -> None:
         assert store_rows <= accepted + 1  # only what was acknowledged was stored
 
     serve(tmp_path, scenario)
+
+
+def test_connection_flood_is_refused_and_service_goes_on(tmp_path: Path) -> None:
+    """300 connection attempts against a cap of 20: the excess get 503, epochs keep
+    coming, and a producer is still served."""
+
+    async def scenario(engine: Engine, host: str) -> None:
+        async def attempt() -> int:
+            try:
+                ws = await connect(f"ws://{host}/roots")
+            except InvalidStatus as exc:
+                return exc.response.status_code
+            held.append(ws)
+            return 101
+
+        held: list = []
+        codes = await asyncio.gather(*(attempt() for _ in range(300)))
+        assert codes.count(101) <= 20 and codes.count(503) >= 280
+        epoch = engine.metrics.epoch
+        async with connect(f"ws://{host}/ingest", additional_headers=AUTH) as producer:
+            await producer.send(balances("core", (1, "a", "BTC", 5)))
+            assert json.loads(await producer.recv())["type"] == "ack"
+        while engine.metrics.epoch <= epoch:  # epochs go on under the flood
+            await asyncio.sleep(0.05)
+        for ws in held:
+            await ws.close()
+
+    serve(tmp_path, scenario, max_subscribers=20)
