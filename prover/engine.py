@@ -35,8 +35,8 @@ from prover.errors import IngestError, ProverError, SubscriberShed
 from prover.messages import BalanceBatch, ReserveBatch, ack
 from prover.periods import SaltPeriod
 from prover.worker import Applied, TreeWorker
-from storage.errors import InvalidAmountError, SequenceError, StorageError, UnknownAssetError
-from storage.store import ApplyResult, Store
+from storage.errors import InvalidInputError, SequenceError, StorageError, UnknownAssetError
+from storage.store import ApplyResult, ReserveRow, Store
 from verifier.checkpoint import Checkpoint, sign_note, verifier_key_for
 from verifier.proof import AssetPath, ProofFile
 from verifier.record import EpochRecord
@@ -183,7 +183,7 @@ class Engine:
             raise IngestError("bad-seq", str(exc)) from None
         except UnknownAssetError as exc:
             raise IngestError("unknown-asset", str(exc)) from None
-        except InvalidAmountError as exc:
+        except InvalidInputError as exc:  # amounts, identifiers: anything it refuses
             raise IngestError("bad-update", str(exc)) from None
         except StorageError as exc:
             log.error("could not store a batch from %s: %s", batch.source, exc)
@@ -221,7 +221,14 @@ class Engine:
                 roots=applied.roots,
                 reserves=reserves,
             ).encode()
-            message = await self._db_call(self._commit_epoch, number, record, timestamp_ms, marks)
+            used = [
+                ReserveRow(asset, source, r.amount, r.as_of_ms)
+                for asset, by_source in reserves.items()
+                for source, r in by_source.items()
+            ]
+            message = await self._db_call(
+                self._commit_epoch, number, record, timestamp_ms, marks, used
+            )
             self._last_timestamp_ms = timestamp_ms
             self.metrics.epoch = number
             self.metrics.tree_seconds = applied.seconds
@@ -262,7 +269,12 @@ class Engine:
         return applied
 
     def _commit_epoch(
-        self, number: int, record: bytes, timestamp_ms: int, marks: dict[tuple[str, str], int]
+        self,
+        number: int,
+        record: bytes,
+        timestamp_ms: int,
+        marks: dict[tuple[str, str], int],
+        reserves: list[ReserveRow],
     ) -> EpochMessage:
         """In the db thread: append, sign and commit in one transaction."""
 
@@ -271,7 +283,7 @@ class Engine:
             return sign_note(body, self.config.origin, self.key, *self.previous_keys)
 
         checkpoint = self.store.append_epoch(
-            number, record, sign, created_ms=timestamp_ms, marks=marks
+            number, record, sign, created_ms=timestamp_ms, marks=marks, reserves=reserves
         )
         return EpochMessage(
             record=record,

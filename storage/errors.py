@@ -1,20 +1,30 @@
 """The storage package's exceptions::
 
-    StorageError              base of everything storage/ raises
-    ├── UnknownAssetError     an update names an asset that is not registered
-    ├── InvalidAmountError    an amount is negative or too large for its column
-    ├── SequenceError         sequence numbers that do not increase
-    ├── EpochConflictError    an epoch number that does not extend the log
-    └── NotFoundError         an epoch or proof for a size the log does not have
+    StorageError                  base of everything storage/ raises
+    ├── InvalidInputError         an argument is refused before anything is written
+    │   ├── UnknownAssetError     an update names an asset that is not registered
+    │   ├── InvalidAmountError    an amount is negative or too large for its column
+    │   ├── InvalidIdentifierError  a malformed user, asset, source or key id (or decimals)
+    │   └── SequenceError         sequence numbers that do not increase, or epoch
+    │                             marks the store never acknowledged
+    ├── ConstraintError           the database refused a write (a constraint of the
+    │                             schema), or it contradicts what is stored
+    ├── EpochConflictError        an epoch number that does not extend the log
+    └── NotFoundError             an epoch, period or log size that does not exist
 
 A method that raises has written nothing: each runs in one transaction.
+Database failures that are none of the above (connection lost, disk full,
+lock timeout) are raised as plain ``StorageError`` with the cause chained.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ConstraintError",
     "EpochConflictError",
     "InvalidAmountError",
+    "InvalidIdentifierError",
+    "InvalidInputError",
     "NotFoundError",
     "SequenceError",
     "StorageError",
@@ -26,16 +36,30 @@ class StorageError(Exception):
     """Base class of the storage errors."""
 
 
-class UnknownAssetError(StorageError):
+class InvalidInputError(StorageError):
+    """An argument was refused by validation; nothing was written."""
+
+
+class UnknownAssetError(InvalidInputError):
     """An update names an unregistered asset."""
 
 
-class InvalidAmountError(StorageError):
-    """An amount is out of range."""
+class InvalidAmountError(InvalidInputError):
+    """An amount is not an integer in its column's range."""
 
 
-class SequenceError(StorageError):
-    """Sequence numbers within a batch do not strictly increase."""
+class InvalidIdentifierError(InvalidInputError):
+    """A user id, asset id, source name, key id or decimals value is malformed."""
+
+
+class SequenceError(InvalidInputError):
+    """Sequence numbers within a batch do not strictly increase, or an epoch's
+    marks go backwards or past what was acknowledged."""
+
+
+class ConstraintError(StorageError):
+    """The database refused a write because of a schema constraint, or the
+    write contradicts stored state (e.g. an asset's decimals)."""
 
 
 class EpochConflictError(StorageError):
@@ -43,4 +67,4 @@ class EpochConflictError(StorageError):
 
 
 class NotFoundError(StorageError):
-    """The requested epoch or log size does not exist."""
+    """The requested epoch, salt period or log size does not exist."""

@@ -1,6 +1,21 @@
 """Tables, in SQLAlchemy 2 typed declarative style. The migrations in
 storage/migrations/versions create exactly these; a test checks they agree.
 
+    assets            id (= symbol), decimals
+    balances          (user_id, asset) -> amount               absolute, latest
+    source_marks      (kind, source) -> last_seq                ingest high-water marks
+    reserves          (asset, source) -> amount, as_of_ms, seq  latest report
+    salt_periods      number -> started_ms, secret[32]
+    slot_assignments  (period, asset, user_id) -> slot          unique per (period, asset)
+    epochs            number -> record, leaf_hash, checkpoint, created_ms
+                      (row ``number`` is also leaf ``number`` of the RFC 9162 log)
+    epoch_marks       (epoch, kind, source) -> last_seq         what an epoch covers
+    epoch_reserves    (epoch, asset, source) -> amount, as_of_ms  reserves it used
+    signing_keys      key_id -> name, public_key, active_from_ms, active_to_ms
+
+Times are integer milliseconds since the Unix epoch (UTC), as in the epoch
+record, so nothing depends on a database's time zone handling.
+
 Amounts are unsigned and may exceed 2**63 (balances up to 2**64 - 1, reserves
 up to 2**96 - 1), which SQLite's INTEGER cannot hold exactly (it would turn
 them into floats). ``Amount`` stores them as NUMERIC(39, 0) on PostgreSQL and
@@ -12,10 +27,21 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, LargeBinary, Numeric, String, Text
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from storage.errors import InvalidAmountError
 
 __all__ = [
     "Amount",
@@ -24,21 +50,41 @@ __all__ = [
     "Base",
     "Epoch",
     "EpochMark",
+    "EpochReserve",
     "Reserve",
     "SaltPeriodRow",
     "SigningKey",
+    "SlotAssignment",
     "SourceMark",
+    "decode_amount",
     "encode_amount",
 ]
 
 AMOUNT_BYTES = 16
+AMOUNT_LIMIT = 1 << (8 * AMOUNT_BYTES)  # exclusive; NUMERIC(39, 0) holds it too
 
 
 def encode_amount(value: int, dialect_name: str) -> Any:
-    """The column value of an amount for a dialect (used by the bulk paths too)."""
+    """The column value of an amount for a dialect (used by the bulk paths too).
+
+    Big-endian and fixed-width, so the BLOBs sort as the numbers do.
+
+    Raises:
+        InvalidAmountError: ``value`` is not an int in 0..2**128-1 (callers check
+            the tighter per-column limits first; this is the last line of defence).
+    """
+    if type(value) is not int or not 0 <= value < AMOUNT_LIMIT:
+        raise InvalidAmountError(f"amount {value!r} is not an integer in 0..2**128-1")
     if dialect_name == "postgresql":
         return Decimal(value)
     return value.to_bytes(AMOUNT_BYTES, "big")
+
+
+def decode_amount(value: Any) -> int:
+    """An amount read back from either dialect (BLOB or Decimal) as an exact int."""
+    if isinstance(value, bytes | memoryview):
+        return int.from_bytes(value, "big")
+    return int(value)
 
 
 class Amount(TypeDecorator[int]):
@@ -56,11 +102,7 @@ class Amount(TypeDecorator[int]):
         return None if value is None else encode_amount(value, dialect.name)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, bytes | memoryview):
-            return int.from_bytes(bytes(value), "big")
-        return int(value)
+        return None if value is None else decode_amount(value)
 
 
 class Base(DeclarativeBase):
@@ -68,6 +110,9 @@ class Base(DeclarativeBase):
 
 
 class Asset(Base):
+    """A registered asset. Its id is its symbol (``BTC``, ``USDT.E``: the protocol's
+    asset id, docs/PROTOCOL.md), so there is no separate symbol column."""
+
     __tablename__ = "assets"
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     decimals: Mapped[int] = mapped_column(Integer)
@@ -103,10 +148,23 @@ class Reserve(Base):
 
 
 class SaltPeriodRow(Base):
+    """A salt period: its number, start (ms since the Unix epoch) and 32-byte secret."""
+
     __tablename__ = "salt_periods"
-    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     started_ms: Mapped[int] = mapped_column(BigInteger)
     secret: Mapped[bytes] = mapped_column(LargeBinary(32))
+
+
+class SlotAssignment(Base):
+    """A user's leaf slot in an asset's tree during a salt period (migration 0002)."""
+
+    __tablename__ = "slot_assignments"
+    __table_args__ = (UniqueConstraint("period", "asset", "slot", name="uq_slot_assignments_slot"),)
+    period: Mapped[int] = mapped_column(ForeignKey("salt_periods.number"), primary_key=True)
+    asset: Mapped[str] = mapped_column(ForeignKey("assets.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    slot: Mapped[int] = mapped_column(BigInteger)
 
 
 class Epoch(Base):
@@ -130,7 +188,20 @@ class EpochMark(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger)
 
 
+class EpochReserve(Base):
+    """The reserve reports an epoch's record used (migration 0002)."""
+
+    __tablename__ = "epoch_reserves"
+    epoch: Mapped[int] = mapped_column(ForeignKey("epochs.number"), primary_key=True)
+    asset: Mapped[str] = mapped_column(ForeignKey("assets.id"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    amount: Mapped[int] = mapped_column(Amount)
+    as_of_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 class SigningKey(Base):
+    """A checkpoint signing key (the private half stays in its file)."""
+
     __tablename__ = "signing_keys"
     key_id: Mapped[str] = mapped_column(String(8), primary_key=True)
     name: Mapped[str] = mapped_column(String(255))

@@ -1,54 +1,101 @@
 """The prover's persistence: one ``Store`` over a SQLAlchemy engine.
 
-SQLite (one file, WAL) by default; PostgreSQL by URL. ``Store.open`` applies
-the Alembic migrations. Every public method is one transaction: it commits
-whole or raises a ``StorageError`` having written nothing.
+SQLite (one file, WAL, synchronous=FULL) by default; PostgreSQL by URL, same
+code. ``Store.open`` applies the Alembic migrations. Every public method is one
+transaction: it commits whole, or raises having written nothing (a
+``StorageError`` for anything the store or the database refuses; an exception
+from a caller's callback passes through unchanged).
 
 Durability contract with the prover: a batch of updates is acknowledged to its
 producer only after ``apply_balances``/``apply_reserves`` returns. Updates with
 a sequence number at or below the source's mark are replays: counted and
-ignored. ``append_epoch`` writes the epoch, its log leaf, its signed
-checkpoint and the marks it covers in one transaction.
+ignored. ``append_epoch`` writes the epoch, its log leaf (the same row), its
+signed checkpoint, the marks it covers and the reserves it used in one
+transaction, so after a crash the store holds exactly the epochs that
+committed, each with everything it covered.
+
+Concurrency: write transactions take SQLite's write lock at BEGIN (``BEGIN
+IMMEDIATE``) and, on PostgreSQL, lock the producer's mark row, so two writers
+cannot both apply a batch. The log's methods are serialised by its lock; the
+store may be shared between threads.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from itertools import islice
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, Row, create_engine, event, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    create_engine,
+    event,
+    func,
+    make_url,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
+from storage.checks import (
+    KINDS,
+    MAX_BALANCE,
+    MAX_INT64,
+    MAX_RESERVE,
+    check_amount,
+    check_asset,
+    check_decimals,
+    check_int,
+    check_key_id,
+    check_source,
+    check_user,
+)
 from storage.errors import (
+    ConstraintError,
     EpochConflictError,
-    InvalidAmountError,
+    InvalidInputError,
     NotFoundError,
     SequenceError,
     StorageError,
     UnknownAssetError,
 )
 from storage.log import EpochLog
+from storage.rows import (
+    ApplyResult,
+    AssetRow,
+    BalanceUpdate,
+    EpochRow,
+    KeyRow,
+    PeriodRow,
+    ReserveReport,
+    ReserveRow,
+    ReserveUpdate,
+    Update,
+)
 from storage.schema import (
     Asset,
     Balance,
     Epoch,
     EpochMark,
+    EpochReserve,
     Reserve,
     SaltPeriodRow,
     SigningKey,
+    SlotAssignment,
     SourceMark,
-    encode_amount,
 )
-from verifier.errors import FormatError
-from verifier.hashing import MAX_BALANCE, check_asset_id, check_user_id
 
 __all__ = [
+    "MAX_BALANCE",
     "MAX_RESERVE",
     "ApplyResult",
     "AssetRow",
@@ -61,81 +108,20 @@ __all__ = [
     "Store",
 ]
 
-MAX_RESERVE = 2**96 - 1
-MAX_SEQ = 2**63 - 1
+MAX_SEQ = MAX_INT64
 MIGRATIONS = Path(__file__).parent / "migrations"
+CHUNK = 50_000  # default rows per chunk of the bulk paths
+_MIGRATION_LOCK = 0x50524F56  # PostgreSQL advisory lock keys: migrating,
+_APPEND_LOCK = 0x50524F57  # appending an epoch
+
+Marks = Mapping[tuple[str, str], int]
 
 
-class Update(Protocol):
-    """What every update carries (prover.messages' update types fit)."""
-
-    @property
-    def seq(self) -> int: ...
-    @property
-    def asset(self) -> str: ...
-    @property
-    def amount(self) -> int: ...
-
-
-class BalanceUpdate(Update, Protocol):
-    @property
-    def user(self) -> str: ...
-
-
-class ReserveUpdate(Update, Protocol):
-    @property
-    def as_of_ms(self) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class ApplyResult:
-    """What a batch did: the updates applied (in order), replays ignored, the new mark."""
-
-    applied: tuple[object, ...]
-    duplicates: int
-    last_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class AssetRow:
-    id: str
-    decimals: int
-
-
-@dataclass(frozen=True, slots=True)
-class ReserveRow:
-    asset: str
-    source: str
-    amount: int
-    as_of_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class EpochRow:
-    number: int
-    record: bytes
-    checkpoint: bytes
-    created_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class PeriodRow:
-    number: int
-    started_ms: int
-    secret: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRow:
-    key_id: str
-    name: str
-    public_key: bytes
-    active_from_ms: int
-    active_to_ms: int | None
-
-
-def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
-    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+def _sqlite_on_connect(dbapi_connection: Any, _record: object) -> None:
+    # SQLAlchemy, not the sqlite3 module, emits BEGIN (see _sqlite_on_begin), so
+    # SELECTs run inside the transaction and writers can take the lock up front.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")  # an ack must survive power loss
     cursor.execute("PRAGMA foreign_keys=ON")
@@ -143,8 +129,13 @@ def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor.close()
 
 
+def _sqlite_on_begin(conn: Connection) -> None:
+    immediate = conn.get_execution_options().get("solvency_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
 class Store:
-    """Persistence for one prover (see module docstring)."""
+    """Persistence for one prover (see the module docstring)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -154,78 +145,119 @@ class Store:
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
-        """Connect to ``url`` and bring its schema up to date."""
-        engine = create_engine(url, pool_pre_ping=True, insertmanyvalues_page_size=5000)
+        """Connect to ``url`` (SQLite file or PostgreSQL) and bring its schema up
+        to date. On SQLite: WAL, synchronous=FULL, foreign keys, busy timeout."""
+        try:
+            parsed = make_url(url)
+            engine = create_engine(parsed, pool_pre_ping=parsed.get_backend_name() != "sqlite")
+        except (SQLAlchemyError, ValueError, ImportError) as exc:
+            shown = url.split("@")[-1]  # never a password in an error message
+            raise StorageError(f"cannot open database ...@{shown}: {exc}") from None
         if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "connect", _sqlite_on_connect)
+            event.listen(engine, "begin", _sqlite_on_begin)
         store = cls(engine)
         if migrate:
-            store.migrate()
+            try:
+                store.migrate()
+            except BaseException:
+                engine.dispose()
+                raise
         return store
 
     def migrate(self) -> None:
-        """Apply the Alembic migrations up to head."""
+        """Apply the Alembic migrations up to head (one writer at a time)."""
         config = AlembicConfig()
         config.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
+        with self._transaction(write=True) as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
 
     def close(self) -> None:
         self.engine.dispose()
 
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # Assets
 
     def ensure_asset(self, asset: str, decimals: int) -> None:
-        """Register ``asset``; an existing one must keep its decimals."""
-        try:
-            check_asset_id(asset)
-        except FormatError as exc:
-            raise StorageError(str(exc)) from None
-        if not 0 <= decimals <= 36:
-            raise StorageError(f"asset {asset}: decimals {decimals} outside 0..36")
-        with self.engine.begin() as conn:
+        """Register ``asset`` (its id is its symbol); an existing one must keep
+        its decimals.
+
+        Raises:
+            InvalidIdentifierError: a malformed id, or decimals outside 0..36.
+            ConstraintError: the asset exists with other decimals.
+        """
+        check_asset(asset)
+        check_decimals(decimals, asset)
+        with self._transaction(write=True) as conn:
             current = conn.scalar(select(Asset.decimals).where(Asset.id == asset))
             if current is None:
-                conn.execute(_insert(self.dialect, Asset).values(id=asset, decimals=decimals))
+                conn.execute(self._insert(Asset).values(id=asset, decimals=decimals))
             elif current != decimals:
-                raise StorageError(f"asset {asset} has {current} decimals, not {decimals}")
+                raise ConstraintError(f"asset {asset} has {current} decimals, not {decimals}")
         self._assets = None
 
     def assets(self) -> list[AssetRow]:
-        with self.engine.connect() as conn:
+        """Every registered asset, by id."""
+        with self._transaction() as conn:
             rows = conn.execute(select(Asset.id, Asset.decimals).order_by(Asset.id)).all()
         return [AssetRow(r.id, r.decimals) for r in rows]
 
-    def _known_assets(self) -> dict[str, int]:
-        if self._assets is None:
-            self._assets = {a.id: a.decimals for a in self.assets()}
-        return self._assets
+    def _check_known(self, asset: str, where: str) -> None:
+        if self._assets is None or asset not in self._assets:
+            self._assets = {a.id: a.decimals for a in self.assets()}  # refresh on a miss
+            if asset not in self._assets:
+                raise UnknownAssetError(f"{where}: unknown asset {asset!r}")
 
     # Ingest
 
-    def _check_batch(self, updates: Sequence[Update]) -> None:
-        """Sequence numbers strictly increase and every asset is registered."""
-        known = self._known_assets()
+    def _check_updates(self, updates: Sequence[Update], amount_limit: int, what: str) -> None:
+        """Sequence numbers strictly increase, assets are registered, amounts fit."""
         last = -1
+        known = self._assets or {}
         for i, u in enumerate(updates):
-            if not isinstance(u.seq, int) or not 0 <= u.seq <= MAX_SEQ or u.seq <= last:
-                raise SequenceError(f"updates[{i}]: seq {u.seq} does not increase")
-            last = u.seq
+            where = f"updates[{i}]"
+            seq = u.seq
+            if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+                raise SequenceError(f"{where}: seq {seq!r} is not an integer in 0..2**63-1")
+            if seq <= last:
+                raise SequenceError(f"{where}: seq {seq} does not increase (after {last})")
+            last = seq
             if u.asset not in known:
-                raise UnknownAssetError(f"updates[{i}]: unknown asset {u.asset!r}")
+                check_asset(u.asset, where)
+                self._check_known(u.asset, where)
+                known = self._assets or {}
+            amount = u.amount
+            if type(amount) is not int or not 0 <= amount <= amount_limit:
+                check_amount(amount, amount_limit, what, f"{where} (asset {u.asset})")
 
-    def _mark(self, conn: Connection, kind: str, source: str) -> int:
+    def _lock_mark(self, conn: Connection, kind: str, source: str) -> int:
+        """The producer's mark (-1 if none), locked until the transaction ends."""
+        if self.dialect == "postgresql":
+            # a placeholder row to lock, so two first batches of a new source
+            # serialise too (it is rolled back or overwritten by _set_mark)
+            conn.execute(
+                postgresql.insert(SourceMark)
+                .values(kind=kind, source=source, last_seq=-1)
+                .on_conflict_do_nothing()
+            )
         query = select(SourceMark.last_seq).where(
             SourceMark.kind == kind, SourceMark.source == source
         )
         if self.dialect == "postgresql":
             query = query.with_for_update()
-        mark = conn.scalar(query)
+        mark = conn.scalar(query)  # SQLite: BEGIN IMMEDIATE already holds the write lock
         return -1 if mark is None else int(mark)
 
     def _set_mark(self, conn: Connection, kind: str, source: str, seq: int) -> None:
-        stmt = _insert(self.dialect, SourceMark).values(kind=kind, source=source, last_seq=seq)
+        stmt = self._insert(SourceMark).values(kind=kind, source=source, last_seq=seq)
         conn.execute(
             stmt.on_conflict_do_update(
                 index_elements=["kind", "source"], set_={"last_seq": stmt.excluded.last_seq}
@@ -233,22 +265,24 @@ class Store:
         )
 
     def apply_balances(self, source: str, updates: Sequence[BalanceUpdate]) -> ApplyResult:
-        """Store a producer's batch of absolute balances, skipping replays.
+        """Durably store a producer's batch of absolute balances, skipping replays.
+
+        Updates must have strictly increasing ``seq``; those at or below the
+        source's mark are replays (counted, not written). The last update of a
+        (user, asset) in the batch wins. The mark advances to the last seq.
 
         Raises:
-            SequenceError, UnknownAssetError, InvalidAmountError, StorageError:
-                nothing of the batch is written.
+            InvalidIdentifierError, SequenceError, UnknownAssetError,
+            InvalidAmountError: the batch is refused; nothing of it is written.
         """
-        self._check_batch(updates)
+        check_source(source)
+        self._check_updates(updates, MAX_BALANCE, "balance")
         for i, u in enumerate(updates):
-            if not isinstance(u.amount, int) or not 0 <= u.amount <= MAX_BALANCE:
-                raise InvalidAmountError(f"updates[{i}]: balance {u.amount} outside 0..2**64-1")
-            try:
-                check_user_id(u.user)
-            except FormatError as exc:
-                raise StorageError(f"updates[{i}]: {exc}") from None
-        with self._transaction() as conn:
-            mark = self._mark(conn, "balances", source)
+            check_user(u.user, f"updates[{i}]")
+        if not updates:
+            return ApplyResult((), 0, self.source_marks().get(("balances", source), -1))
+        with self._transaction(write=True) as conn:
+            mark = self._lock_mark(conn, "balances", source)
             fresh = [u for u in updates if u.seq > mark]
             if fresh:
                 latest: dict[tuple[str, str], int] = {}
@@ -262,8 +296,8 @@ class Store:
     def _upsert_balances(self, conn: Connection, latest: Mapping[tuple[str, str], int]) -> None:
         """Write absolute balances: COPY into a staging table, then one upsert, on
         PostgreSQL; the driver's executemany of INSERT .. ON CONFLICT on SQLite.
-        Both bypass per-row ORM work: this is the ingest hot path."""
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        Both bypass per-row SQLAlchemy work: this is the ingest hot path."""
+        cursor = self._cursor(conn)
         if self.dialect == "postgresql":
             cursor.execute(
                 "CREATE TEMP TABLE IF NOT EXISTS balance_stage"
@@ -282,24 +316,30 @@ class Store:
             "INSERT INTO balances (user_id, asset, amount) VALUES (?, ?, ?)"
             " ON CONFLICT (user_id, asset) DO UPDATE SET amount = excluded.amount",
             [
-                (user, asset, encode_amount(amount, "sqlite"))
+                (user, asset, amount.to_bytes(16, "big"))  # encode_amount's SQLite form
                 for (user, asset), amount in latest.items()
             ],
         )
 
     def apply_reserves(self, source: str, updates: Sequence[ReserveUpdate]) -> ApplyResult:
-        """Store a reserve source's reports (latest per asset), skipping replays."""
-        self._check_batch(updates)
+        """Durably store a reserve source's reports, keeping the latest per asset,
+        skipping replays (same rules as ``apply_balances``; amounts up to 2**96-1).
+
+        Raises:
+            InvalidInputError (any subclass): nothing of the batch is written.
+        """
+        check_source(source)
+        self._check_updates(updates, MAX_RESERVE, "reserve")
         for i, u in enumerate(updates):
-            if not isinstance(u.amount, int) or not 0 <= u.amount <= MAX_RESERVE:
-                raise InvalidAmountError(f"updates[{i}]: reserve {u.amount} outside 0..2**96-1")
-            if not isinstance(u.as_of_ms, int) or not 0 <= u.as_of_ms <= MAX_SEQ:
-                raise StorageError(f"updates[{i}]: as_of_ms {u.as_of_ms} is not a time")
-        with self._transaction() as conn:
-            mark = self._mark(conn, "reserves", source)
+            check_int(u.as_of_ms, "as_of_ms", f"updates[{i}]")
+        if not updates:
+            return ApplyResult((), 0, self.source_marks().get(("reserves", source), -1))
+        with self._transaction(write=True) as conn:
+            mark = self._lock_mark(conn, "reserves", source)
             fresh = [u for u in updates if u.seq > mark]
             if fresh:
-                stmt = _insert(self.dialect, Reserve)
+                latest = {u.asset: u for u in fresh}  # one row per asset and statement
+                stmt = self._insert(Reserve)
                 conn.execute(
                     stmt.on_conflict_do_update(
                         index_elements=["asset", "source"],
@@ -317,7 +357,7 @@ class Store:
                             "as_of_ms": u.as_of_ms,
                             "seq": u.seq,
                         }
-                        for u in fresh
+                        for u in latest.values()
                     ],
                 )
                 mark = fresh[-1].seq
@@ -325,59 +365,173 @@ class Store:
         return ApplyResult(tuple(fresh), len(updates) - len(fresh), mark)
 
     def source_marks(self) -> dict[tuple[str, str], int]:
-        """``(kind, source) -> last applied seq`` for every producer seen."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(SourceMark.kind, SourceMark.source, SourceMark.last_seq))
-            return {(r.kind, r.source): int(r.last_seq) for r in rows}
+        """``(kind, source) -> last applied seq`` for every producer seen
+        (kind is ``"balances"`` or ``"reserves"``)."""
+        with self._transaction() as conn:
+            return self._source_marks(conn)
+
+    def _source_marks(self, conn: Connection) -> dict[tuple[str, str], int]:
+        rows = conn.execute(select(SourceMark.kind, SourceMark.source, SourceMark.last_seq))
+        return {(r.kind, r.source): int(r.last_seq) for r in rows if r.last_seq >= 0}
 
     def reserves(self) -> list[ReserveRow]:
-        with self.engine.connect() as conn:
+        """Each reserve source's latest report per asset."""
+        with self._transaction() as conn:
             rows = conn.execute(
-                select(Reserve.asset, Reserve.source, Reserve.amount, Reserve.as_of_ms)
+                select(Reserve.asset, Reserve.source, Reserve.amount, Reserve.as_of_ms).order_by(
+                    Reserve.asset, Reserve.source
+                )
             ).all()
         return [ReserveRow(r.asset, r.source, int(r.amount), int(r.as_of_ms)) for r in rows]
 
-    def iter_balances(self, chunk_size: int = 50_000) -> Iterator[list[tuple[str, str, int]]]:
-        """Every non-zero balance as ``(user, asset, amount)``, in chunks, streamed
-        (a server-side cursor on PostgreSQL)."""
+    def iter_balances(self, chunk_size: int = CHUNK) -> Iterator[list[tuple[str, str, int]]]:
+        """Every non-zero balance as ``(user, asset, amount)``, in chunks of at most
+        ``chunk_size``, streamed from one snapshot (a server-side cursor on
+        PostgreSQL), in no particular order."""
         query = select(Balance.user_id, Balance.asset, Balance.amount).where(Balance.amount != 0)
-        with self.engine.connect() as conn:
+        yield from self._stream(query, chunk_size)
+
+    def _stream(self, query: Any, chunk_size: int) -> Iterator[list[tuple[str, str, int]]]:
+        check_int(chunk_size, "chunk_size")
+        if chunk_size < 1:
+            raise InvalidInputError("chunk_size must be at least 1")
+        with self._transaction() as conn:
             result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(
                 query
             )
             for partition in result.partitions(chunk_size):
-                yield [(user, asset, amount) for user, asset, amount in partition]
+                yield [(a, b, int(c)) for a, b, c in partition]
 
-    # Salt periods and signing keys
+    # Salt periods and slot assignments
 
-    def start_salt_period(self, now_ms: int) -> PeriodRow:
-        """Begin a new salt period with a fresh random secret."""
-        with self._transaction() as conn:
+    def start_salt_period(self, now_ms: int, secret: bytes | None = None) -> PeriodRow:
+        """Begin the next salt period (numbered from 1) with ``secret`` (32 bytes;
+        fresh random bytes by default)."""
+        check_int(now_ms, "now_ms")
+        if secret is None:
+            secret = secrets.token_bytes(32)
+        if not isinstance(secret, bytes) or len(secret) != 32:
+            raise InvalidInputError("a salt period's secret is 32 bytes")
+        with self._transaction(write=True) as conn:
             last = conn.scalar(select(func.max(SaltPeriodRow.number)))
-            row = PeriodRow((last or 0) + 1, now_ms, secrets.token_bytes(32))
+            row = PeriodRow((last or 0) + 1, now_ms, secret)
             conn.execute(
-                _insert(self.dialect, SaltPeriodRow).values(
+                self._insert(SaltPeriodRow).values(
                     number=row.number, started_ms=row.started_ms, secret=row.secret
                 )
             )
         return row
 
-    def add_signing_key(self, key_id: str, name: str, public_key: bytes, now_ms: int) -> None:
-        """Make a key the active one; the previous active key ends now."""
+    def salt_period(self, number: int) -> PeriodRow:
+        """Salt period ``number``; NotFoundError if there is none."""
         with self._transaction() as conn:
+            row = conn.execute(_PERIOD_COLUMNS.where(SaltPeriodRow.number == number)).first()
+        if row is None:
+            raise NotFoundError(f"no salt period {number}")
+        return PeriodRow(int(row.number), int(row.started_ms), bytes(row.secret))
+
+    def latest_salt_period(self) -> PeriodRow | None:
+        with self._transaction() as conn:
+            row = conn.execute(
+                _PERIOD_COLUMNS.order_by(SaltPeriodRow.number.desc()).limit(1)
+            ).first()
+        return None if row is None else PeriodRow(row.number, row.started_ms, bytes(row.secret))
+
+    def put_slots(
+        self, period: int, slots: Iterable[tuple[str, str, int]], chunk_size: int = CHUNK
+    ) -> int:
+        """Store ``(user, asset, slot)`` assignments of ``period``, all in one
+        transaction (read and written ``chunk_size`` rows at a time: millions of
+        rows at a period's start). Returns how many were stored.
+
+        Raises:
+            NotFoundError: no such period. InvalidInputError (any subclass): a
+                bad row. ConstraintError: a (user, asset) or (asset, slot) is
+                assigned twice in the period. Nothing is written in each case.
+        """
+        check_int(chunk_size, "chunk_size")
+        rows = iter(slots)
+        total = 0
+        with self._transaction(write=True) as conn:
+            if (
+                conn.scalar(select(SaltPeriodRow.number).where(SaltPeriodRow.number == period))
+                is None
+            ):
+                raise NotFoundError(f"no salt period {period}")
+            while chunk := list(islice(rows, max(chunk_size, 1))):
+                for i, (user, asset, slot) in enumerate(chunk, start=total):
+                    where = f"slots[{i}]"
+                    check_user(user, where)
+                    if self._assets is None or asset not in self._assets:
+                        check_asset(asset, where)
+                        self._check_known(asset, where)
+                    if type(slot) is not int or not 0 <= slot <= MAX_INT64:
+                        check_int(slot, "slot", where)
+                self._insert_slots(conn, period, chunk)
+                total += len(chunk)
+        return total
+
+    def _insert_slots(
+        self, conn: Connection, period: int, chunk: list[tuple[str, str, int]]
+    ) -> None:
+        cursor = self._cursor(conn)
+        if self.dialect == "postgresql":
+            with cursor.copy(
+                "COPY slot_assignments (period, asset, user_id, slot) FROM STDIN"
+            ) as copy:
+                for user, asset, slot in chunk:
+                    copy.write_row((period, asset, user, slot))
+            return
+        cursor.executemany(
+            "INSERT INTO slot_assignments (period, asset, user_id, slot) VALUES (?, ?, ?, ?)",
+            [(period, asset, user, slot) for user, asset, slot in chunk],
+        )
+
+    def iter_slots(
+        self, period: int, chunk_size: int = CHUNK
+    ) -> Iterator[list[tuple[str, str, int]]]:
+        """``(user, asset, slot)`` of ``period`` in chunks, streamed, ordered by
+        asset then slot."""
+        query = (
+            select(SlotAssignment.user_id, SlotAssignment.asset, SlotAssignment.slot)
+            .where(SlotAssignment.period == period)
+            .order_by(SlotAssignment.asset, SlotAssignment.slot)
+        )
+        yield from self._stream(query, chunk_size)
+
+    # Signing keys
+
+    def add_signing_key(self, key_id: str, name: str, public_key: bytes, now_ms: int) -> None:
+        """Make a key (8 hex digit id, 32-byte Ed25519 public key) the active one;
+        the previously active key's activity ends at ``now_ms``.
+
+        Raises:
+            InvalidInputError (any subclass): a malformed argument.
+            ConstraintError: ``key_id`` is already registered.
+        """
+        check_key_id(key_id)
+        if not isinstance(name, str) or not 1 <= len(name) <= 255:
+            raise InvalidInputError(f"key {key_id}: the name must be 1-255 characters")
+        if not isinstance(public_key, bytes) or len(public_key) != 32:
+            raise InvalidInputError(f"key {key_id}: an Ed25519 public key is 32 bytes")
+        check_int(now_ms, "now_ms")
+        with self._transaction(write=True) as conn:
+            if conn.scalar(select(SigningKey.key_id).where(SigningKey.key_id == key_id)):
+                raise ConstraintError(f"signing key {key_id} is already registered")
             conn.execute(
                 update(SigningKey)
                 .where(SigningKey.active_to_ms.is_(None))
                 .values(active_to_ms=now_ms)
             )
             conn.execute(
-                _insert(self.dialect, SigningKey).values(
+                self._insert(SigningKey).values(
                     key_id=key_id, name=name, public_key=public_key, active_from_ms=now_ms
                 )
             )
 
     def signing_keys(self) -> list[KeyRow]:
-        with self.engine.connect() as conn:
+        """Every key, oldest first."""
+        with self._transaction() as conn:
             rows = conn.execute(
                 select(
                     SigningKey.key_id,
@@ -385,7 +539,7 @@ class Store:
                     SigningKey.public_key,
                     SigningKey.active_from_ms,
                     SigningKey.active_to_ms,
-                ).order_by(SigningKey.active_from_ms)
+                ).order_by(SigningKey.active_from_ms, SigningKey.key_id)
             )
             return [
                 KeyRow(r.key_id, r.name, bytes(r.public_key), r.active_from_ms, r.active_to_ms)
@@ -401,144 +555,243 @@ class Store:
         sign: Callable[[int, bytes], bytes],
         *,
         created_ms: int,
-        marks: Mapping[tuple[str, str], int] | None = None,
+        marks: Marks | None = None,
+        reserves: Iterable[ReserveReport] | None = None,
     ) -> bytes:
-        """Append epoch ``number``: its record as log leaf ``number``, the checkpoint
-        ``sign(size, root)`` returns for the new log, and the producer marks it
-        covers, all in one transaction. Returns the checkpoint.
+        """Append epoch ``number``, all in one transaction: its record as log leaf
+        ``number`` (the epoch's own row), the checkpoint ``sign(size, root)``
+        returns for the log with that leaf (the root is computed inside the
+        transaction, hence a callback), the producer marks the epoch covers
+        (``(kind, source) -> seq``) and the reserve reports its record used.
+        Returns the checkpoint.
 
         Raises:
-            EpochConflictError: ``number`` is not the log's size (nothing written).
+            EpochConflictError: ``number`` is not the log's size.
+            SequenceError: a mark exceeds what was acknowledged for its source, or
+                is below (or drops) one of the previous epoch's marks.
+            InvalidInputError, UnknownAssetError, InvalidAmountError: bad
+                arguments.
+            Whatever ``sign`` raises. In every case nothing is written.
         """
-        with self._transaction() as conn:
-            size = self.log.get_size()
-            if number != size:
-                raise EpochConflictError(f"epoch {number} does not extend a log of {size}")
-            self.log.append(record, created_ms)
-            checkpoint = sign(size + 1, self.log.root(size + 1))
-            conn.execute(
-                update(Epoch).where(Epoch.number == number).values(checkpoint=checkpoint.decode())
-            )
-            if marks:
-                conn.execute(
-                    _insert(self.dialect, EpochMark),
-                    [
-                        {"epoch": number, "kind": kind, "source": source, "last_seq": seq}
-                        for (kind, source), seq in marks.items()
-                    ],
-                )
+        check_int(number, "epoch number")
+        check_int(created_ms, "created_ms")
+        if not isinstance(record, bytes):
+            raise InvalidInputError(f"epoch {number}: the record must be bytes")
+        mark_rows = self._check_marks(marks or {})
+        reserve_rows = self._check_reserves(reserves or ())
+        size: int | None = None
+        try:
+            with self.log.lock, self._transaction(write=True) as conn, self.log.bound(conn):
+                if self.dialect == "postgresql":  # one appender at a time, so the
+                    # size read below stays the size until this transaction ends
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _APPEND_LOCK})
+                size = self.log.size()
+                if number != size:
+                    raise EpochConflictError(f"epoch {number} does not extend a log of {size}")
+                self._check_marks_against(conn, number, mark_rows)
+                self.log.append(record, created_ms)
+                checkpoint = sign(size + 1, self.log.root(size + 1))
+                if not isinstance(checkpoint, bytes):
+                    raise InvalidInputError("sign() must return the checkpoint as bytes")
+                try:
+                    text_ = checkpoint.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise InvalidInputError("the checkpoint is not UTF-8 text") from None
+                self.log.set_checkpoint(number, text_)
+                if mark_rows:
+                    conn.execute(
+                        self._insert(EpochMark),
+                        [
+                            {"epoch": number, "kind": k, "source": s, "last_seq": q}
+                            for (k, s), q in mark_rows.items()
+                        ],
+                    )
+                if reserve_rows:
+                    conn.execute(
+                        self._insert(EpochReserve),
+                        [
+                            {
+                                "epoch": number,
+                                "asset": r.asset,
+                                "source": r.source,
+                                "amount": r.amount,
+                                "as_of_ms": r.as_of_ms,
+                            }
+                            for r in reserve_rows
+                        ],
+                    )
+        except BaseException:
+            if size is not None:
+                self.log.forget_after(size)  # subroots over the rolled-back leaf
+            raise
         return checkpoint
 
+    def _check_marks(self, marks: Marks) -> dict[tuple[str, str], int]:
+        checked: dict[tuple[str, str], int] = {}
+        for key, seq in marks.items():
+            if not isinstance(key, tuple) or len(key) != 2 or key[0] not in KINDS:
+                raise InvalidInputError(f"mark {key!r}: want (kind, source), kind in {KINDS}")
+            check_source(key[1], f"mark {key!r}")
+            if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
+                raise SequenceError(f"mark {key!r}: seq {seq!r} is not an integer in 0..2**63-1")
+            checked[key] = seq
+        return checked
+
+    def _check_reserves(self, reserves: Iterable[ReserveReport]) -> list[ReserveRow]:
+        checked: dict[tuple[str, str], ReserveRow] = {}
+        for i, r in enumerate(reserves):
+            where = f"reserves[{i}]"
+            check_asset(r.asset, where)
+            self._check_known(r.asset, where)
+            check_source(r.source, where)
+            check_amount(r.amount, MAX_RESERVE, "reserve", where)
+            check_int(r.as_of_ms, "as_of_ms", where)
+            if (r.asset, r.source) in checked:
+                raise InvalidInputError(f"{where}: a second report of {r.asset} from {r.source}")
+            checked[(r.asset, r.source)] = ReserveRow(r.asset, r.source, r.amount, r.as_of_ms)
+        return list(checked.values())
+
+    def _check_marks_against(
+        self, conn: Connection, number: int, marks: dict[tuple[str, str], int]
+    ) -> None:
+        """An epoch covers only acknowledged updates, and never fewer than the
+        epoch before it."""
+        acknowledged = self._source_marks(conn)
+        for key, seq in marks.items():
+            if seq > acknowledged.get(key, -1):
+                raise SequenceError(
+                    f"epoch {number} covers {key[0]} of {key[1]} up to seq {seq}, but only "
+                    f"{acknowledged.get(key, 'none')} was acknowledged"
+                )
+        if number == 0:
+            return
+        for key, seq in self._epoch_marks(conn, number - 1).items():
+            if marks.get(key, -1) < seq:
+                raise SequenceError(
+                    f"epoch {number} covers {key[0]} of {key[1]} up to "
+                    f"{marks.get(key, 'nothing')}, less than epoch {number - 1} ({seq})"
+                )
+
     def log_size(self) -> int:
-        with self._log() as _:
-            return int(self.log.get_size())
+        """The number of leaves of the log (= the number of epochs)."""
+        with self.log.lock, self._transaction() as conn, self.log.bound(conn):
+            return self.log.size()
 
     def latest_epoch(self) -> EpochRow | None:
-        with self.engine.connect() as conn:
+        """The last committed epoch, or None before the first."""
+        with self._transaction() as conn:
             row = conn.execute(_EPOCH_COLUMNS.order_by(Epoch.number.desc()).limit(1)).first()
         return None if row is None else _epoch_row(row)
 
     def epoch(self, number: int) -> EpochRow:
-        with self.engine.connect() as conn:
+        """Epoch ``number``; NotFoundError if there is none."""
+        with self._transaction() as conn:
             row = conn.execute(_EPOCH_COLUMNS.where(Epoch.number == number)).first()
         if row is None:
             raise NotFoundError(f"no epoch {number}")
         return _epoch_row(row)
 
     def epoch_marks(self, number: int) -> dict[tuple[str, str], int]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(EpochMark.kind, EpochMark.source, EpochMark.last_seq).where(
-                    EpochMark.epoch == number
-                )
+        """The producer marks epoch ``number`` covers (empty if it has none)."""
+        with self._transaction() as conn:
+            return self._epoch_marks(conn, number)
+
+    def _epoch_marks(self, conn: Connection, number: int) -> dict[tuple[str, str], int]:
+        rows = conn.execute(
+            select(EpochMark.kind, EpochMark.source, EpochMark.last_seq).where(
+                EpochMark.epoch == number
             )
-            return {(r.kind, r.source): int(r.last_seq) for r in rows}
+        )
+        return {(r.kind, r.source): int(r.last_seq) for r in rows}
+
+    def epoch_reserves(self, number: int) -> list[ReserveRow]:
+        """The reserve reports epoch ``number``'s record used, by asset and source."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(
+                    EpochReserve.asset,
+                    EpochReserve.source,
+                    EpochReserve.amount,
+                    EpochReserve.as_of_ms,
+                )
+                .where(EpochReserve.epoch == number)
+                .order_by(EpochReserve.asset, EpochReserve.source)
+            ).all()
+        return [ReserveRow(r.asset, r.source, int(r.amount), int(r.as_of_ms)) for r in rows]
 
     def log_root(self, size: int | None = None) -> bytes:
-        with self._log():
-            current = int(self.log.get_size())
+        """RFC 9162 root of the log's first ``size`` leaves (default: all)."""
+        with self.log.lock, self._transaction() as conn, self.log.bound(conn):
+            current = self.log.size()
             if size is None:
                 size = current
-            if not 0 <= size <= current:
-                raise NotFoundError(f"no log of size {size} (the log has {current})")
+            _check_size(size, current)
             return self.log.root(size)
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        """RFC 9162 inclusion proof of leaf ``index`` in the log of ``size``."""
-        with self._log():
-            self._check_size(size)
+        """RFC 9162 inclusion proof of leaf ``index`` in the log of ``size`` leaves."""
+        with self.log.lock, self._transaction() as conn, self.log.bound(conn):
+            _check_size(size, self.log.size())
             return self.log.inclusion_proof(index, size)
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
-        """RFC 9162 consistency proof between two sizes of the log."""
-        with self._log():
-            self._check_size(new_size)
+        """RFC 9162 consistency proof from the log of ``old_size`` leaves to the
+        log of ``new_size`` (empty when equal, or from the empty log)."""
+        with self.log.lock, self._transaction() as conn, self.log.bound(conn):
+            _check_size(new_size, self.log.size())
             return self.log.consistency_proof(old_size, new_size)
 
-    def _check_size(self, size: int) -> None:
-        current = int(self.log.get_size())
-        if not 0 <= size <= current:
-            raise NotFoundError(f"no log of size {size} (the log has {current})")
+    # Plumbing
 
-    # Transactions
-
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self, write=True)
-
-    def _log(self) -> _Transaction:
-        return _Transaction(self, write=False)
-
-
-class _Transaction:
-    """One transaction, with the log bound to its connection; database errors
-    become StorageError and a rollback drops cached log subroots it may have made."""
-
-    def __init__(self, store: Store, write: bool) -> None:
-        self.store = store
-        self.write = write
-
-    def __enter__(self) -> Connection:
-        engine = self.store.engine
-        self.conn = engine.connect()
-        self.trans = self.conn.begin()
-        self.store.log.conn = self.conn
-        self.size_before = -1
-        return self.conn
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        log = self.store.log
+    @contextmanager
+    def _transaction(self, *, write: bool = False) -> Iterator[Connection]:
+        """One transaction: committed if the body returns, rolled back if it
+        raises. Database errors become StorageError (ConstraintError for
+        integrity violations); storage errors and a callback's own exceptions
+        pass through unchanged."""
         try:
-            if exc_type is None:
-                self.trans.commit()
-            else:
-                self.trans.rollback()
-                if self.write:
-                    log.forget_after(_committed_size(self.conn))
-        finally:
-            log.conn = None
-            self.conn.close()
-        if isinstance(exc, IntegrityError):
-            raise StorageError(f"constraint violated: {exc.orig}") from exc
-        dbapi_error = getattr(self.store.engine.dialect.dbapi, "Error", ())
-        if isinstance(exc, SQLAlchemyError) or (dbapi_error and isinstance(exc, dbapi_error)):
-            raise StorageError(f"database error: {exc}") from exc
+            with self.engine.connect() as conn:
+                if write:
+                    conn = conn.execution_options(solvency_write=True)
+                with conn.begin():
+                    yield conn
+        except (SQLAlchemyError, self._dbapi_error) as exc:
+            raise self._translate(exc) from exc
+
+    @property
+    def _dbapi_error(self) -> type[Exception]:
+        error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
+        return error
+
+    def _translate(self, exc: Exception) -> StorageError:
+        orig = exc.orig if isinstance(exc, DBAPIError) else exc
+        integrity = getattr(self.engine.dialect.loaded_dbapi, "IntegrityError", ())
+        if isinstance(exc, IntegrityError) or isinstance(orig, integrity):
+            detail = str(orig).strip().splitlines()
+            return ConstraintError(f"constraint violated: {' / '.join(detail)}")
+        return StorageError(f"database error: {orig}")
+
+    def _cursor(self, conn: Connection) -> Any:
+        """The driver's cursor on ``conn`` (inside its transaction), for the bulk paths."""
+        return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+    def _insert(self, table: Any) -> postgresql.Insert | sqlite.Insert:
+        """The dialect's INSERT, which has ``on_conflict_do_update``."""
+        if self.dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
 
 
-def _committed_size(conn: Connection) -> int:
-    last = conn.scalar(select(func.max(Epoch.number)))
-    return 0 if last is None else int(last) + 1
+def _check_size(size: int, current: int) -> None:
+    if not isinstance(size, int) or not 0 <= size <= current:
+        raise NotFoundError(f"no log of size {size} (the log has {current})")
 
 
 _EPOCH_COLUMNS = select(Epoch.number, Epoch.record, Epoch.checkpoint, Epoch.created_ms)
+_PERIOD_COLUMNS = select(SaltPeriodRow.number, SaltPeriodRow.started_ms, SaltPeriodRow.secret)
 
 
 def _epoch_row(row: Row[int, bytes, str, int]) -> EpochRow:
     return EpochRow(
         int(row.number), bytes(row.record), row.checkpoint.encode(), int(row.created_ms)
     )
-
-
-def _insert(dialect: str, table: object):  # type: ignore[no-untyped-def]
-    """The dialect's INSERT, which has ``on_conflict_do_update``."""
-    module = postgresql if dialect == "postgresql" else sqlite
-    return module.insert(table)

@@ -15,7 +15,7 @@ from prover.config import Config
 from prover.engine import Engine
 from prover.errors import IngestError
 from prover.messages import parse_ingest
-from storage.store import Store
+from storage.store import ReserveRow, Store
 from verifier.audit import audit_epoch
 from verifier.proof import ProofFile, verify_proof
 from verifier.record import EpochRecord, Status
@@ -122,6 +122,11 @@ def test_round_trip_to_a_verified_proof(tmp_path: Path) -> None:
         report = verify_proof(ProofFile.parse(proof.to_json()), engine.verifier_key, user="alice")
         assert {a.asset: a.balance for a in report.assets} == {"BTC": 150, "ETH": 7}
         assert await engine.proof("nobody") is None
+        # the epoch's row keeps the reserve reports its record used, for audit later
+        assert engine.store.epoch_reserves(0) == [
+            ReserveRow("BTC", "cold", 500, int(clock.now * 1000)),
+            ReserveRow("ETH", "cold", 1, 0),
+        ]
 
     run(tmp_path, scenario)
 
