@@ -168,7 +168,11 @@ class Engine:
         else:
             result = await self._store_batch(self.store.apply_balances, batch)
             fresh = batch.updates[len(batch.updates) - len(result.applied) :]
-            self._pending.extend((u.user, u.asset, u.amount) for u in fresh)
+            rows = [(u.user, u.asset, u.amount) for u in fresh]
+            if rows:
+                assert self._worker is not None
+                self._pending.extend(rows)
+                self._worker.stage(rows)  # transferred now, applied at the close
             self._marks[("balances", batch.source)] = result.last_seq
             self.metrics.updates += len(fresh)
         return ack(batch.id, batch.source, len(result.applied), result.duplicates, result.last_seq)
@@ -245,25 +249,28 @@ class Engine:
             return message
 
     async def _apply(self, rows: list[tuple[str, str, int]]) -> Applied:
-        """Apply rows to the current trees; rotate the salt period when it is due
-        (docs/PROTOCOL.md §2.5) without holding up the epochs meanwhile."""
+        """Apply the epoch's rows (already staged in the current worker) to the
+        trees; rotate the salt period when it is due (docs/PROTOCOL.md §2.5)
+        without holding up the epochs meanwhile."""
         assert self._worker is not None and self._period is not None
         age = self.clock() - self._period.started_ms / 1000
         if self._next is None and age >= self.config.salt_period:
             self._next, self._replay = asyncio.create_task(self._new_period()), []
         if self._next is None:
-            return await self._worker.apply([], rows)
+            return await self._worker.apply([], [])
         self._replay.extend(rows)
         if not self._next.done():
-            return await self._worker.apply([], rows)
+            return await self._worker.apply([], [])
         task, self._next = self._next, None
         try:
             worker, period = task.result()
         except Exception:
             log.exception("building the next salt period failed; keeping the current one")
-            return await self._worker.apply([], rows)
+            return await self._worker.apply([], [])
         applied = await worker.apply([], self._replay)
         old, self._worker, self._period, self._replay = self._worker, worker, period, []
+        if self._pending:  # ingested since the cut, staged in the old worker only
+            worker.stage(list(self._pending))
         await old.close()
         log.info("salt period %d began: new salts and slots for every user", period.number)
         return applied

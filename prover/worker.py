@@ -17,6 +17,7 @@ import signal
 import time
 import urllib.parse
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -68,6 +69,15 @@ def export_proofs(ledger: Ledger, out: Path, start: int, count: int, epoch: Epoc
     return written
 
 
+def _stage(ledger: Ledger, rows: list[Row]) -> None:
+    """Stage ``rows``, or none of them if one names an unknown asset."""
+    unknown = {a for _, a, _ in rows} - set(ledger.books)
+    if unknown:
+        raise ValueError(f"unknown asset {sorted(unknown)[0]}")
+    for user, asset, amount in rows:
+        ledger.stage(user, asset, amount)
+
+
 def _serve(conn: Connection) -> None:
     """Child process main loop: one command in, one answer out, until ``stop``.
 
@@ -80,6 +90,7 @@ def _serve(conn: Connection) -> None:
     period: SaltPeriod | None = None
     assets: list[str] = []
     rows: list[Row] = []
+    failed = ""  # a "stage" that failed, reported by the next "apply"
     while True:
         command, args = conn.recv()
         try:
@@ -98,17 +109,19 @@ def _serve(conn: Connection) -> None:
                 ledger = Ledger.build(period, assets, rows)
                 rows = []
                 conn.send(("ok", tuple(ledger.roots())))
+            elif command == "stage":  # rows of the coming epoch, ahead of "apply"; no answer
+                assert ledger is not None
+                _stage(ledger, args)
             elif command == "apply":
                 assert ledger is not None
+                if failed:
+                    failed, problem = "", failed
+                    raise ValueError(f"staging rows failed: {problem}")
                 new_assets, updates = args
                 start = time.perf_counter()
                 for asset in new_assets:
                     ledger.add_asset(asset)
-                unknown = {a for _, a, _ in updates} - set(ledger.books)
-                if unknown:  # refuse the whole batch before staging any of it
-                    raise ValueError(f"unknown asset {sorted(unknown)[0]}")
-                for user, asset, amount in updates:
-                    ledger.stage(user, asset, amount)
+                _stage(ledger, updates)
                 roots = tuple(ledger.close_epoch())
                 conn.send(("ok", Applied(roots, time.perf_counter() - start)))
             elif command == "proof":
@@ -124,7 +137,10 @@ def _serve(conn: Connection) -> None:
             else:
                 conn.send(("error", f"unknown command {command!r}"))
         except Exception as exc:  # report to the parent, keep serving
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            if command == "stage":  # answered at the next "apply", which fails
+                failed = failed or f"{type(exc).__name__}: {exc}"
+            else:
+                conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
 
 class TreeWorker:
@@ -136,7 +152,9 @@ class TreeWorker:
         self._process = ctx.Process(target=_serve, args=(child,), daemon=True, name="sum-trees")
         self._process.start()
         child.close()
-        self._lock = asyncio.Lock()
+        # every exchange with the child goes through this one thread, in order:
+        # rows staged before an "apply" reach the child before it
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="tree-worker-io")
 
     def _call_blocking(self, command: str, args: Any) -> Any:
         self._conn.send((command, args))
@@ -146,8 +164,8 @@ class TreeWorker:
         return value
 
     async def _call(self, command: str, args: Any = None) -> Any:
-        async with self._lock:
-            return await asyncio.to_thread(self._call_blocking, command, args)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, self._call_blocking, command, args)
 
     async def build(
         self, period: SaltPeriod, assets: Sequence[str], chunks: Iterable[Sequence[Row]]
@@ -164,11 +182,16 @@ class TreeWorker:
             result: tuple[AssetRoot, ...] = self._call_blocking("build", None)
             return result
 
-        async with self._lock:
-            return await asyncio.to_thread(send_all)
+        return await asyncio.get_running_loop().run_in_executor(self._io, send_all)
+
+    def stage(self, rows: list[Row]) -> None:
+        """Send rows for the next ``apply`` now, so that the epoch's close does not
+        wait for their transfer (the trees, and so proofs, change only at ``apply``)."""
+        self._io.submit(self._conn.send, ("stage", rows))
 
     async def apply(self, assets: Sequence[str], rows: Sequence[Row]) -> Applied:
-        """Add new ``assets``, apply ``rows`` in order, and return the new roots."""
+        """Add new ``assets``, apply the staged rows then ``rows`` in order, and
+        return the new roots."""
         result: Applied = await self._call("apply", (list(assets), list(rows)))
         return result
 
@@ -193,3 +216,4 @@ class TreeWorker:
         self._process.join(timeout=5)
         if self._process.is_alive():
             self._process.kill()
+        self._io.shutdown(wait=False, cancel_futures=True)

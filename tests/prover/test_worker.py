@@ -32,3 +32,29 @@ def test_worker_matches_ledger() -> None:
             await worker.close()
 
     asyncio.run(run())
+
+
+def test_staged_rows_change_nothing_until_apply() -> None:
+    async def run() -> None:
+        worker = TreeWorker()
+        try:
+            await worker.build(PERIOD, ["BTC", "ETH"], [ROWS])
+            local = Ledger.build(PERIOD, ["BTC", "ETH"], ROWS)
+            before = await worker.proof("a")
+            worker.stage([("a", "BTC", 50), ("d", "ETH", 2)])
+            worker.stage([("a", "BTC", 60)])
+            assert await worker.proof("a") == before == local.proof("a")
+            applied = await worker.apply([], [("b", "BTC", 0)])
+            for row in [("a", "BTC", 50), ("d", "ETH", 2), ("a", "BTC", 60), ("b", "BTC", 0)]:
+                local.stage(*row)
+            assert list(applied.roots) == local.close_epoch()
+            assert await worker.proof("a") == local.proof("a")
+            worker.stage([("a", "DOGE", 1), ("a", "BTC", 1)])  # refused whole, told at apply
+            with pytest.raises(RuntimeError, match="unknown asset DOGE"):
+                await worker.apply([], [])
+            applied = await worker.apply([], [])
+            assert list(applied.roots) == local.close_epoch()  # nothing of it was staged
+        finally:
+            await worker.close()
+
+    asyncio.run(run())
