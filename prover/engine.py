@@ -60,6 +60,7 @@ class Metrics:
     tree_seconds: float = 0.0
     loop_lag_seconds: float = 0.0
     last_epoch_time: float = 0.0
+    last_publish_time: float = 0.0
     subscribers: int = 0
     shed_subscribers: int = 0
     ingest_errors: int = 0
@@ -238,6 +239,7 @@ class Engine:
             self.metrics.tree_seconds = applied.seconds
             self.metrics.epoch_build_seconds = time.perf_counter() - started
             self.metrics.last_epoch_time = now
+            self.metrics.last_publish_time = self.clock()
             self._publish(number, message)
             log.info(
                 "epoch %d published: %d updates, trees %.0f ms, total %.0f ms",

@@ -14,6 +14,7 @@ _HELP = {
     "tree_seconds": ("gauge", "Time the tree worker took for the last epoch."),
     "loop_lag_seconds": ("gauge", "Event loop lag measured by the epoch timer."),
     "last_epoch_time": ("gauge", "Unix time the last epoch closed."),
+    "last_publish_time": ("gauge", "Unix time the last epoch was handed to subscribers."),
     "subscribers": ("gauge", "Connected root stream subscribers."),
     "shed_subscribers": ("counter", "Subscribers closed for falling behind."),
 }

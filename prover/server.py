@@ -105,6 +105,7 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
         port,
         process_request=process_request,
         max_size=config.max_message_bytes,
+        compression=None,  # per-connection deflate costs CPU per subscriber per epoch
         ping_interval=20,
         ping_timeout=20,
         close_timeout=5,
