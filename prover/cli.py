@@ -4,7 +4,7 @@ Commands (all take ``--data-dir DIR``, default ./prover-data):
     init [--origin NAME] [--assets BTC:8,ETH:18] [--passphrase-env VAR]
     import FILE [--source NAME]        bulk balances from CSV (user,asset,amount) or JSONL
     run [--follow FILE|-]              the daemon; --follow also reads ingest messages as JSON lines
-    proof USER [--out FILE]            fetch a user's proof from the running daemon
+    proof USER [--epoch N] [--out FILE]  fetch a user's proof from the running daemon
     export-proofs --out DIR            every user's proof, written by the running daemon
     rotate-key                         new signing key; the old one co-signs until removed
     status                             the last epoch, from the database
@@ -264,7 +264,8 @@ def cmd_proof(args: argparse.Namespace) -> int:
     if not config.proof_secret:
         raise ConfigError("proof_secret is not configured")
     token = user_token(config.proof_secret, args.user)
-    url = f"http://{config.host}:{config.port}/proof?" + urllib.parse.urlencode({"user": args.user})
+    query = {"user": args.user} | ({} if args.epoch is None else {"epoch": args.epoch})
+    url = f"http://{config.host}:{config.port}/proof?" + urllib.parse.urlencode(query)
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
@@ -389,6 +390,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("proof", help="fetch a user's proof from the running daemon")
     p.add_argument("user")
+    p.add_argument("--epoch", type=int, help="an earlier, retained epoch (default: the latest)")
     p.add_argument("--out", help="file to write (default: standard output)")
     p.set_defaults(run=cmd_proof)
 

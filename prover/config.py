@@ -45,6 +45,8 @@ class Config:
     salt_period: float = 86_400.0
     max_subscribers: int = 1000
     subscriber_queue: int = 64
+    proof_epochs: int = 60  # earlier epochs whose proofs /proof still serves
+    proof_memory_mb: int = 512  # at most this much memory for them
     max_message_bytes: int = 16 << 20
     assets: tuple[tuple[str, int], ...] = field(default_factory=tuple)
 
@@ -61,6 +63,10 @@ class Config:
             raise ConfigError("need 0.05 <= epoch_interval <= max_interval")
         if self.salt_period < self.max_interval:
             raise ConfigError("salt_period must be at least max_interval")
+        if not 0 <= self.proof_epochs <= 100_000:
+            raise ConfigError("proof_epochs must be 0..100000")
+        if not 0 <= self.proof_memory_mb <= 1 << 20:
+            raise ConfigError("proof_memory_mb must be 0..1048576")
         if not 0 < self.port < 65536:
             raise ConfigError(f"port {self.port} out of range")
         if self.proof_secret:

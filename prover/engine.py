@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prover import tokens
 from prover.config import Config
 from prover.epoch import Reserve, build_record
-from prover.errors import IngestError, ProverError, SubscriberShed
+from prover.errors import IngestError, NotRetained, ProverError, SubscriberShed
 from prover.messages import BalanceBatch, ReserveBatch, ack
 from prover.periods import SaltPeriod
 from prover.worker import Applied, TreeWorker
@@ -128,7 +128,13 @@ class Engine:
         period = SaltPeriod(row.number, row.started_ms, row.secret)
         worker = TreeWorker()
         try:
-            await worker.build(period, sorted(self._decimals), self.store.iter_balances(LOAD_CHUNK))
+            await worker.build(
+                period,
+                sorted(self._decimals),
+                self.store.iter_balances(LOAD_CHUNK),
+                self.config.proof_epochs,
+                self.config.proof_memory_mb << 20,
+            )
         except BaseException:
             await worker.close()
             raise
@@ -361,13 +367,16 @@ class Engine:
             self.metrics.subscribers = len(self._subscribers)
 
     def _stored_frame(self, epoch: int) -> str:
+        return self._stored_message(epoch).to_json()
+
+    def _stored_message(self, epoch: int) -> EpochMessage:
         stored = self.store.epoch(epoch)
         return EpochMessage(
             record=stored.record,
             checkpoint=stored.checkpoint,
             inclusion=tuple(self.store.inclusion_proof(epoch, epoch + 1)),
             consistency=tuple(self.store.consistency_proof(epoch, epoch + 1)),
-        ).to_json()
+        )
 
     # Proofs
 
@@ -402,14 +411,27 @@ class Engine:
             await progress(min(start + EXPORT_CHUNK, users), users)
         return epoch, written
 
-    async def proof(self, user: str) -> ProofFile | None:
-        """``user``'s proof for the latest published epoch; None if they hold nothing."""
+    async def proof(self, user: str, epoch: int | None = None) -> ProofFile | None:
+        """``user``'s proof for the latest published epoch, or for ``epoch`` if it
+        is one of the last ``proof_epochs`` of this salt period; None if they
+        held nothing then.
+
+        Raises:
+            NotRetained: ``epoch`` is not (or no longer, or not yet) served.
+        """
         assert self._worker is not None
-        async with self._epoch_lock:  # the trees and the latest record must match
+        async with self._epoch_lock:  # the trees and the record must match
             if self._latest is None:
                 return None
-            message = self._latest
-            found = await self._worker.proof(user)
+            latest = self.metrics.epoch
+            if epoch is None or epoch == latest:
+                message = self._latest
+                found = await self._worker.proof(user)
+            elif not 0 <= epoch < latest:
+                raise NotRetained(f"epoch {epoch} is not published yet (latest: {latest})")
+            else:
+                found = await self._worker.proof(user, latest - epoch)
+                message = await self._db_call(self._stored_message, epoch)
         if found is None:
             return None
         return ProofFile(

@@ -5,7 +5,8 @@
     ├── KeyFileError          signing key missing, unreadable or wrong passphrase
     ├── TreeError             invalid input to a sum tree (slot, amount, shape)
     ├── IngestError           an ingest message is refused; ``code`` goes on the wire
-    └── SubscriberShed        a root stream subscriber fell too far behind
+    ├── SubscriberShed        a root stream subscriber fell too far behind
+    └── NotRetained           a proof of an epoch the prover no longer keeps
 
 Storage failures are storage.errors.StorageError; verification failures are
 verifier.errors.SolvencyError.
@@ -17,6 +18,7 @@ __all__ = [
     "ConfigError",
     "IngestError",
     "KeyFileError",
+    "NotRetained",
     "ProverError",
     "SubscriberShed",
     "TreeError",
@@ -56,3 +58,7 @@ class IngestError(ProverError):
 
 class SubscriberShed(ProverError):
     """A root stream subscriber was dropped for falling behind."""
+
+
+class NotRetained(ProverError):
+    """The proofs of that epoch are no longer (or not yet) served."""

@@ -13,15 +13,16 @@ balances, and holder ``u``'s leaf sits at ``slots[u]`` with commitment
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from prover.errors import ProverError
+from prover.errors import NotRetained, ProverError
 from prover.periods import SaltPeriod, SlotAllocator
-from prover.tree import SumTree
+from prover.tree import SumTree, Undo
 from verifier.hashing import DIGEST_SIZE, MAX_HEIGHT
 from verifier.sumtree import PathStep
 
@@ -29,6 +30,7 @@ __all__ = ["MIN_HEIGHT", "AssetRoot", "Ledger", "UserProof", "height_for"]
 
 MIN_HEIGHT = 4
 NO_SLOT = -1
+_NO_USERS = np.zeros(0, np.int64)
 
 
 def height_for(holders: int) -> int:
@@ -59,6 +61,21 @@ class UserProof:
     entries: tuple[tuple[str, int, int, tuple[PathStep, ...]], ...]  # asset, slot, balance, path
 
 
+@dataclass(frozen=True, slots=True)
+class _EpochUndo:
+    """What one ``close_epoch`` overwrote, per asset: the tree's ``Undo`` and the
+    holders whose slot changed (user indices, their slots before)."""
+
+    trees: dict[str, Undo]
+    slots: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(u.nbytes for u in self.trees.values()) + sum(
+            a.nbytes + b.nbytes for a, b in self.slots.values()
+        )
+
+
 @dataclass
 class _Book:
     """One asset: its tree, its holders' slots (by user index) and its slot order."""
@@ -80,6 +97,11 @@ class Ledger:
     )
     books: dict[str, _Book] = field(default_factory=dict)
     pending: dict[tuple[str, int], int] = field(default_factory=dict)
+    retain: int = 0  # earlier epochs whose proofs stay available
+    retain_bytes: int = 512 << 20  # and at most this much memory for them
+    history: deque[_EpochUndo] = field(default_factory=deque)
+    history_bytes: int = 0
+    epochs: int = 0  # close_epoch calls so far
 
     @classmethod
     def build(
@@ -107,14 +129,28 @@ class Ledger:
         self.pending[(asset, self._index(user))] = amount
 
     def close_epoch(self) -> list[AssetRoot]:
-        """Apply every staged update, one batch per asset; return all roots."""
+        """Apply every staged update, one batch per asset; return all roots.
+        While ``retain`` > 0, keep what it overwrote for ``proof(user, age)``, for
+        at most ``retain`` epochs in at most ``retain_bytes``."""
         self._grow_commitments()
         by_asset: dict[str, list[tuple[int, int]]] = {}
         for (asset, user), amount in self.pending.items():
             by_asset.setdefault(asset, []).append((user, amount))
         self.pending = {}
+        undo = _EpochUndo({}, {}) if self.retain else None
         for asset, changes in by_asset.items():
-            self._apply(asset, changes)
+            if not self._apply(asset, changes, undo):
+                undo = None
+                self.history.clear()  # the tree was rebuilt: older paths are gone
+                self.history_bytes = 0
+        self.epochs += 1
+        if undo is not None:
+            self.history.append(undo)
+            self.history_bytes += undo.nbytes
+        while self.history and (
+            len(self.history) > self.retain or self.history_bytes > self.retain_bytes
+        ):
+            self.history_bytes -= self.history.popleft().nbytes
         return self.roots()
 
     def roots(self) -> list[AssetRoot]:
@@ -127,7 +163,8 @@ class Ledger:
         if asset not in self.books:
             self._rebuild(asset, np.zeros(0, np.int64), np.zeros(0, np.uint64))
 
-    def _apply(self, asset: str, changes: list[tuple[int, int]]) -> None:
+    def _apply(self, asset: str, changes: list[tuple[int, int]], undo: _EpochUndo | None) -> bool:
+        """Apply one asset's changes; False if the tree had to be rebuilt."""
         book = self.books[asset]
         if len(book.slots) < len(self.users):
             book.slots = np.concatenate(
@@ -142,17 +179,25 @@ class Ledger:
         new_slots = book.allocator.take(int(insert.sum()))
         if new_slots is None:  # this period's slot order is used up: one level higher
             self._rebuild_with(asset, users, amounts)
-            return
+            return False
+        moved = users[insert | clear]
+        if undo is not None:
+            undo.slots[asset] = (moved, book.slots[moved])
         book.slots[users[insert]] = new_slots
         set_mask = update | insert
         set_users = users[set_mask]
+        undos: list[Undo] | None = None if undo is None else []
         book.tree.apply(
             book.slots[set_users],
             self.commitments[set_users],
             amounts[set_mask],
             book.slots[users[clear]],
+            undos,
         )
         book.slots[users[clear]] = NO_SLOT
+        if undo is not None and undos:
+            undo.trees[asset] = undos[0]
+        return True
 
     def _rebuild_with(
         self, asset: str, users: npt.NDArray[np.int64], amounts: npt.NDArray[np.uint64]
@@ -218,18 +263,39 @@ class Ledger:
             return 0
         return book.tree.leaf(int(book.slots[index]))[1]
 
-    def proof(self, user: str) -> UserProof | None:
-        """The user's paths in the trees as of the last ``close_epoch``; None if unknown."""
+    def proof(self, user: str, age: int = 0) -> UserProof | None:
+        """The user's paths in the trees as of the last ``close_epoch`` (``age``
+        0) or the one ``age`` epochs before it; None if they held nothing then.
+
+        Raises:
+            NotRetained: that epoch is not retained.
+        """
+        if not 0 <= age <= self.retained:
+            raise NotRetained(f"the trees of {age} epochs ago are not retained")
         index = self.users.get(user)
         if index is None:
             return None
+        since = list(self.history)[len(self.history) - age :] if age else []
         entries = []
         for asset, book in sorted(self.books.items()):
-            if index < len(book.slots) and book.slots[index] != NO_SLOT:
-                slot = int(book.slots[index])
-                _, amount = book.tree.leaf(slot)
-                path = tuple(PathStep(h, s) for h, s in book.tree.path(slot))
-                entries.append((asset, slot, amount, path))
+            slot = int(book.slots[index]) if index < len(book.slots) else NO_SLOT
+            for epoch in since:  # the oldest change after that epoch knows its slot
+                moved, before = epoch.slots.get(asset, (_NO_USERS, _NO_USERS))
+                found = np.flatnonzero(moved == index)
+                if len(found):
+                    slot = int(before[found[0]])
+                    break
+            if slot == NO_SLOT:
+                continue
+            undo = [epoch.trees[asset] for epoch in since if asset in epoch.trees]
+            _, amount = book.tree.leaf(slot, undo)
+            path = tuple(PathStep(h, s) for h, s in book.tree.path(slot, undo))
+            entries.append((asset, slot, amount, path))
         if not entries:
             return None
         return UserProof(user, self.period.salt(user), tuple(entries))
+
+    @property
+    def retained(self) -> int:
+        """How many epochs before the last one ``proof`` can still serve."""
+        return min(len(self.history), max(0, self.epochs - 1))

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from prover.engine import Engine
-from prover.errors import IngestError, ProverError, SubscriberShed
+from prover.errors import IngestError, NotRetained, ProverError, SubscriberShed
 from prover.messages import error_reply, parse_ingest
 from prover.metrics import render_metrics
 
@@ -132,13 +132,18 @@ async def _proof(engine: Engine, request: Request, query: dict[str, list[str]]) 
     user = users[0]
     if not engine.check_user_token(user, _bearer(request)):
         return _error(401, "unauthorized", "wrong or missing token for this user")
+    epoch = None
     if "epoch" in query:
-        wanted = query["epoch"][0]
-        if not wanted.isdigit() or int(wanted) != engine.metrics.epoch:
-            return _error(404, "not-retained", "only the latest epoch's proofs are served")
-    proof = await engine.proof(user)
+        wanted = query["epoch"]
+        if len(wanted) != 1 or not wanted[0].isdigit() or len(wanted[0]) > 19:
+            return _error(400, "bad-request", "epoch must be one epoch number")
+        epoch = int(wanted[0])
+    try:
+        proof = await engine.proof(user, epoch)
+    except NotRetained as exc:
+        return _error(404, "not-retained", str(exc))
     if proof is None:
-        return _error(404, "no-leaf", "this user holds nothing in the latest epoch")
+        return _error(404, "no-leaf", "this user holds nothing in that epoch")
     return _response(200, proof.to_json())
 
 

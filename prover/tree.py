@@ -22,6 +22,8 @@ tests/prover/test_tree.py checks every byte against verifier.hashing.
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
 from hashlib import sha256
 from typing import Any, Final
 
@@ -42,7 +44,7 @@ from verifier.hashing import (
     asset_prefix,
 )
 
-__all__ = ["SumTree", "TreeError"]
+__all__ = ["SumTree", "TreeError", "Undo"]
 
 U8 = npt.NDArray[np.uint8]
 U64 = npt.NDArray[np.uint64]
@@ -55,6 +57,19 @@ HASH_CHUNK = 2048  # rows hashed per step: keeps messages and digests in cache
 
 _EMPTY_SLOTS: Final[I64] = np.zeros(0, np.int64)
 _EMPTY_SLOTS.flags.writeable = False
+
+
+@dataclass(frozen=True, slots=True)
+class Undo:
+    """What one ``SumTree.apply`` overwrote: for each level ``0 .. height``, the
+    indices of the nodes it changed (sorted, distinct) and their records before.
+    Kept to serve proofs of earlier epochs without copying the tree."""
+
+    levels: tuple[tuple[I64, Records], ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(nodes.nbytes + old.nbytes for nodes, old in self.levels)
 
 
 def _digests(rows: U8) -> U8:
@@ -169,9 +184,11 @@ class SumTree:
         set_commitments: npt.ArrayLike,
         set_amounts: npt.ArrayLike,
         clear_slots: npt.ArrayLike | None = None,
+        undo: list[Undo] | None = None,
     ) -> int:
         """Apply one batch: set user leaves (insert or update) at ``set_slots`` and
         turn ``clear_slots`` back into padding. Each dirty node is rehashed once.
+        With ``undo``, append to it what the batch overwrites (see ``Undo``).
 
         Returns:
             The number of hashes computed (dirty leaves plus dirty internal nodes).
@@ -187,20 +204,28 @@ class SumTree:
         dirty = np.sort(np.concatenate([slots, clears]))
         if np.any(dirty[1:] == dirty[:-1]):
             raise TreeError(_duplicate_message(slots, clears, "in one batch"))
+        levels = [dirty]  # the dirty nodes of every level, sorted and distinct
+        for _ in range(h):
+            parents = levels[-1] >> 1  # sorted, so duplicates are adjacent
+            keep = np.empty(len(parents), bool)
+            keep[:1] = True
+            np.not_equal(parents[1:], parents[:-1], out=keep[1:])
+            levels.append(parents[keep])
+        if undo is not None:
+            undo.append(
+                Undo(
+                    tuple(
+                        (nodes, self._nodes[level][nodes >> 1, nodes & 1].copy())
+                        for level, nodes in enumerate(levels)
+                    )
+                )
+            )
         self._put_leaves(slots, commitments, amounts)
         self._put_padding(clears)
-        hashed = len(dirty)
-        for level in range(self._height):
-            if not len(dirty):
-                break
-            parents = dirty >> 1  # sorted, so duplicates are adjacent
-            keep = np.empty(len(parents), bool)
-            keep[0] = True
-            np.not_equal(parents[1:], parents[:-1], out=keep[1:])
-            dirty = parents[keep]
-            self._rehash(level, dirty)
-            hashed += len(dirty)
-        return hashed
+        for level in range(h):
+            if len(levels[level + 1]):
+                self._rehash(level, levels[level + 1])
+        return sum(len(nodes) for nodes in levels)
 
     # Storage
 
@@ -317,15 +342,28 @@ class SumTree:
             )
         return index
 
-    def leaf(self, slot: int) -> tuple[bytes, int]:
-        """``(hash, amount)`` of the leaf at ``slot``; amount 0 for padding."""
-        return self._record(0, self._check_slot(slot))
+    def leaf(self, slot: int, undo: Sequence[Undo] = ()) -> tuple[bytes, int]:
+        """``(hash, amount)`` of the leaf at ``slot``; amount 0 for padding.
 
-    def path(self, slot: int) -> list[tuple[bytes, int]]:
+        With ``undo``, the records of the batches since some earlier state,
+        oldest first: the leaf as it was in that state."""
+        return self._old_record(0, self._check_slot(slot), undo)
+
+    def path(self, slot: int, undo: Sequence[Undo] = ()) -> list[tuple[bytes, int]]:
         """The inclusion path of ``slot``: ``(sibling hash, sibling sum)`` at each
-        level ``l = 0 .. height-1``, the sibling being node ``(slot >> l) ^ 1``."""
+        level ``l = 0 .. height-1``, the sibling being node ``(slot >> l) ^ 1``
+        (as it was before the batches of ``undo``, if given, as in ``leaf``)."""
         slot = self._check_slot(slot)
-        return [self._record(level, (slot >> level) ^ 1) for level in range(self._height)]
+        return [self._old_record(level, (slot >> level) ^ 1, undo) for level in range(self._height)]
+
+    def _old_record(self, level: int, index: int, undo: Sequence[Undo]) -> tuple[bytes, int]:
+        for batch in undo:  # the oldest batch that overwrote the node kept its value
+            nodes, old = batch.levels[level]
+            at = int(np.searchsorted(nodes, index))
+            if at < len(nodes) and nodes[at] == index:
+                raw = old[at].tobytes()
+                return raw[:DIGEST_SIZE], int.from_bytes(raw[DIGEST_SIZE:], "big")
+        return self._record(level, index)
 
     def amounts(self) -> U64:
         """Every slot's amount (0 for padding), as a new read-only uint64 array."""

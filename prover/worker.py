@@ -16,6 +16,7 @@ import multiprocessing
 import signal
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from prover.errors import NotRetained
 from prover.ledger import AssetRoot, Ledger, UserProof
 from prover.periods import SaltPeriod
 from verifier.proof import AssetPath, ProofFile
@@ -98,7 +100,7 @@ def _serve(conn: Connection) -> None:
                 conn.send(("ok", None))
                 return
             if command == "begin":  # a new period: rows follow in chunks, then "build"
-                period, assets = args
+                period, assets, retain, retain_bytes = args
                 rows = []
                 conn.send(("ok", None))
             elif command == "rows":
@@ -107,6 +109,7 @@ def _serve(conn: Connection) -> None:
             elif command == "build":
                 assert period is not None
                 ledger = Ledger.build(period, assets, rows)
+                ledger.retain, ledger.retain_bytes = retain, retain_bytes
                 rows = []
                 conn.send(("ok", tuple(ledger.roots())))
             elif command == "stage":  # rows of the coming epoch, ahead of "apply"; no answer
@@ -126,10 +129,12 @@ def _serve(conn: Connection) -> None:
                 conn.send(("ok", Applied(roots, time.perf_counter() - start)))
             elif command == "proof":
                 assert ledger is not None
-                conn.send(("ok", ledger.proof(args)))
+                conn.send(("ok", ledger.proof(*args)))
             elif command == "snapshot":  # freeze the trees for an export
                 assert ledger is not None
-                snapshot = copy.deepcopy(ledger)
+                history, ledger.history = ledger.history, deque()
+                snapshot = copy.deepcopy(ledger)  # without the retained epochs
+                ledger.history = history
                 conn.send(("ok", len(snapshot.user_ids)))
             elif command == "export":
                 assert snapshot is not None
@@ -139,6 +144,8 @@ def _serve(conn: Connection) -> None:
         except Exception as exc:  # report to the parent, keep serving
             if command == "stage":  # answered at the next "apply", which fails
                 failed = failed or f"{type(exc).__name__}: {exc}"
+            elif isinstance(exc, NotRetained):
+                conn.send(("not-retained", str(exc)))
             else:
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -159,6 +166,8 @@ class TreeWorker:
     def _call_blocking(self, command: str, args: Any) -> Any:
         self._conn.send((command, args))
         status, value = self._conn.recv()
+        if status == "not-retained":
+            raise NotRetained(value)
         if status != "ok":
             raise RuntimeError(f"tree worker: {value}")
         return value
@@ -168,15 +177,22 @@ class TreeWorker:
         return await loop.run_in_executor(self._io, self._call_blocking, command, args)
 
     async def build(
-        self, period: SaltPeriod, assets: Sequence[str], chunks: Iterable[Sequence[Row]]
+        self,
+        period: SaltPeriod,
+        assets: Sequence[str],
+        chunks: Iterable[Sequence[Row]],
+        retain: int = 0,
+        retain_bytes: int = 0,
     ) -> tuple[AssetRoot, ...]:
-        """Build every tree of ``period`` from balance rows, sent chunk by chunk.
+        """Build every tree of ``period`` from balance rows, sent chunk by chunk,
+        keeping the proofs of ``retain`` earlier epochs in at most
+        ``retain_bytes`` from then on.
 
         ``chunks`` is consumed in a worker thread, so it may read a database.
         """
 
         def send_all() -> tuple[AssetRoot, ...]:
-            self._call_blocking("begin", (period, list(assets)))
+            self._call_blocking("begin", (period, list(assets), retain, retain_bytes))
             for chunk in chunks:
                 self._call_blocking("rows", list(chunk))
             result: tuple[AssetRoot, ...] = self._call_blocking("build", None)
@@ -195,8 +211,13 @@ class TreeWorker:
         result: Applied = await self._call("apply", (list(assets), list(rows)))
         return result
 
-    async def proof(self, user: str) -> UserProof | None:
-        result: UserProof | None = await self._call("proof", user)
+    async def proof(self, user: str, age: int = 0) -> UserProof | None:
+        """``user``'s proof as of the last apply, or ``age`` applies before it.
+
+        Raises:
+            NotRetained: that apply is no longer retained.
+        """
+        result: UserProof | None = await self._call("proof", (user, age))
         return result
 
     async def snapshot(self) -> int:

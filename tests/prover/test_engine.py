@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from prover.config import Config
 from prover.engine import Engine
-from prover.errors import IngestError
+from prover.errors import IngestError, NotRetained
 from prover.messages import parse_ingest
 from storage.store import ReserveRow, Store
 from verifier.audit import audit_epoch
@@ -281,3 +281,30 @@ def test_salt_period_rotates_without_losing_updates(tmp_path: Path) -> None:
             state, _, _ = audit_epoch(state, m, engine.verifier_key, ORIGIN)
 
     run(tmp_path, scenario, salt_period=1.0)
+
+
+def test_proofs_of_retained_earlier_epochs(tmp_path: Path) -> None:
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        await ingest(engine, balances("core", (1, "alice", "BTC", 150), (2, "bob", "BTC", 5)))
+        first = await engine.close_epoch()
+        await ingest(engine, balances("core", (3, "alice", "BTC", 0), (4, "carol", "ETH", 9)))
+        clock.now += 1
+        await engine.close_epoch()
+        await ingest(engine, balances("core", (5, "bob", "BTC", 6)))
+        clock.now += 1
+        await engine.close_epoch()  # epoch 2; epoch 1 is retained, epoch 0 is not
+        assert await engine.proof("alice", 1) is None  # she held nothing then
+        carol = await engine.proof("carol", 1)
+        assert carol is not None
+        report = verify_proof(ProofFile.parse(carol.to_json()), engine.verifier_key, user="carol")
+        assert report.epoch == 1 and {a.asset: a.balance for a in report.assets} == {"ETH": 9}
+        bob = await engine.proof("bob", 1)
+        assert bob is not None and EpochRecord.decode(bob.record).epoch == 1
+        report = verify_proof(ProofFile.parse(bob.to_json()), engine.verifier_key, user="bob")
+        assert {a.asset: a.balance for a in report.assets} == {"BTC": 5}
+        for epoch in (0, 3):
+            with pytest.raises(NotRetained):
+                await engine.proof("bob", epoch)
+        assert EpochRecord.decode(first.record).epoch == 0
+
+    run(tmp_path, scenario, proof_epochs=1)

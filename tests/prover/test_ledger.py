@@ -130,3 +130,73 @@ def test_any_update_sequence_keeps_totals_and_proofs(updates: list, epochs: int)
     for asset in ("BTC", "ETH"):
         assert totals[asset] == sum(v for (_, a), v in expected.items() if a == asset)
     check_all_proofs(ledger)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b", "c", "d", "e", "f"]),
+                st.sampled_from(["BTC", "ETH"]),
+                st.sampled_from([0, 0, 1, 7, 2**64 - 1]),
+            ),
+            max_size=8,
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.integers(1, 4),
+)
+def test_retained_epochs_serve_the_proofs_they_had(epochs: list, retain: int) -> None:
+    """``proof(user, age)`` equals the proof taken at that epoch, for every user,
+    every retained age; older ones are refused, not served wrong."""
+    ledger = Ledger.build(PERIOD, ["BTC", "ETH"], [("a", "BTC", 3), ("b", "ETH", 4)])
+    ledger.retain = retain
+    users = ["a", "b", "c", "d", "e", "f"]
+    seen: list[dict[str, object]] = []  # the proofs of every epoch, as taken then
+    for updates in epochs:
+        for user, asset, amount in updates:
+            ledger.stage(user, asset, amount)
+        ledger.close_epoch()
+        seen.append({u: ledger.proof(u) for u in users})
+    assert ledger.retained == min(retain, len(epochs) - 1)
+    for age in range(ledger.retained + 1):
+        then = seen[len(seen) - 1 - age]
+        assert {u: ledger.proof(u, age) for u in users} == then
+    with pytest.raises(ProverError, match="not retained"):
+        ledger.proof("a", ledger.retained + 1)
+
+
+def test_a_rebuild_forgets_the_retained_epochs() -> None:
+    ledger = Ledger.build(PERIOD, ["BTC"], [])
+    ledger.retain = 5
+    for epoch in range(3):
+        ledger.stage(f"u{epoch}", "BTC", 1)
+        ledger.close_epoch()
+    assert ledger.retained == 2
+    height = ledger.books["BTC"].tree.height
+    for i in range(2**height):  # more holders than the slot order has room for
+        ledger.stage(f"many{i}", "BTC", 1)
+    ledger.close_epoch()
+    assert ledger.books["BTC"].tree.height > height
+    assert ledger.retained == 0
+    ledger.stage("u0", "BTC", 2)
+    ledger.close_epoch()
+    assert ledger.retained == 1
+    proof = ledger.proof("u0", 1)
+    assert proof is not None and proof.entries[0][2] == 1
+
+
+def test_retained_epochs_fit_their_memory_budget() -> None:
+    ledger = Ledger.build(PERIOD, ["BTC"], [(f"u{i}", "BTC", 1) for i in range(100)])
+    ledger.retain = 50
+    for epoch in range(5):
+        ledger.stage(f"u{epoch}", "BTC", 2)
+        ledger.close_epoch()
+    one_epoch = ledger.history[-1].nbytes
+    assert ledger.retained == 4 and ledger.history_bytes == sum(h.nbytes for h in ledger.history)
+    ledger.retain_bytes = 2 * one_epoch
+    ledger.stage("u9", "BTC", 2)
+    ledger.close_epoch()
+    assert ledger.retained == 2 and ledger.history_bytes <= 2 * one_epoch

@@ -98,6 +98,11 @@ def test_ingest_stream_and_proof(tmp_path: Path) -> None:
             http_get, f"http://{host}/proof?user=nobody", engine.user_token("nobody")
         )
         assert status == 404
+        for query, code in [("epoch=99999", 404), ("epoch=x", 400), ("epoch=1&epoch=2", 400)]:
+            status, body = await asyncio.to_thread(
+                http_get, f"http://{host}/proof?user=alice&{query}", token
+            )
+            assert status == code, body
 
     serve(tmp_path, scenario)
 
