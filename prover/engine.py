@@ -68,9 +68,11 @@ class Metrics:
 
 @dataclass(eq=False)
 class _Subscriber:
-    """A root stream subscriber: frames as (epoch, text); None ends the stream."""
+    """A root stream subscriber: frames as (epoch, text), or handed to ``offer``
+    as they are published; None in the queue ends the stream."""
 
     queue: asyncio.Queue[tuple[int, str] | None]
+    offer: Callable[[str], bool] | None = None
     overflowed: bool = False
 
 
@@ -331,19 +333,25 @@ class Engine:
         frame = message.to_json()
         self._latest = message
         for sub in list(self._subscribers):
-            if sub.queue.qsize() >= self.config.subscriber_queue:
+            if sub.offer is not None:
+                delivered = sub.offer(frame)
+            elif delivered := sub.queue.qsize() < self.config.subscriber_queue:
+                sub.queue.put_nowait((number, frame))
+            if not delivered:
                 sub.overflowed = True
                 self._subscribers.discard(sub)
                 self.metrics.shed_subscribers += 1
                 sub.queue.put_nowait(None)  # room was reserved for this marker
-            else:
-                sub.queue.put_nowait((number, frame))
         self.metrics.subscribers = len(self._subscribers)
 
-    async def subscribe(self, since: int | None) -> AsyncIterator[str]:
+    async def subscribe(
+        self, since: int | None, offer: Callable[[str], bool] | None = None
+    ) -> AsyncIterator[str]:
         """Frames from epoch ``since`` (or from the next one), without gap or duplicate.
 
-        Ends when the engine closes.
+        Stored epochs are yielded; live ones too, or, with ``offer``, handed to
+        it as they are published, without a task switch per subscriber (it
+        sends at once; False: too far behind). Ends when the engine closes.
 
         Raises:
             SubscriberShed: the subscriber fell too far behind and was dropped.
@@ -354,7 +362,7 @@ class Engine:
         while next_epoch <= self.metrics.epoch:
             yield await self._db_call(self._stored_frame, next_epoch)
             next_epoch += 1
-        sub = _Subscriber(asyncio.Queue(self.config.subscriber_queue + 1))
+        sub = _Subscriber(asyncio.Queue(self.config.subscriber_queue + 1), offer)
         self._subscribers.add(sub)
         self.metrics.subscribers = len(self._subscribers)
         try:

@@ -13,12 +13,13 @@ import hmac
 import http
 import json
 import logging
+import socket
 import weakref
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -32,6 +33,7 @@ __all__ = ["start_server"]
 
 log = logging.getLogger("solvency.server")
 CLOSE_SHED = 1013  # try again later
+ROOTS_SOCKET_BUFFER = 16 << 10  # bytes the kernel may hold for a root stream subscriber
 CLOSE_GOING_AWAY = 1001
 
 
@@ -191,9 +193,22 @@ async def _export(engine: Engine, conn: ServerConnection) -> None:
 async def _roots(engine: Engine, conn: ServerConnection, since: int | None) -> None:
     """Send epochs until the subscriber leaves, is shed, or the prover stops."""
 
+    # Keep the kernel's share of a stalled subscriber's backlog small, so the
+    # write buffer below, which is what we can see, tells how far behind it is.
+    sock = conn.transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, ROOTS_SOCKET_BUFFER)
+
+    def offer(frame: str) -> bool:
+        """Send a live epoch now, unless the client is this many epochs behind."""
+        if conn.transport.get_write_buffer_size() > engine.config.subscriber_queue * len(frame):
+            return False
+        broadcast([conn], frame)  # writes without waiting; skips a closing connection
+        return True
+
     async def pump() -> None:
         try:
-            async for frame in engine.subscribe(since):
+            async for frame in engine.subscribe(since, offer):
                 await conn.send(frame)
             await conn.close(CLOSE_GOING_AWAY, "prover shutting down")
         except SubscriberShed as exc:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from prover.engine import Engine
@@ -21,6 +23,7 @@ from verifier.audit import audit_epoch
 from verifier.checkpoint import verifier_key_for
 from verifier.cli import main as verify_main
 from verifier.proof import ProofFile, verify_proof
+from verifier.record import EpochRecord
 from verifier.stream import EpochMessage, parse_message
 
 Scenario = Callable[[Engine, str], Awaitable[None]]
@@ -290,3 +293,50 @@ def test_connection_flood_is_refused_and_service_goes_on(tmp_path: Path) -> None
             await ws.close()
 
     serve(tmp_path, scenario, max_subscribers=20)
+
+
+def test_a_slow_subscriber_is_shed_without_delaying_others(tmp_path: Path) -> None:
+    """A subscriber that stops reading is closed with 1013 once it is
+    ``subscriber_queue`` epochs behind; another one meanwhile gets every epoch
+    on time, and epochs keep their cadence."""
+
+    async def scenario(engine: Engine, host: str) -> None:
+        address, port = host.split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # fills after a few frames
+        sock.connect((address, int(port)))
+        fast_times: list[tuple[int, float]] = []
+
+        async def follow(ws: ClientConnection) -> None:
+            async for frame in ws:
+                record = EpochRecord.decode(parse_message(frame).record)
+                fast_times.append((record.epoch, time.time() - record.timestamp_ms / 1000))
+
+        async with (
+            connect(f"ws://{host}/roots", sock=sock, max_queue=1) as slow,
+            connect(f"ws://{host}/roots") as fast,
+            connect(f"ws://{host}/ingest", additional_headers=AUTH) as producer,
+        ):
+            follower = asyncio.create_task(follow(fast))
+            seq = 0
+            while engine.metrics.shed_subscribers == 0:  # slow never reads meanwhile
+                seq += 1
+                await producer.send(balances("core", (seq, "alice", "BTC", seq)))
+                assert json.loads(await producer.recv())["type"] == "ack"
+                await asyncio.sleep(0.02)
+            for _ in range(5):  # the others carry on
+                seq += 1
+                await producer.send(balances("core", (seq, "alice", "BTC", seq)))
+                await producer.recv()
+                await asyncio.sleep(0.06)
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    await slow.recv()
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1013
+            follower.cancel()
+        epochs = [n for n, _ in fast_times]
+        assert epochs == list(range(epochs[0], epochs[0] + len(epochs)))  # no gap
+        assert epochs[-1] >= engine.metrics.epoch - 1 and len(epochs) > 5
+        assert max(lag for _, lag in fast_times) < 1.0  # nobody waited on the slow one
+
+    serve(tmp_path, scenario, subscriber_queue=2)
