@@ -30,7 +30,6 @@ __all__ = ["MIN_HEIGHT", "AssetRoot", "Ledger", "UserProof", "height_for"]
 
 MIN_HEIGHT = 4
 NO_SLOT = -1
-_NO_USERS = np.zeros(0, np.int64)
 
 
 def height_for(holders: int) -> int:
@@ -63,17 +62,20 @@ class UserProof:
 
 @dataclass(frozen=True, slots=True)
 class _EpochUndo:
-    """What one ``close_epoch`` overwrote, per asset: the tree's ``Undo`` and the
-    holders whose slot changed (user indices, their slots before)."""
+    """What the batches of one epoch overwrote, per asset and in order: the
+    trees' ``Undo`` records, and the holders whose slot changed (user indices,
+    their slots before)."""
 
-    trees: dict[str, Undo]
-    slots: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]
+    trees: dict[str, list[Undo]] = field(default_factory=dict)
+    slots: dict[str, list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]] = field(
+        default_factory=dict
+    )
 
     @property
     def nbytes(self) -> int:
-        return sum(u.nbytes for u in self.trees.values()) + sum(
-            a.nbytes + b.nbytes for a, b in self.slots.values()
-        )
+        trees = sum(u.nbytes for undos in self.trees.values() for u in undos)
+        slots = sum(a.nbytes + b.nbytes for moves in self.slots.values() for a, b in moves)
+        return trees + slots
 
 
 @dataclass
@@ -102,6 +104,7 @@ class Ledger:
     history: deque[_EpochUndo] = field(default_factory=deque)
     history_bytes: int = 0
     epochs: int = 0  # close_epoch calls so far
+    open: _EpochUndo = field(default_factory=_EpochUndo)  # batches since the last close
 
     @classmethod
     def build(
@@ -128,23 +131,30 @@ class Ledger:
             raise ProverError(f"unknown asset {asset}")
         self.pending[(asset, self._index(user))] = amount
 
+    def flush(self) -> None:
+        """Apply the staged updates now, ahead of ``close_epoch``, so that the
+        close has less left to hash. Proofs still show the last closed epoch:
+        what the batch overwrote is kept until then. Updates that would need a
+        tree rebuilt stay staged for ``close_epoch``."""
+        deferred: dict[tuple[str, int], int] = {}
+        for asset, changes in self._take_pending().items():
+            if not self._apply(asset, changes, self.open, may_rebuild=False):
+                deferred.update(((asset, user), amount) for user, amount in changes)
+        self.pending = deferred
+
     def close_epoch(self) -> list[AssetRoot]:
         """Apply every staged update, one batch per asset; return all roots.
-        While ``retain`` > 0, keep what it overwrote for ``proof(user, age)``, for
-        at most ``retain`` epochs in at most ``retain_bytes``."""
-        self._grow_commitments()
-        by_asset: dict[str, list[tuple[int, int]]] = {}
-        for (asset, user), amount in self.pending.items():
-            by_asset.setdefault(asset, []).append((user, amount))
-        self.pending = {}
-        undo = _EpochUndo({}, {}) if self.retain else None
-        for asset, changes in by_asset.items():
-            if not self._apply(asset, changes, undo):
-                undo = None
-                self.history.clear()  # the tree was rebuilt: older paths are gone
-                self.history_bytes = 0
+        While ``retain`` > 0, keep what the epoch overwrote for ``proof(user,
+        age)``, for at most ``retain`` epochs in at most ``retain_bytes``."""
+        undo, rebuilt = self.open, False
+        for asset, changes in self._take_pending().items():
+            rebuilt |= not self._apply(asset, changes, undo, may_rebuild=True)
+        self.open = _EpochUndo()
         self.epochs += 1
-        if undo is not None:
+        if rebuilt:  # older paths are gone with the old tree
+            self.history.clear()
+            self.history_bytes = 0
+        elif self.retain:
             self.history.append(undo)
             self.history_bytes += undo.nbytes
         while self.history and (
@@ -152,6 +162,14 @@ class Ledger:
         ):
             self.history_bytes -= self.history.popleft().nbytes
         return self.roots()
+
+    def _take_pending(self) -> dict[str, list[tuple[int, int]]]:
+        self._grow_commitments()
+        by_asset: dict[str, list[tuple[int, int]]] = {}
+        for (asset, user), amount in self.pending.items():
+            by_asset.setdefault(asset, []).append((user, amount))
+        self.pending = {}
+        return by_asset
 
     def roots(self) -> list[AssetRoot]:
         return [
@@ -163,8 +181,12 @@ class Ledger:
         if asset not in self.books:
             self._rebuild(asset, np.zeros(0, np.int64), np.zeros(0, np.uint64))
 
-    def _apply(self, asset: str, changes: list[tuple[int, int]], undo: _EpochUndo | None) -> bool:
-        """Apply one asset's changes; False if the tree had to be rebuilt."""
+    def _apply(
+        self, asset: str, changes: list[tuple[int, int]], undo: _EpochUndo, may_rebuild: bool
+    ) -> bool:
+        """Apply one asset's changes, noting in ``undo`` what they overwrite.
+        False if the slot order ran out: then the tree was rebuilt one level
+        higher with the changes (``may_rebuild``), or nothing changed."""
         book = self.books[asset]
         if len(book.slots) < len(self.users):
             book.slots = np.concatenate(
@@ -178,25 +200,22 @@ class Ledger:
         insert = (amounts != 0) & (current == NO_SLOT)
         new_slots = book.allocator.take(int(insert.sum()))
         if new_slots is None:  # this period's slot order is used up: one level higher
-            self._rebuild_with(asset, users, amounts)
+            if may_rebuild:
+                self._rebuild_with(asset, users, amounts)
             return False
         moved = users[insert | clear]
-        if undo is not None:
-            undo.slots[asset] = (moved, book.slots[moved])
+        undo.slots.setdefault(asset, []).append((moved, book.slots[moved]))
         book.slots[users[insert]] = new_slots
         set_mask = update | insert
         set_users = users[set_mask]
-        undos: list[Undo] | None = None if undo is None else []
         book.tree.apply(
             book.slots[set_users],
             self.commitments[set_users],
             amounts[set_mask],
             book.slots[users[clear]],
-            undos,
+            undo.trees.setdefault(asset, []),
         )
         book.slots[users[clear]] = NO_SLOT
-        if undo is not None and undos:
-            undo.trees[asset] = undos[0]
         return True
 
     def _rebuild_with(
@@ -265,7 +284,8 @@ class Ledger:
 
     def proof(self, user: str, age: int = 0) -> UserProof | None:
         """The user's paths in the trees as of the last ``close_epoch`` (``age``
-        0) or the one ``age`` epochs before it; None if they held nothing then.
+        0) or the one ``age`` epochs before it, whatever was flushed since;
+        None if they held nothing then.
 
         Raises:
             NotRetained: that epoch is not retained.
@@ -275,19 +295,19 @@ class Ledger:
         index = self.users.get(user)
         if index is None:
             return None
-        since = list(self.history)[len(self.history) - age :] if age else []
+        since = (list(self.history)[len(self.history) - age :] if age else []) + [self.open]
         entries = []
         for asset, book in sorted(self.books.items()):
             slot = int(book.slots[index]) if index < len(book.slots) else NO_SLOT
-            for epoch in since:  # the oldest change after that epoch knows its slot
-                moved, before = epoch.slots.get(asset, (_NO_USERS, _NO_USERS))
+            moves = [m for epoch in since for m in epoch.slots.get(asset, [])]
+            for moved, before in moves:  # the oldest change after that epoch knows the slot
                 found = np.flatnonzero(moved == index)
                 if len(found):
                     slot = int(before[found[0]])
                     break
             if slot == NO_SLOT:
                 continue
-            undo = [epoch.trees[asset] for epoch in since if asset in epoch.trees]
+            undo = [u for epoch in since for u in epoch.trees.get(asset, [])]
             _, amount = book.tree.leaf(slot, undo)
             path = tuple(PathStep(h, s) for h, s in book.tree.path(slot, undo))
             entries.append((asset, slot, amount, path))

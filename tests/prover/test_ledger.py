@@ -147,17 +147,25 @@ def test_any_update_sequence_keeps_totals_and_proofs(updates: list, epochs: int)
         max_size=8,
     ),
     st.integers(1, 4),
+    st.lists(st.integers(0, 8), max_size=8),
 )
-def test_retained_epochs_serve_the_proofs_they_had(epochs: list, retain: int) -> None:
+def test_retained_epochs_serve_the_proofs_they_had(
+    epochs: list, retain: int, flush_at: list[int]
+) -> None:
     """``proof(user, age)`` equals the proof taken at that epoch, for every user,
-    every retained age; older ones are refused, not served wrong."""
+    every retained age, also while the next epoch's updates are partly flushed
+    into the trees; older ones are refused, not served wrong."""
     ledger = Ledger.build(PERIOD, ["BTC", "ETH"], [("a", "BTC", 3), ("b", "ETH", 4)])
     ledger.retain = retain
     users = ["a", "b", "c", "d", "e", "f"]
     seen: list[dict[str, object]] = []  # the proofs of every epoch, as taken then
-    for updates in epochs:
-        for user, asset, amount in updates:
+    for number, updates in enumerate(epochs):
+        for i, (user, asset, amount) in enumerate(updates):
             ledger.stage(user, asset, amount)
+            if i in flush_at[number : number + 2]:  # an eager batch, mid-epoch
+                ledger.flush()
+                if seen:
+                    assert {u: ledger.proof(u) for u in users} == seen[-1]
         ledger.close_epoch()
         seen.append({u: ledger.proof(u) for u in users})
     assert ledger.retained == min(retain, len(epochs) - 1)
@@ -200,3 +208,18 @@ def test_retained_epochs_fit_their_memory_budget() -> None:
     ledger.stage("u9", "BTC", 2)
     ledger.close_epoch()
     assert ledger.retained == 2 and ledger.history_bytes <= 2 * one_epoch
+
+
+@pytest.mark.parametrize("holders", [5, 40])  # 40 outgrows the slot order: rebuilt at close
+def test_flushing_early_gives_the_same_epoch(holders: int) -> None:
+    eager = Ledger.build(PERIOD, ["BTC", "ETH"], [("a", "BTC", 3)])
+    lazy = Ledger.build(PERIOD, ["BTC", "ETH"], [("a", "BTC", 3)])
+    for i in range(holders):
+        for ledger in (eager, lazy):
+            ledger.stage(f"u{i}", "BTC", i + 1)
+            ledger.stage("a", "BTC", i + 1)  # (a zero would free a's slot, a new one after)
+        if i % 3 == 0:
+            eager.flush()
+    assert eager.close_epoch() == lazy.close_epoch()
+    assert balances_of(eager) == balances_of(lazy)
+    check_all_proofs(eager)

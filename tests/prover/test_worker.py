@@ -6,7 +6,7 @@ import pytest
 
 from prover.ledger import Ledger
 from prover.periods import SaltPeriod
-from prover.worker import TreeWorker
+from prover.worker import EAGER_ROWS, TreeWorker
 
 PERIOD = SaltPeriod(1, 0, bytes(range(32)))
 ROWS = [("a", "BTC", 5), ("b", "BTC", 7), ("a", "ETH", 1)]
@@ -54,6 +54,28 @@ def test_staged_rows_change_nothing_until_apply() -> None:
                 await worker.apply([], [])
             applied = await worker.apply([], [])
             assert list(applied.roots) == local.close_epoch()  # nothing of it was staged
+        finally:
+            await worker.close()
+
+    asyncio.run(run())
+
+
+def test_rows_hashed_ahead_of_the_close_change_no_proof_until_it() -> None:
+    async def run() -> None:
+        worker = TreeWorker()
+        try:
+            await worker.build(PERIOD, ["BTC", "ETH"], [ROWS])
+            local = Ledger.build(PERIOD, ["BTC", "ETH"], ROWS)
+            rows = [(f"u{i}", "BTC", i + 1) for i in range(EAGER_ROWS + 10)] + [("a", "BTC", 9)]
+            worker.stage(rows)  # more than EAGER_ROWS: the child hashes them in now
+            for _ in range(3):
+                assert await worker.proof("a") == local.proof("a")  # still the last epoch
+                assert await worker.proof("u1") is None
+            applied = await worker.apply([], [("b", "BTC", 1)])
+            for row in [*rows, ("b", "BTC", 1)]:
+                local.stage(*row)
+            assert list(applied.roots) == local.close_epoch()
+            assert await worker.proof("u1") == local.proof("u1")
         finally:
             await worker.close()
 
