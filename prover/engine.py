@@ -11,7 +11,9 @@ Order of work for one epoch (docs/PROTOCOL.md §11):
 5. publish to subscribers.
 
 Storage calls run in one dedicated thread, so the event loop never waits on
-the database and writes stay in order.
+the database and writes stay in order. Acknowledged balances go to the
+store's journal; every ``FOLD_AFTER`` of them, another thread folds the
+journal into the balances table in short transactions, off the ingest path.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ __all__ = ["Engine", "Metrics"]
 log = logging.getLogger("solvency.prover")
 T = TypeVar("T")
 LOAD_CHUNK = 50_000
+FOLD_AFTER = 1_000_000  # journaled balance updates between two folds
+FOLD_CHUNK = 5_000  # balances per transaction of a fold: others wait ~25 ms at most
 EXPORT_CHUNK = 5_000
 
 
@@ -64,6 +68,7 @@ class Metrics:
     subscribers: int = 0
     shed_subscribers: int = 0
     ingest_errors: int = 0
+    unfolded_updates: int = 0
 
 
 @dataclass(eq=False)
@@ -87,6 +92,7 @@ class Engine:
 
     def __post_init__(self) -> None:
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
+        self._folding: asyncio.Task[None] | None = None
         self._worker: TreeWorker | None = None
         self._pending: list[tuple[str, str, int]] = []
         self._decimals: dict[str, int] = {}
@@ -123,6 +129,7 @@ class Engine:
             self.metrics.last_epoch_time = self._last_timestamp_ms / 1000
             await self._db_call(self.store.log_root)  # warm the log's subtree cache
         self._worker, self._period = await self._new_period()
+        self.metrics.unfolded_updates = await self._db_call(self.store.journal_backlog)
 
     async def _new_period(self) -> tuple[TreeWorker, SaltPeriod]:
         """A worker holding every tree of a new salt period, built from the stored balances."""
@@ -152,6 +159,9 @@ class Engine:
                 await worker.close()
         if self._worker is not None:
             await self._worker.close()
+        if self._folding is not None:
+            with contextlib.suppress(BaseException):
+                await self._folding
         self._db.shutdown(wait=True)
 
     # Ingest
@@ -184,6 +194,7 @@ class Engine:
                 self._worker.stage(rows)  # transferred now, applied at the close
             self._marks[("balances", batch.source)] = result.last_seq
             self.metrics.updates += len(fresh)
+            self.metrics.unfolded_updates += len(fresh)
         return ack(batch.id, batch.source, len(result.applied), result.duplicates, result.last_seq)
 
     async def _store_batch(
@@ -249,6 +260,7 @@ class Engine:
             self.metrics.last_epoch_time = now
             self.metrics.last_publish_time = self.clock()
             self._publish(number, message)
+            self._fold_when_due()
             log.info(
                 "epoch %d published: %d updates, trees %.0f ms, total %.0f ms",
                 number,
@@ -257,6 +269,36 @@ class Engine:
                 self.metrics.epoch_build_seconds * 1000,
             )
             return message
+
+    def _fold_when_due(self) -> None:
+        """Start folding the journal into the balances table once ``FOLD_AFTER``
+        updates wait there; one fold at a time, in its own thread (each of its
+        transactions holds the write lock only briefly)."""
+        if self.metrics.unfolded_updates < FOLD_AFTER:
+            return
+        if self._folding is not None and not self._folding.done():
+            return
+        self._folding = asyncio.create_task(self._fold())
+
+    async def _fold(self) -> None:
+        """Read and sort in a thread of its own; write each chunk on the db thread,
+        between ingest batches and epochs, so none of them waits on a lock."""
+
+        def on_db_thread(step: Callable[[], None]) -> None:
+            self._db.submit(step).result()
+
+        started = time.perf_counter()
+        try:
+            folded = await asyncio.to_thread(self.store.fold, FOLD_CHUNK, on_db_thread)
+            self.metrics.unfolded_updates = await self._db_call(self.store.journal_backlog)
+        except Exception:
+            log.exception("folding the journal failed; the next epoch retries")
+            return
+        log.info(
+            "folded %d journaled updates into the balances in %.1f s",
+            folded,
+            time.perf_counter() - started,
+        )
 
     async def _apply(self, rows: list[tuple[str, str, int]]) -> Applied:
         """Apply the epoch's rows (already staged in the current worker) to the

@@ -17,6 +17,7 @@ _HELP = {
     "last_publish_time": ("gauge", "Unix time the last epoch was handed to subscribers."),
     "subscribers": ("gauge", "Connected root stream subscribers."),
     "shed_subscribers": ("counter", "Subscribers closed for falling behind."),
+    "unfolded_updates": ("gauge", "Acknowledged balance updates not yet folded from the journal."),
 }
 
 

@@ -37,7 +37,7 @@ from verifier.stream import EpochMessage
 __all__ = ["Applied", "TreeWorker"]
 
 Row = tuple[str, str, int]  # user, asset, amount
-EAGER_ROWS = 25_000  # staged rows the worker hashes ahead of the epoch's close, when idle
+EAGER_ROWS = 15_000  # staged rows the worker hashes ahead of the epoch's close, when idle
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,9 @@
 storage/migrations/versions create exactly these; a test checks they agree.
 
     assets            id (= symbol), decimals
-    balances          (user_id, asset) -> amount               absolute, latest
+    balances          (user_id, asset) -> amount               absolute, as of the last fold
+    balance_journal   id -> source, first_seq, last_seq, count, body
+                      acknowledged batches not yet folded into balances
     source_marks      (kind, source) -> last_seq                ingest high-water marks
     reserves          (asset, source) -> amount, as_of_ms, seq  latest report
     salt_periods      number -> started_ms, secret[32]
@@ -47,6 +49,7 @@ __all__ = [
     "Amount",
     "Asset",
     "Balance",
+    "BalanceJournal",
     "Base",
     "Epoch",
     "EpochMark",
@@ -125,6 +128,35 @@ class Balance(Base):
     user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     asset: Mapped[str] = mapped_column(ForeignKey("assets.id"), primary_key=True)
     amount: Mapped[int] = mapped_column(Amount)
+
+
+class BalanceJournal(Base):
+    """One acknowledged batch of balance updates not yet folded into ``balances``
+    (migration 0003). The balance of a (user, asset) is its line in the
+    journal row of highest ``id`` that has one, else its ``balances`` row.
+
+    ``id`` increases in commit order (SQLite: the rowid, assigned under the
+    write lock; PostgreSQL: a BIGSERIAL drawn under ``apply_balances``'s
+    journal lock). ``first_seq``/``last_seq`` are the producer's sequence
+    numbers of the batch's first and last fresh update, ``count`` the number
+    of lines of ``body``.
+
+    ``body`` is UTF-8 text, one line per (user, asset) of the batch, the last
+    update of each winning: ``f"{user}\\t{asset}\\t{amount}\\n"``, the amount in
+    decimal. User and asset ids never contain control characters (the
+    protocol refuses them, see ``storage.checks``), so tab and newline cannot
+    occur inside a field.
+    """
+
+    __tablename__ = "balance_journal"
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    source: Mapped[str] = mapped_column(String(64))
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    last_seq: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class SourceMark(Base):

@@ -1,28 +1,39 @@
 """The prover's persistence: one ``Store`` over a SQLAlchemy engine.
 
 SQLite (one file, WAL, synchronous=FULL) by default; PostgreSQL by URL, same
-code. ``Store.open`` applies the Alembic migrations. Every public method is one
-transaction: it commits whole, or raises having written nothing (a
-``StorageError`` for anything the store or the database refuses; an exception
-from a caller's callback passes through unchanged).
+code. ``Store.open`` applies the Alembic migrations. Every public method but
+``fold`` (a series of short ones, safe to interrupt) is one transaction: it
+commits whole, or raises having written nothing (a ``StorageError`` for
+anything the store or the database refuses; an exception from a caller's
+callback passes through unchanged).
 
 Durability contract with the prover: a batch of updates is acknowledged to its
 producer only after ``apply_balances``/``apply_reserves`` returns. Updates with
 a sequence number at or below the source's mark are replays: counted and
-ignored. ``append_epoch`` writes the epoch, its log leaf (the same row), its
-signed checkpoint, the marks it covers and the reserves it used in one
-transaction, so after a crash the store holds exactly the epochs that
-committed, each with everything it covered.
+ignored. An acknowledged balance batch is one row of ``balance_journal`` (the
+ingest hot path appends; it does not upsert), so the balances are the
+``balances`` table overlaid with the journal; ``fold`` moves the journal into
+the table in short transactions, idempotently, so a crash at any point loses
+nothing acknowledged, and ``iter_balances`` folds before it reads.
+``append_epoch`` writes the epoch, its log leaf (the same row), its signed
+checkpoint, the marks it covers and the reserves it used in one transaction,
+so after a crash the store holds exactly the epochs that committed, each with
+everything it covered.
 
 Concurrency: write transactions take SQLite's write lock at BEGIN (``BEGIN
 IMMEDIATE``) and, on PostgreSQL, lock the producer's mark row, so two writers
-cannot both apply a batch. The log's methods are serialised by its lock; the
-store may be shared between threads.
+cannot both apply a batch; balance batches also take a journal lock there, so
+journal ids follow commit order as they do on SQLite. The log's methods are
+serialised by its lock, folds by a lock of the process (and, on PostgreSQL, an
+advisory lock: one fold per database). The store may be shared between
+threads; a SQLite file must be folded by one process only (the prover's).
 """
 
 from __future__ import annotations
 
+import functools
 import secrets
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import islice
@@ -36,8 +47,10 @@ from sqlalchemy import (
     Engine,
     Row,
     create_engine,
+    delete,
     event,
     func,
+    insert,
     make_url,
     select,
     text,
@@ -84,6 +97,7 @@ from storage.rows import (
 from storage.schema import (
     Asset,
     Balance,
+    BalanceJournal,
     Epoch,
     EpochMark,
     EpochReserve,
@@ -112,7 +126,10 @@ MAX_SEQ = MAX_INT64
 MIGRATIONS = Path(__file__).parent / "migrations"
 CHUNK = 50_000  # default rows per chunk of the bulk paths
 _MIGRATION_LOCK = 0x50524F56  # PostgreSQL advisory lock keys: migrating,
-_APPEND_LOCK = 0x50524F57  # appending an epoch
+_APPEND_LOCK = 0x50524F57  # appending an epoch,
+_JOURNAL_LOCK = 0x50524F58  # appending to the balance journal,
+_FOLD_LOCK = 0x50524F59  # folding it
+_FOLDING = threading.Lock()  # one fold at a time in this process, whichever the store
 
 Marks = Mapping[tuple[str, str], int]
 
@@ -268,12 +285,17 @@ class Store:
         """Durably store a producer's batch of absolute balances, skipping replays.
 
         Updates must have strictly increasing ``seq``; those at or below the
-        source's mark are replays (counted, not written). The last update of a
-        (user, asset) in the batch wins. The mark advances to the last seq.
+        source's mark are replays (counted, not written). The fresh ones become
+        one ``balance_journal`` row, the last update of a (user, asset) in the
+        batch winning, and the mark advances to the last seq, in one
+        transaction: on return the batch is durable and ``iter_balances`` sees
+        it; ``fold`` moves it into the ``balances`` table later.
 
         Raises:
             InvalidIdentifierError, SequenceError, UnknownAssetError,
             InvalidAmountError: the batch is refused; nothing of it is written.
+            ConstraintError: an asset of the batch is registered no more (it
+                was deleted behind the store's back); nothing is written.
         """
         check_source(source)
         self._check_updates(updates, MAX_BALANCE, "balance")
@@ -285,18 +307,116 @@ class Store:
             mark = self._lock_mark(conn, "balances", source)
             fresh = [u for u in updates if u.seq > mark]
             if fresh:
-                latest: dict[tuple[str, str], int] = {}
-                for u in fresh:  # the last update of a key in the batch wins
-                    latest[(u.user, u.asset)] = u.amount
-                self._upsert_balances(conn, latest)
+                self._journal(conn, source, fresh)
                 mark = fresh[-1].seq
                 self._set_mark(conn, "balances", source, mark)
         return ApplyResult(tuple(fresh), len(updates) - len(fresh), mark)
 
-    def _upsert_balances(self, conn: Connection, latest: Mapping[tuple[str, str], int]) -> None:
-        """Write absolute balances: COPY into a staging table, then one upsert, on
+    def _journal(self, conn: Connection, source: str, fresh: list[BalanceUpdate]) -> None:
+        """Append ``fresh`` (checked, not empty) to the journal as one row. The
+        ingest hot path: per update, one dict entry, then one join."""
+        lines = {(u.user, u.asset): f"{u.user}\t{u.asset}\t{u.amount}\n" for u in fresh}
+        # balances.asset's foreign key is checked here, not at the fold, which
+        # could not refuse a batch that was acknowledged
+        missing = {asset for _, asset in lines}.difference(conn.scalars(select(Asset.id)))
+        if missing:
+            raise ConstraintError(
+                f"constraint violated: asset {min(missing)!r} is not in assets"
+                " (foreign key of balances.asset)"
+            )
+        if self.dialect == "postgresql":  # ids in commit order (see BalanceJournal)
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _JOURNAL_LOCK})
+        conn.execute(
+            insert(BalanceJournal),
+            {
+                "source": source,
+                "first_seq": fresh[0].seq,
+                "last_seq": fresh[-1].seq,
+                "count": len(lines),
+                "body": "".join(lines.values()).encode(),
+            },
+        )
+
+    def journal_backlog(self) -> int:
+        """How many journaled updates (journal lines) ``fold`` has yet to fold."""
+        with self._transaction() as conn:
+            return int(conn.scalar(select(func.sum(BalanceJournal.count))) or 0)
+
+    def fold(
+        self, chunk_size: int = CHUNK, run: Callable[[Callable[[], None]], None] | None = None
+    ) -> int:
+        """Move the journal into the ``balances`` table; return how many journaled
+        updates (journal lines) it folded.
+
+        Reads the journal up to its last row J in one transaction, keeps the
+        latest amount of each (user, asset) (the highest id wins), upserts them
+        sorted by (user, asset), ``chunk_size`` rows per write transaction, then
+        deletes the journal rows up to J. Other writers wait for one chunk at
+        most (on SQLite; on PostgreSQL, not at all); batches journaled
+        meanwhile get ids above J and stay. A failure or crash midway leaves
+        the journal whole and, until the next fold redoes the work (absolute
+        amounts: same values), it overrides the table. One fold at a time (see
+        ``_fold_lock``): a second waits for the first. ``run``, if given, runs
+        each write transaction (e.g. on the thread doing the caller's other
+        writes, so that they take turns without waiting on the database's lock);
+        reading and sorting stay in the calling thread.
+
+        Raises:
+            InvalidInputError: ``chunk_size`` is not a positive integer.
+        """
+        _check_chunk_size(chunk_size)
+        with self._fold_lock():
+            with self._transaction() as conn:
+                query = select(BalanceJournal.id, BalanceJournal.count, BalanceJournal.body)
+                journal = conn.execute(query.order_by(BalanceJournal.id)).all()
+            if not journal:
+                return 0
+            latest: dict[str, str] = {}  # "user\tasset" -> amount (see BalanceJournal)
+            for _, _, body in journal:
+                for line in str(body, "utf-8")[:-1].split("\n"):
+                    key, _, amount = line.rpartition("\t")
+                    latest[key] = amount
+            keys = sorted(latest)  # as (user, asset): a tab sorts below any id character
+            write = run or (lambda step: step())
+            for start in range(0, len(keys), chunk_size):
+                rows: list[tuple[str, str, int]] = []
+                for key in keys[start : start + chunk_size]:
+                    user, asset = key.split("\t")
+                    rows.append((user, asset, int(latest[key])))
+                write(functools.partial(self._upsert_chunk, rows))
+            write(functools.partial(self._forget_journal, journal[-1][0]))
+        return sum(count for _, count, _ in journal)
+
+    def _upsert_chunk(self, rows: Sequence[tuple[str, str, int]]) -> None:
+        with self._transaction(write=True) as conn:
+            self._upsert_balances(conn, rows)
+
+    def _forget_journal(self, last: int) -> None:
+        with self._transaction(write=True) as conn:
+            conn.execute(delete(BalanceJournal).where(BalanceJournal.id <= last))
+
+    @contextmanager
+    def _fold_lock(self) -> Iterator[None]:
+        """Held for a whole fold, as two folds of one database at once could write
+        a stale amount over a newer one: a lock of the process (SQLite has no
+        lock a process could hold across transactions, so a SQLite file must be
+        folded by one process only) and, on PostgreSQL, an advisory lock. A fold
+        is several transactions, so that lock belongs to a transaction of its
+        own connection, open for the fold's duration: it is released however
+        the fold ends, with the process or the connection if need be."""
+        with _FOLDING:
+            if self.dialect != "postgresql":
+                yield
+                return
+            with self._transaction() as conn:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _FOLD_LOCK})
+                yield
+
+    def _upsert_balances(self, conn: Connection, rows: Sequence[tuple[str, str, int]]) -> None:
+        """Write absolute balances ``(user, asset, amount)``, at most one per
+        (user, asset): COPY into a staging table, then one upsert, on
         PostgreSQL; the driver's executemany of INSERT .. ON CONFLICT on SQLite.
-        Both bypass per-row SQLAlchemy work: this is the ingest hot path."""
+        Both bypass per-row SQLAlchemy work."""
         cursor = self._cursor(conn)
         if self.dialect == "postgresql":
             cursor.execute(
@@ -304,8 +424,8 @@ class Store:
                 " (user_id text, asset text, amount numeric(39, 0)) ON COMMIT DELETE ROWS"
             )
             with cursor.copy("COPY balance_stage (user_id, asset, amount) FROM STDIN") as copy:
-                for (user, asset), amount in latest.items():
-                    copy.write_row((user, asset, amount))
+                for row in rows:
+                    copy.write_row(row)
             cursor.execute(
                 "INSERT INTO balances (user_id, asset, amount)"
                 " SELECT user_id, asset, amount FROM balance_stage"
@@ -317,7 +437,7 @@ class Store:
             " ON CONFLICT (user_id, asset) DO UPDATE SET amount = excluded.amount",
             [
                 (user, asset, amount.to_bytes(16, "big"))  # encode_amount's SQLite form
-                for (user, asset), amount in latest.items()
+                for user, asset, amount in rows
             ],
         )
 
@@ -386,15 +506,17 @@ class Store:
 
     def iter_balances(self, chunk_size: int = CHUNK) -> Iterator[list[tuple[str, str, int]]]:
         """Every non-zero balance as ``(user, asset, amount)``, in chunks of at most
-        ``chunk_size``, streamed from one snapshot (a server-side cursor on
-        PostgreSQL), in no particular order."""
+        ``chunk_size``, in no particular order. When iteration begins it folds
+        the journal, so every batch acknowledged before then is included; the
+        table is then streamed from one snapshot (a server-side cursor on
+        PostgreSQL)."""
+        _check_chunk_size(chunk_size)
+        self.fold()
         query = select(Balance.user_id, Balance.asset, Balance.amount).where(Balance.amount != 0)
         yield from self._stream(query, chunk_size)
 
     def _stream(self, query: Any, chunk_size: int) -> Iterator[list[tuple[str, str, int]]]:
-        check_int(chunk_size, "chunk_size")
-        if chunk_size < 1:
-            raise InvalidInputError("chunk_size must be at least 1")
+        _check_chunk_size(chunk_size)
         with self._transaction() as conn:
             result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(
                 query
@@ -780,6 +902,12 @@ class Store:
         if self.dialect == "postgresql":
             return postgresql.insert(table)
         return sqlite.insert(table)
+
+
+def _check_chunk_size(chunk_size: int) -> None:
+    check_int(chunk_size, "chunk_size")
+    if chunk_size < 1:
+        raise InvalidInputError("chunk_size must be at least 1")
 
 
 def _check_size(size: int, current: int) -> None:

@@ -308,3 +308,26 @@ def test_proofs_of_retained_earlier_epochs(tmp_path: Path) -> None:
         assert EpochRecord.decode(first.record).epoch == 0
 
     run(tmp_path, scenario, proof_epochs=1)
+
+
+def test_the_journal_is_folded_off_the_ingest_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("prover.engine.FOLD_AFTER", 3)
+
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        await ingest(engine, balances("core", (1, "alice", "BTC", 1), (2, "bob", "BTC", 2)))
+        await engine.close_epoch()
+        assert engine.store.journal_backlog() == 2  # below FOLD_AFTER: left journaled
+        await ingest(engine, balances("core", (3, "alice", "BTC", 5), (4, "carol", "ETH", 7)))
+        clock.now += 1
+        await engine.close_epoch()  # 4 waiting: a fold starts
+        for _ in range(100):
+            if engine.store.journal_backlog() == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert engine.store.journal_backlog() == 0 and engine.metrics.unfolded_updates == 0
+        got = {(u, a): m for chunk in engine.store.iter_balances() for u, a, m in chunk}
+        assert got == {("alice", "BTC"): 5, ("bob", "BTC"): 2, ("carol", "ETH"): 7}
+
+    run(tmp_path, scenario)

@@ -22,6 +22,7 @@ from verifier.hashing import MAX_BALANCE
 TABLES = {
     "alembic_version",
     "assets",
+    "balance_journal",
     "balances",
     "epoch_marks",
     "epoch_reserves",
@@ -43,7 +44,7 @@ def test_the_migrations_create_exactly_the_models(store: Store) -> None:
 def test_open_is_idempotent_and_at_head(db_url: str) -> None:
     for _ in range(2):
         with Store.open(db_url) as store, store.engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0002"
+            assert MigrationContext.configure(conn).get_current_revision() == "0003"
 
 
 def test_upgrade_keeps_data_written_at_the_first_revision(db_url: str) -> None:
