@@ -12,8 +12,9 @@ Order of work for one epoch (docs/PROTOCOL.md §11):
 
 Storage calls run in one dedicated thread, so the event loop never waits on
 the database and writes stay in order. Acknowledged balances go to the
-store's journal; every ``FOLD_AFTER`` of them, another thread folds the
-journal into the balances table in short transactions, off the ingest path.
+store's journal; every ``FOLD_AFTER`` of them, the journal is folded into
+the balances table: read and sorted in another thread, written in short
+transactions that the database thread runs between ingest batches and epochs.
 """
 
 from __future__ import annotations
@@ -272,8 +273,7 @@ class Engine:
 
     def _fold_when_due(self) -> None:
         """Start folding the journal into the balances table once ``FOLD_AFTER``
-        updates wait there; one fold at a time, in its own thread (each of its
-        transactions holds the write lock only briefly)."""
+        updates wait there; one fold at a time."""
         if self.metrics.unfolded_updates < FOLD_AFTER:
             return
         if self._folding is not None and not self._folding.done():

@@ -31,6 +31,7 @@ threads; a SQLite file must be folded by one process only (the prover's).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import secrets
 import threading
@@ -376,13 +377,16 @@ class Store:
                 for line in str(body, "utf-8")[:-1].split("\n"):
                     key, _, amount = line.rpartition("\t")
                     latest[key] = amount
-            keys = sorted(latest)  # as (user, asset): a tab sorts below any id character
             write = run or (lambda step: step())
-            for start in range(0, len(keys), chunk_size):
-                rows: list[tuple[str, str, int]] = []
-                for key in keys[start : start + chunk_size]:
-                    user, asset = key.split("\t")
-                    rows.append((user, asset, int(latest[key])))
+            rows: list[tuple[str, str, int]] = []
+            # sorted as (user, asset): a tab sorts below any id character
+            for key in _sorted_in_ranges(list(latest)):
+                user, asset = key.split("\t")
+                rows.append((user, asset, int(latest[key])))
+                if len(rows) == chunk_size:
+                    write(functools.partial(self._upsert_chunk, rows))
+                    rows = []
+            if rows:
                 write(functools.partial(self._upsert_chunk, rows))
             write(functools.partial(self._forget_journal, journal[-1][0]))
         return sum(count for _, count, _ in journal)
@@ -908,6 +912,23 @@ def _check_chunk_size(chunk_size: int) -> None:
     check_int(chunk_size, "chunk_size")
     if chunk_size < 1:
         raise InvalidInputError("chunk_size must be at least 1")
+
+
+def _sorted_in_ranges(keys: list[str], piece: int = 20_000) -> Iterator[str]:
+    """``sorted(keys)``, one key range at a time: a single ``sorted`` of a million
+    keys would hold the GIL for most of a second, stalling the event loop; here
+    no step holds it longer than sorting about ``piece`` keys."""
+    if len(keys) <= piece:
+        yield from sorted(keys)
+        return
+    ranges = len(keys) // piece + 1
+    sample = sorted(keys[:: max(1, len(keys) // (ranges * 16))])
+    bounds = sample[16::16][: ranges - 1]  # about ``piece`` keys fall between two
+    buckets: list[list[str]] = [[] for _ in range(len(bounds) + 1)]
+    for key in keys:
+        buckets[bisect.bisect_right(bounds, key)].append(key)
+    for bucket in buckets:
+        yield from sorted(bucket)
 
 
 def _check_size(size: int, current: int) -> None:

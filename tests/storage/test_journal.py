@@ -24,7 +24,7 @@ from sqlalchemy import text
 
 from storage.errors import InvalidInputError
 from storage.schema import decode_amount
-from storage.store import _FOLD_LOCK, MIGRATIONS, Store
+from storage.store import _FOLD_LOCK, MIGRATIONS, Store, _sorted_in_ranges
 from tests.storage.conftest import (
     BACKENDS,
     POSTGRES_URL,
@@ -383,3 +383,8 @@ def test_sqlite_journal_ids_are_the_rowid(tmp_path: Path) -> None:
                 ).all()
                 == []
             )
+
+
+@given(st.lists(st.text(max_size=6)), st.integers(1, 40))
+def test_sorting_in_ranges_is_sorting(keys: list[str], piece: int) -> None:
+    assert list(_sorted_in_ranges(keys, piece)) == sorted(keys)
