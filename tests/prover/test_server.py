@@ -178,6 +178,55 @@ def test_auditor_catches_a_rolled_back_log(
     assert alarms[0]["check"] == "log-rolled-back"
 
 
+def test_auditor_catches_a_forked_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The custodian restores an old copy of its database, so as to drop a liability,
+    and goes on signing with the same key. An auditor that verified the first
+    history meets the second: "fork", with the two checkpoints as evidence."""
+    db = tmp_path / "prover.db"
+
+    def run_until(epochs: int, amount: int | None) -> Callable[[Engine, str], Awaitable[None]]:
+        async def scenario(engine: Engine, host: str) -> None:
+            if amount is not None:
+                async with connect(f"ws://{host}/ingest", additional_headers=AUTH) as ws:
+                    await ws.send(balances("core", (amount, "alice", "BTC", amount)))
+                    assert json.loads(await ws.recv())["type"] == "ack"
+            while engine.metrics.epoch < epochs:
+                await asyncio.sleep(0.05)
+
+        return scenario
+
+    serve(tmp_path, run_until(2, 5))
+    db.with_name("backup.db").write_bytes(db.read_bytes())  # closed: no WAL left beside it
+    serve(tmp_path, run_until(5, 1_000_000))
+
+    async def audit(engine: Engine, host: str) -> None:
+        state = None
+        async with connect(f"ws://{host}/roots?since=0") as ws:
+            while state is None or state.size <= engine.metrics.epoch:
+                message = parse_message(await ws.recv())
+                state, _, _ = audit_epoch(state, message, engine.verifier_key, ORIGIN)
+        (tmp_path / "auditor").mkdir()
+        (tmp_path / "auditor" / "state.json").write_text(state.to_json())
+
+    serve(tmp_path, audit)
+    size = json.loads((tmp_path / "auditor" / "state.json").read_text())["size"]
+    assert size >= 6
+
+    db.write_bytes(db.with_name("backup.db").read_bytes())  # the restore
+    serve(tmp_path, run_until(size, 6))  # alice's 1,000,000 is gone; the log grew back
+
+    async def watch(engine: Engine, host: str) -> None:
+        args = ["watch", f"ws://{host}", "--key", str(engine.verifier_key)]
+        args += ["--state", str(tmp_path / "auditor"), "--json"]
+        assert await asyncio.to_thread(verify_main, args) == 1
+
+    serve(tmp_path, watch)
+    alarms = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [a["check"] for a in alarms if a["event"] == "violation"] == ["fork"]
+    evidence = json.loads(Path(alarms[-1]["evidence"]).read_text())
+    assert evidence["message"]["checkpoint"] != evidence["last_verified_checkpoint"]
+
+
 def test_export_every_proof(tmp_path: Path) -> None:
     out = tmp_path / "proofs"
 
