@@ -113,6 +113,11 @@ class Engine:
     async def _db_call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
+    def _on_db_thread(self, step: Callable[[], None]) -> None:
+        """From another thread: run a write ``step`` on the db thread, in turn
+        with ingest and epochs, so that none of them waits on the database's lock."""
+        self._db.submit(step).result()
+
     # Start and stop
 
     async def start(self) -> None:
@@ -141,7 +146,7 @@ class Engine:
             await worker.build(
                 period,
                 sorted(self._decimals),
-                self.store.iter_balances(LOAD_CHUNK),
+                self.store.iter_balances(LOAD_CHUNK, self._on_db_thread),
                 self.config.proof_epochs,
                 self.config.proof_memory_mb << 20,
             )
@@ -281,15 +286,10 @@ class Engine:
         self._folding = asyncio.create_task(self._fold())
 
     async def _fold(self) -> None:
-        """Read and sort in a thread of its own; write each chunk on the db thread,
-        between ingest batches and epochs, so none of them waits on a lock."""
-
-        def on_db_thread(step: Callable[[], None]) -> None:
-            self._db.submit(step).result()
-
+        """Read and sort in a thread of its own; write each chunk on the db thread."""
         started = time.perf_counter()
         try:
-            folded = await asyncio.to_thread(self.store.fold, FOLD_CHUNK, on_db_thread)
+            folded = await asyncio.to_thread(self.store.fold, FOLD_CHUNK, self._on_db_thread)
             self.metrics.unfolded_updates = await self._db_call(self.store.journal_backlog)
         except Exception:
             log.exception("folding the journal failed; the next epoch retries")

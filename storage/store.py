@@ -508,14 +508,16 @@ class Store:
             ).all()
         return [ReserveRow(r.asset, r.source, int(r.amount), int(r.as_of_ms)) for r in rows]
 
-    def iter_balances(self, chunk_size: int = CHUNK) -> Iterator[list[tuple[str, str, int]]]:
+    def iter_balances(
+        self, chunk_size: int = CHUNK, run: Callable[[Callable[[], None]], None] | None = None
+    ) -> Iterator[list[tuple[str, str, int]]]:
         """Every non-zero balance as ``(user, asset, amount)``, in chunks of at most
         ``chunk_size``, in no particular order. When iteration begins it folds
-        the journal, so every batch acknowledged before then is included; the
-        table is then streamed from one snapshot (a server-side cursor on
-        PostgreSQL)."""
+        the journal (``run`` as in ``fold``), so every batch acknowledged before
+        then is included; the table is then streamed from one snapshot (a
+        server-side cursor on PostgreSQL)."""
         _check_chunk_size(chunk_size)
-        self.fold()
+        self.fold(run=run)
         query = select(Balance.user_id, Balance.asset, Balance.amount).where(Balance.amount != 0)
         yield from self._stream(query, chunk_size)
 
