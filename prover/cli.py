@@ -116,6 +116,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         f"origin = {json.dumps(args.origin)}",
         f"ingest_token = {json.dumps(secrets.token_urlsafe(24))}",
         f"proof_secret = {json.dumps(secrets.token_hex(32))}",
+        # kept, so that no later command opens a fresh SQLite file by mistake
+        *([f"database_url = {json.dumps(args.database_url)}"] if args.database_url else []),
         "",
         *[f'[[assets]]\nid = "{a}"\ndecimals = {d}\n' for a, d in assets],
     ]

@@ -81,12 +81,12 @@ def events(out: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
 
 
-def test_kill_9_mid_ingest(tmp_path: Path, unused_port: int) -> None:
+def test_kill_9_mid_ingest(tmp_path: Path, unused_port: int, db_url: str) -> None:
     data = tmp_path / "data"
-    prover_main(
-        ["--data-dir", str(data), "init", "--origin", "crash.test/log", "--assets", "BTC:8"]
-    )
-    config = load_config(data)
+    init = ["init", "--origin", "crash.test/log", "--assets", "BTC:8"]
+    prover_main(["--data-dir", str(data), "--database-url", db_url, *init])
+    config = load_config(data)  # the daemon finds the database through it
+    assert config.url == db_url
     url = f"ws://127.0.0.1:{unused_port}"
     key = str(verifier_key_for(config.origin, load_key(config.key_path).public_key()))
 

@@ -75,8 +75,9 @@ Scenario = Callable[[Engine, Clock], Awaitable[None]]
 def run(tmp_path: Path, scenario: Scenario, **changes: object) -> None:
     async def main() -> None:
         clock = Clock()
-        store = Store.open(f"sqlite:///{tmp_path / 'prover.db'}")
-        engine = Engine(config(tmp_path, **changes), store, KEY, clock=clock)
+        cfg = config(tmp_path, **changes)
+        store = Store.open(cfg.url)
+        engine = Engine(cfg, store, KEY, clock=clock)
         await engine.start()
         try:
             await scenario(engine, clock)
@@ -91,7 +92,7 @@ async def ingest(engine: Engine, message: str) -> dict:
     return json.loads(await engine.ingest(parse_ingest(message)))
 
 
-def test_round_trip_to_a_verified_proof(tmp_path: Path) -> None:
+def test_round_trip_to_a_verified_proof(tmp_path: Path, db_url: str) -> None:
     async def scenario(engine: Engine, clock: Clock) -> None:
         ack = await ingest(
             engine,
@@ -128,7 +129,7 @@ def test_round_trip_to_a_verified_proof(tmp_path: Path) -> None:
             ReserveRow("ETH", "cold", 1, 0),
         ]
 
-    run(tmp_path, scenario)
+    run(tmp_path, scenario, database_url=db_url)
 
 
 def test_replays_are_acknowledged_and_ignored(tmp_path: Path) -> None:
@@ -142,7 +143,7 @@ def test_replays_are_acknowledged_and_ignored(tmp_path: Path) -> None:
     run(tmp_path, scenario)
 
 
-def test_refused_batches_change_nothing(tmp_path: Path) -> None:
+def test_refused_batches_change_nothing(tmp_path: Path, db_url: str) -> None:
     async def scenario(engine: Engine, clock: Clock) -> None:
         await ingest(engine, balances("core", (1, "a", "BTC", 5)))
         bad = [
@@ -161,7 +162,7 @@ def test_refused_batches_change_nothing(tmp_path: Path) -> None:
         assert record.asset("BTC").liabilities == 6  # a=5 kept, b=1 added
         assert record.asset("BTC").sources == ()
 
-    run(tmp_path, scenario)
+    run(tmp_path, scenario, database_url=db_url)
 
 
 async def take(stream: AsyncIterator[str], count: int) -> list[EpochMessage]:
@@ -217,7 +218,7 @@ def test_a_slow_subscriber_is_shed(tmp_path: Path) -> None:
     run(tmp_path, scenario, subscriber_queue=2)
 
 
-def test_restart_continues_the_same_log(tmp_path: Path) -> None:
+def test_restart_continues_the_same_log(tmp_path: Path, db_url: str) -> None:
     async def first(engine: Engine, clock: Clock) -> None:
         await ingest(engine, balances("core", (1, "a", "BTC", 5)))
         await engine.close_epoch()
@@ -236,8 +237,8 @@ def test_restart_continues_the_same_log(tmp_path: Path) -> None:
             assert isinstance(m, EpochMessage)
             state, _, _ = audit_epoch(state, m, engine.verifier_key, ORIGIN)
 
-    run(tmp_path, first)
-    run(tmp_path, second)
+    run(tmp_path, first, database_url=db_url)
+    run(tmp_path, second, database_url=db_url)
 
 
 async def _first(stream: AsyncIterator[str], count: int) -> AsyncIterator[str]:
@@ -249,7 +250,7 @@ async def _first(stream: AsyncIterator[str], count: int) -> AsyncIterator[str]:
             return
 
 
-def test_salt_period_rotates_without_losing_updates(tmp_path: Path) -> None:
+def test_salt_period_rotates_without_losing_updates(tmp_path: Path, db_url: str) -> None:
     async def scenario(engine: Engine, clock: Clock) -> None:
         await ingest(engine, balances("core", (1, "alice", "BTC", 10), (2, "bob", "BTC", 20)))
         first = await engine.close_epoch()
@@ -280,7 +281,7 @@ def test_salt_period_rotates_without_losing_updates(tmp_path: Path) -> None:
             assert isinstance(m, EpochMessage)
             state, _, _ = audit_epoch(state, m, engine.verifier_key, ORIGIN)
 
-    run(tmp_path, scenario, salt_period=1.0)
+    run(tmp_path, scenario, database_url=db_url, salt_period=1.0)
 
 
 def test_proofs_of_retained_earlier_epochs(tmp_path: Path) -> None:
@@ -311,7 +312,7 @@ def test_proofs_of_retained_earlier_epochs(tmp_path: Path) -> None:
 
 
 def test_the_journal_is_folded_off_the_ingest_path(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("prover.engine.FOLD_AFTER", 3)
 
@@ -330,4 +331,4 @@ def test_the_journal_is_folded_off_the_ingest_path(
         got = {(u, a): m for chunk in engine.store.iter_balances() for u, a, m in chunk}
         assert got == {("alice", "BTC"): 5, ("bob", "BTC"): 2, ("carol", "ETH"): 7}
 
-    run(tmp_path, scenario)
+    run(tmp_path, scenario, database_url=db_url)

@@ -31,8 +31,9 @@ Scenario = Callable[[Engine, str], Awaitable[None]]
 
 def serve(tmp_path: Path, scenario: Scenario, **changes: object) -> None:
     async def main() -> None:
-        store = Store.open(f"sqlite:///{tmp_path / 'prover.db'}")
-        engine = Engine(config(tmp_path, **changes), store, KEY)
+        cfg = config(tmp_path, **changes)
+        store = Store.open(cfg.url)
+        engine = Engine(cfg, store, KEY)
         await engine.start()
         server = await start_server(engine, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
@@ -63,7 +64,7 @@ def http_get(url: str, token: str | None = None) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def test_ingest_stream_and_proof(tmp_path: Path) -> None:
+def test_ingest_stream_and_proof(tmp_path: Path, db_url: str) -> None:
     async def scenario(engine: Engine, host: str) -> None:
         async with connect(f"ws://{host}/roots") as roots:
             async with connect(f"ws://{host}/ingest", additional_headers=AUTH) as producer:
@@ -107,7 +108,7 @@ def test_ingest_stream_and_proof(tmp_path: Path) -> None:
             )
             assert status == code, body
 
-    serve(tmp_path, scenario)
+    serve(tmp_path, scenario, database_url=db_url)
 
 
 def test_refusals_at_the_door(tmp_path: Path) -> None:

@@ -22,7 +22,8 @@ from storage.errors import (
     UnknownAssetError,
 )
 from storage.store import MAX_RESERVE, Store
-from tests.storage.conftest import BACKENDS, B, R, backend_url, balances
+from tests.databases import BACKENDS, backend_url
+from tests.storage.conftest import B, R, balances
 from verifier.hashing import MAX_BALANCE
 
 

@@ -25,15 +25,8 @@ from sqlalchemy import text
 from storage.errors import InvalidInputError
 from storage.schema import decode_amount
 from storage.store import _FOLD_LOCK, MIGRATIONS, Store, _sorted_in_ranges
-from tests.storage.conftest import (
-    BACKENDS,
-    POSTGRES_URL,
-    SKIP_PG,
-    B,
-    backend_url,
-    balances,
-    postgres_schema_url,
-)
+from tests.databases import BACKENDS, POSTGRES_URL, SKIP_PG, backend_url, postgres_schema_url
+from tests.storage.conftest import B, balances
 
 
 def table(store: Store) -> dict[tuple[str, str], int]:

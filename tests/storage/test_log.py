@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from storage.errors import NotFoundError
 from storage.log import CACHE_THRESHOLD, EpochLog
 from storage.store import Store
+from tests.databases import BACKENDS, backend_url
 from tests.storage import rfc9162_reference as ref
-from tests.storage.conftest import BACKENDS, backend_url, sign
+from tests.storage.conftest import sign
 
 LOG_SIZE = 300  # leaves in the shared log below: crosses 256, and the 64-leaf cache threshold
 
