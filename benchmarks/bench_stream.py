@@ -3,6 +3,7 @@ producers, an auditor verifying every epoch, and many subscribers.
 
     python benchmarks/bench_stream.py [--accounts 1000000] [--rates 25000,50000,100000]
                                       [--seconds 15] [--subscribers 1000]
+                                      [--postgres-url URL]
 
 For each offered update rate: the rate acknowledged, whether every epoch closed
 within its 1 s interval (largest gap between consecutive epoch times), p99 of
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -31,6 +33,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench_storage import postgres_schema
 from websockets.asyncio.client import connect
 
 from prover.cli import main as prover_main
@@ -241,20 +244,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--producers", type=int, default=2)
     parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument(
+        "--postgres-url", help="run the daemon on a new schema of this server (default: SQLite)"
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "data"
-        prover_main(
-            [
-                "--data-dir",
-                str(data),
-                "init",
-                "--origin",
-                "bench.local/solvency",
-                "--assets",
-                "BTC:8",
-            ]
-        )
+    with contextlib.ExitStack() as stack:
+        data = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "data"
+        init = ["init", "--origin", "bench.local/solvency", "--assets", "BTC:8"]
+        if args.postgres_url:
+            url = stack.enter_context(postgres_schema(args.postgres_url))
+            init = ["--database-url", url, *init]
+        prover_main(["--data-dir", str(data), *init])
         os.environ["SOLVENCY_MAX_SUBSCRIBERS"] = str(args.subscribers + 10)
         config = load_config(data)
         began = time.monotonic()
