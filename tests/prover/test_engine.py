@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -332,3 +333,38 @@ def test_the_journal_is_folded_off_the_ingest_path(
         assert got == {("alice", "BTC"): 5, ("bob", "BTC"): 2, ("carol", "ETH"): 7}
 
     run(tmp_path, scenario, database_url=db_url)
+
+
+def test_a_fold_holds_back_while_an_epoch_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fold in one-row transactions runs across several epochs; while each of
+    them closes, at most the fold transaction already under way completes."""
+    monkeypatch.setattr("prover.engine.FOLD_AFTER", 1)
+    monkeypatch.setattr("prover.engine.FOLD_CHUNK", 1)
+    during_close: list[int] = []
+
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        upsert = engine.store._upsert_chunk
+
+        def watched(rows: list[tuple[str, str, int]]) -> None:
+            if engine._epoch_lock.locked():
+                during_close.append(engine.metrics.epoch)
+            time.sleep(0.002)
+            upsert(rows)
+
+        monkeypatch.setattr(engine.store, "_upsert_chunk", watched)
+        rows = [(i + 1, f"user{i}", "BTC", i + 1) for i in range(300)]
+        await ingest(engine, balances("core", *rows))
+        await engine.close_epoch()  # the fold of 300 one-row transactions starts
+        closed = 0
+        while engine.store.journal_backlog():
+            clock.now += 1
+            await engine.close_epoch()
+            closed += 1
+        assert closed >= 3  # the fold did span several closes
+        assert all(during_close.count(e) <= 1 for e in set(during_close))
+        got = {u: m for chunk in engine.store.iter_balances() for u, _, m in chunk}
+        assert got == {u: m for _, u, _, m in rows}
+
+    run(tmp_path, scenario)
