@@ -152,7 +152,7 @@ class Engine:
             await worker.build(
                 period,
                 sorted(self._decimals),
-                self.store.iter_balances(LOAD_CHUNK, self._on_db_thread),
+                self.store.iter_balances(LOAD_CHUNK, self._on_db_thread, self._no_close.wait),
                 self.config.proof_epochs,
                 self.config.proof_memory_mb << 20,
             )
@@ -305,10 +305,13 @@ class Engine:
         self._folding = asyncio.create_task(self._fold())
 
     async def _fold(self) -> None:
-        """Read and sort in a thread of its own; write each chunk on the db thread."""
+        """Read and sort in a thread of its own, pausing while an epoch closes;
+        write each chunk on the db thread."""
         started = time.perf_counter()
         try:
-            folded = await asyncio.to_thread(self.store.fold, FOLD_CHUNK, self._on_db_thread)
+            folded = await asyncio.to_thread(
+                self.store.fold, FOLD_CHUNK, self._on_db_thread, self._no_close.wait
+            )
             self.metrics.unfolded_updates = await self._db_call(self.store.journal_backlog)
         except Exception:
             log.exception("folding the journal failed; the next epoch retries")

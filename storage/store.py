@@ -344,7 +344,10 @@ class Store:
             return int(conn.scalar(select(func.sum(BalanceJournal.count))) or 0)
 
     def fold(
-        self, chunk_size: int = CHUNK, run: Callable[[Callable[[], None]], None] | None = None
+        self,
+        chunk_size: int = CHUNK,
+        run: Callable[[Callable[[], None]], None] | None = None,
+        pause: Callable[[], object] | None = None,
     ) -> int:
         """Move the journal into the ``balances`` table; return how many journaled
         updates (journal lines) it folded.
@@ -360,7 +363,9 @@ class Store:
         ``_fold_lock``): a second waits for the first. ``run``, if given, runs
         each write transaction (e.g. on the thread doing the caller's other
         writes, so that they take turns without waiting on the database's lock);
-        reading and sorting stay in the calling thread.
+        reading and sorting stay in the calling thread. ``pause``, if given, is
+        called between pieces of that work (a few ms each) and may block, to let
+        the caller's more urgent work have the GIL.
 
         Raises:
             InvalidInputError: ``chunk_size`` is not a positive integer.
@@ -372,15 +377,17 @@ class Store:
                 journal = conn.execute(query.order_by(BalanceJournal.id)).all()
             if not journal:
                 return 0
+            wait = pause or (lambda: None)
             latest: dict[str, str] = {}  # "user\tasset" -> amount (see BalanceJournal)
             for _, _, body in journal:
+                wait()
                 for line in str(body, "utf-8")[:-1].split("\n"):
                     key, _, amount = line.rpartition("\t")
                     latest[key] = amount
             write = run or (lambda step: step())
             rows: list[tuple[str, str, int]] = []
             # sorted as (user, asset): a tab sorts below any id character
-            for key in _sorted_in_ranges(list(latest)):
+            for key in _sorted_in_ranges(list(latest), wait):
                 user, asset = key.split("\t")
                 rows.append((user, asset, int(latest[key])))
                 if len(rows) == chunk_size:
@@ -509,15 +516,18 @@ class Store:
         return [ReserveRow(r.asset, r.source, int(r.amount), int(r.as_of_ms)) for r in rows]
 
     def iter_balances(
-        self, chunk_size: int = CHUNK, run: Callable[[Callable[[], None]], None] | None = None
+        self,
+        chunk_size: int = CHUNK,
+        run: Callable[[Callable[[], None]], None] | None = None,
+        pause: Callable[[], object] | None = None,
     ) -> Iterator[list[tuple[str, str, int]]]:
         """Every non-zero balance as ``(user, asset, amount)``, in chunks of at most
         ``chunk_size``, in no particular order. When iteration begins it folds
-        the journal (``run`` as in ``fold``), so every batch acknowledged before
-        then is included; the table is then streamed from one snapshot (a
-        server-side cursor on PostgreSQL)."""
+        the journal (``run`` and ``pause`` as in ``fold``), so every batch
+        acknowledged before then is included; the table is then streamed from
+        one snapshot (a server-side cursor on PostgreSQL)."""
         _check_chunk_size(chunk_size)
-        self.fold(run=run)
+        self.fold(run=run, pause=pause)
         query = select(Balance.user_id, Balance.asset, Balance.amount).where(Balance.amount != 0)
         yield from self._stream(query, chunk_size)
 
@@ -916,10 +926,13 @@ def _check_chunk_size(chunk_size: int) -> None:
         raise InvalidInputError("chunk_size must be at least 1")
 
 
-def _sorted_in_ranges(keys: list[str], piece: int = 20_000) -> Iterator[str]:
+def _sorted_in_ranges(
+    keys: list[str], pause: Callable[[], object] = lambda: None, piece: int = 20_000
+) -> Iterator[str]:
     """``sorted(keys)``, one key range at a time: a single ``sorted`` of a million
     keys would hold the GIL for most of a second, stalling the event loop; here
-    no step holds it longer than sorting about ``piece`` keys."""
+    no step holds it longer than sorting about ``piece`` keys, and ``pause`` is
+    called between steps."""
     if len(keys) <= piece:
         yield from sorted(keys)
         return
@@ -927,9 +940,12 @@ def _sorted_in_ranges(keys: list[str], piece: int = 20_000) -> Iterator[str]:
     sample = sorted(keys[:: max(1, len(keys) // (ranges * 16))])
     bounds = sample[16::16][: ranges - 1]  # about ``piece`` keys fall between two
     buckets: list[list[str]] = [[] for _ in range(len(bounds) + 1)]
-    for key in keys:
-        buckets[bisect.bisect_right(bounds, key)].append(key)
+    for start in range(0, len(keys), piece):
+        pause()
+        for key in keys[start : start + piece]:
+            buckets[bisect.bisect_right(bounds, key)].append(key)
     for bucket in buckets:
+        pause()
         yield from sorted(bucket)
 
 

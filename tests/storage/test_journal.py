@@ -92,6 +92,18 @@ def test_a_fold_can_run_its_writes_elsewhere(store: Store) -> None:
     assert store.journal_backlog() == 0
 
 
+def test_a_fold_pauses_between_journal_rows(store: Store) -> None:
+    """``pause`` comes before each journal row is parsed (and between key ranges
+    of a large sort), before anything is written: a caller blocking in it holds
+    the fold there."""
+    for b in range(4):
+        store.apply_balances("core", [B(b * 10 + i + 1, f"u{b}{i}", "BTC", i) for i in range(5)])
+    calls: list[int] = []
+    assert store.fold(2, pause=lambda: calls.append(len(table(store)))) == 20
+    assert calls == [0, 0, 0, 0]
+    assert table(store) == {(f"u{b}{i}", "BTC"): i for b in range(4) for i in range(5)}
+
+
 def test_downgrading_refuses_to_drop_unfolded_updates(store: Store) -> None:
     store.apply_balances("core", [B(1, "a", "BTC", 5)])
     config = Config()
@@ -380,4 +392,7 @@ def test_sqlite_journal_ids_are_the_rowid(tmp_path: Path) -> None:
 
 @given(st.lists(st.text(max_size=6)), st.integers(1, 40))
 def test_sorting_in_ranges_is_sorting(keys: list[str], piece: int) -> None:
-    assert list(_sorted_in_ranges(keys, piece)) == sorted(keys)
+    pauses: list[None] = []
+    assert list(_sorted_in_ranges(keys, lambda: pauses.append(None), piece)) == sorted(keys)
+    if len(keys) > piece:  # a pause before each step of about ``piece`` keys
+        assert len(pauses) > len(keys) // piece
