@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from machine import cpu_model
 
 from prover.ledger import height_for
 from prover.tree import SumTree, Undo
@@ -49,17 +50,6 @@ def rss_bytes() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def message_sizes(asset: str) -> tuple[int, int]:

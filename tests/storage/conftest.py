@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from storage.store import Store
+from tests.databases import BACKENDS, backend_url
 
 
 @dataclass(frozen=True)
@@ -48,3 +49,17 @@ def store(db_url: str) -> Iterator[Store]:
     s.ensure_asset("ETH", 18)
     yield s
     s.close()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def shared_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Store]:
+    """One store per test module and backend (assets BTC and ETH), for property
+    tests whose examples keep apart by using fresh source and user names."""
+    with backend_url(request.param, tmp_path_factory.mktemp("shared")) as url:
+        store = Store.open(url)
+        store.ensure_asset("BTC", 8)
+        store.ensure_asset("ETH", 18)
+        yield store
+        store.close()

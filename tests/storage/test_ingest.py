@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,7 +21,6 @@ from storage.errors import (
     UnknownAssetError,
 )
 from storage.store import MAX_RESERVE, Store
-from tests.databases import BACKENDS, backend_url
 from tests.storage.conftest import B, R, balances
 from verifier.hashing import MAX_BALANCE
 
@@ -208,18 +206,6 @@ def test_concurrent_writers_apply_each_update_once(store: Store) -> None:
 
 # Property: any delivery of slices of a producer's stream (replays, overlaps,
 # retries) applies exactly the updates above the mark, each once.
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def shared_store(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Store]:
-    with backend_url(request.param, tmp_path_factory.mktemp("ingest")) as url:
-        store = Store.open(url)
-        store.ensure_asset("BTC", 8)
-        store.ensure_asset("ETH", 18)
-        yield store
-        store.close()
 
 
 SOURCES = itertools.count()

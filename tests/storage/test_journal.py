@@ -25,7 +25,7 @@ from sqlalchemy import text
 from storage.errors import InvalidInputError
 from storage.schema import decode_amount
 from storage.store import _FOLD_LOCK, MIGRATIONS, Store, _sorted_in_ranges
-from tests.databases import BACKENDS, POSTGRES_URL, SKIP_PG, backend_url, postgres_schema_url
+from tests.databases import POSTGRES_URL, SKIP_PG, postgres_schema_url
 from tests.storage.conftest import B, balances
 
 
@@ -116,18 +116,6 @@ def test_downgrading_refuses_to_drop_unfolded_updates(store: Store) -> None:
 
 # Property: batches from several sources, replays included, with folds of
 # small chunks anywhere in between, read back as the plain model.
-
-
-@pytest.fixture(scope="module", params=BACKENDS)
-def shared_store(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Store]:
-    with backend_url(request.param, tmp_path_factory.mktemp("journal")) as url:
-        store = Store.open(url)
-        store.ensure_asset("BTC", 8)
-        store.ensure_asset("ETH", 18)
-        yield store
-        store.close()
 
 
 RUNS = itertools.count()
