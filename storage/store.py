@@ -37,7 +37,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 from typing import Any
 
@@ -378,22 +378,17 @@ class Store:
             if not journal:
                 return 0
             wait = pause or (lambda: None)
-            latest: dict[str, str] = {}  # "user\tasset" -> amount (see BalanceJournal)
+            latest: dict[str, str] = {}  # "user\tasset" -> its last line (see BalanceJournal)
             for _, _, body in journal:
                 wait()
                 for line in str(body, "utf-8")[:-1].split("\n"):
-                    key, _, amount = line.rpartition("\t")
-                    latest[key] = amount
+                    latest[line[: line.rindex("\t")]] = line
             write = run or (lambda step: step())
-            rows: list[tuple[str, str, int]] = []
-            # sorted as (user, asset): a tab sorts below any id character
-            for key in _sorted_in_ranges(list(latest), wait):
-                user, asset = key.split("\t")
-                rows.append((user, asset, int(latest[key])))
-                if len(rows) == chunk_size:
-                    write(functools.partial(self._upsert_chunk, rows))
-                    rows = []
-            if rows:
+            # sorted as (user, asset), since a tab sorts below any id character
+            lines = chain.from_iterable(_sorted_in_ranges(list(latest.values()), wait))
+            while chunk := list(islice(lines, chunk_size)):
+                fields = "\t".join(chunk).split("\t")  # user, asset, amount, user, ...
+                rows = list(zip(fields[::3], fields[1::3], map(int, fields[2::3]), strict=True))
                 write(functools.partial(self._upsert_chunk, rows))
             write(functools.partial(self._forget_journal, journal[-1][0]))
         return sum(count for _, count, _ in journal)
@@ -928,25 +923,28 @@ def _check_chunk_size(chunk_size: int) -> None:
 
 def _sorted_in_ranges(
     keys: list[str], pause: Callable[[], object] = lambda: None, piece: int = 20_000
-) -> Iterator[str]:
-    """``sorted(keys)``, one key range at a time: a single ``sorted`` of a million
-    keys would hold the GIL for most of a second, stalling the event loop; here
-    no step holds it longer than sorting about ``piece`` keys, and ``pause`` is
-    called between steps."""
+) -> Iterator[list[str]]:
+    """``sorted(keys)`` as consecutive sorted lists, one key range at a time: a
+    single ``sorted`` of a million keys would hold the GIL for most of a second,
+    stalling the event loop; here no step holds it much longer than sorting
+    about ``piece`` keys (a range holds about ``piece`` if keys are distinct),
+    and ``pause`` is called between steps. Each ``piece`` of ``keys`` is sorted
+    into a run; all runs are cut at common bounds; a range is the concatenation
+    of its cuts, which ``sorted`` merges in linear time as the runs they are."""
     if len(keys) <= piece:
-        yield from sorted(keys)
+        yield sorted(keys)
         return
-    ranges = len(keys) // piece + 1
-    sample = sorted(keys[:: max(1, len(keys) // (ranges * 16))])
-    bounds = sample[16::16][: ranges - 1]  # about ``piece`` keys fall between two
-    buckets: list[list[str]] = [[] for _ in range(len(bounds) + 1)]
+    runs: list[list[str]] = []
     for start in range(0, len(keys), piece):
         pause()
-        for key in keys[start : start + piece]:
-            buckets[bisect.bisect_right(bounds, key)].append(key)
-    for bucket in buckets:
+        runs.append(sorted(keys[start : start + piece]))
+    step = max(1, piece // 16)  # a sample of every step-th key of each run ...
+    bounds = sorted(chain.from_iterable(run[::step] for run in runs))[16::16]  # ... every piece-th
+    cuts = [[0, *(bisect.bisect_right(run, b) for b in bounds), len(run)] for run in runs]
+    for i in range(len(bounds) + 1):
         pause()
-        yield from sorted(bucket)
+        pieces = (run[c[i] : c[i + 1]] for run, c in zip(runs, cuts, strict=True))
+        yield sorted(chain.from_iterable(pieces))
 
 
 def _check_size(size: int, current: int) -> None:
