@@ -3,16 +3,17 @@ producers, an auditor verifying every epoch, and many subscribers.
 
     python benchmarks/bench_stream.py [--accounts 1000000] [--rates 25000,50000,100000]
                                       [--seconds 15] [--subscribers 1000]
-                                      [--postgres-url URL]
+                                      [--subscriber-processes 4] [--postgres-url URL]
 
 For each offered update rate: the rate acknowledged, whether every epoch closed
 within its 1 s interval (largest gap between consecutive epoch times), p99 of
 epoch close to publication (the prover's /metrics), and the p50/p99 latency
 from epoch close (the record's timestamp) to the auditor holding the verified
-checkpoint. Then the fan-out: delivery latency to ``--subscribers`` connections
-from publication and from epoch close (after ``WARM_UP`` epochs: the first
-one after the connections arrive is slower, about 110 ms), and the epoch
-cadence meanwhile.
+checkpoint. Then the fan-out, at the highest rate: delivery latency to
+``--subscribers`` connections, held by ``--subscriber-processes`` processes
+of their own, from publication and from epoch close (after ``WARM_UP``
+epochs: the first one after the connections arrive is slower, about 110 ms),
+and the epoch cadence meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import multiprocessing
 import os
 import socket
 import statistics
@@ -32,6 +34,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench_storage import postgres_schema
 from websockets.asyncio.client import connect
@@ -148,13 +151,37 @@ async def audit(
     return out
 
 
-async def subscriber(url: str, frames: list[tuple[float, str]], ready: asyncio.Event) -> None:
-    """Note when each frame arrives; decoding waits until the end of the run, so that
-    one subscriber's work does not delay the next one's receipt in this process."""
-    async with connect(f"{url}/roots", max_size=1 << 22) as ws:
+def subscribers(url: str, count: int, ready: Any, stop: Any, out: Any) -> None:
+    """A process holding ``count`` subscriptions: set ``ready`` once all are
+    open; when ``stop`` is set, put (received, epoch, epoch close ms) per frame
+    on ``out``. Frames are decoded at the end, so that one subscriber's work
+    does not delay the next one's receipt; the producers and the auditor run in
+    another process, so that their work does not either."""
+
+    async def subscribe(frames: list[tuple[float, str]], opened: asyncio.Event) -> None:
+        async with connect(f"{url}/roots", max_size=1 << 22) as ws:
+            opened.set()
+            async for frame in ws:
+                frames.append((time.time(), str(frame)))
+
+    async def main() -> list[tuple[float, int, int]]:
+        frames: list[list[tuple[float, str]]] = [[] for _ in range(count)]
+        opened = [asyncio.Event() for _ in range(count)]
+        tasks = [asyncio.create_task(subscribe(f, o)) for f, o in zip(frames, opened, strict=True)]
+        await asyncio.gather(*(o.wait() for o in opened))
         ready.set()
-        async for frame in ws:
-            frames.append((time.time(), str(frame)))
+        await asyncio.to_thread(stop.wait)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        out_rows = []
+        for got in frames:
+            for received, frame in got:
+                record = EpochRecord.decode(parse_message(frame).record)
+                out_rows.append((received, record.epoch, record.timestamp_ms))
+        return out_rows
+
+    out.put(asyncio.run(main()))
 
 
 def pct(values: list[float], q: int) -> float:
@@ -197,44 +224,54 @@ async def run(args: argparse.Namespace, url: str, token: str, key: object, origi
         )
 
     if args.subscribers:
-        frames: list[list[tuple[float, str]]] = [[] for _ in range(args.subscribers)]
-        readies = [asyncio.Event() for _ in range(args.subscribers)]
-        subs = [
-            asyncio.create_task(subscriber(url, got, ready))
-            for got, ready in zip(frames, readies, strict=True)
-        ]
-        await asyncio.gather(*(r.wait() for r in readies))
-        stop = asyncio.Event()
-        published = {}
-        auditor = asyncio.create_task(audit(url, key, origin, stop, published))
-        rate = float(args.rates.split(",")[0])
-        await produce(url, token, "fanout", rate, args.seconds, args.accounts)
-        await asyncio.sleep(2)
-        stop.set()
-        epochs = await auditor
-        for task in subs:
-            task.cancel()
-        await asyncio.gather(*subs, return_exceptions=True)
-        from_close, from_publication = [], []
-        warm = min(n for n, _, _ in epochs) + WARM_UP  # epochs from here on are timed
-        for got in frames:
-            for received, frame in got:
-                record = EpochRecord.decode(parse_message(frame).record)
-                if record.epoch < warm:
-                    continue
-                from_close.append((received - record.timestamp_ms / 1000) * 1000)
-                if record.epoch in published:
-                    from_publication.append((received - published[record.epoch]) * 1000)
-        times = [t for _, t, _ in epochs]
-        gaps = [(b - a) / 1000 for a, b in itertools.pairwise(times)]
-        print(
-            f"\nfan-out to {args.subscribers} subscribers at {rate:,.0f} updates/s: "
-            f"{len(from_close)} deliveries after {WARM_UP} warm-up epochs; from publication p50 "
-            f"{pct(from_publication, 50):.0f} ms, p99 {pct(from_publication, 99):.0f} ms "
-            f"({len(from_publication)} timed); from epoch close p50 {pct(from_close, 50):.0f} "
-            f"ms, p99 {pct(from_close, 99):.0f} ms; largest gap between epochs "
-            f"{max(gaps, default=0):.2f} s"
-        )
+        await fan_out(args, url, token, key, origin)
+
+
+async def fan_out(args: argparse.Namespace, url: str, token: str, key: object, origin: str) -> None:
+    """``args.subscribers`` subscriptions, spread over ``args.subscriber_processes``
+    processes, while the highest rate is offered."""
+    mp = multiprocessing.get_context("spawn")
+    stop, out = mp.Event(), mp.Queue()
+    workers = []
+    for i in range(args.subscriber_processes):
+        count = len(range(i, args.subscribers, args.subscriber_processes))
+        ready = mp.Event()
+        worker = mp.Process(target=subscribers, args=(url, count, ready, stop, out))
+        worker.start()
+        workers.append((worker, ready))
+    for _, ready in workers:
+        if not await asyncio.to_thread(ready.wait, 300):
+            raise SystemExit("the subscribers did not connect")
+    done = asyncio.Event()
+    published: dict[int, float] = {}
+    auditor = asyncio.create_task(audit(url, key, origin, done, published))
+    rate = max(float(r) for r in args.rates.split(","))
+    await produce(url, token, "fanout", rate, args.seconds, args.accounts)
+    await asyncio.sleep(2)
+    done.set()
+    epochs = await auditor
+    stop.set()
+    rows = [row for _ in workers for row in await asyncio.to_thread(out.get)]
+    for worker, _ in workers:
+        worker.join()
+    from_close, from_publication = [], []
+    warm = min(n for n, _, _ in epochs) + WARM_UP  # epochs from here on are timed
+    for received, epoch, timestamp_ms in rows:
+        if epoch < warm:
+            continue
+        from_close.append((received - timestamp_ms / 1000) * 1000)
+        if epoch in published:
+            from_publication.append((received - published[epoch]) * 1000)
+    times = [t for _, t, _ in epochs]
+    gaps = [(b - a) / 1000 for a, b in itertools.pairwise(times)]
+    print(
+        f"\nfan-out to {args.subscribers} subscribers ({args.subscriber_processes} processes)"
+        f" at {rate:,.0f} updates/s: {len(from_close)} deliveries after {WARM_UP} warm-up"
+        f" epochs; from publication p50 {pct(from_publication, 50):.0f} ms, p99"
+        f" {pct(from_publication, 99):.0f} ms ({len(from_publication)} timed); from epoch"
+        f" close p50 {pct(from_close, 50):.0f} ms, p99 {pct(from_close, 99):.0f} ms; largest"
+        f" gap between epochs {max(gaps, default=0):.2f} s"
+    )
 
 
 def main() -> None:
@@ -244,6 +281,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--producers", type=int, default=2)
     parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--subscriber-processes", type=int, default=4)
     parser.add_argument(
         "--postgres-url", help="run the daemon on a new schema of this server (default: SQLite)"
     )
