@@ -164,7 +164,7 @@ def subscribers(url: str, count: int, ready: Any, stop: Any, out: Any) -> None:
             async for frame in ws:
                 frames.append((time.time(), str(frame)))
 
-    async def main() -> list[tuple[float, int, int]]:
+    async def hold() -> list[tuple[float, int, int]]:
         frames: list[list[tuple[float, str]]] = [[] for _ in range(count)]
         opened = [asyncio.Event() for _ in range(count)]
         tasks = [asyncio.create_task(subscribe(f, o)) for f, o in zip(frames, opened, strict=True)]
@@ -181,7 +181,7 @@ def subscribers(url: str, count: int, ready: Any, stop: Any, out: Any) -> None:
                 out_rows.append((received, record.epoch, record.timestamp_ms))
         return out_rows
 
-    out.put(asyncio.run(main()))
+    out.put(asyncio.run(hold()))
 
 
 def pct(values: list[float], q: int) -> float:
@@ -251,7 +251,7 @@ async def fan_out(args: argparse.Namespace, url: str, token: str, key: object, o
     done.set()
     epochs = await auditor
     stop.set()
-    rows = [row for _ in workers for row in await asyncio.to_thread(out.get)]
+    rows = [row for _ in workers for row in await asyncio.to_thread(out.get, True, 300)]
     for worker, _ in workers:
         worker.join()
     from_close, from_publication = [], []
