@@ -153,6 +153,18 @@ def test_health_and_metrics(tmp_path: Path) -> None:
     serve(tmp_path, scenario)
 
 
+def watch_raises_alarms(state: Path) -> Scenario:
+    """A scenario: ``solvency-verify watch --json`` from the auditor state in
+    ``state`` exits 1, having raised alarms (printed to stdout)."""
+
+    async def watch(engine: Engine, host: str) -> None:
+        args = ["watch", f"ws://{host}", "--key", str(engine.verifier_key)]
+        args += ["--state", str(state), "--json"]
+        assert await asyncio.to_thread(verify_main, args) == 1
+
+    return watch
+
+
 def test_auditor_catches_a_rolled_back_log(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -169,12 +181,7 @@ def test_auditor_catches_a_rolled_back_log(
     (tmp_path / "auditor").mkdir()
     (tmp_path / "auditor" / "state.json").write_text(state.to_json())
 
-    async def scenario(engine: Engine, host: str) -> None:
-        args = ["watch", f"ws://{host}", "--key", str(engine.verifier_key)]
-        args += ["--state", str(tmp_path / "auditor"), "--json"]
-        assert await asyncio.to_thread(verify_main, args) == 1
-
-    serve(tmp_path, scenario)
+    serve(tmp_path, watch_raises_alarms(tmp_path / "auditor"))
     alarms = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert alarms[0]["check"] == "log-rolled-back"
 
@@ -185,7 +192,7 @@ def test_auditor_catches_a_forked_log(tmp_path: Path, capsys: pytest.CaptureFixt
     history meets the second: "fork", with the two checkpoints as evidence."""
     db = tmp_path / "prover.db"
 
-    def run_until(epochs: int, amount: int | None) -> Callable[[Engine, str], Awaitable[None]]:
+    def run_until(epochs: int, amount: int | None) -> Scenario:
         async def scenario(engine: Engine, host: str) -> None:
             if amount is not None:
                 async with connect(f"ws://{host}/ingest", additional_headers=AUTH) as ws:
@@ -216,12 +223,7 @@ def test_auditor_catches_a_forked_log(tmp_path: Path, capsys: pytest.CaptureFixt
     db.write_bytes(db.with_name("backup.db").read_bytes())  # the restore
     serve(tmp_path, run_until(size, 6))  # alice's 1,000,000 is gone; the log grew back
 
-    async def watch(engine: Engine, host: str) -> None:
-        args = ["watch", f"ws://{host}", "--key", str(engine.verifier_key)]
-        args += ["--state", str(tmp_path / "auditor"), "--json"]
-        assert await asyncio.to_thread(verify_main, args) == 1
-
-    serve(tmp_path, watch)
+    serve(tmp_path, watch_raises_alarms(tmp_path / "auditor"))
     alarms = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [a["check"] for a in alarms if a["event"] == "violation"] == ["fork"]
     evidence = json.loads(Path(alarms[-1]["evidence"]).read_text())
