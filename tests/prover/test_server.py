@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 import time
@@ -228,6 +229,41 @@ def test_auditor_catches_a_forked_log(tmp_path: Path, capsys: pytest.CaptureFixt
     assert [a["check"] for a in alarms if a["event"] == "violation"] == ["fork"]
     evidence = json.loads(Path(alarms[-1]["evidence"]).read_text())
     assert evidence["message"]["checkpoint"] != evidence["last_verified_checkpoint"]
+
+
+def test_garbage_is_collected_between_epochs_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the daemon runs, Python's cyclic collector runs right after each
+    epoch, and fully every FULL_COLLECTION_EVERY epochs: never during a close."""
+    monkeypatch.setattr("prover.engine.FULL_COLLECTION_EVERY", 2)
+    collections: list[tuple[int, bool]] = []  # (generation, during a close)
+    engines: list[Engine] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and engines and not gc.isenabled():  # run()'s own
+            collections.append((info["generation"], engines[0]._epoch_lock.locked()))
+
+    async def scenario(engine: Engine, host: str) -> None:
+        engines.append(engine)
+        assert not gc.isenabled()
+        async with connect(f"ws://{host}/ingest", additional_headers=AUTH) as producer:
+            first, seq = engine.metrics.epoch, 0
+            while engine.metrics.epoch < first + 5:
+                seq += 1
+                await producer.send(balances("core", (seq, f"user{seq}", "BTC", seq)))
+                assert json.loads(await producer.recv())["type"] == "ack"
+                await asyncio.sleep(0.01)
+
+    gc.callbacks.append(note)
+    try:
+        serve(tmp_path, scenario)
+    finally:
+        gc.callbacks.remove(note)
+    assert gc.isenabled()
+    assert len(collections) >= 5
+    assert {generation for generation, _ in collections} == {1, 2}
+    assert not any(during_close for _, during_close in collections)
 
 
 def test_export_every_proof(tmp_path: Path) -> None:
