@@ -99,7 +99,10 @@ def _serve(conn: Connection) -> None:
     rows: list[Row] = []
     failed = ""  # a "stage" that failed, reported by the next "apply"
     while True:
-        command, args = conn.recv()
+        try:
+            command, args = conn.recv()
+        except EOFError:  # the parent is gone (killed): nothing left to serve
+            return
         try:
             if command == "stop":
                 conn.send(("ok", None))

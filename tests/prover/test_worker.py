@@ -1,12 +1,14 @@
 """The tree worker process: same answers as an in-process ledger, errors reported."""
 
 import asyncio
+import multiprocessing
+import signal
 
 import pytest
 
 from prover.ledger import Ledger
 from prover.periods import SaltPeriod
-from prover.worker import EAGER_ROWS, TreeWorker
+from prover.worker import EAGER_ROWS, TreeWorker, _serve
 
 PERIOD = SaltPeriod(1, 0, bytes(range(32)))
 ROWS = [("a", "BTC", 5), ("b", "BTC", 7), ("a", "ETH", 1)]
@@ -80,3 +82,14 @@ def test_rows_hashed_ahead_of_the_close_change_no_proof_until_it() -> None:
             await worker.close()
 
     asyncio.run(run())
+
+
+def test_worker_ends_quietly_when_its_parent_is_gone() -> None:
+    """kill -9 of the daemon closes the pipe: the worker returns, no traceback."""
+    ours, theirs = multiprocessing.Pipe()
+    theirs.close()
+    ctrl_c = signal.getsignal(signal.SIGINT)  # _serve ignores it, as a worker should
+    try:
+        _serve(ours)  # returns instead of raising EOFError
+    finally:
+        signal.signal(signal.SIGINT, ctrl_c)
