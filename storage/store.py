@@ -107,6 +107,7 @@ from storage.schema import (
     SigningKey,
     SlotAssignment,
     SourceMark,
+    encode_amount,
 )
 
 __all__ = [
@@ -523,8 +524,19 @@ class Store:
         one snapshot (a server-side cursor on PostgreSQL)."""
         _check_chunk_size(chunk_size)
         self.fold(run=run, pause=pause)
-        query = select(Balance.user_id, Balance.asset, Balance.amount).where(Balance.amount != 0)
-        yield from self._stream(query, chunk_size)
+        if self.dialect == "postgresql":
+            query = select(Balance.user_id, Balance.asset, Balance.amount)
+            yield from self._stream(query.where(Balance.amount != 0), chunk_size)
+            return
+        # the driver's cursor, without per-row SQLAlchemy work: a million rows at start-up
+        with self._transaction() as conn:
+            cursor = self._cursor(conn)
+            cursor.execute(
+                "SELECT user_id, asset, amount FROM balances WHERE amount != ?",
+                (encode_amount(0, self.dialect),),
+            )
+            while rows := cursor.fetchmany(chunk_size):
+                yield [(user, asset, int.from_bytes(amount, "big")) for user, asset, amount in rows]
 
     def _stream(self, query: Any, chunk_size: int) -> Iterator[list[tuple[str, str, int]]]:
         _check_chunk_size(chunk_size)
