@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_storage import postgres_schema
+from machine import cpu_model
 from websockets.asyncio.client import connect
 
 from prover.cli import main as prover_main
@@ -70,11 +71,11 @@ def load_accounts(url: str, accounts: int) -> None:
     store.close()
 
 
-def start_daemon(data: Path, port: int) -> subprocess.Popen[bytes]:
+def start_daemon(data: Path, port: int, log: Any) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "prover.cli", "--data-dir", str(data), "--port", str(port), "run"],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -285,6 +286,9 @@ def main() -> None:
     parser.add_argument(
         "--postgres-url", help="run the daemon on a new schema of this server (default: SQLite)"
     )
+    parser.add_argument(
+        "--daemon-log", type=Path, help="write the daemon's log here (per-epoch timings)"
+    )
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         data = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "data"
@@ -298,14 +302,15 @@ def main() -> None:
         began = time.monotonic()
         load_accounts(config.url, args.accounts)
         print(
-            f"machine: {os.cpu_count()} cores; {args.accounts:,} accounts loaded in "
+            f"machine: {cpu_model()}, {os.cpu_count()} cores; {args.accounts:,} accounts loaded in "
             f"{time.monotonic() - began:.1f} s"
         )
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         began = time.monotonic()
-        proc = start_daemon(data, port)
+        log = stack.enter_context(open(args.daemon_log, "wb")) if args.daemon_log else None
+        proc = start_daemon(data, port, log or subprocess.DEVNULL)
         print(f"prover up in {time.monotonic() - began:.1f} s\n")
         key = verifier_key_for(config.origin, load_key(config.key_path).public_key())
         try:

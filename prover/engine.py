@@ -23,6 +23,16 @@ of whenever allocations trip it: a full collection holds the GIL for 40 to
 70 ms at 100,000 updates/s, and could fall on a close or a fan-out. It is
 off during ``start`` too, where loading a million balances made it collect
 dozens of times over for nothing.
+
+While an epoch closes, the event loop's thread gives up the GIL at every
+wait for the tree worker or the database and at every socket write of the
+fan-out (a thousand of them); each time, a thread that computes meanwhile
+(the database thread journaling a batch, a fold) may keep the GIL for a
+whole switch interval, 5 ms by default, before the loop gets it back. A
+close therefore runs with an interval of ``CLOSE_SWITCH_INTERVAL``:
+measured at 100,000 updates/s, p99 from close to publication went from
+190-260 ms to about 110 ms, and handing an epoch to 1,000 subscribers from
+13-121 ms to 21-62 ms.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -62,6 +73,7 @@ T = TypeVar("T")
 LOAD_CHUNK = 50_000
 FOLD_AFTER = 1_000_000  # journaled balance updates between two folds
 FULL_COLLECTION_EVERY = 30  # epochs; the young generations are collected after every epoch
+CLOSE_SWITCH_INTERVAL = 0.0002  # seconds; sys.setswitchinterval while an epoch closes
 FOLD_CHUNK = 5_000  # balances per transaction of a fold: others wait ~25 ms at most
 EXPORT_CHUNK = 5_000
 
@@ -255,7 +267,8 @@ class Engine:
         async with self._epoch_lock:
             self._no_close.clear()
             try:
-                return await self._close_epoch()
+                with _quick_gil_handoffs():
+                    return await self._close_epoch()
             finally:
                 self._no_close.set()
 
@@ -293,10 +306,11 @@ class Engine:
         self.metrics.last_epoch_time = now
         self.metrics.last_publish_time = self.clock()
         self._publish(number, message)
+        published = time.perf_counter()
         self._fold_when_due()
         log.info(
             "epoch %d published: %d updates, trees %.0f ms (apply %.0f ms, build %.0f ms,"
-            " commit %.0f ms), total %.0f ms",
+            " commit %.0f ms), total %.0f ms, then %.0f ms handing it to %d subscribers",
             number,
             len(rows),
             applied.seconds * 1000,
@@ -304,6 +318,8 @@ class Engine:
             (committing - applied_at) * 1000,
             (committed - committing) * 1000,
             self.metrics.epoch_build_seconds * 1000,
+            (published - committed) * 1000,
+            self.metrics.subscribers,
         )
         return message
 
@@ -532,6 +548,23 @@ class Engine:
             inclusion=message.inclusion,
             checkpoint=message.checkpoint,
         )
+
+
+_closing: list[float] = []  # the switch interval to restore, once per close under way
+
+
+@contextlib.contextmanager
+def _quick_gil_handoffs() -> Iterator[None]:
+    """Python's switch interval at ``CLOSE_SWITCH_INTERVAL`` (module docstring),
+    then, once no engine of the process is closing an epoch, back as it was."""
+    _closing.append(sys.getswitchinterval() if not _closing else _closing[0])
+    sys.setswitchinterval(CLOSE_SWITCH_INTERVAL)
+    try:
+        yield
+    finally:
+        interval = _closing.pop()
+        if not _closing:
+            sys.setswitchinterval(interval)
 
 
 @contextlib.contextmanager

@@ -356,17 +356,19 @@ class Store:
         Reads the journal up to its last row J in one transaction, keeps the
         latest amount of each (user, asset) (the highest id wins), upserts them
         sorted by (user, asset), ``chunk_size`` rows per write transaction, then
-        deletes the journal rows up to J. Other writers wait for one chunk at
-        most (on SQLite; on PostgreSQL, not at all); batches journaled
-        meanwhile get ids above J and stay. A failure or crash midway leaves
-        the journal whole and, until the next fold redoes the work (absolute
-        amounts: same values), it overrides the table. One fold at a time (see
-        ``_fold_lock``): a second waits for the first. ``run``, if given, runs
-        each write transaction (e.g. on the thread doing the caller's other
-        writes, so that they take turns without waiting on the database's lock);
-        reading and sorting stay in the calling thread. ``pause``, if given, is
-        called between pieces of that work (a few ms each) and may block, to let
-        the caller's more urgent work have the GIL.
+        deletes the journal rows up to J, about ``chunk_size`` lines' worth per
+        transaction. Other writers wait for one such transaction at most (on
+        SQLite; on PostgreSQL, not at all); batches journaled meanwhile get ids
+        above J and stay. A failure or crash midway changes no balance: until
+        the deletions, the journal is whole and overrides the table; after,
+        it only lacks rows whose lines (or newer) the table holds. The next
+        fold redoes what is left (absolute amounts: same values). One fold at a
+        time (see ``_fold_lock``): a second waits for the first. ``run``, if
+        given, runs each write transaction (e.g. on the thread doing the
+        caller's other writes, so that they take turns without waiting on the
+        database's lock); reading and sorting stay in the calling thread.
+        ``pause``, if given, is called between pieces of that work (a few ms
+        each) and may block, to let the caller's more urgent work have the GIL.
 
         Raises:
             InvalidInputError: ``chunk_size`` is not a positive integer.
@@ -391,7 +393,14 @@ class Store:
                 fields = "\t".join(chunk).split("\t")  # user, asset, amount, user, ...
                 rows = list(zip(fields[::3], fields[1::3], map(int, fields[2::3]), strict=True))
                 write(functools.partial(self._upsert_chunk, rows))
-            write(functools.partial(self._forget_journal, journal[-1][0]))
+            # deleted about chunk_size lines at a time too: a million lines' blobs
+            # at once held SQLite's write lock for most of a second
+            lines_since = 0
+            for row_id, count, _ in journal:
+                lines_since += count
+                if lines_since >= chunk_size or row_id == journal[-1][0]:
+                    write(functools.partial(self._forget_journal, row_id))
+                    lines_since = 0
         return sum(count for _, count, _ in journal)
 
     def _upsert_chunk(self, rows: Sequence[tuple[str, str, int]]) -> None:
@@ -399,6 +408,8 @@ class Store:
             self._upsert_balances(conn, rows)
 
     def _forget_journal(self, last: int) -> None:
+        """Delete the folded journal rows up to id ``last``: the balances table
+        holds their lines (or newer ones), so the journal's rule still holds."""
         with self._transaction(write=True) as conn:
             conn.execute(delete(BalanceJournal).where(BalanceJournal.id <= last))
 

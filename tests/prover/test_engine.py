@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from prover.config import Config
-from prover.engine import Engine
+from prover.engine import CLOSE_SWITCH_INTERVAL, Engine, _quick_gil_handoffs
 from prover.errors import IngestError, NotRetained
 from prover.messages import parse_ingest
 from storage.store import ReserveRow, Store
@@ -368,3 +370,30 @@ def test_a_fold_holds_back_while_an_epoch_closes(
         assert got == {u: m for _, u, _, m in rows}
 
     run(tmp_path, scenario)
+
+
+def test_an_epoch_closes_with_quick_gil_handoffs(tmp_path: Path) -> None:
+    """While an epoch closes (its commit and publication included), Python's
+    switch interval is CLOSE_SWITCH_INTERVAL; after, it is back as it was, also
+    when closes of two engines of one process overlap."""
+    seen: list[float] = []
+    before = sys.getswitchinterval()
+
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        commit = engine._commit_epoch
+
+        def watched(*args: Any) -> EpochMessage:
+            seen.append(sys.getswitchinterval())
+            return commit(*args)
+
+        engine._commit_epoch = watched  # type: ignore[method-assign]
+        await ingest(engine, balances("core", (1, "alice", "BTC", 5)))
+        await engine.close_epoch()
+        assert sys.getswitchinterval() == before
+        with _quick_gil_handoffs():  # another engine's close, under way
+            await engine.close_epoch()
+            assert sys.getswitchinterval() == pytest.approx(CLOSE_SWITCH_INTERVAL)
+        assert sys.getswitchinterval() == before
+
+    run(tmp_path, scenario)
+    assert seen == pytest.approx([CLOSE_SWITCH_INTERVAL] * 2)

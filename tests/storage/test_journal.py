@@ -195,6 +195,35 @@ def test_a_fold_that_dies_after_a_chunk_is_finished_by_the_next(
     assert table(store) == expected and store.journal_backlog() == 0
 
 
+def test_a_fold_that_dies_while_forgetting_the_journal_changes_no_balance(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal is deleted a chunk's worth of lines at a time; dying between
+    two deletions leaves every balance as it was, and the next fold ends it."""
+    model: dict[tuple[str, str], int] = {}
+    for b in range(4):  # journal rows of 1, 3, 3 and 3 lines; u0 is in every one
+        batch = [B(b * 3 + i, f"u{b * i}", "BTC", b * 10 + i) for i in range(3)]
+        store.apply_balances("core", batch)
+        model |= {(u.user, u.asset): u.amount for u in batch}
+    forget = Store._forget_journal
+    deleted: list[int] = []
+
+    def dies_after_one_deletion(self: Store, last: int) -> None:
+        if deleted:
+            raise Crash
+        deleted.append(last)
+        forget(self, last)
+
+    monkeypatch.setattr(Store, "_forget_journal", dies_after_one_deletion)
+    with pytest.raises(Crash):
+        store.fold(5)  # deletes rows 1-3 (7 lines), then would delete row 4
+    monkeypatch.undo()
+    assert table(store) == model
+    assert store.journal_backlog() == 3  # row 4 is left, and agrees with the table
+    assert balances(store) == {k: m for k, m in model.items() if m}  # folds row 4 again
+    assert table(store) == model and store.journal_backlog() == 0
+
+
 @contextmanager
 def paused_fold(
     store: Store, monkeypatch: pytest.MonkeyPatch, chunk_size: int
