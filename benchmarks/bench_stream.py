@@ -5,13 +5,15 @@ producers, an auditor verifying every epoch, and many subscribers.
                                       [--seconds 15] [--subscribers 1000]
                                       [--subscriber-processes 4] [--postgres-url URL]
 
-For each offered update rate: the rate acknowledged, whether every epoch closed
+For each offered update rate: the rate acknowledged, the cores the daemon used
+(its process and the tree worker), whether every epoch closed
 within its 1 s interval (largest gap between consecutive epoch times), p99 of
 epoch close to publication (the prover's /metrics), and the p50/p99 latency
 from epoch close (the record's timestamp) to the auditor holding the verified
 checkpoint. Then the fan-out, at the highest rate: delivery latency to
 ``--subscribers`` connections, held by ``--subscriber-processes`` processes
-of their own, from publication and from epoch close (after ``WARM_UP``
+of their own (each frame timed as websockets' sans-I/O client parses it),
+from publication and from epoch close (after ``WARM_UP``
 epochs: the first one after the connections arrive is slower, about 110 ms),
 and the epoch cadence meanwhile.
 """
@@ -33,12 +35,17 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bench_storage import postgres_schema
 from machine import cpu_model
 from websockets.asyncio.client import connect
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from prover.cli import main as prover_main
 from prover.config import load_config
@@ -152,37 +159,81 @@ async def audit(
     return out
 
 
+class Subscription(asyncio.Protocol):
+    """One root stream subscription on websockets' sans-I/O client: each frame
+    is noted with its arrival time as soon as its bytes are parsed, without a
+    task switch or a queue per frame. Subscribers stand in for machines of
+    their own; the less CPU they take from the daemon's, the closer to that."""
+
+    def __init__(self, url: str, opened: asyncio.Event) -> None:
+        self.protocol = ClientProtocol(parse_uri(f"{url}/roots"), max_size=1 << 22)
+        self.opened = opened
+        self.frames: list[tuple[float, bytes]] = []
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.protocol.send_request(self.protocol.connect())
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Frame) and event.opcode is Opcode.TEXT:
+                self.frames.append((time.time(), bytes(event.data)))
+        if self.protocol.state is State.OPEN:
+            self.opened.set()
+        self.flush()
+
+    def flush(self) -> None:  # handshake, pongs, close
+        assert self.transport is not None
+        for data in self.protocol.data_to_send():
+            if data:
+                self.transport.write(data)
+            else:
+                self.transport.close()
+
+
 def subscribers(url: str, count: int, ready: Any, stop: Any, out: Any) -> None:
     """A process holding ``count`` subscriptions: set ``ready`` once all are
     open; when ``stop`` is set, put (received, epoch, epoch close ms) per frame
-    on ``out``. Frames are decoded at the end, so that one subscriber's work
-    does not delay the next one's receipt; the producers and the auditor run in
-    another process, so that their work does not either."""
-
-    async def subscribe(frames: list[tuple[float, str]], opened: asyncio.Event) -> None:
-        async with connect(f"{url}/roots", max_size=1 << 22) as ws:
-            opened.set()
-            async for frame in ws:
-                frames.append((time.time(), str(frame)))
+    on ``out``. Frames are decoded at the end; the producers and the auditor
+    run in another process."""
 
     async def hold() -> list[tuple[float, int, int]]:
-        frames: list[list[tuple[float, str]]] = [[] for _ in range(count)]
+        loop = asyncio.get_running_loop()
+        host, port = url.removeprefix("ws://").split(":")
         opened = [asyncio.Event() for _ in range(count)]
-        tasks = [asyncio.create_task(subscribe(f, o)) for f, o in zip(frames, opened, strict=True)]
+        subs = [
+            (await loop.create_connection(partial(Subscription, url, o), host, int(port)))[1]
+            for o in opened
+        ]
         await asyncio.gather(*(o.wait() for o in opened))
         ready.set()
         await asyncio.to_thread(stop.wait)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for sub in subs:
+            assert sub.transport is not None
+            sub.transport.close()
         out_rows = []
-        for got in frames:
-            for received, frame in got:
-                record = EpochRecord.decode(parse_message(frame).record)
+        for sub in subs:
+            for received, frame in sub.frames:
+                record = EpochRecord.decode(parse_message(frame.decode()).record)
                 out_rows.append((received, record.epoch, record.timestamp_ms))
         return out_rows
 
     out.put(asyncio.run(hold()))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time so far of process ``pid`` and its descendants (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += sum(map(cpu_seconds, map(int, (task / "children").read_text().split())))
+    return total
 
 
 def pct(values: list[float], q: int) -> float:
@@ -191,8 +242,10 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1]
 
 
-async def run(args: argparse.Namespace, url: str, token: str, key: object, origin: str) -> None:
-    header = ("offered/s", "acked/s", "epochs", "max gap s", "pub p99 ms", "p50 ms", "p99 ms")
+async def run(
+    args: argparse.Namespace, url: str, token: str, key: object, origin: str, daemon: int
+) -> None:
+    header = ("offered/s", "acked/s", "cores", "epochs", "max gap s", "pub p99 ms", "p50", "p99")
     print(" ".join(f"{h:>10}" for h in header))
     for rate in [float(r) for r in args.rates.split(",")]:
         stop = asyncio.Event()
@@ -210,7 +263,9 @@ async def run(args: argparse.Namespace, url: str, token: str, key: object, origi
             )
             for p in range(args.producers)
         ]
+        cpu = cpu_seconds(daemon)
         acked = sum(await asyncio.gather(*producers))
+        cores = (cpu_seconds(daemon) - cpu) / args.seconds
         await asyncio.sleep(2)
         stop.set()
         epochs = await auditor
@@ -219,7 +274,7 @@ async def run(args: argparse.Namespace, url: str, token: str, key: object, origi
         lat = [s * 1000 for _, _, s in epochs]
         build = [(published[n] - t / 1000) * 1000 for n, t, _ in epochs if n in published]
         print(
-            f"{rate:>10,.0f} {acked / args.seconds:>10,.0f} {len(epochs):>10} "
+            f"{rate:>10,.0f} {acked / args.seconds:>10,.0f} {cores:>10.2f} {len(epochs):>10} "
             f"{max(gaps, default=0):>10.2f} {pct(build, 99):>10.0f} "
             f"{pct(lat, 50):>10.0f} {pct(lat, 99):>10.0f}"
         )
@@ -314,9 +369,8 @@ def main() -> None:
         print(f"prover up in {time.monotonic() - began:.1f} s\n")
         key = verifier_key_for(config.origin, load_key(config.key_path).public_key())
         try:
-            asyncio.run(
-                run(args, f"ws://127.0.0.1:{port}", config.ingest_token, key, config.origin)
-            )
+            url = f"ws://127.0.0.1:{port}"
+            asyncio.run(run(args, url, config.ingest_token, key, config.origin, proc.pid))
         finally:
             proc.terminate()
             proc.wait(30)

@@ -397,3 +397,33 @@ def test_an_epoch_closes_with_quick_gil_handoffs(tmp_path: Path) -> None:
 
     run(tmp_path, scenario)
     assert seen == pytest.approx([CLOSE_SWITCH_INTERVAL] * 2)
+
+
+def test_a_fold_rests_as_long_as_it_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between pieces of its work, a fold sleeps FOLD_REST times as long as the
+    piece took, so that it takes a share of the CPU and GIL, not all of it."""
+    monkeypatch.setattr("prover.engine.FOLD_AFTER", 1)
+    monkeypatch.setattr("prover.engine.FOLD_CHUNK", 1)
+    monkeypatch.setattr("prover.engine.FOLD_REST", 0.5)
+    rests: list[tuple[float, float]] = []  # (asked, work before it)
+    sleep, last = time.sleep, [time.perf_counter()]
+
+    def resting(seconds: float) -> None:
+        rests.append((seconds, time.perf_counter() - last[0]))
+        sleep(seconds)
+        last[0] = time.perf_counter()
+
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        rows = [(i + 1, f"user{i}", "BTC", i + 1) for i in range(20)]
+        await ingest(engine, balances("core", *rows))
+        monkeypatch.setattr("prover.engine.time.sleep", resting)
+        await engine.close_epoch()  # the fold starts
+        assert engine._folding is not None
+        await engine._folding
+        monkeypatch.setattr("prover.engine.time.sleep", sleep)
+        assert engine.store.journal_backlog() == 0
+
+    run(tmp_path, scenario)
+    assert len(rests) >= 21  # before each of 20 one-row writes and the journal's deletion
+    assert all(asked <= 0.5 * worked for asked, worked in rests[1:])
+    assert sum(asked for asked, _ in rests) > 0

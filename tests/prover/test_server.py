@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from prover.engine import Engine
-from prover.server import start_server
+from prover.server import _text_frame, start_server
 from storage.store import Store
 from tests.prover.test_engine import KEY, ORIGIN, balances, config, reserves
 from verifier.audit import audit_epoch
@@ -455,3 +457,14 @@ def test_a_slow_subscriber_is_shed_without_delaying_others(tmp_path: Path) -> No
         assert max(lag for _, lag in fast_times) < 1.0  # nobody waited on the slow one
 
     serve(tmp_path, scenario, subscriber_queue=2)
+
+
+@pytest.mark.parametrize("size", [0, 125, 126, 65_535, 65_536, 300_000])
+def test_a_live_frame_is_what_websockets_would_send(size: int) -> None:
+    """Live epochs are written as bytes framed once per epoch: the same bytes
+    as websockets' own server protocol sends for that text, with every length
+    encoding of RFC 6455 §5.2 (7-bit, 16-bit, 64-bit)."""
+    message = "é" * (size // 2) + "x" * (size % 2)
+    protocol = ServerProtocol(state=State.OPEN)
+    protocol.send_text(message.encode())
+    assert b"".join(protocol.data_to_send()) == _text_frame(message)
