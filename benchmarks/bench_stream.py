@@ -5,17 +5,17 @@ producers, an auditor verifying every epoch, and many subscribers.
                                       [--seconds 15] [--subscribers 1000]
                                       [--subscriber-processes 4] [--postgres-url URL]
 
-For each offered update rate: the rate acknowledged, the cores the daemon used
-(its process and the tree worker), whether every epoch closed
-within its 1 s interval (largest gap between consecutive epoch times), p99 of
-epoch close to publication (the prover's /metrics), and the p50/p99 latency
-from epoch close (the record's timestamp) to the auditor holding the verified
-checkpoint. Then the fan-out, at the highest rate: delivery latency to
-``--subscribers`` connections, held by ``--subscriber-processes`` processes
-of their own (each frame timed as websockets' sans-I/O client parses it),
-from publication and from epoch close (after ``WARM_UP``
-epochs: the first one after the connections arrive is slower, about 110 ms),
-and the epoch cadence meanwhile.
+For each offered update rate: the rate acknowledged, the cores the daemon
+used (its process and the tree worker), whether every epoch closed within
+its 1 s interval (largest gap between consecutive epoch times), p99 of epoch
+close to publication (the prover's /metrics), and the p50/p99 latency from
+epoch close (the record's timestamp) to the auditor, a process of its own,
+holding the verified checkpoint. Then the fan-out, at the highest rate:
+delivery latency to ``--subscribers`` connections, held by
+``--subscriber-processes`` processes of their own (each frame timed as
+websockets' sans-I/O client parses it), from publication and from epoch
+close (after ``WARM_UP`` epochs: the first one after the connections arrive
+is slower, about 110 ms), and the epoch cadence meanwhile.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -136,7 +137,7 @@ def published_at(http: str) -> tuple[int, float]:
 
 
 async def audit(
-    url: str, key: object, origin: str, stop: asyncio.Event, published: dict[int, float]
+    url: str, key: object, origin: str, ready: Any, stop: Any, published: dict[int, float]
 ) -> list[tuple[int, int, float]]:
     """Verify every epoch; return (epoch, its time ms, latency s to verified) per epoch,
     and note in ``published`` when each epoch was published, if /metrics still shows it."""
@@ -144,6 +145,7 @@ async def audit(
     state = None
     http = url.replace("ws://", "http://")
     async with connect(f"{url}/roots", max_size=1 << 22) as ws:
+        ready.set()
         while not stop.is_set():
             try:
                 frame = await asyncio.wait_for(ws.recv(), 0.5)
@@ -157,6 +159,43 @@ async def audit(
             if epoch == record.epoch:
                 published[epoch] = at
     return out
+
+
+def auditor(url: str, key: object, origin: str, ready: Any, stop: Any, out: Any) -> None:
+    """``audit`` in a process of its own, as an auditor runs on a machine of its
+    own: put its epochs and ``published`` on ``out`` once ``stop`` is set."""
+
+    async def main() -> tuple[list[tuple[int, int, float]], dict[int, float]]:
+        published: dict[int, float] = {}
+        return await audit(url, key, origin, ready, stop, published), published
+
+    out.put(asyncio.run(main()))
+
+
+@contextlib.asynccontextmanager
+async def audited(
+    url: str, key: object, origin: str
+) -> AsyncIterator[Callable[[], Awaitable[tuple[list[tuple[int, int, float]], dict[int, float]]]]]:
+    """Run an auditor process while the body runs; the body ends it by awaiting
+    what it yields, which returns the auditor's epochs and publication times."""
+    mp = multiprocessing.get_context("spawn")
+    ready, stop, out = mp.Event(), mp.Event(), mp.Queue()
+    process = mp.Process(target=auditor, args=(url, key, origin, ready, stop, out))
+    process.start()
+    try:
+        if not await asyncio.to_thread(ready.wait, 60):
+            raise SystemExit("the auditor did not connect")
+
+        async def finish() -> tuple[list[tuple[int, int, float]], dict[int, float]]:
+            stop.set()
+            result: tuple[list[tuple[int, int, float]], dict[int, float]]
+            result = await asyncio.to_thread(out.get, True, 300)
+            return result
+
+        yield finish
+    finally:
+        stop.set()
+        process.join(30)
 
 
 class Subscription(asyncio.Protocol):
@@ -237,9 +276,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def pct(values: list[float], q: int) -> float:
+    """The ``q``-th percentile, interpolated between samples, never beyond the
+    largest: of 16 epochs, p99 lies between the two slowest."""
     if len(values) < 2:
         return values[0] if values else float("nan")
-    return statistics.quantiles(values, n=100)[q - 1]
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 async def run(
@@ -248,27 +289,23 @@ async def run(
     header = ("offered/s", "acked/s", "cores", "epochs", "max gap s", "pub p99 ms", "p50", "p99")
     print(" ".join(f"{h:>10}" for h in header))
     for rate in [float(r) for r in args.rates.split(",")]:
-        stop = asyncio.Event()
-        published: dict[int, float] = {}
-        auditor = asyncio.create_task(audit(url, key, origin, stop, published))
-        await asyncio.sleep(1)
-        producers = [
-            produce(
-                url,
-                token,
-                f"bench-{int(rate)}-{p}",
-                rate / args.producers,
-                args.seconds,
-                args.accounts,
-            )
-            for p in range(args.producers)
-        ]
-        cpu = cpu_seconds(daemon)
-        acked = sum(await asyncio.gather(*producers))
-        cores = (cpu_seconds(daemon) - cpu) / args.seconds
-        await asyncio.sleep(2)
-        stop.set()
-        epochs = await auditor
+        async with audited(url, key, origin) as audit_done:
+            producers = [
+                produce(
+                    url,
+                    token,
+                    f"bench-{int(rate)}-{p}",
+                    rate / args.producers,
+                    args.seconds,
+                    args.accounts,
+                )
+                for p in range(args.producers)
+            ]
+            cpu = cpu_seconds(daemon)
+            acked = sum(await asyncio.gather(*producers))
+            cores = (cpu_seconds(daemon) - cpu) / args.seconds
+            await asyncio.sleep(2)
+            epochs, published = await audit_done()
         times = [t for _, t, _ in epochs]
         gaps = [(b - a) / 1000 for a, b in itertools.pairwise(times)]
         lat = [s * 1000 for _, _, s in epochs]
@@ -298,14 +335,11 @@ async def fan_out(args: argparse.Namespace, url: str, token: str, key: object, o
     for _, ready in workers:
         if not await asyncio.to_thread(ready.wait, 300):
             raise SystemExit("the subscribers did not connect")
-    done = asyncio.Event()
-    published: dict[int, float] = {}
-    auditor = asyncio.create_task(audit(url, key, origin, done, published))
     rate = max(float(r) for r in args.rates.split(","))
-    await produce(url, token, "fanout", rate, args.seconds, args.accounts)
-    await asyncio.sleep(2)
-    done.set()
-    epochs = await auditor
+    async with audited(url, key, origin) as audit_done:
+        await produce(url, token, "fanout", rate, args.seconds, args.accounts)
+        await asyncio.sleep(2)
+        epochs, published = await audit_done()
     stop.set()
     rows = [row for _ in workers for row in await asyncio.to_thread(out.get, True, 300)]
     for worker, _ in workers:
