@@ -161,11 +161,14 @@ async def audit(
     return out
 
 
+Audit = tuple[list[tuple[int, int, float]], dict[int, float]]  # audit's epochs, published
+
+
 def auditor(url: str, key: object, origin: str, ready: Any, stop: Any, out: Any) -> None:
     """``audit`` in a process of its own, as an auditor runs on a machine of its
     own: put its epochs and ``published`` on ``out`` once ``stop`` is set."""
 
-    async def main() -> tuple[list[tuple[int, int, float]], dict[int, float]]:
+    async def main() -> Audit:
         published: dict[int, float] = {}
         return await audit(url, key, origin, ready, stop, published), published
 
@@ -175,7 +178,7 @@ def auditor(url: str, key: object, origin: str, ready: Any, stop: Any, out: Any)
 @contextlib.asynccontextmanager
 async def audited(
     url: str, key: object, origin: str
-) -> AsyncIterator[Callable[[], Awaitable[tuple[list[tuple[int, int, float]], dict[int, float]]]]]:
+) -> AsyncIterator[Callable[[], Awaitable[Audit]]]:
     """Run an auditor process while the body runs; the body ends it by awaiting
     what it yields, which returns the auditor's epochs and publication times."""
     mp = multiprocessing.get_context("spawn")
@@ -186,10 +189,9 @@ async def audited(
         if not await asyncio.to_thread(ready.wait, 60):
             raise SystemExit("the auditor did not connect")
 
-        async def finish() -> tuple[list[tuple[int, int, float]], dict[int, float]]:
+        async def finish() -> Audit:
             stop.set()
-            result: tuple[list[tuple[int, int, float]], dict[int, float]]
-            result = await asyncio.to_thread(out.get, True, 300)
+            result: Audit = await asyncio.to_thread(out.get, True, 300)
             return result
 
         yield finish
