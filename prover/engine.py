@@ -11,7 +11,8 @@ Order of work for one epoch (docs/PROTOCOL.md §11):
 5. publish to subscribers.
 
 Storage calls run in one dedicated thread, so the event loop never waits on
-the database and writes stay in order. Acknowledged balances go to the
+the database and writes stay in order, but for an epoch's commit, which goes
+ahead of the ingest batches waiting (prover/dbthread.py). Acknowledged balances go to the
 store's journal; every ``FOLD_AFTER`` of them, the journal is folded into
 the balances table: read and sorted in another thread, written in short
 transactions that the database thread runs between ingest batches. A fold
@@ -50,7 +51,6 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,6 +59,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from prover import tokens
 from prover.config import Config
+from prover.dbthread import DbThread
 from prover.epoch import Reserve, build_record
 from prover.errors import IngestError, NotRetained, ProverError, SubscriberShed
 from prover.messages import BalanceBatch, ReserveBatch, ack
@@ -121,7 +122,7 @@ class Engine:
     metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
-        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
+        self._db = DbThread()
         self._folding: asyncio.Task[None] | None = None
         self._worker: TreeWorker | None = None
         self._pending: list[tuple[str, str, int]] = []
@@ -141,8 +142,8 @@ class Engine:
         self._last_timestamp_ms = 0
         self.verifier_key = verifier_key_for(self.config.origin, self.key.public_key())
 
-    async def _db_call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+    async def _db_call(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> T:
+        return await asyncio.wrap_future(self._db.submit(fn, *args, urgent=urgent))
 
     def _on_db_thread(self, step: Callable[[], None]) -> None:
         """From another thread: run a fold's write ``step`` on the db thread, in
@@ -204,7 +205,7 @@ class Engine:
         if self._folding is not None:
             with contextlib.suppress(BaseException):
                 await self._folding
-        self._db.shutdown(wait=True)
+        self._db.shutdown()
 
     # Ingest
 
@@ -303,7 +304,9 @@ class Engine:
             for source, r in by_source.items()
         ]
         committing = time.perf_counter()
-        message = await self._db_call(self._commit_epoch, number, record, timestamp_ms, marks, used)
+        message = await self._db_call(
+            self._commit_epoch, number, record, timestamp_ms, marks, used, urgent=True
+        )
         committed = time.perf_counter()
         self._last_timestamp_ms = timestamp_ms
         self.metrics.epoch = number
