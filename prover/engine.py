@@ -11,19 +11,20 @@ Order of work for one epoch (docs/PROTOCOL.md §11):
 5. publish to subscribers.
 
 Storage calls run in one dedicated thread, so the event loop never waits on
-the database and writes stay in order, but for an epoch's commit, which goes
-ahead of the ingest batches waiting (prover/dbthread.py). Acknowledged balances go to the
-store's journal; every ``FOLD_AFTER`` of them, the journal is folded into
-the balances table: read and sorted in another thread, written in short
-transactions that the database thread runs between ingest batches. A fold
-holds back while an epoch closes: its writes would delay the epoch's commit,
-its reading and sorting the rest of the close (through the GIL), by up to a
-few hundred ms at 100,000 updates/s. It also rests after each piece of its
-work as long as the piece took (``FOLD_REST``), taking half as much of the
-CPU and the GIL at a time, over twice as long: at 100,000 updates/s on 2
-cores, a fold of 3,000,000 updates runs about 35 s instead of 20 and still
-keeps up (a larger fold merges more updates of one account), and p99 from
-close to publication went from 237 to 210 ms (one 120 s run each).
+the database and writes stay in order, but for an epoch's commit, which
+goes ahead of the ingest batches waiting (prover/dbthread.py). Acknowledged
+balances go to the store's journal; every ``FOLD_AFTER`` of them, the
+journal is folded into the balances table: read and sorted in another
+thread, written in short transactions that the database thread runs between
+ingest batches. A fold holds back while an epoch closes: its writes would
+delay the epoch's commit, its reading and sorting the rest of the close
+(through the GIL), by up to a few hundred ms at 100,000 updates/s. It also
+rests after each piece of its work as long as the piece took
+(``FOLD_REST``), taking half as much of the CPU and the GIL at a time, over
+twice as long: at 100,000 updates/s on 2 cores, a fold of 3,000,000 updates
+runs about 35 s instead of 20 and still keeps up (a larger fold merges more
+updates of one account), and p99 from close to publication went from 237 to
+210 ms (one 120 s run each).
 
 For the same reason, while ``run`` runs, Python's cyclic garbage collector
 runs right after each epoch instead of whenever allocations trip it: a full
@@ -345,13 +346,13 @@ class Engine:
         """Read and sort in a thread of its own, write each chunk on the db
         thread; pause while an epoch closes, and rest after each piece of work
         as long as it took (``FOLD_REST``)."""
-        started = time.perf_counter()
-        worked_since = [started]
+        started = worked_since = time.perf_counter()
 
         def pause() -> None:
-            time.sleep((time.perf_counter() - worked_since[0]) * FOLD_REST)
+            nonlocal worked_since
+            time.sleep((time.perf_counter() - worked_since) * FOLD_REST)
             self._no_close.wait()
-            worked_since[0] = time.perf_counter()
+            worked_since = time.perf_counter()
 
         def write(step: Callable[[], None]) -> None:
             pause()
