@@ -9,10 +9,11 @@ covers only acknowledged ones, does not depend on them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -44,6 +45,17 @@ class DbThread:
         future: Future[T] = Future()
         self._queue.put((_URGENT if urgent else _NORMAL, next(self._order), (future, fn, args)))
         return future
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Keep the thread idle until the block ends, once the calls already
+        running or urgent are done; calls submitted meanwhile wait."""
+        release = threading.Event()
+        self.submit(release.wait, urgent=True)
+        try:
+            yield
+        finally:
+            release.set()
 
     def shutdown(self) -> None:
         """Run every call submitted so far, then end the thread."""

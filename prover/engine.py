@@ -12,7 +12,8 @@ Order of work for one epoch (docs/PROTOCOL.md §11):
 
 Storage calls run in one dedicated thread, so the event loop never waits on
 the database and writes stay in order, but for an epoch's commit, which
-goes ahead of the ingest batches waiting (prover/dbthread.py). Acknowledged
+goes ahead of the ingest batches waiting, after which the thread idles
+until the epoch is handed to its subscribers (prover/dbthread.py). Acknowledged
 balances go to the store's journal; every ``FOLD_AFTER`` of them, the
 journal is folded into the balances table: read and sorted in another
 thread, written in short transactions that the database thread runs between
@@ -143,8 +144,8 @@ class Engine:
         self._last_timestamp_ms = 0
         self.verifier_key = verifier_key_for(self.config.origin, self.key.public_key())
 
-    async def _db_call(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> T:
-        return await asyncio.wrap_future(self._db.submit(fn, *args, urgent=urgent))
+    async def _db_call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.wrap_future(self._db.submit(fn, *args))
 
     def _on_db_thread(self, step: Callable[[], None]) -> None:
         """From another thread: run a fold's write ``step`` on the db thread, in
@@ -305,17 +306,19 @@ class Engine:
             for source, r in by_source.items()
         ]
         committing = time.perf_counter()
-        message = await self._db_call(
+        commit = self._db.submit(
             self._commit_epoch, number, record, timestamp_ms, marks, used, urgent=True
         )
-        committed = time.perf_counter()
-        self._last_timestamp_ms = timestamp_ms
-        self.metrics.epoch = number
-        self.metrics.tree_seconds = applied.seconds
-        self.metrics.epoch_build_seconds = time.perf_counter() - started
-        self.metrics.last_epoch_time = now
-        self.metrics.last_publish_time = self.clock()
-        self._publish(number, message)
+        with self._db.held():  # from the commit until the epoch is handed out (dbthread)
+            message = await asyncio.wrap_future(commit)
+            committed = time.perf_counter()
+            self._last_timestamp_ms = timestamp_ms
+            self.metrics.epoch = number
+            self.metrics.tree_seconds = applied.seconds
+            self.metrics.epoch_build_seconds = time.perf_counter() - started
+            self.metrics.last_epoch_time = now
+            self.metrics.last_publish_time = self.clock()
+            self._publish(number, message)
         published = time.perf_counter()
         self._fold_when_due()
         log.info(

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 
 import pytest
 
 from prover.dbthread import DbThread
 
 
-def test_calls_run_in_order_urgent_ones_ahead_of_those_waiting() -> None:
-    db = DbThread()
-    ran: list[str] = []
+def busy(db: DbThread, ran: list[str]) -> tuple[Future[None], threading.Event]:
+    """Keep ``db`` running a call until the event returned is set; the call
+    then notes "running" in ``ran``."""
     running, release = threading.Event(), threading.Event()
 
     def blocker() -> None:
@@ -19,8 +20,15 @@ def test_calls_run_in_order_urgent_ones_ahead_of_those_waiting() -> None:
         assert release.wait(10)
         ran.append("running")
 
-    first = db.submit(blocker)
-    assert running.wait(10)  # the thread is busy: what follows waits
+    call = db.submit(blocker)
+    assert running.wait(10)
+    return call, release
+
+
+def test_calls_run_in_order_urgent_ones_ahead_of_those_waiting() -> None:
+    db = DbThread()
+    ran: list[str] = []
+    first, release = busy(db, ran)  # the thread is busy: what follows waits
     futures = [db.submit(ran.append, name) for name in ("a", "b")]
     futures.append(db.submit(ran.append, "urgent", urgent=True))
     futures.append(db.submit(ran.append, "c"))
@@ -42,3 +50,29 @@ def test_results_errors_and_shutdown() -> None:
     with pytest.raises(RuntimeError, match="shut down"):
         db.submit(sum, [])
     db.shutdown()  # again: nothing to do
+
+
+def test_a_held_thread_runs_what_went_before_and_nothing_more_until_released() -> None:
+    db = DbThread()
+    ran: list[str] = []
+    _, release = busy(db, ran)
+    waiting = db.submit(ran.append, "waiting")
+    commit = db.submit(ran.append, "urgent", urgent=True)
+    with db.held():
+        later = db.submit(ran.append, "later", urgent=True)
+        release.set()
+        commit.result(10)
+        assert not waiting.done() and not later.done()
+        assert ran == ["running", "urgent"]
+    waiting.result(10)
+    later.result(10)
+    db.shutdown()
+    assert ran == ["running", "urgent", "later", "waiting"]
+
+
+def test_a_hold_ends_when_its_block_fails() -> None:
+    db = DbThread()
+    with pytest.raises(RuntimeError, match="the block failed"), db.held():
+        raise RuntimeError("the block failed")
+    assert db.submit(pow, 2, 3).result(10) == 8
+    db.shutdown()

@@ -4,6 +4,7 @@ refusals, the root stream and restarts, on a real SQLite file."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -397,6 +398,41 @@ def test_an_epoch_closes_with_quick_gil_handoffs(tmp_path: Path) -> None:
 
     run(tmp_path, scenario)
     assert seen == pytest.approx([CLOSE_SWITCH_INTERVAL] * 2)
+
+
+def test_the_database_thread_idles_while_an_epoch_is_handed_out(tmp_path: Path) -> None:
+    """A storage call that waits while the epoch commits (an ingest batch) runs
+    only once every subscriber has the epoch: it would take the GIL from the
+    fan-out at each send (prover/dbthread.py)."""
+    ran: list[str] = []
+    seen: list[list[str]] = []
+
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        commit = engine._commit_epoch
+
+        def commit_with_a_batch_waiting(*args: Any) -> EpochMessage:
+            engine._db.submit(ran.append, "batch")
+            return commit(*args)
+
+        def offer(frame: str) -> bool:
+            time.sleep(0.05)  # time enough for the thread to run the batch, if free
+            seen.append(list(ran))
+            return True
+
+        engine._commit_epoch = commit_with_a_batch_waiting  # type: ignore[method-assign]
+        stream = engine.subscribe(None, offer)
+        pending = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.01)
+        await ingest(engine, balances("core", (1, "alice", "BTC", 5)))
+        await engine.close_epoch()
+        await engine._db_call(ran.append, "after")
+        pending.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pending
+
+    run(tmp_path, scenario)
+    assert seen == [[]]
+    assert ran == ["batch", "after"]
 
 
 def test_a_fold_rests_as_long_as_it_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
