@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_storage import postgres_schema
-from machine import cpu_model
+from machine import cpu_model, hash_microseconds
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
@@ -393,8 +393,9 @@ def main() -> None:
         began = time.monotonic()
         load_accounts(config.url, args.accounts)
         print(
-            f"machine: {cpu_model()}, {os.cpu_count()} cores; {args.accounts:,} accounts loaded in "
-            f"{time.monotonic() - began:.1f} s"
+            f"machine: {cpu_model()}, {os.cpu_count()} cores, SHA-256 of 100 bytes"
+            f" {hash_microseconds():.2f} us; {args.accounts:,} accounts loaded in"
+            f" {time.monotonic() - began:.1f} s"
         )
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -410,6 +411,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
+        print(f"\nSHA-256 of 100 bytes at the end: {hash_microseconds():.2f} us")
 
 
 if __name__ == "__main__":

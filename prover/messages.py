@@ -16,6 +16,7 @@ error applies nothing of that message.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Annotated
@@ -25,7 +26,7 @@ from msgspec import Meta, Struct
 
 from prover.errors import IngestError
 from verifier.errors import FormatError
-from verifier.hashing import MAX_BALANCE
+from verifier.hashing import MAX_BALANCE, check_asset_id, check_user_id, find_invalid_user_id
 from verifier.record import MAX_RESERVE, check_source_name
 
 __all__ = [
@@ -77,12 +78,12 @@ class ReserveBatch(Struct, frozen=True):
 
 # The wire shapes, checked by msgspec in C (the per-update hot path). Amounts
 # arrive as integers or decimal strings and are converted and range-checked
-# afterwards; identifiers follow verifier.hashing's rules (asset ids exactly;
-# user ids: no control characters here, the UTF-8 length below).
+# afterwards, identifiers by verifier.hashing's rules in _check_ids: a
+# ``pattern`` here would run Python's re once per field, 2 us per update.
 Seq = Annotated[int, Meta(ge=0, le=MAX_SEQ)]
 Amount = Annotated[int, Meta(ge=0)] | str
-Asset = Annotated[str, Meta(pattern=r"^[A-Z0-9][A-Z0-9._-]{0,15}$")]
-User = Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f-\x9f]*$")]
+Asset = Annotated[str, Meta(min_length=1, max_length=16)]
+User = Annotated[str, Meta(min_length=1, max_length=255)]
 Id = Annotated[str, Meta(max_length=128)] | int | None
 
 
@@ -136,9 +137,11 @@ def parse_ingest(data: str | bytes) -> BalanceBatch | ReserveBatch:
         check_source_name(doc.source)
     except FormatError as exc:
         raise IngestError("bad-message", str(exc)) from None
+    users = [u.user for u in doc.updates] if isinstance(doc, _Balances) else []
+    _check_ids([u.asset for u in doc.updates], users)
     if isinstance(doc, _Balances):
         balances = tuple(
-            BalanceUpdate(u.seq, _user(u.user, i), u.asset, _amount(u.amount, MAX_BALANCE, i))
+            BalanceUpdate(u.seq, u.user, u.asset, _amount(u.amount, MAX_BALANCE, i))
             for i, u in enumerate(doc.updates)
         )
         _check_seqs([u.seq for u in balances])
@@ -160,10 +163,22 @@ def _refusal(problem: str) -> IngestError:
     return IngestError("bad-update", f"updates[{index}]: {problem}", index)
 
 
-def _user(user: str, index: int) -> str:
-    if len(user) > 63 and len(user.encode()) > 255:
-        raise IngestError("bad-update", f"updates[{index}]: user id longer than 255 bytes", index)
-    return user
+def _check_ids(assets: list[str], users: list[str]) -> None:
+    """Every asset id and user id (none for reserves) as verifier.hashing wants
+    it: each distinct asset once, the users all at once; then, if one is
+    refused, one by one to name the first."""
+    with contextlib.suppress(FormatError):
+        for asset in set(assets):
+            check_asset_id(asset)
+        if find_invalid_user_id(users) is None:
+            return
+    for i, asset in enumerate(assets):
+        try:
+            check_asset_id(asset)
+            if users:
+                check_user_id(users[i])
+        except FormatError as exc:
+            raise IngestError("bad-update", f"updates[{i}]: {exc}", i) from None
 
 
 def _amount(value: int | str, limit: int, index: int) -> int:

@@ -8,10 +8,11 @@ User ids, asset ids and source names are checked by ``verifier.hashing`` and
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 from storage.errors import InvalidAmountError, InvalidIdentifierError, InvalidInputError
 from verifier.errors import FormatError
-from verifier.hashing import MAX_BALANCE, check_asset_id, check_user_id
+from verifier.hashing import MAX_BALANCE, check_asset_id, check_user_id, find_invalid_user_id
 from verifier.record import MAX_RESERVE, check_source_name
 
 __all__ = [
@@ -75,6 +76,14 @@ def check_user(user: object, where: str = "") -> str:
     except FormatError as exc:
         raise InvalidIdentifierError(f"{_at(where)}{exc}") from None
     return user  # type: ignore[return-value]
+
+
+def check_users(users: Sequence[str]) -> None:
+    """``check_user`` for each of a batch's ``users`` (``updates[i]``), all at
+    once (verifier.hashing.find_invalid_user_id)."""
+    bad = find_invalid_user_id(users)
+    if bad is not None:
+        check_user(users[bad], f"updates[{bad}]")
 
 
 def check_source(source: object, where: str = "") -> str:

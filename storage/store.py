@@ -72,6 +72,7 @@ from storage.checks import (
     check_key_id,
     check_source,
     check_user,
+    check_users,
 )
 from storage.errors import (
     ConstraintError,
@@ -301,8 +302,7 @@ class Store:
         """
         check_source(source)
         self._check_updates(updates, MAX_BALANCE, "balance")
-        for i, u in enumerate(updates):
-            check_user(u.user, f"updates[{i}]")
+        check_users([u.user for u in updates])
         if not updates:
             return ApplyResult((), 0, self.source_marks().get(("balances", source), -1))
         with self._transaction(write=True) as conn:

@@ -17,7 +17,8 @@ from prover.messages import (
     error_reply,
     parse_ingest,
 )
-from verifier.hashing import MAX_BALANCE
+from verifier.errors import FormatError
+from verifier.hashing import MAX_BALANCE, check_asset_id, check_user_id
 from verifier.record import MAX_RESERVE
 
 
@@ -92,6 +93,46 @@ def test_refusal_names_the_update() -> None:
     with pytest.raises(IngestError) as info:
         parse_ingest(balances(row(1), row(2, amount="x")))
     assert info.value.index == 1 and "updates[1]" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("user", "asset"),
+    [
+        ("bad\x01", "BTC"),  # C0
+        ("bad\x7f", "BTC"),  # DEL
+        ("bad\x85", "BTC"),  # C1
+        ("\u00e9" * 128, "BTC"),  # 128 characters, 256 bytes of UTF-8
+        ("carol", "btc"),
+        ("carol", "B" * 17),
+    ],
+)
+def test_a_bad_id_is_refused_by_its_index(user: str, asset: str) -> None:
+    with pytest.raises(IngestError) as info:
+        parse_ingest(balances(row(1), row(2, "bob"), row(3, user, asset)))
+    assert info.value.code == "bad-update" and info.value.index == 2
+
+
+def test_ids_of_any_script_up_to_255_bytes_are_taken() -> None:
+    users = ["zo\u00eb", "\u00e9" * 127 + "a", "\u7528\u6237 1", "x" * 255]
+    batch = parse_ingest(balances(*(row(i + 1, user) for i, user in enumerate(users))))
+    assert [u.user for u in batch.updates] == users
+
+
+@given(st.text(max_size=260), st.text(max_size=20))
+def test_ids_are_taken_exactly_as_the_verifier_takes_them(user: str, asset: str) -> None:
+    try:
+        check_user_id(user)
+        check_asset_id(asset)
+        valid = True
+    except FormatError:
+        valid = False
+    try:
+        parse_ingest(balances(row(user=user, asset=asset)))
+        taken = True
+    except IngestError as exc:
+        assert exc.code == "bad-update" and exc.index == 0
+        taken = False
+    assert taken == valid
 
 
 def test_batch_size_limit() -> None:

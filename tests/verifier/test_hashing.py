@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from verifier.errors import FormatError
 from verifier.hashing import (
@@ -13,6 +15,7 @@ from verifier.hashing import (
     check_user_id,
     commitment,
     encode_sum,
+    find_invalid_user_id,
     leaf_hash,
     node_hash,
     padding_hash,
@@ -89,6 +92,27 @@ def test_bad_user_ids(user: str) -> None:
 def test_user_ids_accept_unicode() -> None:
     assert check_user_id("josé@example.com") == "josé@example.com".encode()
     assert len(check_user_id("é" * 127)) == 254
+
+
+def first_refused(user_ids: list[object]) -> int | None:
+    for i, user_id in enumerate(user_ids):
+        try:
+            check_user_id(user_id)  # type: ignore[arg-type]
+        except FormatError:
+            return i
+    return None
+
+
+ids = st.one_of(
+    st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=8),  # ASCII, controls too
+    st.text(max_size=3),
+    st.sampled_from(["x" * 255, "x" * 256, "\u00e9" * 128, "\ud800", 7, None]),
+)
+
+
+@given(st.lists(ids, max_size=6))
+def test_a_batch_of_user_ids_is_checked_as_one_by_one(user_ids: list[object]) -> None:
+    assert find_invalid_user_id(user_ids) == first_refused(user_ids)  # type: ignore[arg-type]
 
 
 def test_commitment_binds_user_and_salt() -> None:
