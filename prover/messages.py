@@ -50,11 +50,26 @@ _INDEX = re.compile(r"^\$\.updates\[(\d+)\]")
 RequestId = str | int | None
 
 
-class BalanceUpdate(Struct, frozen=True):
-    seq: int
-    user: str
-    asset: str
-    amount: int
+# The wire shapes, checked by msgspec in C (the per-update hot path). Amounts
+# arrive as integers or decimal strings and are converted and range-checked
+# afterwards, identifiers by verifier.hashing's rules in _check_ids: a
+# ``pattern`` here would run Python's re once per field, 2 us per update.
+Seq = Annotated[int, Meta(ge=0, le=MAX_SEQ)]
+Amount = Annotated[int, Meta(ge=0)] | str
+Asset = Annotated[str, Meta(min_length=1, max_length=16)]
+User = Annotated[str, Meta(min_length=1, max_length=255)]
+Id = Annotated[str, Meta(max_length=128)] | int | None
+
+
+class BalanceUpdate(Struct, frozen=True, forbid_unknown_fields=True):
+    """One update, also as msgspec decodes it when its amount is a JSON integer
+    (then checked against MAX_BALANCE after decoding: msgspec bounds stop at
+    int64)."""
+
+    seq: Seq
+    user: User
+    asset: Asset
+    amount: Annotated[int, Meta(ge=0)]
 
 
 class ReserveUpdate(Struct, frozen=True):
@@ -74,17 +89,6 @@ class ReserveBatch(Struct, frozen=True):
     id: RequestId
     source: str
     updates: tuple[ReserveUpdate, ...]
-
-
-# The wire shapes, checked by msgspec in C (the per-update hot path). Amounts
-# arrive as integers or decimal strings and are converted and range-checked
-# afterwards, identifiers by verifier.hashing's rules in _check_ids: a
-# ``pattern`` here would run Python's re once per field, 2 us per update.
-Seq = Annotated[int, Meta(ge=0, le=MAX_SEQ)]
-Amount = Annotated[int, Meta(ge=0)] | str
-Asset = Annotated[str, Meta(min_length=1, max_length=16)]
-User = Annotated[str, Meta(min_length=1, max_length=255)]
-Id = Annotated[str, Meta(max_length=128)] | int | None
 
 
 class _Balance(Struct, forbid_unknown_fields=True):
@@ -107,6 +111,15 @@ class _Balances(Struct, forbid_unknown_fields=True, tag_field="type", tag="balan
     id: Id = None
 
 
+class _PlainBalances(Struct, forbid_unknown_fields=True, tag_field="type", tag="balances"):
+    """A balance batch whose amounts are all JSON integers, the common case:
+    decoded straight into BalanceUpdate, without a second object per update."""
+
+    source: str
+    updates: Annotated[list[BalanceUpdate], Meta(min_length=1, max_length=MAX_BATCH)]
+    id: Id = None
+
+
 class _Reserves(Struct, forbid_unknown_fields=True, tag_field="type", tag="reserves"):
     source: str
     updates: Annotated[list[_Reserve], Meta(min_length=1, max_length=MAX_BATCH)]
@@ -114,6 +127,7 @@ class _Reserves(Struct, forbid_unknown_fields=True, tag_field="type", tag="reser
 
 
 _decoder = msgspec.json.Decoder(_Balances | _Reserves)
+_plain_decoder = msgspec.json.Decoder(_PlainBalances)
 
 
 def parse_ingest(data: str | bytes) -> BalanceBatch | ReserveBatch:
@@ -125,20 +139,30 @@ def parse_ingest(data: str | bytes) -> BalanceBatch | ReserveBatch:
     """
     if len(data) > MAX_MESSAGE_BYTES:
         raise IngestError("too-large", f"message larger than {MAX_MESSAGE_BYTES} bytes")
+    doc: _PlainBalances | _Balances | _Reserves
     try:
-        doc = _decoder.decode(data)
-    except msgspec.ValidationError as exc:
-        raise _refusal(str(exc)) from None
-    except (msgspec.DecodeError, UnicodeError) as exc:
-        raise IngestError("bad-json", f"message is not JSON: {exc}") from None
+        doc = _plain_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeError):  # or not plain: decoded again, in full
+        try:
+            doc = _decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise _refusal(str(exc)) from None
+        except (msgspec.DecodeError, UnicodeError) as exc:
+            raise IngestError("bad-json", f"message is not JSON: {exc}") from None
     if isinstance(doc.id, int) and len(str(doc.id)) > 128:
         raise IngestError("bad-message", "id must be a string or integer of at most 128 characters")
     try:
         check_source_name(doc.source)
     except FormatError as exc:
         raise IngestError("bad-message", str(exc)) from None
-    users = [u.user for u in doc.updates] if isinstance(doc, _Balances) else []
+    users = [u.user for u in doc.updates] if not isinstance(doc, _Reserves) else []
     _check_ids([u.asset for u in doc.updates], users)
+    if isinstance(doc, _PlainBalances):
+        if max(u.amount for u in doc.updates) > MAX_BALANCE:
+            for i, u in enumerate(doc.updates):
+                _amount(u.amount, MAX_BALANCE, i)
+        _check_seqs([u.seq for u in doc.updates])
+        return BalanceBatch(doc.id, doc.source, tuple(doc.updates))
     if isinstance(doc, _Balances):
         balances = tuple(
             BalanceUpdate(u.seq, u.user, u.asset, _amount(u.amount, MAX_BALANCE, i))

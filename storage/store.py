@@ -243,20 +243,19 @@ class Store:
         last = -1
         known = self._assets or {}
         for i, u in enumerate(updates):
-            where = f"updates[{i}]"
             seq = u.seq
             if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_SEQ:
-                raise SequenceError(f"{where}: seq {seq!r} is not an integer in 0..2**63-1")
+                raise SequenceError(f"updates[{i}]: seq {seq!r} is not an integer in 0..2**63-1")
             if seq <= last:
-                raise SequenceError(f"{where}: seq {seq} does not increase (after {last})")
+                raise SequenceError(f"updates[{i}]: seq {seq} does not increase (after {last})")
             last = seq
             if u.asset not in known:
-                check_asset(u.asset, where)
-                self._check_known(u.asset, where)
+                check_asset(u.asset, f"updates[{i}]")
+                self._check_known(u.asset, f"updates[{i}]")
                 known = self._assets or {}
             amount = u.amount
             if type(amount) is not int or not 0 <= amount <= amount_limit:
-                check_amount(amount, amount_limit, what, f"{where} (asset {u.asset})")
+                check_amount(amount, amount_limit, what, f"updates[{i}] (asset {u.asset})")
 
     def _lock_mark(self, conn: Connection, kind: str, source: str) -> int:
         """The producer's mark (-1 if none), locked until the transaction ends."""

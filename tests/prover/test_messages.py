@@ -89,6 +89,22 @@ def test_refusals(message: str, code: str) -> None:
     assert info.value.code == code
 
 
+@given(st.lists(st.tuples(st.integers(0, MAX_BALANCE + 1), st.booleans()), min_size=1))
+def test_amounts_as_integers_or_strings_parse_alike(amounts: list[tuple[int, bool]]) -> None:
+    """Integers only take msgspec's fast path; any string amount, the full one."""
+    message = balances(*(row(i + 1, amount=str(a) if s else a) for i, (a, s) in enumerate(amounts)))
+    too_large = [i for i, (a, _) in enumerate(amounts) if a > MAX_BALANCE]
+    try:
+        batch = parse_ingest(message)
+    except IngestError as exc:
+        assert exc.code == "bad-update" and exc.index == too_large[0]
+    else:
+        assert not too_large
+        assert batch.updates == tuple(
+            BalanceUpdate(i + 1, "alice", "BTC", a) for i, (a, _) in enumerate(amounts)
+        )
+
+
 def test_refusal_names_the_update() -> None:
     with pytest.raises(IngestError) as info:
         parse_ingest(balances(row(1), row(2, amount="x")))
