@@ -135,6 +135,7 @@ class Engine:
         self._epoch_lock = asyncio.Lock()
         self._no_close = threading.Event()  # clear while an epoch closes: folds hold back
         self._no_close.set()
+        self._stopping = threading.Event()  # set by close: a fold under way stops
         self._period: SaltPeriod | None = None
         # salt rotation: the next period's worker, built in the background, and the
         # rows applied since it started loading, replayed into it before the switch
@@ -205,6 +206,7 @@ class Engine:
         if self._worker is not None:
             await self._worker.close()
         if self._folding is not None:
+            self._stopping.set()  # the fold stops at its next pause (store.fold: safe)
             with contextlib.suppress(BaseException):
                 await self._folding
         self._db.shutdown()
@@ -355,6 +357,8 @@ class Engine:
             nonlocal worked_since
             time.sleep((time.perf_counter() - worked_since) * FOLD_REST)
             self._no_close.wait()
+            if self._stopping.is_set():
+                raise _FoldStopped
             worked_since = time.perf_counter()
 
         def write(step: Callable[[], None]) -> None:
@@ -364,6 +368,9 @@ class Engine:
         try:
             folded = await asyncio.to_thread(self.store.fold, FOLD_CHUNK, write, pause)
             self.metrics.unfolded_updates = await self._db_call(self.store.journal_backlog)
+        except _FoldStopped:
+            log.info("fold stopped with the prover: the next one folds what is left")
+            return
         except Exception:
             log.exception("folding the journal failed; the next epoch retries")
             return
@@ -571,6 +578,10 @@ class Engine:
             inclusion=message.inclusion,
             checkpoint=message.checkpoint,
         )
+
+
+class _FoldStopped(Exception):
+    """Raised in a fold's thread at its next pause once the engine closes."""
 
 
 _closing: list[float] = []  # the switch interval to restore, once per close under way

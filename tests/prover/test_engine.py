@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -433,6 +434,46 @@ def test_the_database_thread_idles_while_an_epoch_is_handed_out(tmp_path: Path) 
     run(tmp_path, scenario)
     assert seen == [[]]
     assert ran == ["batch", "after"]
+
+
+def test_a_fold_stops_at_its_next_pause_when_the_engine_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopping the prover does not wait for a fold (one can run for tens of
+    seconds): it stops between two of its transactions, every balance as
+    acknowledged, and the next fold finishes it."""
+    monkeypatch.setattr("prover.engine.FOLD_AFTER", 1)
+    monkeypatch.setattr("prover.engine.FOLD_CHUNK", 1)
+    rows = [(i + 1, f"user{i:02}", "BTC", i + 1) for i in range(40)]
+    sleep = time.sleep
+    took: list[float] = []
+
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        await ingest(engine, balances("core", *rows))
+        monkeypatch.setattr("prover.engine.time.sleep", lambda _: sleep(0.05))  # 2 s in all
+        await engine.close_epoch()  # the fold starts
+        await asyncio.sleep(0.3)
+        began = time.perf_counter()
+        await engine.close()
+        took.append(time.perf_counter() - began)
+        assert engine._folding is not None and engine._folding.done()
+
+    run(tmp_path, scenario)
+    assert took[0] < 1.0
+    url = config(tmp_path).url
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        (written,) = db.execute("SELECT count(*) FROM balances").fetchone()
+    assert 0 < written < len(rows)  # stopped midway
+    store = Store.open(url)
+    try:
+        assert store.journal_backlog() == len(rows)  # whole until the fold's last step
+        want = {user: amount for _, user, _, amount in rows}
+        assert {u: m for chunk in store.iter_balances() for u, _, m in chunk} == want
+        store.fold()
+        assert store.journal_backlog() == 0
+        assert {u: m for chunk in store.iter_balances() for u, _, m in chunk} == want
+    finally:
+        store.close()
 
 
 def test_a_fold_rests_as_long_as_it_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
