@@ -127,9 +127,20 @@ class Ledger:
 
     def stage(self, user: str, asset: str, amount: int) -> None:
         """Record ``user``'s new ``amount`` of ``asset`` for the next epoch (last one wins)."""
-        if asset not in self.books:
-            raise ProverError(f"unknown asset {asset}")
-        self.pending[(asset, self._index(user))] = amount
+        self.stage_rows([(user, asset, amount)])
+
+    def stage_rows(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        """``stage`` each (user, asset, amount) of ``rows`` in order, or none of
+        them if one names an unknown asset. The hot path of ingest: one dict
+        lookup per row, no call."""
+        rows = list(rows)
+        unknown = {asset for _, asset, _ in rows}.difference(self.books)
+        if unknown:
+            raise ProverError(f"unknown asset {min(unknown)}")
+        users, pending = self.users, self.pending
+        for user, asset, amount in rows:
+            index = users.get(user)
+            pending[(asset, self._index(user) if index is None else index)] = amount
 
     def flush(self) -> None:
         """Apply the staged updates now, ahead of ``close_epoch``, so that the

@@ -80,15 +80,6 @@ def export_proofs(ledger: Ledger, out: Path, start: int, count: int, epoch: Epoc
     return written
 
 
-def _stage(ledger: Ledger, rows: list[Row]) -> None:
-    """Stage ``rows``, or none of them if one names an unknown asset."""
-    unknown = {a for _, a, _ in rows} - set(ledger.books)
-    if unknown:
-        raise ValueError(f"unknown asset {sorted(unknown)[0]}")
-    for user, asset, amount in rows:
-        ledger.stage(user, asset, amount)
-
-
 def _serve(conn: Connection) -> None:
     """Child process main loop: one command in, one answer out, until ``stop``.
 
@@ -126,7 +117,7 @@ def _serve(conn: Connection) -> None:
                 conn.send(("ok", tuple(ledger.roots())))
             elif command == "stage":  # rows of the coming epoch, ahead of "apply"; no answer
                 assert ledger is not None
-                _stage(ledger, _staged_rows.decode(args))
+                ledger.stage_rows(_staged_rows.decode(args))
                 if len(ledger.pending) >= EAGER_ROWS and not conn.poll():
                     ledger.flush()  # hash now what the close would otherwise wait for
             elif command == "apply":
@@ -138,7 +129,7 @@ def _serve(conn: Connection) -> None:
                 start = time.perf_counter()
                 for asset in new_assets:
                     ledger.add_asset(asset)
-                _stage(ledger, updates)
+                ledger.stage_rows(updates)
                 roots = tuple(ledger.close_epoch())
                 conn.send(("ok", Applied(roots, time.perf_counter() - start)))
             elif command == "proof":

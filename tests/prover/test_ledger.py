@@ -72,6 +72,15 @@ def test_build_stage_and_close() -> None:
         ledger.stage("a", "DOGE", 1)
 
 
+def test_rows_naming_an_unknown_asset_stage_nothing() -> None:
+    ledger = Ledger.build(PERIOD, ["BTC"], [("a", "BTC", 5)])
+    with pytest.raises(ProverError, match="unknown asset DOGE"):
+        ledger.stage_rows([("b", "BTC", 1), ("a", "DOGE", 1)])
+    assert ledger.pending == {} and ledger.proof("b") is None
+    ledger.stage_rows([("b", "BTC", 1), ("b", "BTC", 2), ("c", "BTC", 3)])
+    assert {r.asset: r.total for r in ledger.close_epoch()} == {"BTC": 10}
+
+
 def test_slots_are_not_reused_within_a_period() -> None:
     ledger = Ledger.build(PERIOD, ["BTC"], [("a", "BTC", 5)])
     first = ledger.proof("a")
