@@ -118,7 +118,7 @@ def _serve(conn: Connection) -> None:
             elif command == "stage":  # rows of the coming epoch, ahead of "apply"; no answer
                 assert ledger is not None
                 ledger.stage_rows(_staged_rows.decode(args))
-                if len(ledger.pending) >= EAGER_ROWS and not conn.poll():
+                if ledger.staged >= EAGER_ROWS and not conn.poll():
                     ledger.flush()  # hash now what the close would otherwise wait for
             elif command == "apply":
                 assert ledger is not None
