@@ -32,6 +32,16 @@ MIN_HEIGHT = 4
 NO_SLOT = -1
 
 
+def _flush_levels(height: int, epoch_rows: int) -> int | None:
+    """How high a flush hashes a tree of ``height`` (``SumTree.apply``'s
+    ``upto``): the levels of at least twice ``epoch_rows`` nodes (the last
+    epoch's updates of the asset); all of them (None) before an epoch's count
+    is known."""
+    if epoch_rows <= 0:
+        return None
+    return max(0, height - (2 * epoch_rows - 1).bit_length())
+
+
 def height_for(holders: int) -> int:
     """Smallest height >= MIN_HEIGHT leaving ~3% + 16 slots of headroom for new holders."""
     need = holders + holders // 32 + 16
@@ -105,6 +115,8 @@ class Ledger:
     history_bytes: int = 0
     epochs: int = 0  # close_epoch calls so far
     open: _EpochUndo = field(default_factory=_EpochUndo)  # batches since the last close
+    epoch_rows: dict[str, int] = field(default_factory=dict)  # per asset, this epoch so far
+    last_epoch_rows: dict[str, int] = field(default_factory=dict)  # per asset, the last one
 
     @classmethod
     def build(
@@ -152,10 +164,19 @@ class Ledger:
         """Apply the staged updates now, ahead of ``close_epoch``, so that the
         close has less left to hash. Proofs still show the last closed epoch:
         what the batch overwrote is kept until then. Updates that would need a
-        tree rebuilt stay staged for ``close_epoch``."""
+        tree rebuilt stay staged for ``close_epoch``.
+
+        A flush hashes a tree's lower levels only, those with at least twice
+        as many nodes as the last epoch had updates of the asset
+        (``_flush_levels``): there, the epoch's batches share few nodes. The
+        levels above, which every batch would rehash again, are hashed once,
+        at the close. 100,000 updates into 1,000,000 holders, flushed in
+        batches of 15,000, took 534 ms in all instead of 851, and 153 ms of
+        it at the close instead of 59 (one run, a 2-core EPYC VM)."""
         deferred: dict[str, dict[int, int]] = {}
         for asset, changes in self._take_pending().items():
-            if not self._apply(asset, changes, self.open, may_rebuild=False):
+            upto = _flush_levels(self.books[asset].tree.height, self.last_epoch_rows.get(asset, 0))
+            if not self._apply(asset, changes, self.open, may_rebuild=False, upto=upto):
                 deferred[asset] = changes
         self.pending = deferred
 
@@ -166,6 +187,17 @@ class Ledger:
         undo, rebuilt = self.open, False
         for asset, changes in self._take_pending().items():
             rebuilt |= not self._apply(asset, changes, undo, may_rebuild=True)
+        for asset, book in self.books.items():  # flushed, with nothing staged since
+            if book.tree.stale:
+                none = np.zeros(0, np.int64)
+                book.tree.apply(
+                    none,
+                    self.commitments[none],
+                    none.astype(np.uint64),
+                    None,
+                    undo.trees.setdefault(asset, []),
+                )
+        self.last_epoch_rows, self.epoch_rows = self.epoch_rows, {}
         self.open = _EpochUndo()
         self.epochs += 1
         if rebuilt:  # older paths are gone with the old tree
@@ -196,7 +228,12 @@ class Ledger:
             self._rebuild(asset, np.zeros(0, np.int64), np.zeros(0, np.uint64))
 
     def _apply(
-        self, asset: str, changes: dict[int, int], undo: _EpochUndo, may_rebuild: bool
+        self,
+        asset: str,
+        changes: dict[int, int],
+        undo: _EpochUndo,
+        may_rebuild: bool,
+        upto: int | None = None,
     ) -> bool:
         """Apply one asset's changes, noting in ``undo`` what they overwrite.
         False if the slot order ran out: then the tree was rebuilt one level
@@ -228,8 +265,10 @@ class Ledger:
             amounts[set_mask],
             book.slots[users[clear]],
             undo.trees.setdefault(asset, []),
+            upto,
         )
         book.slots[users[clear]] = NO_SLOT
+        self.epoch_rows[asset] = self.epoch_rows.get(asset, 0) + len(changes)
         return True
 
     def _rebuild_with(

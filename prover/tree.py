@@ -57,6 +57,7 @@ HASH_CHUNK = 2048  # rows hashed per step: keeps messages and digests in cache
 
 _EMPTY_SLOTS: Final[I64] = np.zeros(0, np.int64)
 _EMPTY_SLOTS.flags.writeable = False
+_EMPTY_RECORDS: Final[Records] = np.zeros(0, f"V{RECORD}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,7 @@ class SumTree:
     ``leaf(slot)`` and ``path(slot)``. Growing capacity means building a new tree.
     """
 
-    __slots__ = ("_asset", "_height", "_leaf_prefix", "_nodes", "_pad_prefix", "_rows")
+    __slots__ = ("_asset", "_height", "_leaf_prefix", "_nodes", "_pad_prefix", "_rows", "_stale")
 
     _asset: str
     _height: int
@@ -119,6 +120,7 @@ class SumTree:
     _pad_prefix: U8  # asset_prefix(TAG_PADDING, asset) || padding key
     _rows: list[U8]  # level l: (m, 97) uint8 sibling pairs, see the module docstring
     _nodes: list[Records]  # the same memory as (m, 2) V48 records: node i at [i >> 1, i & 1]
+    _stale: tuple[int, I64] | None  # (level, nodes) whose ancestors a partial apply left
 
     @classmethod
     def build(
@@ -163,6 +165,7 @@ class SumTree:
         tree._height = height
         tree._leaf_prefix = np.frombuffer(leaf_prefix, np.uint8)
         tree._pad_prefix = np.frombuffer(pad_prefix + padding_key, np.uint8)
+        tree._stale = None
         levels = []
         for level in range(height + 1):
             rows = np.zeros(
@@ -185,10 +188,17 @@ class SumTree:
         set_amounts: npt.ArrayLike,
         clear_slots: npt.ArrayLike | None = None,
         undo: list[Undo] | None = None,
+        upto: int | None = None,
     ) -> int:
         """Apply one batch: set user leaves (insert or update) at ``set_slots`` and
         turn ``clear_slots`` back into padding. Each dirty node is rehashed once.
         With ``undo``, append to it what the batch overwrites (see ``Undo``).
+
+        With ``upto``, rehash levels ``1 .. upto`` only (or up to the level a
+        partial apply before stopped at, if higher): the nodes above stay as
+        they were, root and total included, until an apply without ``upto``
+        rehashes them once for every partial apply since. Batches that share
+        upper nodes (as an epoch's batches do) hash them once, not per batch.
 
         Returns:
             The number of hashes computed (dirty leaves plus dirty internal nodes).
@@ -204,28 +214,39 @@ class SumTree:
         dirty = np.sort(np.concatenate([slots, clears]))
         if np.any(dirty[1:] == dirty[:-1]):
             raise TreeError(_duplicate_message(slots, clears, "in one batch"))
+        stale_level, stale = self._stale or (-1, _EMPTY_SLOTS)
+        top = h if upto is None else min(h, max(upto, stale_level))
         levels = [dirty]  # the dirty nodes of every level, sorted and distinct
-        for _ in range(h):
-            parents = levels[-1] >> 1  # sorted, so duplicates are adjacent
+        for level in range(top):
+            nodes = levels[-1] if level != stale_level else np.union1d(levels[-1], stale)
+            parents = nodes >> 1  # sorted, so duplicates are adjacent
             keep = np.empty(len(parents), bool)
             keep[:1] = True
             np.not_equal(parents[1:], parents[:-1], out=keep[1:])
             levels.append(parents[keep])
         if undo is not None:
-            undo.append(
-                Undo(
-                    tuple(
-                        (nodes, self._nodes[level][nodes >> 1, nodes & 1].copy())
-                        for level, nodes in enumerate(levels)
-                    )
-                )
-            )
+            kept = [
+                (nodes, self._nodes[level][nodes >> 1, nodes & 1].copy())
+                for level, nodes in enumerate(levels)
+            ]
+            kept += [(_EMPTY_SLOTS, _EMPTY_RECORDS)] * (h - top)
+            undo.append(Undo(tuple(kept)))
         self._put_leaves(slots, commitments, amounts)
         self._put_padding(clears)
-        for level in range(h):
+        for level in range(top):
             if len(levels[level + 1]):
                 self._rehash(level, levels[level + 1])
+        if top == h:
+            self._stale = None
+        else:  # with the nodes a partial apply before left there, if any
+            nodes = levels[top] if stale_level != top else np.union1d(levels[top], stale)
+            self._stale = (top, nodes)
         return sum(len(nodes) for nodes in levels)
+
+    @property
+    def stale(self) -> bool:
+        """True while a partial apply's upper levels wait (``apply``'s ``upto``)."""
+        return self._stale is not None
 
     # Storage
 
@@ -237,12 +258,21 @@ class SumTree:
             for r in rows
         ]
 
-    def __getstate__(self) -> tuple[str, int, U8, U8, list[U8]]:
+    def __getstate__(self) -> tuple[str, int, U8, U8, list[U8], tuple[int, I64] | None]:
         """Pickle and deepcopy the levels only: the record views are remade over them."""
-        return self._asset, self._height, self._leaf_prefix, self._pad_prefix, self._rows
+        return (
+            self._asset,
+            self._height,
+            self._leaf_prefix,
+            self._pad_prefix,
+            self._rows,
+            self._stale,
+        )
 
-    def __setstate__(self, state: tuple[str, int, U8, U8, list[U8]]) -> None:
-        self._asset, self._height, self._leaf_prefix, self._pad_prefix, rows = state
+    def __setstate__(
+        self, state: tuple[str, int, U8, U8, list[U8], tuple[int, I64] | None]
+    ) -> None:
+        self._asset, self._height, self._leaf_prefix, self._pad_prefix, rows, self._stale = state
         self._attach(rows)
 
     # Writing leaves and rehashing levels

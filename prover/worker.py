@@ -6,8 +6,9 @@ the parent sends it commands over a pipe and waits for the answer in a thread
 (``recv`` releases the GIL). Commands are served one at a time, in order.
 
 Rows of the open epoch are staged as they are acknowledged; once enough wait
-and the pipe is idle, the child hashes them in (``Ledger.flush``), so that an
-epoch's close hashes only the rest. Proofs still show the last closed epoch.
+and the pipe is idle, the child hashes them into the trees' lower levels
+(``Ledger.flush``), so that an epoch's close hashes only the rest. Proofs
+still show the last closed epoch.
 """
 
 from __future__ import annotations

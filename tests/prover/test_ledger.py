@@ -232,3 +232,29 @@ def test_flushing_early_gives_the_same_epoch(holders: int) -> None:
     assert eager.close_epoch() == lazy.close_epoch()
     assert balances_of(eager) == balances_of(lazy)
     check_all_proofs(eager)
+
+
+def test_an_epoch_flushed_in_part_closes_as_one_batch() -> None:
+    """From the second epoch on, a flush hashes the lower levels only; the
+    close finishes every tree, also one with nothing staged since its flush,
+    and the epoch is the one a single batch gives."""
+    start = [(f"h{i}", "BTC", 1) for i in range(40)]
+    eager, lazy = (
+        Ledger.build(PERIOD, ["BTC", "ETH"], start),
+        Ledger.build(PERIOD, ["BTC", "ETH"], start),
+    )
+    partial = []
+    for epoch in range(3):
+        for i in range(30):
+            for ledger in (eager, lazy):
+                ledger.stage(f"h{(7 * i + epoch) % 40}", "BTC", 100 * epoch + i + 1)
+                if i < 10:  # ETH only before the first flush
+                    ledger.stage(f"e{i}", "ETH", epoch + i + 1)
+            if i % 10 == 9:
+                eager.flush()
+                partial.append(eager.books["BTC"].tree.stale)
+        assert eager.close_epoch() == lazy.close_epoch()
+        assert not any(book.tree.stale for book in eager.books.values())
+        assert balances_of(eager) == balances_of(lazy)
+        check_all_proofs(eager)
+    assert partial == [False] * 3 + [True] * 6  # the first epoch's count is unknown

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import prover.tree
-from prover.tree import SumTree, TreeError
+from prover.tree import SumTree, TreeError, Undo
 from verifier.hashing import MAX_BALANCE, leaf_hash, node_hash, padding_hash
 
 ASSET = "BTC"
@@ -188,6 +188,38 @@ def test_batches_equal_a_fresh_build(case: tuple[int, Leaves, list[Batch]], size
     assert tree.amounts().tolist() == fresh.amounts().tolist()
     for slot in range(tree.capacity):
         assert tree.leaf(slot) == fresh.leaf(slot)
+
+
+@given(histories(), chunks, st.data())
+@settings(max_examples=120, deadline=None)
+def test_partial_batches_then_a_full_one_equal_a_fresh_build(
+    case: tuple[int, Leaves, list[Batch]], size: int, data: st.DataObject
+) -> None:
+    """Batches applied ``upto`` some level keep the root, and the paths read
+    through their undo records, as before them; the full batch that follows
+    makes the tree what a fresh build of the end state is."""
+    height, leaves, batches = case
+    state = dict(leaves)
+    with chunk(size):
+        tree = build(height, leaves)
+        before = build(height, leaves)
+        undo: list[Undo] = []
+        for i, (sets, clears) in enumerate(batches):
+            upto = None if i == len(batches) - 1 else data.draw(st.integers(0, height - 1))
+            tree.apply(*arrays(sets), np.array(clears, np.int64), undo, upto)
+            state.update(sets)
+            for slot in clears:
+                del state[slot]
+            if upto is not None:
+                assert (tree.root, tree.total) == (before.root, before.total)
+            for slot in range(tree.capacity):
+                assert tree.path(slot, undo) == before.path(slot)
+                assert tree.leaf(slot, undo) == before.leaf(slot)
+    assert not tree.stale
+    fresh = build(height, state)
+    assert (tree.root, tree.total) == (fresh.root, fresh.total)
+    for slot in range(tree.capacity):
+        assert (tree.leaf(slot), tree.path(slot)) == (fresh.leaf(slot), fresh.path(slot))
 
 
 # Examples
