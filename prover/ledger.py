@@ -189,14 +189,7 @@ class Ledger:
             rebuilt |= not self._apply(asset, changes, undo, may_rebuild=True)
         for asset, book in self.books.items():  # flushed, with nothing staged since
             if book.tree.stale:
-                none = np.zeros(0, np.int64)
-                book.tree.apply(
-                    none,
-                    self.commitments[none],
-                    none.astype(np.uint64),
-                    None,
-                    undo.trees.setdefault(asset, []),
-                )
+                book.tree.finish(undo.trees.setdefault(asset, []))
         self.last_epoch_rows, self.epoch_rows = self.epoch_rows, {}
         self.open = _EpochUndo()
         self.epochs += 1

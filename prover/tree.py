@@ -248,6 +248,11 @@ class SumTree:
         """True while a partial apply's upper levels wait (``apply``'s ``upto``)."""
         return self._stale is not None
 
+    def finish(self, undo: list[Undo] | None = None) -> int:
+        """Rehash what partial applies left: ``apply`` of an empty batch."""
+        none = np.zeros(0, np.uint64)
+        return self.apply(_EMPTY_SLOTS, np.zeros((0, DIGEST_SIZE), np.uint8), none, None, undo)
+
     # Storage
 
     def _attach(self, rows: list[U8]) -> None:
