@@ -42,7 +42,7 @@ __all__ = ["Applied", "TreeWorker"]
 Row = tuple[str, str, int]  # user, asset, amount
 # staged rows cross the pipe as msgpack: pickling them held the GIL 6 times as long
 _staged_rows = msgspec.msgpack.Decoder(list[Row])
-EAGER_ROWS = 15_000  # staged rows the worker hashes ahead of the epoch's close, when idle
+EAGER_ROWS = 5_000  # staged rows the worker hashes ahead of the epoch's close, when idle
 
 
 @dataclass(frozen=True, slots=True)

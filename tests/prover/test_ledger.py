@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prover.errors import ProverError
-from prover.ledger import MIN_HEIGHT, Ledger, height_for
+from prover.ledger import CLOSE_NODES, MIN_HEIGHT, Ledger, _flush_levels, height_for
 from prover.periods import SaltPeriod
 from verifier.hashing import commitment, leaf_hash
 from verifier.sumtree import verify_path
@@ -232,6 +232,22 @@ def test_flushing_early_gives_the_same_epoch(holders: int) -> None:
     assert eager.close_epoch() == lazy.close_epoch()
     assert balances_of(eager) == balances_of(lazy)
     check_all_proofs(eager)
+
+
+@pytest.mark.parametrize(
+    ("height", "epoch_rows", "upto"),
+    [
+        (20, 0, None),  # no epoch counted yet: every level
+        (20, 1_000, 9),  # level 9 has 2,048 nodes, twice the rows
+        (20, 100_000, 5),  # level 5 has CLOSE_NODES: the close hashes levels 6..20
+        (20, 10**9, 5),
+        (10, 100, 2),
+        (10, 1_000, 0),  # a small tree: nothing above the leaves before the close
+    ],
+)
+def test_a_flush_hashes_the_wide_levels(height: int, epoch_rows: int, upto: int | None) -> None:
+    assert CLOSE_NODES == 2**15
+    assert _flush_levels(height, epoch_rows) == upto
 
 
 def test_an_epoch_flushed_in_part_closes_as_one_batch() -> None:
