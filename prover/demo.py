@@ -40,6 +40,7 @@ TYPICAL = {"BTC": 5 * 10**6, "ETH": 2 * 10**8, "USDT": 10**9, "SOL": 3 * 10**9}
 STALE_FROM, STALE_TO = 20.0, 45.0  # seconds into the demo: ETH hot wallet silent
 
 
+STOP_SECONDS = 30  # Ctrl-C: how long each part may take to stop before it is killed
 _relays: set[asyncio.Task[None]] = set()  # keep references until the demo ends
 
 
@@ -170,7 +171,23 @@ async def check_proofs(
             "--key",
             key,
         )
-        await proc.wait()
+        try:
+            await proc.wait()
+        finally:  # cancelled at a stop that found it still running
+            if proc.returncode is None:
+                proc.kill()
+
+
+async def stop_child(name: str, proc: asyncio.subprocess.Process, sig: signal.Signals) -> int:
+    """Send ``sig``, then kill ``proc`` if it has not exited within ``STOP_SECONDS``."""
+    if proc.returncode is None:
+        proc.send_signal(sig)
+    try:
+        return await asyncio.wait_for(proc.wait(), STOP_SECONDS)
+    except TimeoutError:
+        print(f"[demo] the {name} did not stop within {STOP_SECONDS} s: killed", flush=True)
+        proc.kill()
+        return await proc.wait()
 
 
 async def wait_healthy(port: int, prover: asyncio.subprocess.Process) -> None:
@@ -233,10 +250,12 @@ async def demo(args: argparse.Namespace) -> int:
     ]
     await stop.wait()
     print("[demo] stopping", flush=True)
-    await asyncio.gather(*tasks, return_exceptions=True)
-    auditor.send_signal(signal.SIGINT)
-    prover.send_signal(signal.SIGTERM)
-    codes = await asyncio.gather(auditor.wait(), prover.wait())
+    _, late = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+    for task in late:  # a reply that never came: stop waiting for it
+        task.cancel()
+    codes = await asyncio.gather(
+        stop_child("auditor", auditor, signal.SIGINT), stop_child("prover", prover, signal.SIGTERM)
+    )
     await asyncio.sleep(0.1)  # let the relays print the last lines
     alarms = " (it raised alarms, as it should have)" if codes[0] == 1 else ""
     print(f"[demo] auditor exited {codes[0]}{alarms}; prover exited {codes[1]}", flush=True)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 
+from prover import demo
 from prover.cli import main
 from prover.config import load_config
 from prover.demo import main as demo_main
@@ -76,6 +80,31 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "[auditor] epoch" in out and "verified" in out
     assert "[user] VALID" in out
     assert "[prover] stopped at epoch" in out
+
+
+def test_the_demo_kills_a_part_that_does_not_stop(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(demo, "STOP_SECONDS", 0.5)
+    deaf = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        "print('up', flush=True); time.sleep(60)"
+    )
+
+    async def run() -> tuple[int, int]:
+        stubborn = await asyncio.create_subprocess_exec(sys.executable, "-c", deaf, stdout=-1)
+        polite = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import time; time.sleep(60)"
+        )
+        assert stubborn.stdout is not None and await stubborn.stdout.readline() == b"up\n"
+        return await asyncio.gather(
+            demo.stop_child("prover", stubborn, signal.SIGTERM),
+            demo.stop_child("auditor", polite, signal.SIGTERM),
+        )
+
+    assert tuple(asyncio.run(run())) == (-signal.SIGKILL, -signal.SIGTERM)
+    out = capsys.readouterr().out
+    assert "the prover did not stop within 0.5 s: killed" in out and "auditor" not in out
 
 
 def test_rotate_key_keeps_the_old_key_co_signing(
