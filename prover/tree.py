@@ -95,6 +95,23 @@ def _add_sums(rows: U8) -> tuple[U64, U64]:
     return hi, lo
 
 
+def _distinct(nodes: I64) -> I64:
+    """Sorted ``nodes`` without repeats."""
+    keep = np.empty(len(nodes), bool)
+    keep[:1] = True
+    np.not_equal(nodes[1:], nodes[:-1], out=keep[1:])
+    return nodes[keep]
+
+
+def _union(a: I64, b: I64) -> I64:
+    """The union of two sorted arrays of distinct nodes, sorted. A stable sort
+    merges the two runs in linear time (timsort); ``np.union1d`` sorted from
+    scratch, 20 times as long for 35,000 nodes."""
+    both = np.concatenate([a, b])
+    both.sort(kind="stable")
+    return _distinct(both)
+
+
 def _records(digests: U8, hi: U64 | int, lo: U64 | int) -> Records:
     """``k`` records (``V48``) from digests and 128-bit sums split in halves."""
     out = np.empty((len(digests), RECORD), np.uint8)
@@ -218,12 +235,8 @@ class SumTree:
         top = h if upto is None else min(h, max(upto, stale_level))
         levels = [dirty]  # the dirty nodes of every level, sorted and distinct
         for level in range(top):
-            nodes = levels[-1] if level != stale_level else np.union1d(levels[-1], stale)
-            parents = nodes >> 1  # sorted, so duplicates are adjacent
-            keep = np.empty(len(parents), bool)
-            keep[:1] = True
-            np.not_equal(parents[1:], parents[:-1], out=keep[1:])
-            levels.append(parents[keep])
+            nodes = levels[-1] if level != stale_level else _union(levels[-1], stale)
+            levels.append(_distinct(nodes >> 1))
         if undo is not None:
             kept = [
                 (nodes, self._nodes[level][nodes >> 1, nodes & 1].copy())
@@ -239,7 +252,7 @@ class SumTree:
         if top == h:
             self._stale = None
         else:  # with the nodes a partial apply before left there, if any
-            nodes = levels[top] if stale_level != top else np.union1d(levels[top], stale)
+            nodes = levels[top] if stale_level != top else _union(levels[top], stale)
             self._stale = (top, nodes)
         return sum(len(nodes) for nodes in levels)
 
