@@ -281,6 +281,7 @@ class Engine:
                 with _quick_gil_handoffs():
                     return await self._close_epoch()
             finally:
+                self._worker.release()
                 self._no_close.set()
 
     async def _close_epoch(self) -> EpochMessage:

@@ -8,7 +8,9 @@ the parent sends it commands over a pipe and waits for the answer in a thread
 Rows of the open epoch are staged as they are acknowledged; once enough wait
 and the pipe is idle, the child hashes them into the trees' lower levels
 (``Ledger.flush``), so that an epoch's close hashes only the rest. Proofs
-still show the last closed epoch.
+still show the last closed epoch. From an apply until the parent's
+``release``, the child hashes nothing ahead: the parent is then committing
+the epoch and handing it to subscribers, whose latency counts.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def _serve(conn: Connection) -> None:
     assets: list[str] = []
     rows: list[Row] = []
     failed = ""  # a "stage" that failed, reported by the next "apply"
+    held = False  # from an "apply" to the next "release": no hashing ahead
     while True:
         try:
             command, args = conn.recv()
@@ -119,8 +122,12 @@ def _serve(conn: Connection) -> None:
             elif command == "stage":  # rows of the coming epoch, ahead of "apply"; no answer
                 assert ledger is not None
                 ledger.stage_rows(_staged_rows.decode(args))
-                if ledger.staged >= EAGER_ROWS and not conn.poll():
+                if not held and ledger.staged >= EAGER_ROWS and not conn.poll():
                     ledger.flush()  # hash now what the close would otherwise wait for
+            elif command == "release":  # the parent has handed out the epoch; no answer
+                held = False
+                if ledger is not None and ledger.staged >= EAGER_ROWS and not conn.poll():
+                    ledger.flush()
             elif command == "apply":
                 assert ledger is not None
                 if failed:
@@ -133,6 +140,7 @@ def _serve(conn: Connection) -> None:
                 ledger.stage_rows(updates)
                 roots = tuple(ledger.close_epoch())
                 conn.send(("ok", Applied(roots, time.perf_counter() - start)))
+                held = True  # the parent commits and hands out the epoch: leave it the cores
             elif command == "proof":
                 assert ledger is not None
                 conn.send(("ok", ledger.proof(*args)))
@@ -216,6 +224,12 @@ class TreeWorker:
         return the new roots."""
         result: Applied = await self._call("apply", (list(assets), list(rows)))
         return result
+
+    def release(self) -> None:
+        """Let the child hash ahead again: after an ``apply`` it waits for this,
+        so that the epoch's commit and fan-out have the cores to themselves."""
+        with contextlib.suppress(RuntimeError):  # closed already: nothing to release
+            self._io.submit(lambda: self._conn.send(("release", None)))
 
     async def proof(self, user: str, age: int = 0) -> UserProof | None:
         """``user``'s proof as of the last apply, or ``age`` applies before it.

@@ -3,7 +3,9 @@
 import asyncio
 import multiprocessing
 import signal
+from typing import Any
 
+import msgspec
 import pytest
 
 from prover.ledger import Ledger
@@ -82,6 +84,50 @@ def test_rows_hashed_ahead_of_the_close_change_no_proof_until_it() -> None:
             await worker.close()
 
     asyncio.run(run())
+
+
+class _Script:
+    """A parent that sends ``commands`` in order and never has more waiting (poll)."""
+
+    def __init__(self, commands: list[tuple[str, Any]]) -> None:
+        self.commands = commands
+        self.answers: list[tuple[str, Any]] = []
+
+    def recv(self) -> tuple[str, Any]:
+        return self.commands.pop(0)
+
+    def send(self, answer: tuple[str, Any]) -> None:
+        self.answers.append(answer)
+
+    def poll(self) -> bool:
+        return False
+
+
+def test_the_worker_hashes_nothing_ahead_from_an_apply_to_its_release(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    flushed: list[int] = []
+    monkeypatch.setattr(Ledger, "flush", lambda ledger: flushed.append(ledger.staged))
+    many = msgspec.msgpack.encode([(f"u{i}", "BTC", 1) for i in range(EAGER_ROWS)])
+    script = _Script(
+        [
+            ("begin", (PERIOD, ["BTC"], 0, 0)),
+            ("build", None),
+            ("stage", many),  # idle: hashed ahead at once
+            ("apply", ([], [])),
+            ("stage", many),  # the parent is handing out the epoch: held
+            ("stage", many),
+            ("release", None),  # now
+            ("stop", None),
+        ]
+    )
+    ignore_ctrl_c = signal.getsignal(signal.SIGINT)
+    try:
+        _serve(script)  # type: ignore[arg-type]
+    finally:
+        signal.signal(signal.SIGINT, ignore_ctrl_c)
+    assert [status for status, _ in script.answers] == ["ok"] * 4
+    assert flushed == [EAGER_ROWS, EAGER_ROWS]  # the apply took the first; release the rest
 
 
 def test_worker_ends_quietly_when_its_parent_is_gone() -> None:
