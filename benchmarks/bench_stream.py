@@ -129,6 +129,18 @@ async def produce(
     return acked
 
 
+async def produce_all(
+    args: argparse.Namespace, url: str, token: str, source: str, rate: float
+) -> int:
+    """Offer ``rate`` updates/s for ``args.seconds`` from ``args.producers``
+    producers; return the number acked."""
+    producers = [
+        produce(url, token, f"{source}-{p}", rate / args.producers, args.seconds, args.accounts)
+        for p in range(args.producers)
+    ]
+    return sum(await asyncio.gather(*producers))
+
+
 def published_at(http: str) -> tuple[int, float]:
     """The last epoch's number and when it was handed to subscribers (/metrics)."""
     with urllib.request.urlopen(f"{http}/metrics", timeout=5) as reply:
@@ -306,19 +318,8 @@ async def run(
     print(" ".join(f"{h:>10}" for h in header))
     for rate in [float(r) for r in args.rates.split(",")]:
         async with audited(url, key, origin) as audit_done:
-            producers = [
-                produce(
-                    url,
-                    token,
-                    f"bench-{int(rate)}-{p}",
-                    rate / args.producers,
-                    args.seconds,
-                    args.accounts,
-                )
-                for p in range(args.producers)
-            ]
             cpu = cpu_seconds(daemon)
-            acked = sum(await asyncio.gather(*producers))
+            acked = await produce_all(args, url, token, f"bench-{int(rate)}", rate)
             cores = (cpu_seconds(daemon) - cpu) / args.seconds
             await asyncio.sleep(2)
             epochs, published = await audit_done()
@@ -353,7 +354,7 @@ async def fan_out(args: argparse.Namespace, url: str, token: str, key: object, o
             raise SystemExit("the subscribers did not connect")
     rate = max(float(r) for r in args.rates.split(","))
     async with audited(url, key, origin) as audit_done:
-        await produce(url, token, "fanout", rate, args.seconds, args.accounts)
+        await produce_all(args, url, token, "fanout", rate)
         await asyncio.sleep(2)
         epochs, published = await audit_done()
     stop.set()
