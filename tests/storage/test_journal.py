@@ -24,7 +24,7 @@ from sqlalchemy import text
 
 from storage.errors import InvalidInputError
 from storage.schema import decode_amount
-from storage.store import _FOLD_LOCK, MIGRATIONS, Store, _sorted_in_ranges
+from storage.store import _FOLD_LOCK, JOURNAL_ROWS_PER_READ, MIGRATIONS, Store, _sorted_in_ranges
 from tests.databases import POSTGRES_URL, SKIP_PG, postgres_schema_url
 from tests.storage.conftest import B, balances
 
@@ -93,15 +93,31 @@ def test_a_fold_can_run_its_writes_elsewhere(store: Store) -> None:
 
 
 def test_a_fold_pauses_between_journal_rows(store: Store) -> None:
-    """``pause`` comes before each journal row is parsed (and between key ranges
-    of a large sort), before anything is written: a caller blocking in it holds
-    the fold there."""
+    """``pause`` comes before each read of journal rows and before each row
+    is parsed (and between key ranges of a large sort), before anything is
+    written: a caller blocking in it holds the fold there."""
     for b in range(4):
         store.apply_balances("core", [B(b * 10 + i + 1, f"u{b}{i}", "BTC", i) for i in range(5)])
     calls: list[int] = []
     assert store.fold(2, pause=lambda: calls.append(len(table(store)))) == 20
-    assert calls == [0, 0, 0, 0]
+    assert calls == [0] * (1 + 4)  # one read of up to JOURNAL_ROWS_PER_READ rows, 4 rows
     assert table(store) == {(f"u{b}{i}", "BTC"): i for b in range(4) for i in range(5)}
+
+
+def test_a_fold_reads_the_journal_a_few_rows_at_a_time(store: Store) -> None:
+    """Rows read in separate queries still fold in order: the last line of a
+    (user, asset) wins across reads."""
+    batches = 3 * JOURNAL_ROWS_PER_READ + 1
+    for b in range(batches):
+        store.apply_balances(
+            "core", [B(2 * b + 1, f"u{b % 5}", "BTC", b), B(2 * b + 2, "all", "BTC", b)]
+        )
+    calls: list[None] = []
+    assert store.fold(3, pause=lambda: calls.append(None)) == 2 * batches
+    assert len(calls) == 4 + batches  # before each of 4 reads and each row
+    last = {f"u{b % 5}": b for b in range(batches)}
+    assert table(store) == {(u, "BTC"): b for u, b in last.items()} | {("all", "BTC"): batches - 1}
+    assert store.journal_backlog() == 0
 
 
 def test_downgrading_refuses_to_drop_unfolded_updates(store: Store) -> None:
