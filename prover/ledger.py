@@ -30,8 +30,6 @@ __all__ = ["MIN_HEIGHT", "AssetRoot", "Ledger", "UserProof", "height_for"]
 
 MIN_HEIGHT = 4
 NO_SLOT = -1
-
-
 CLOSE_NODES = 1 << 15  # a flush hashes every level this wide or wider (see _flush_levels)
 
 

@@ -353,7 +353,8 @@ class Store:
         """Move the journal into the ``balances`` table; return how many journaled
         updates (journal lines) it folded.
 
-        Reads the journal up to its last row J in one transaction, keeps the
+        Reads the journal up to its last row J (the rows' ids in one
+        transaction, then their bodies a few rows per read), keeps the
         latest amount of each (user, asset) (the highest id wins), upserts them
         sorted by (user, asset), ``chunk_size`` rows per write transaction, then
         deletes the journal rows up to J, about ``chunk_size`` lines' worth per
@@ -407,7 +408,8 @@ class Store:
         """The bodies of journal rows ``ids`` (ascending), read a few at a time,
         with ``pause`` between reads: 3,000,000 lines' bodies read at once held
         the GIL for 0.5 s on PostgreSQL (its driver decoding them). The rows
-        stay as they are meanwhile: only a fold deletes them, one at a time."""
+        stay as they are meanwhile: only a fold deletes them, and one fold
+        runs at a time."""
         for start in range(0, len(ids), JOURNAL_ROWS_PER_READ):
             first, last = ids[start], ids[min(start + JOURNAL_ROWS_PER_READ, len(ids)) - 1]
             pause()
