@@ -147,8 +147,8 @@ class Ledger:
 
     def stage_rows(self, rows: Iterable[tuple[str, str, int]]) -> None:
         """``stage`` each (user, asset, amount) of ``rows`` in order, or none of
-        them if one names an unknown asset. The hot path of ingest: two dict
-        operations per row, no call."""
+        them if one names an unknown asset. The hot path of ingest: per row,
+        the user's index and one store, no Python call."""
         rows = list(rows)
         assets = {asset for _, asset, _ in rows}
         if unknown := assets.difference(self.books):

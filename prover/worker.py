@@ -119,15 +119,14 @@ def _serve(conn: Connection) -> None:
                 ledger.retain, ledger.retain_bytes = retain, retain_bytes
                 rows = []
                 conn.send(("ok", tuple(ledger.roots())))
-            elif command == "stage":  # rows of the coming epoch, ahead of "apply"; no answer
+            elif command in ("stage", "release"):  # no answer to either
                 assert ledger is not None
-                ledger.stage_rows(_staged_rows.decode(args))
+                if command == "stage":  # rows of the coming epoch, ahead of "apply"
+                    ledger.stage_rows(_staged_rows.decode(args))
+                else:  # the parent has handed out the epoch
+                    held = False
                 if not held and ledger.staged >= EAGER_ROWS and not conn.poll():
                     ledger.flush()  # hash now what the close would otherwise wait for
-            elif command == "release":  # the parent has handed out the epoch; no answer
-                held = False
-                if ledger is not None and ledger.staged >= EAGER_ROWS and not conn.poll():
-                    ledger.flush()
             elif command == "apply":
                 assert ledger is not None
                 if failed:
@@ -156,7 +155,7 @@ def _serve(conn: Connection) -> None:
             else:
                 conn.send(("error", f"unknown command {command!r}"))
         except Exception as exc:  # report to the parent, keep serving
-            if command == "stage":  # answered at the next "apply", which fails
+            if command in ("stage", "release"):  # answered at the next "apply", which fails
                 failed = failed or f"{type(exc).__name__}: {exc}"
             elif isinstance(exc, NotRetained):
                 conn.send(("not-retained", str(exc)))

@@ -130,6 +130,37 @@ def test_the_worker_hashes_nothing_ahead_from_an_apply_to_its_release(
     assert flushed == [EAGER_ROWS, EAGER_ROWS]  # the apply took the first; release the rest
 
 
+def test_a_failed_flush_after_release_is_told_at_the_next_apply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``release`` has no answer, so a failure in it must not send one (the
+    parent would take it for the next command's): the next apply fails."""
+
+    def broken(ledger: Ledger) -> None:
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(Ledger, "flush", broken)
+    many = msgspec.msgpack.encode([(f"u{i}", "BTC", 1) for i in range(EAGER_ROWS)])
+    script = _Script(
+        [
+            ("begin", (PERIOD, ["BTC"], 0, 0)),
+            ("build", None),
+            ("apply", ([], [])),
+            ("stage", many),  # held: not flushed
+            ("release", None),  # flushes, and fails
+            ("apply", ([], [])),
+            ("stop", None),
+        ]
+    )
+    ignore_ctrl_c = signal.getsignal(signal.SIGINT)
+    try:
+        _serve(script)  # type: ignore[arg-type]
+    finally:
+        signal.signal(signal.SIGINT, ignore_ctrl_c)
+    assert [status for status, _ in script.answers] == ["ok", "ok", "ok", "error", "ok"]
+    assert "MemoryError: no room" in script.answers[3][1]
+
+
 def test_worker_ends_quietly_when_its_parent_is_gone() -> None:
     """kill -9 of the daemon closes the pipe: the worker returns, no traceback."""
     ours, theirs = multiprocessing.Pipe()
