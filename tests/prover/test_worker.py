@@ -102,6 +102,14 @@ class _Script:
     def poll(self) -> bool:
         return False
 
+    def serve(self) -> None:
+        """Run the child's loop on this script, in this process."""
+        ctrl_c = signal.getsignal(signal.SIGINT)  # _serve ignores it, as a worker should
+        try:
+            _serve(self)  # type: ignore[arg-type]
+        finally:
+            signal.signal(signal.SIGINT, ctrl_c)
+
 
 def test_the_worker_hashes_nothing_ahead_from_an_apply_to_its_release(
     monkeypatch: pytest.MonkeyPatch,
@@ -121,11 +129,7 @@ def test_the_worker_hashes_nothing_ahead_from_an_apply_to_its_release(
             ("stop", None),
         ]
     )
-    ignore_ctrl_c = signal.getsignal(signal.SIGINT)
-    try:
-        _serve(script)  # type: ignore[arg-type]
-    finally:
-        signal.signal(signal.SIGINT, ignore_ctrl_c)
+    script.serve()
     assert [status for status, _ in script.answers] == ["ok"] * 4
     assert flushed == [EAGER_ROWS, EAGER_ROWS]  # the apply took the first; release the rest
 
@@ -152,11 +156,7 @@ def test_a_failed_flush_after_release_is_told_at_the_next_apply(
             ("stop", None),
         ]
     )
-    ignore_ctrl_c = signal.getsignal(signal.SIGINT)
-    try:
-        _serve(script)  # type: ignore[arg-type]
-    finally:
-        signal.signal(signal.SIGINT, ignore_ctrl_c)
+    script.serve()
     assert [status for status, _ in script.answers] == ["ok", "ok", "ok", "error", "ok"]
     assert "MemoryError: no room" in script.answers[3][1]
 
