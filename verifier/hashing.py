@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from collections.abc import Sequence
 
 from verifier.errors import FormatError
@@ -43,6 +44,7 @@ __all__ = [
     "leaf_hash",
     "node_hash",
     "padding_hash",
+    "printable_id",
     "subtree_cap",
 ]
 
@@ -60,7 +62,10 @@ MAX_BALANCE = 2**64 - 1
 MAX_HEIGHT = 32
 
 _ASSET_ID = re.compile(r"[A-Z0-9][A-Z0-9._-]{0,15}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 control characters
+# General categories a user id may not contain (PROTOCOL §2.2): controls,
+# format characters (zero-width, bidi overrides, BOM), line and paragraph
+# separators, surrogates.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 _PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
 
 
@@ -88,25 +93,39 @@ def check_asset_id(asset: str) -> bytes:
 
 
 def check_user_id(user_id: str) -> bytes:
-    """Validate a user id (1-255 bytes of UTF-8, no control characters); return its bytes."""
+    """Validate a user id (PROTOCOL §2.2); return its UTF-8 bytes.
+
+    A user id is 1-255 bytes of UTF-8 in Unicode normalization form NFC, with
+    no character of category Cc, Cf, Zl, Zp or Cs and no white space at either
+    end: two ids that differ in bytes cannot print the same by way of an
+    invisible character, a reordering or a different composition.
+    """
     if not isinstance(user_id, str):
         raise FormatError("user id must be a string")
-    if _CONTROL.search(user_id):
-        raise FormatError(f"user id {user_id!r} contains a control character")
     try:
         raw = user_id.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise FormatError(f"user id {user_id!r} is not valid UTF-8") from exc
+    except UnicodeEncodeError:
+        raise FormatError(f'user id "{printable_id(user_id)}" is not valid UTF-8') from None
     if not 1 <= len(raw) <= 255:
         raise FormatError(f"user id must be 1-255 bytes of UTF-8, got {len(raw)}")
+    for char in user_id:
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise FormatError(
+                f'user id "{printable_id(user_id)}" contains U+{ord(char):04X},'
+                f" a {unicodedata.category(char)} character"
+            )
+    if user_id != user_id.strip():
+        raise FormatError(f'user id "{printable_id(user_id)}" begins or ends with white space')
+    if not unicodedata.is_normalized("NFC", user_id):
+        raise FormatError(f'user id "{printable_id(user_id)}" is not in Unicode form NFC')
     return raw
 
 
 def find_invalid_user_id(user_ids: Sequence[str]) -> int | None:
     """The index of the first of ``user_ids`` that ``check_user_id`` refuses
     (a string or not), or None. Printable ASCII ids of 1-255 characters, as
-    many bytes, are checked all at once, about six times faster than one by
-    one."""
+    many bytes, none beginning or ending with a space, are checked all at
+    once, about six times faster than one by one."""
     try:
         joined = "".join(user_ids)  # TypeError: one is not a string
         if not user_ids or (
@@ -114,6 +133,7 @@ def find_invalid_user_id(user_ids: Sequence[str]) -> int | None:
             and not joined.encode().translate(None, _PRINTABLE_ASCII)
             and min(map(len, user_ids)) >= 1
             and max(map(len, user_ids)) <= 255
+            and (" " not in joined or all(u[0] != " " != u[-1] for u in user_ids))
         ):
             return None
     except TypeError:
@@ -124,6 +144,28 @@ def find_invalid_user_id(user_ids: Sequence[str]) -> int | None:
         except FormatError:
             return i
     return None
+
+
+def printable_id(text: str) -> str:
+    """``text`` as a person may safely read it on a terminal: every character
+    that is not printable (controls, format and bidi characters, separators
+    other than the space, unassigned code points), and the backslash, is
+    written as a ``\\x``, ``\\u`` or ``\\U`` escape. Distinct texts print
+    distinctly."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(_escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    if char == "\\":
+        return "\\\\"
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def asset_prefix(tag: int, asset: str) -> bytes:

@@ -118,6 +118,10 @@ def test_refusal_names_the_update() -> None:
         ("bad\x7f", "BTC"),  # DEL
         ("bad\x85", "BTC"),  # C1
         ("\u00e9" * 128, "BTC"),  # 128 characters, 256 bytes of UTF-8
+        ("alice\u200b", "BTC"),  # prints as "alice" (PROTOCOL §2.2)
+        ("\u202ealice", "BTC"),  # reorders what a terminal shows
+        ("e\u0301", "BTC"),  # not NFC
+        ("alice ", "BTC"),  # trailing white space
         ("carol", "btc"),
         ("carol", "B" * 17),
     ],

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from verifier.hashing import (
     leaf_hash,
     node_hash,
     padding_hash,
+    printable_id,
     subtree_cap,
 )
 
@@ -87,6 +89,40 @@ def test_bad_asset_ids(asset: str) -> None:
 def test_bad_user_ids(user: str) -> None:
     with pytest.raises(FormatError):
         check_user_id(user)
+
+
+@pytest.mark.parametrize(
+    ("user", "why"),
+    [
+        ("alice\u200b", "U+200B, a Cf"),  # zero-width space: prints as "alice"
+        ("\u202eecila", "U+202E, a Cf"),  # right-to-left override: prints reversed
+        ("al\u2066ice", "U+2066, a Cf"),  # bidi isolate
+        ("\ufeffalice", "U+FEFF, a Cf"),  # byte order mark
+        ("alice\u2028", "U+2028, a Zl"),  # line separator
+        ("alice\u0085", "U+0085, a Cc"),  # C1 control (next line)
+        ("alice ", "white space"),
+        ("\u3000alice", "white space"),  # ideographic space
+        ("jose\u0301", "NFC"),  # decomposed: prints as the NFC "josé"
+    ],
+)
+def test_user_ids_that_print_like_another_are_refused(user: str, why: str) -> None:
+    with pytest.raises(FormatError, match=re.escape(why)):
+        check_user_id(user)
+    assert find_invalid_user_id(["bob", user]) == 1
+
+
+def test_printable_id_escapes_what_a_terminal_would_hide_or_reorder() -> None:
+    assert printable_id("josé@example.com") == "josé@example.com"
+    assert printable_id("alice\u200b") == "alice\\u200b"
+    assert printable_id("\u202eevil\n") == "\\u202eevil\\x0a"
+    assert printable_id("a\\u200b") == "a\\\\u200b"  # a backslash is escaped: no confusion
+    assert printable_id("\U000e0001") == "\\U000e0001"
+
+
+@given(st.text(max_size=6), st.text(max_size=6))
+def test_printable_id_is_injective_and_printable(a: str, b: str) -> None:
+    assert printable_id(a).isprintable()
+    assert (printable_id(a) == printable_id(b)) == (a == b)
 
 
 def test_user_ids_accept_unicode() -> None:
