@@ -404,6 +404,7 @@ def main() -> None:
             init = ["--database-url", url, *init]
         prover_main(["--data-dir", str(data), *init])
         os.environ["SOLVENCY_MAX_SUBSCRIBERS"] = str(args.subscribers + 10)
+        os.environ["SOLVENCY_MAX_ANONYMOUS_PER_ADDRESS"] = str(args.subscribers + 10)  # one host
         config = load_config(data)
         began = time.monotonic()
         load_accounts(config.url, args.accounts)

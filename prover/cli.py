@@ -5,94 +5,73 @@ Commands (all take ``--data-dir DIR``, default ./prover-data):
     import FILE [--source NAME]        bulk balances from CSV (user,asset,amount) or JSONL
     run [--follow FILE|-]              the daemon; --follow also reads ingest messages as JSON lines
     proof USER [--epoch N] [--out FILE]  fetch a user's proof from the running daemon
-    export-proofs --out DIR            every user's proof, written by the running daemon
+    export-proofs                      every user's proof, written by the running daemon
+                                       into a new directory under export_dir
     rotate-key                         new signing key; the old one co-signs until removed
     status                             the last epoch, from the database
 
 Configuration comes from DIR/config.toml, then SOLVENCY_* environment
 variables, then flags (--database-url, --host, --port).
+
+Exit status: 0 done; 2 usage or configuration (not initialised, secrets
+readable by others, a wrong token, bad input); 3 operational (the daemon or
+the database cannot be reached, a file cannot be read or written).
+Every failure is one line ``error: ...`` on standard error.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
-import logging
 import os
-import secrets
-import signal
+import re
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tqdm import tqdm
 
+from prover.balancefile import read_rows
 from prover.config import CONFIG_FILE, Config, load_config
-from prover.engine import Engine
-from prover.errors import ConfigError, IngestError, KeyFileError, ProverError
+from prover.daemon import run_daemon, setup_logging
+from prover.errors import ConfigError, KeyFileError, ProverError
+from prover.initdir import check_private, initialise, parse_assets, redact_url, require_initialised
 from prover.keys import generate_key, load_key
-from prover.messages import parse_ingest
-from prover.server import start_server
 from prover.tokens import user_token
-from storage.errors import StorageError
+from storage.errors import InvalidInputError, StorageError
 from storage.store import Store
 from verifier.checkpoint import verifier_key_for
 from verifier.cli import format_amount
-from verifier.errors import FormatError
-from verifier.hashing import MAX_BALANCE, check_asset_id, check_user_id
 from verifier.record import EpochRecord
+from verifier.version import VersionAction
 
 __all__ = ["main"]
 
-log = logging.getLogger("solvency.prover")
+EXIT_USAGE = 2  # usage or configuration: the operator must change something
+EXIT_FAILED = 3  # operational: the daemon, the database or a file failed
 IMPORT_BATCH = 10_000
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line: time, level, logger, message and extras."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        doc.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            doc["error"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
-
-
-def _setup_logging(as_json: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if as_json else logging.Formatter("%(message)s"))
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    for noisy in ("websockets", "alembic"):  # per-connection and migration chatter
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _passphrase(config: Config) -> bytes | None:
-    return config.key_passphrase.encode() if config.key_passphrase else None
-
-
 def _config(args: argparse.Namespace) -> Config:
+    """The configuration of an initialised data directory whose secrets only
+    its owner can read (ConfigError otherwise); warnings go to stderr."""
     overrides = {
         "database_url": getattr(args, "database_url", None),
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
     }
-    return load_config(Path(args.data_dir), overrides)
+    data_dir = Path(args.data_dir)
+    require_initialised(data_dir)
+    config = load_config(data_dir, overrides)
+    for warning in check_private(config):
+        print(f"warning: {warning}", file=sys.stderr)
+    return config
 
 
 # init
@@ -100,39 +79,16 @@ def _config(args: argparse.Namespace) -> Config:
 
 def cmd_init(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
-    if (data_dir / CONFIG_FILE).exists():
-        raise ConfigError(f"{data_dir} is already initialised")
-    data_dir.mkdir(parents=True, exist_ok=True)
-    passphrase = os.environ.get(args.passphrase_env, "") if args.passphrase_env else ""
-    assets = []
-    for item in args.assets.split(","):
-        asset, _, decimals = item.partition(":")
-        try:
-            check_asset_id(asset)
-            assets.append((asset, int(decimals)))
-        except (FormatError, ValueError):
-            raise ConfigError(f"--assets: {item!r} is not ASSET:DECIMALS") from None
-    lines = [
-        f"origin = {json.dumps(args.origin)}",
-        f"ingest_token = {json.dumps(secrets.token_urlsafe(24))}",
-        f"proof_secret = {json.dumps(secrets.token_hex(32))}",
-        # kept, so that no later command opens a fresh SQLite file by mistake
-        *([f"database_url = {json.dumps(args.database_url)}"] if args.database_url else []),
-        "",
-        *[f'[[assets]]\nid = "{a}"\ndecimals = {d}\n' for a, d in assets],
-    ]
-    fd = os.open(data_dir / CONFIG_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:  # it holds secrets: owner only
-        f.write("\n".join(lines))
-    config = load_config(data_dir, {"key_passphrase": passphrase or None})
-    key = generate_key(config.key_path, _passphrase(config))
-    vkey = verifier_key_for(config.origin, key.public_key())
-    store = Store.open(config.url)
-    for asset, decimals in config.assets:
-        store.ensure_asset(asset, decimals)
-    store.add_signing_key(f"{vkey.key_id:08x}", vkey.name, vkey.public_key, int(time.time() * 1000))
-    store.close()
-    print(f"initialised {data_dir} ({config.url})")
+    passphrase = ""
+    if args.passphrase_env:
+        if args.passphrase_env not in os.environ:
+            raise ConfigError(f"--passphrase-env: {args.passphrase_env} is not set")
+        passphrase = os.environ[args.passphrase_env]
+    database_url = args.database_url or os.environ.get("SOLVENCY_DATABASE_URL", "")
+    config, vkey = initialise(
+        data_dir, args.origin, parse_assets(args.assets), database_url, passphrase
+    )
+    print(f"initialised {data_dir} ({redact_url(config.url)})")
     print(f"verifier key (give it to users and auditors):\n{vkey}")
     return 0
 
@@ -148,51 +104,39 @@ class _Row:
     amount: int
 
 
-def _read_rows(path: Path) -> Iterator[tuple[int, str, str, int]]:
-    """``(line, user, asset, amount)`` from a CSV or JSONL file, validated."""
-    with open(path, newline="") as f:
-        if path.suffix in (".jsonl", ".ndjson"):
-            source: Iterator[Any] = (json.loads(line) for line in f if line.strip())
-            rows = ((r["user"], r["asset"], r["amount"]) for r in source)
-        else:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header != ["user", "asset", "amount"]:
-                raise ConfigError(f"{path}: the CSV header must be user,asset,amount")
-            rows = ((r[0], r[1], r[2]) for r in reader)
-        for line, (user, asset, amount) in enumerate(rows, start=2):
-            try:
-                check_user_id(user)
-                check_asset_id(asset)
-                value = int(amount) if isinstance(amount, int) or str(amount).isdigit() else -1
-            except (FormatError, ValueError) as exc:
-                raise ConfigError(f"{path}:{line}: {exc}") from None
-            if not 0 <= value <= MAX_BALANCE:
-                raise ConfigError(f"{path}:{line}: amount {amount!r} is not in 0..2**64-1")
-            yield line, user, asset, value
+def _open_input(path: Path) -> TextIO:
+    try:
+        return open(path, encoding="utf-8")
+    except OSError as exc:
+        raise ProverError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     config = _config(args)
     path = Path(args.file)
+    _open_input(path).close()  # before the database is touched
     store = Store.open(config.url)
-    seq = store.source_marks().get(("balances", args.source), -1)
-    total = 0
-    batch: list[_Row] = []
-    with tqdm(unit=" rows", desc=f"importing {path.name}", file=sys.stderr) as bar:
-        for _, user, asset, amount in _read_rows(path):
-            seq += 1
-            batch.append(_Row(seq, user, asset, amount))
-            if len(batch) == IMPORT_BATCH:
+    try:
+        seq = store.source_marks().get(("balances", args.source), -1)
+        total = 0
+        batch: list[_Row] = []
+        assets = {asset for asset, _ in config.assets}
+        bar = tqdm(unit=" rows", desc=f"importing {path.name}", file=sys.stderr, disable=None)
+        with bar:
+            for _, user, asset, amount in read_rows(path, assets):
+                seq += 1
+                batch.append(_Row(seq, user, asset, amount))
+                if len(batch) == IMPORT_BATCH:
+                    store.apply_balances(args.source, batch)
+                    bar.update(len(batch))
+                    total += len(batch)
+                    batch = []
+            if batch:
                 store.apply_balances(args.source, batch)
                 bar.update(len(batch))
                 total += len(batch)
-                batch = []
-        if batch:
-            store.apply_balances(args.source, batch)
-            bar.update(len(batch))
-            total += len(batch)
-    store.close()
+    finally:
+        store.close()
     print(f"imported {total:,} balances as source {args.source!r} (last seq {seq})")
     return 0
 
@@ -200,62 +144,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 # run
 
 
-async def _follow(engine: Engine, path: str) -> None:
-    """Feed ingest messages from a file or standard input, one JSON per line."""
-    stream = sys.stdin if path == "-" else open(path)  # noqa: SIM115 - closed below
-    try:
-        while line := await asyncio.to_thread(stream.readline):
-            if not line.strip():
-                continue
-            try:
-                await engine.ingest(parse_ingest(line))
-            except IngestError as exc:
-                log.warning("follow: refused a message: %s: %s", exc.code, exc.message)
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
-
-
-async def _run(config: Config, follow: str | None) -> int:
-    key = load_key(config.key_path, _passphrase(config))
-    previous: tuple[Ed25519PrivateKey, ...] = ()
-    if config.previous_key_file:
-        previous = (load_key(config.data_dir / config.previous_key_file, _passphrase(config)),)
-    store = Store.open(config.url)
-    engine = Engine(config, store, key, previous_keys=previous)
-    await engine.start()
-    server = await start_server(engine, config.host, config.port)
-    port = server.sockets[0].getsockname()[1]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    log.info(
-        "prover listening on ws://%s:%d (epoch %d next), verifier key %s",
-        config.host,
-        port,
-        engine.metrics.epoch + 1,
-        engine.verifier_key,
-    )
-    epochs = asyncio.create_task(engine.run(stop))
-    feeder = asyncio.create_task(_follow(engine, follow)) if follow else None
-    await stop.wait()
-    log.info("stopping: finishing the current epoch")
-    if feeder:
-        feeder.cancel()
-    await epochs
-    await engine.close()  # subscribers get 1001
-    server.close()
-    await server.wait_closed()
-    store.close()
-    log.info("stopped at epoch %d", engine.metrics.epoch)
-    return 0
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args)
-    _setup_logging(args.json_logs)
-    return asyncio.run(_run(config, args.follow))
+    follow = None
+    if args.follow:
+        follow = sys.stdin if args.follow == "-" else _open_input(Path(args.follow))
+    setup_logging(args.json_logs)
+    return asyncio.run(run_daemon(config, follow))
 
 
 # proof and status
@@ -273,30 +168,54 @@ def cmd_proof(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(request, timeout=30) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
-        raise ProverError(f"the daemon answered {exc.code}: {exc.read(500).decode()}") from None
+        message = _error_message(exc.read(500))
+        if exc.code in (400, 401, 404):  # the request, the token or the user: ours to fix
+            raise ConfigError(f"the daemon answered {exc.code}: {message}") from None
+        raise ProverError(f"the daemon answered {exc.code}: {message}") from None
     except OSError as exc:
         raise ProverError(f"cannot reach the daemon at {url}: {exc}") from None
     if args.out:
-        Path(args.out).write_bytes(body)
+        try:
+            Path(args.out).write_bytes(body)
+        except OSError as exc:
+            raise ProverError(f"cannot write {args.out}: {exc.strerror or exc}") from None
         print(f"wrote {args.out}")
     else:
         sys.stdout.write(body.decode() + "\n")
     return 0
 
 
+def _error_message(body: bytes) -> str:
+    """The ``message`` of a structured error reply, else the body as text."""
+    text = body.decode("utf-8", "replace")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return text.strip()
+    return str(doc.get("message", text)) if isinstance(doc, dict) else text.strip()
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    """Ask the running daemon to write every user's proof into a directory."""
+    """Ask the running daemon to write every user's proof into a new directory
+    under its export_dir; print that directory."""
     from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidStatus, WebSocketException
 
     config = _config(args)
-    out = Path(args.out).resolve()
+    if not config.admin_token:
+        raise ConfigError(
+            f"admin_token is not set in {config.data_dir / CONFIG_FILE}: add a random one "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))') "
+            "and restart the daemon"
+        )
+    url = f"ws://{config.host}:{config.port}/admin/export"
 
     async def run() -> dict[str, Any]:
-        url = f"ws://{config.host}:{config.port}/admin/export"
-        headers = {"Authorization": f"Bearer {config.ingest_token}"}
-        async with connect(url, additional_headers=headers) as ws:
-            await ws.send(json.dumps({"out": str(out)}))
-            with tqdm(unit=" users", desc="exporting proofs", file=sys.stderr) as bar:
+        headers = {"Authorization": f"Bearer {config.admin_token}"}
+        async with connect(url, additional_headers=headers, open_timeout=30) as ws:
+            await ws.send(json.dumps({"type": "export"}))
+            bar = tqdm(unit=" users", desc="exporting proofs", file=sys.stderr, disable=None)
+            with bar:
                 async for frame in ws:
                     reply: dict[str, Any] = json.loads(frame)
                     if reply["type"] != "progress":
@@ -307,11 +226,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     try:
         reply = asyncio.run(run())
-    except OSError as exc:
-        raise ProverError(f"cannot reach the daemon: {exc}") from None
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        message = _error_message(bytes(exc.response.body or b""))
+        if status == 401:
+            raise ConfigError(f"the daemon refused admin_token ({message})") from None
+        raise ProverError(f"the daemon answered {status}: {message}") from None
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        raise ProverError(f"cannot reach the daemon at {url}: {exc}") from None
     if reply["type"] == "error":
-        raise ProverError(reply["message"])
-    print(f"wrote {reply['files']:,} proofs of epoch {reply['epoch']} to {out}")
+        raise ProverError(f"the export failed: {reply['message']}")
+    print(f"wrote {reply['files']:,} proofs of epoch {reply['epoch']} to {reply['dir']}")
     return 0
 
 
@@ -327,7 +252,7 @@ def _set_top_level(path: Path, values: dict[str, str]) -> None:
 def cmd_rotate_key(args: argparse.Namespace) -> int:
     """A new signing key; the old one keeps co-signing until previous_key_file is removed."""
     config = _config(args)
-    passphrase = _passphrase(config)
+    passphrase = config.passphrase
     load_key(config.key_path, passphrase)  # the current key must be usable
     name = f"signing-{int(time.time())}.key"
     key = generate_key(config.data_dir / name, passphrase)
@@ -346,9 +271,12 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
+    print(f"database {redact_url(config.url)}")
     store = Store.open(config.url)
-    latest = store.latest_epoch()
-    store.close()
+    try:
+        latest = store.latest_epoch()
+    finally:
+        store.close()
     if latest is None:
         print("no epoch yet")
         return 0
@@ -368,6 +296,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="solvency-prover", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action=VersionAction, distribution="solvency-stream-prover")
     parser.add_argument("--data-dir", default="prover-data", help="the prover's directory")
     parser.add_argument("--database-url", help="e.g. postgresql+psycopg://user@host/db")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
@@ -396,8 +325,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="file to write (default: standard output)")
     p.set_defaults(run=cmd_proof)
 
-    p = sub.add_parser("export-proofs", help="write every user's proof (daemon must run)")
-    p.add_argument("--out", required=True, help="directory for the proof files")
+    p = sub.add_parser(
+        "export-proofs",
+        help="write every user's proof into a new directory under export_dir (daemon must run)",
+    )
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("rotate-key", help="make a new signing key (old one co-signs)")
@@ -406,6 +337,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the last epoch")
     p.set_defaults(run=cmd_status)
     return parser
+
+
+def _fail(exc: BaseException, status: int) -> int:
+    """Print ``exc`` as one line ``error: ...`` (a driver's message may span several)."""
+    print("error: " + re.sub(r"\s*\n\s*", " ", str(exc).strip()), file=sys.stderr)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,9 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.run(args)
         return result
-    except (ProverError, StorageError, KeyFileError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (ConfigError, KeyFileError, InvalidInputError) as exc:
+        return _fail(exc, EXIT_USAGE)
+    except (ProverError, StorageError, OSError) as exc:  # OSError: not caught where used
+        return _fail(exc, EXIT_FAILED)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -15,13 +15,29 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from prover.auth import auditor_table
 from prover.errors import ConfigError
 from verifier.errors import FormatError
 from verifier.hashing import check_asset_id
 
-__all__ = ["CONFIG_FILE", "Config", "load_config"]
+__all__ = ["CONFIG_FILE", "Config", "check_origin", "load_config"]
 
 CONFIG_FILE = "config.toml"
+MAX_ORIGIN = 255
+
+
+def check_origin(origin: str) -> None:
+    """A log origin is a C2SP schema-less URL, the signed-note key name: 1-255
+    printable ASCII characters, no space, no ``+``, no ``scheme://``."""
+    if not 1 <= len(origin) <= MAX_ORIGIN:
+        raise ConfigError(f"origin must be 1-{MAX_ORIGIN} characters, got {len(origin)}")
+    bad = next((c for c in origin if not "!" <= c <= "~" or c == "+"), None)
+    if bad is not None:
+        raise ConfigError(
+            f"origin {origin!r}: {bad!r} is not allowed (printable ASCII without spaces or '+')"
+        )
+    if "://" in origin:
+        raise ConfigError(f"origin {origin!r}: no scheme: e.g. example.com/solvency")
 
 
 @dataclass(frozen=True)
@@ -37,14 +53,21 @@ class Config:
     previous_key_file: str = ""  # after rotate-key: keeps co-signing until removed
     key_passphrase: str = ""
     ingest_token: str = ""  # bearer token producers present on /ingest
+    admin_token: str = ""  # bearer token for /admin/export; none: refused to everyone
+    export_dir: str = ""  # where exports go; empty: exports/ in the data directory
     proof_secret: str = ""  # hex; a user's token is HMAC-SHA256(proof_secret, user id)
     epoch_interval: float = 1.0
     max_interval: float = 10.0
     max_reserve_age: float = 300.0
     max_reserve_skew: float = 5.0
     salt_period: float = 86_400.0
-    max_subscribers: int = 1000
-    subscriber_queue: int = 64
+    max_subscribers: int = 1000  # anonymous /roots subscribers
+    max_anonymous_per_address: int = 16  # anonymous /roots subscribers per source address
+    auditor_tokens: str = ""  # "name:token,name:token": /roots slots of their own
+    auditor_slots: int = 16
+    max_connections: int = 0  # 0: subscribers + auditor slots + 64, within RLIMIT_NOFILE
+    subscriber_queue: int = 64  # epochs queued for an in-process subscriber (engine.subscribe)
+    subscriber_buffer_bytes: int = 256 << 10  # unsent to one subscriber: shed (1013) past it
     proof_epochs: int = 60  # earlier epochs whose proofs /proof still serves
     proof_memory_mb: int = 512  # at most this much memory for them
     max_message_bytes: int = 16 << 20
@@ -55,10 +78,21 @@ class Config:
         return self.database_url or f"sqlite:///{self.data_dir / 'prover.db'}"
 
     @property
+    def passphrase(self) -> bytes | None:
+        """The signing key's passphrase as bytes; None when there is none."""
+        return self.key_passphrase.encode() if self.key_passphrase else None
+
+    @property
     def key_path(self) -> Path:
         return self.data_dir / self.key_file
 
+    @property
+    def export_path(self) -> Path:
+        """The directory exports are written under (relative: to the data directory)."""
+        return self.data_dir / (self.export_dir or "exports")
+
     def __post_init__(self) -> None:
+        check_origin(self.origin)
         if not 0.05 <= self.epoch_interval <= self.max_interval:
             raise ConfigError("need 0.05 <= epoch_interval <= max_interval")
         if self.salt_period < self.max_interval:
@@ -67,6 +101,11 @@ class Config:
             raise ConfigError("proof_epochs must be 0..100000")
         if not 0 <= self.proof_memory_mb <= 1 << 20:
             raise ConfigError("proof_memory_mb must be 0..1048576")
+        if min(self.max_anonymous_per_address, self.auditor_slots, self.max_connections) < 0:
+            raise ConfigError("connection limits must not be negative")
+        if self.subscriber_buffer_bytes < 4096:
+            raise ConfigError("subscriber_buffer_bytes must be at least 4096")
+        auditor_table(self.auditor_tokens)
         if not 0 < self.port < 65536:
             raise ConfigError(f"port {self.port} out of range")
         if self.proof_secret:
@@ -110,9 +149,11 @@ def load_config(
     path = data_dir / CONFIG_FILE
     if path.exists():
         try:
-            values.update(tomllib.loads(path.read_text()))
+            values.update(tomllib.loads(path.read_text(encoding="utf-8")))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     known = {f.name: f.type for f in fields(Config)}
     unknown = set(values) - set(known)
     if unknown:

@@ -60,10 +60,12 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from prover import tokens
+from prover.backoff import Backoff
 from prover.config import Config
 from prover.dbthread import DbThread
 from prover.epoch import Reserve, build_record
 from prover.errors import IngestError, NotRetained, ProverError, SubscriberShed
+from prover.export import create_export_dir
 from prover.messages import BalanceBatch, ReserveBatch, ack
 from prover.periods import SaltPeriod
 from prover.worker import Applied, TreeWorker
@@ -85,6 +87,8 @@ CLOSE_SWITCH_INTERVAL = 0.0002  # seconds; sys.setswitchinterval while an epoch 
 FOLD_REST = 1.0  # a fold rests this many times as long as each piece of its work took
 FOLD_CHUNK = 5_000  # balances per transaction of a fold: others wait ~25 ms at most
 EXPORT_CHUNK = 5_000
+EPOCH_RETRY = Backoff(first=0.1, cap=10.0)  # seconds between attempts at a failing epoch
+FINAL_ATTEMPTS = 3  # at the last epoch, on stop: then the updates wait for a restart
 
 
 @dataclass
@@ -100,8 +104,15 @@ class Metrics:
     last_publish_time: float = 0.0
     subscribers: int = 0
     shed_subscribers: int = 0
+    connections: int = 0
+    refused_connections: int = 0
+    connection_bytes: int = 0
     ingest_errors: int = 0
     unfolded_updates: int = 0
+    epoch_failures: int = 0
+    epoch_failing: int = 0  # failed attempts in a row at the epoch being retried
+    last_epoch_error_time: float = 0.0
+    last_epoch_error: str = ""  # the class of the last failure (not a metric)
 
 
 @dataclass(eq=False)
@@ -112,6 +123,19 @@ class _Subscriber:
     queue: asyncio.Queue[tuple[int, str] | None]
     offer: Callable[[str], bool] | None = None
     overflowed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    """An epoch cut and applied to the trees, not yet committed. A failed
+    close keeps it, and the retry commits it as it is: the trees never apply
+    an epoch's updates twice, and the worker keeps one apply per epoch."""
+
+    now: float
+    rows: int
+    marks: dict[tuple[str, str], int]
+    reserves: dict[str, dict[str, Reserve]]
+    applied: Applied
 
 
 @dataclass
@@ -143,6 +167,13 @@ class Engine:
         self._replay: list[tuple[str, str, int]] = []
         self._marks: dict[tuple[str, str], int] = {}
         self._last_timestamp_ms = 0
+        self._cut: _Cut | None = None  # set from an epoch's apply until its commit
+        self._retry_at = 0.0  # time.monotonic() of the next attempt at a failing epoch
+        # stopping: ingest is refused; the batches being stored meanwhile are counted
+        self._refusing = False
+        self._storing = 0
+        self._stored = asyncio.Event()  # set while no batch is being stored
+        self._stored.set()
         self.verifier_key = verifier_key_for(self.config.origin, self.key.public_key())
 
     async def _db_call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -217,8 +248,21 @@ class Engine:
         """Durably store ``batch`` and stage it for the next epoch; return the ack frame.
 
         Raises:
-            IngestError: if anything in the batch is refused (nothing is applied).
+            IngestError: if anything in the batch is refused (nothing is applied);
+                ``shutting-down`` once ``run`` is stopping.
         """
+        if self._refusing:
+            raise IngestError("shutting-down", "the prover is stopping: send it again later")
+        self._storing += 1  # no await since the check: run's last epoch waits for this batch
+        self._stored.clear()
+        try:
+            return await self._ingest(batch)
+        finally:
+            self._storing -= 1
+            if not self._storing:
+                self._stored.set()
+
+    async def _ingest(self, batch: BalanceBatch | ReserveBatch) -> str:
         for update in batch.updates:
             if update.asset not in self._decimals:
                 raise IngestError("unknown-asset", f"asset {update.asset} is not configured", None)
@@ -262,36 +306,81 @@ class Engine:
 
     # Epochs
 
+    def health(self) -> str | None:
+        """None while epochs keep coming, else why not: the last attempt at
+        an epoch failed, or the last epoch is over two heartbeats old."""
+        if failures := self.metrics.epoch_failing:
+            error = self.metrics.last_epoch_error
+            return f"epoch {self.metrics.epoch + 1} failing: {error} ({failures} attempts)"
+        late = self.clock() - self.metrics.last_epoch_time
+        if late > 2 * self.config.max_interval + 1:
+            return f"late: no epoch for {late:.0f} s" if self.metrics.last_epoch_time else "late"
+        return None
+
     def healthy(self) -> bool:
-        """True while epochs keep coming: the last one is at most two heartbeats old."""
-        return self.clock() - self.metrics.last_epoch_time <= 2 * self.config.max_interval + 1
+        return self.health() is None
 
     def _until_due(self) -> float:
         """Seconds until the next epoch closes: one interval after the last close
-        if updates are waiting, else at the heartbeat (0: now)."""
+        if updates are waiting, else at the heartbeat; after a failure, at the
+        retry (0: now)."""
+        if self.metrics.epoch_failing:
+            return max(0.0, self._retry_at - time.monotonic())
         limit = self.config.epoch_interval if self._pending else self.config.max_interval
         return max(0.0, self.metrics.last_epoch_time + limit - self.clock())
 
     async def close_epoch(self) -> EpochMessage:
-        """Close one epoch (steps 1-5 of the module docstring)."""
+        """Close one epoch (steps 1-5 of the module docstring); after a failure
+        (counted, logged, reported by ``health``), the next call retries it."""
         assert self._worker is not None
         async with self._epoch_lock:
             self._no_close.clear()
             try:
                 with _quick_gil_handoffs():
                     return await self._close_epoch()
+            except Exception as exc:
+                self._epoch_failed(exc)
+                raise
             finally:
                 self._worker.release()
                 self._no_close.set()
 
+    def _epoch_failed(self, exc: Exception) -> None:
+        """Count a failed close, schedule its retry (``EPOCH_RETRY``) and log
+        it in one line; a traceback at the first of an unforeseen kind only."""
+        failures = self.metrics.epoch_failing = self.metrics.epoch_failing + 1
+        self.metrics.epoch_failures += 1
+        self.metrics.last_epoch_error_time = self.clock()
+        self.metrics.last_epoch_error = type(exc).__name__
+        delay = EPOCH_RETRY.delay(failures)
+        self._retry_at = time.monotonic() + delay
+        log.error(
+            "epoch %d failed (%d in a row): %s: %s; retrying in %.2f s",
+            self.metrics.epoch + 1,
+            failures,
+            type(exc).__name__,
+            exc,
+            delay,
+            exc_info=failures == 1 and not isinstance(exc, StorageError | OSError),
+        )
+
     async def _close_epoch(self) -> EpochMessage:
-        """Steps 1-5, under the epoch lock."""
+        """Steps 1-5, under the epoch lock; steps 3-5 only, for the epoch cut
+        and applied by a failed attempt (``_Cut``)."""
         started = time.perf_counter()
-        now = self.clock()  # the epoch closes here: its updates and reserves are cut
-        rows, self._pending = self._pending, []
-        marks = dict(self._marks)  # what this epoch covers
-        reserves = {asset: dict(by_source) for asset, by_source in self._reserves.items()}
-        applied = await self._apply(rows)
+        if self._cut is None:
+            now = self.clock()  # the epoch closes here: its updates and reserves are cut
+            rows, self._pending = self._pending, []
+            marks = dict(self._marks)  # what this epoch covers
+            reserves = {asset: dict(by_source) for asset, by_source in self._reserves.items()}
+            try:
+                applied = await self._apply(rows)
+            except BaseException:  # still staged in the worker: the next apply takes them
+                self._pending[:0] = rows
+                raise
+            self._cut = _Cut(now, len(rows), marks, reserves, applied)
+        cut, retry = self._cut, self.metrics.epoch_failing > 0
+        applied, now, reserves = cut.applied, cut.now, cut.reserves
         applied_at = time.perf_counter()
         number = self.metrics.epoch + 1
         timestamp_ms = max(int(now * 1000), self._last_timestamp_ms)  # never backwards
@@ -310,13 +399,15 @@ class Engine:
         ]
         committing = time.perf_counter()
         commit = self._db.submit(
-            self._commit_epoch, number, record, timestamp_ms, marks, used, urgent=True
+            self._commit_epoch, number, record, timestamp_ms, cut.marks, used, retry, urgent=True
         )
         with self._db.held():  # from the commit until the epoch is handed out (dbthread)
             message = await asyncio.wrap_future(commit)
             committed, handing_cpu = time.perf_counter(), time.thread_time()
+            self._cut = None
             self._last_timestamp_ms = timestamp_ms
             self.metrics.epoch = number
+            self.metrics.epoch_failing = 0
             self.metrics.tree_seconds = applied.seconds
             self.metrics.epoch_build_seconds = time.perf_counter() - started
             self.metrics.last_epoch_time = now
@@ -329,7 +420,7 @@ class Engine:
             " commit %.0f ms), total %.0f ms, then %.0f ms (%.0f ms of CPU) handing it to %d"
             " subscribers",
             number,
-            len(rows),
+            cut.rows,
             applied.seconds * 1000,
             (applied_at - started) * 1000,
             (committing - applied_at) * 1000,
@@ -417,16 +508,22 @@ class Engine:
         timestamp_ms: int,
         marks: dict[tuple[str, str], int],
         reserves: list[ReserveRow],
+        retry: bool,
     ) -> EpochMessage:
-        """In the db thread: append, sign and commit in one transaction."""
+        """In the db thread: append, sign and commit in one transaction; on a
+        ``retry``, only if the failed attempt did not commit it after all."""
 
         def sign(size: int, root: bytes) -> bytes:
-            body = Checkpoint(self.config.origin, size, root, ()).to_note_body()
+            body = Checkpoint(self.config.origin, size, root).to_note_body()
             return sign_note(body, self.config.origin, self.key, *self.previous_keys)
 
-        checkpoint = self.store.append_epoch(
-            number, record, sign, created_ms=timestamp_ms, marks=marks, reserves=reserves
-        )
+        stored = self.store.latest_epoch() if retry else None
+        if stored is not None and stored.number == number and stored.record == record:
+            checkpoint = stored.checkpoint  # e.g. the connection failed after the commit
+        else:
+            checkpoint = self.store.append_epoch(
+                number, record, sign, created_ms=timestamp_ms, marks=marks, reserves=reserves
+            )
         return EpochMessage(
             record=record,
             checkpoint=checkpoint,
@@ -434,9 +531,14 @@ class Engine:
             consistency=tuple(self.store.consistency_proof(number, number + 1)),
         )
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Close epochs on schedule until ``stop`` is set, then close one last epoch
-        if updates are waiting, so that nothing acknowledged is left unpublished.
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Close epochs on schedule until ``stop`` is set; a failed epoch is
+        retried after a backoff (``close_epoch``). Then refuse further ingest,
+        let the batches being stored finish (they are acknowledged), and close
+        one last epoch if updates are waiting, so that nothing acknowledged is
+        left unpublished: True once it is, False if it failed ``FINAL_ATTEMPTS``
+        times, a second apart at most (its updates are stored: the first epoch
+        after a restart has them).
         Meanwhile, garbage is collected after each epoch only (module docstring)."""
         poll = self.config.epoch_interval / 20  # to notice the first update after a quiet spell
         with _collector_off():
@@ -447,13 +549,19 @@ class Engine:
                     await asyncio.wait_for(stop.wait(), wait)
                 self.metrics.loop_lag_seconds = max(0.0, time.perf_counter() - expected)
                 if self._until_due() == 0 and not stop.is_set():
-                    try:
+                    with contextlib.suppress(Exception):  # logged; retried when due
                         await self.close_epoch()
-                    except Exception:
-                        log.exception("epoch %d failed; retrying", self.metrics.epoch + 1)
                     gc.collect(2 if self.metrics.epoch % FULL_COLLECTION_EVERY == 0 else 1)
-            if self._pending:
-                await self.close_epoch()
+            self._refusing = True
+            await self._stored.wait()
+            for _ in range(FINAL_ATTEMPTS):
+                if not self._pending and self._cut is None:
+                    return True
+                if self.metrics.epoch_failing:  # a second at most: the operator waits
+                    await asyncio.sleep(min(self._until_due(), 1.0))
+                with contextlib.suppress(Exception):  # logged
+                    await self.close_epoch()
+            return not self._pending and self._cut is None
 
     # Root stream
 
@@ -466,11 +574,25 @@ class Engine:
             elif delivered := sub.queue.qsize() < self.config.subscriber_queue:
                 sub.queue.put_nowait((number, frame))
             if not delivered:
-                sub.overflowed = True
-                self._subscribers.discard(sub)
-                self.metrics.shed_subscribers += 1
-                sub.queue.put_nowait(None)  # room was reserved for this marker
+                self._shed(sub)
         self.metrics.subscribers = len(self._subscribers)
+
+    def _shed(self, sub: _Subscriber) -> None:
+        """Drop ``sub`` now, counted; its stream ends with SubscriberShed."""
+        sub.overflowed = True
+        self._subscribers.discard(sub)
+        self.metrics.shed_subscribers += 1
+        self.metrics.subscribers = len(self._subscribers)
+        sub.queue.put_nowait(None)  # room was reserved for this marker
+
+    def shed(self, offer: Callable[[str], bool]) -> None:
+        """The subscriber fed by ``offer`` stalled (the server saw it): drop it
+        at once if it is subscribed yet, and count it as shed either way."""
+        subs = [sub for sub in self._subscribers if sub.offer is offer]
+        for sub in subs:
+            self._shed(sub)
+        if not subs:
+            self.metrics.shed_subscribers += 1
 
     async def subscribe(
         self, since: int | None, offer: Callable[[str], bool] | None = None
@@ -524,19 +646,22 @@ class Engine:
         return tokens.check_user_token(self.config.proof_secret, user, token)
 
     async def export_proofs(
-        self, out: Path, progress: Callable[[int, int], Awaitable[None]]
-    ) -> tuple[int, int]:
-        """Write every user's proof for the latest epoch into ``out``.
+        self, progress: Callable[[int, int], Awaitable[None]]
+    ) -> tuple[int, Path, int]:
+        """Write every user's proof for the latest epoch into a new directory
+        under ``export_dir`` (prover/export.py).
 
         The trees are copied first (one pause of the tree worker), so epochs go
-        on while the files are written. Returns (epoch, files written).
+        on while the files are written. Returns (epoch, directory, files written).
         """
         assert self._worker is not None
-        out.mkdir(parents=True, exist_ok=True)
         async with self._epoch_lock:
             if self._latest is None:
                 raise ProverError("no epoch has been published yet")
+            if self._cut is not None:  # the trees are ahead of the latest record
+                raise ProverError(f"epoch {self.metrics.epoch + 1} is failing; export later")
             message, epoch, worker = self._latest, self.metrics.epoch, self._worker
+            out = create_export_dir(self.config.export_path, epoch)
             users = await worker.snapshot()
         written = 0
         for start in range(0, users, EXPORT_CHUNK):
@@ -545,7 +670,7 @@ class Engine:
                     raise ProverError("the salt period changed during the export; run it again")
                 written += await worker.export(out, start, EXPORT_CHUNK, message)
             await progress(min(start + EXPORT_CHUNK, users), users)
-        return epoch, written
+        return epoch, out, written
 
     async def proof(self, user: str, epoch: int | None = None) -> ProofFile | None:
         """``user``'s proof for the latest published epoch, or for ``epoch`` if it
@@ -553,20 +678,23 @@ class Engine:
         held nothing then.
 
         Raises:
-            NotRetained: ``epoch`` is not (or no longer, or not yet) served.
+            NotRetained: ``epoch`` is not (or no longer, or not yet) served;
+                also the latest while an epoch waits for a retry and no
+                earlier trees are retained (the current ones are ahead of it).
         """
         assert self._worker is not None
         async with self._epoch_lock:  # the trees and the record must match
             if self._latest is None:
                 return None
             latest = self.metrics.epoch
+            ahead = 0 if self._cut is None else 1  # applied by a close that failed
             if epoch is None or epoch == latest:
                 message = self._latest
-                found = await self._worker.proof(user)
+                found = await self._worker.proof(user, ahead)
             elif not 0 <= epoch < latest:
                 raise NotRetained(f"epoch {epoch} is not published yet (latest: {latest})")
             else:
-                found = await self._worker.proof(user, latest - epoch)
+                found = await self._worker.proof(user, latest - epoch + ahead)
                 message = await self._db_call(self._stored_message, epoch)
         if found is None:
             return None

@@ -47,6 +47,7 @@ class IngestError(ProverError):
     Attributes:
         code: stable error code sent to the producer (docs/PROTOCOL.md §11.1).
         index: position of the offending update in the batch, if any.
+        id: the refused message's ``id``, echoed in the reply (None: none found).
     """
 
     def __init__(self, code: str, message: str, index: int | None = None) -> None:
@@ -54,6 +55,7 @@ class IngestError(ProverError):
         self.code = code
         self.message = message
         self.index = index
+        self.id: str | int | None = None
 
 
 class SubscriberShed(ProverError):

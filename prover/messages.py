@@ -126,12 +126,24 @@ class _Reserves(Struct, forbid_unknown_fields=True, tag_field="type", tag="reser
     id: Id = None
 
 
+class _IdOnly(Struct):
+    """A refused message's ``id``, read again on its own to echo it."""
+
+    id: Id = None
+
+
+# Both decoders take a union of tagged types: msgspec requires the tag of a
+# union's member, not of a lone struct, and an untagged message must be refused.
 _decoder = msgspec.json.Decoder(_Balances | _Reserves)
-_plain_decoder = msgspec.json.Decoder(_PlainBalances)
+_plain_decoder = msgspec.json.Decoder(_PlainBalances | _Reserves)
+_id_decoder = msgspec.json.Decoder(_IdOnly)
 
 
 def parse_ingest(data: str | bytes) -> BalanceBatch | ReserveBatch:
     """Parse and validate one ingest message (everything that needs no state).
+
+    Every message names its ``type``; a refusal carries the message's ``id``
+    (``IngestError.id``) whenever the message has a valid one.
 
     Raises:
         IngestError: with code ``too-large``, ``bad-json``, ``bad-message``,
@@ -139,6 +151,20 @@ def parse_ingest(data: str | bytes) -> BalanceBatch | ReserveBatch:
     """
     if len(data) > MAX_MESSAGE_BYTES:
         raise IngestError("too-large", f"message larger than {MAX_MESSAGE_BYTES} bytes")
+    try:
+        return _parse(data)
+    except IngestError as exc:
+        if exc.id is None and exc.code != "bad-json":
+            with contextlib.suppress(msgspec.DecodeError, UnicodeError):
+                exc.id = _valid_id(_id_decoder.decode(data).id)
+        raise
+
+
+def _valid_id(value: RequestId) -> RequestId:
+    return None if isinstance(value, int) and len(str(value)) > 128 else value
+
+
+def _parse(data: str | bytes) -> BalanceBatch | ReserveBatch:
     doc: _PlainBalances | _Balances | _Reserves
     try:
         doc = _plain_decoder.decode(data)
@@ -149,7 +175,7 @@ def parse_ingest(data: str | bytes) -> BalanceBatch | ReserveBatch:
             raise _refusal(str(exc)) from None
         except (msgspec.DecodeError, UnicodeError) as exc:
             raise IngestError("bad-json", f"message is not JSON: {exc}") from None
-    if isinstance(doc.id, int) and len(str(doc.id)) > 128:
+    if _valid_id(doc.id) != doc.id:
         raise IngestError("bad-message", "id must be a string or integer of at most 128 characters")
     try:
         check_source_name(doc.source)

@@ -17,7 +17,13 @@ _HELP = {
     "last_publish_time": ("gauge", "Unix time the last epoch was handed to subscribers."),
     "subscribers": ("gauge", "Connected root stream subscribers."),
     "shed_subscribers": ("counter", "Subscribers closed for falling behind."),
+    "connections": ("gauge", "Open connections, handshakes under way included."),
+    "refused_connections": ("counter", "Connections closed at accept: max_connections reached."),
+    "connection_bytes": ("gauge", "Bytes held for connections: requests, input, queues, output."),
     "unfolded_updates": ("gauge", "Acknowledged balance updates not yet folded from the journal."),
+    "epoch_failures": ("counter", "Attempts at closing an epoch that failed (each is retried)."),
+    "epoch_failing": ("gauge", "Failed attempts in a row at the epoch being retried; 0: none."),
+    "last_epoch_error_time": ("gauge", "Unix time of the last failed attempt at an epoch."),
 }
 
 

@@ -1,42 +1,37 @@
 """The prover's network face: one port, routes of docs/PROTOCOL.md §11.
 
-Plain HTTP routes (``/healthz``, ``/metrics``, ``/proof``) and refusals (401,
-404, 503) are answered in ``process_request`` during the opening handshake;
-``/ingest`` and ``/roots`` continue as WebSockets. All the work is the engine's.
+Plain HTTP routes (``/healthz``, ``/metrics``, ``/proof``) and refusals (400,
+401, 404, 405, 503) are answered in ``process_request`` during the opening
+handshake; ``/ingest`` and ``/roots`` (prover/roots.py) continue as
+WebSockets. All the work is the engine's. Every connection is admitted and
+bounded by prover/gate.py, within the limits of prover/limits.py.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
-import hmac
 import http
 import json
 import logging
-import socket
-import weakref
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import State
 
+from prover.auth import BadAuthorization, auditor_table, bearer_token, token_ok
 from prover.engine import Engine
-from prover.errors import IngestError, NotRetained, ProverError, SubscriberShed
+from prover.errors import IngestError, NotRetained, ProverError
+from prover.gate import Gate, GatedConnection
+from prover.limits import ACCEPT_BACKLOG, ANONYMOUS_MAX_SIZE, descriptor_limit, plan_limits
 from prover.messages import error_reply, parse_ingest
 from prover.metrics import render_metrics
+from prover.roots import serve_roots
 
 __all__ = ["start_server"]
 
 log = logging.getLogger("solvency.server")
-CLOSE_SHED = 1013  # try again later
-ROOTS_SOCKET_BUFFER = 16 << 10  # bytes the kernel may hold for a root stream subscriber
 CLOSE_GOING_AWAY = 1001
 
 
@@ -50,75 +45,94 @@ def _error(status: int, code: str, message: str) -> Response:
     return _response(status, json.dumps({"type": "error", "code": code, "message": message}))
 
 
-def _bearer(request: Request) -> str:
-    value = request.headers.get("Authorization", "")
-    return value[7:] if value.startswith("Bearer ") else ""
-
-
 async def start_server(engine: Engine, host: str, port: int) -> Server:
     """Listen on ``host:port`` (0 picks a free port: see ``server.sockets``)."""
     config = engine.config
-    # /roots connections, counted from the handshake on: a burst of handshakes
+    limits, warning = plan_limits(config, descriptor_limit())
+    if warning:
+        log.warning("%s", warning)
+    # /roots slots are taken from the handshake on: a burst of handshakes
     # cannot pass the cap before the first of them subscribes.
-    subscribers: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
+    gate = Gate(limits, auditor_table(config.auditor_tokens), engine.metrics)
 
     async def process_request(conn: ServerConnection, request: Request) -> Response | None:
+        assert isinstance(conn, GatedConnection)
+        if request.method != "GET":
+            response = _error(405, "method-not-allowed", f"{request.method}: only GET is served")
+            response.headers["Allow"] = "GET"
+            return response
+        try:
+            bearer_token(request.headers)
+        except BadAuthorization as exc:
+            return _error(400, "bad-request", str(exc))
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         if url.path == "/healthz":
-            ok = engine.healthy()
-            return _response(200 if ok else 503, "ok\n" if ok else "late\n", "text/plain")
+            problem = engine.health()
+            return _response(503 if problem else 200, f"{problem or 'ok'}\n", "text/plain")
         if url.path == "/metrics":
+            engine.metrics.connection_bytes = gate.held_bytes()
             return _response(200, render_metrics(engine.metrics), "text/plain; version=0.0.4")
         if url.path == "/proof":
             return await _proof(engine, request, query)
-        if url.path in ("/ingest", "/admin/export"):  # the operator's side
-            if not config.ingest_token or not _token_ok(_bearer(request), config.ingest_token):
+        if url.path in ("/ingest", "/admin/export"):  # the operator's side: a token each
+            token = config.ingest_token if url.path == "/ingest" else config.admin_token
+            if not token or not token_ok(bearer_token(request.headers), token):
                 return _error(
                     401, "unauthorized", f"{url.path} needs Authorization: Bearer <token>"
                 )
+            conn.open_for_messages(config.max_message_bytes)  # authenticated: may send
             return None
         if url.path == "/roots":
-            if len(subscribers) >= config.max_subscribers:
-                return _error(503, "busy", "too many subscribers")
             try:
                 since = _since(query)
             except ValueError as exc:
                 return _error(400, "bad-request", str(exc))
             if since is not None and since > engine.metrics.epoch + 1:
                 return _error(400, "bad-since", f"since={since} is beyond the log")
-            subscribers.add(conn)
+            token = bearer_token(request.headers)
+            auditor = next((n for t, n in gate.auditors.items() if token_ok(token, t)), None)
+            if token and auditor is None:
+                return _error(401, "unauthorized", "unknown auditor token")
+            refusal = gate.subscribe(conn, auditor)
+            if refusal is not None:
+                gate.refused(f"refused subscribers: {refusal}")
+                return _error(503, "busy", refusal)
+            conn.ping_interval = None  # serve_roots pings, and sheds a silent subscriber
             return None
         return _error(404, "not-found", f"no route {url.path}")
 
     async def handler(conn: ServerConnection) -> None:
-        assert conn.request is not None
+        assert conn.request is not None and isinstance(conn, GatedConnection)
         url = urlsplit(conn.request.path)
-        if url.path == "/ingest":
+        if conn.early_data:  # a message before the handshake completed
+            await conn.close(1008, "message sent before the handshake completed")
+        elif url.path == "/ingest":
             await _ingest(engine, conn)
         elif url.path == "/admin/export":
             await _export(engine, conn)
         else:
             try:
-                await _roots(engine, conn, _since(parse_qs(url.query)))
+                await serve_roots(engine, conn, _since(parse_qs(url.query)))
             finally:
-                subscribers.discard(conn)
+                gate.unsubscribe(conn)
 
     return await serve(
         handler,
         host,
         port,
         process_request=process_request,
-        max_size=config.max_message_bytes,
-        compression=None,  # deflate costs CPU per subscriber per epoch; _text_frame needs none
+        create_connection=gate.connection_class,
+        # what anyone may send; raised for authenticated /ingest and /admin/export
+        max_size=ANONYMOUS_MAX_SIZE,
+        max_queue=8,  # messages read ahead of the handler (authenticated routes only)
+        compression=None,  # deflate costs CPU per subscriber per epoch; roots.py frames once
         ping_interval=20,
         ping_timeout=20,
         close_timeout=5,
+        open_timeout=10,
+        backlog=ACCEPT_BACKLOG,
     )
-
-
-def _token_ok(given: str, expected: str) -> bool:
-    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 def _since(query: dict[str, list[str]]) -> int | None:
@@ -135,7 +149,7 @@ async def _proof(engine: Engine, request: Request, query: dict[str, list[str]]) 
     if len(users) != 1:
         return _error(400, "bad-request", "give exactly one user=ID")
     user = users[0]
-    if not engine.check_user_token(user, _bearer(request)):
+    if not engine.check_user_token(user, bearer_token(request.headers)):
         return _error(401, "unauthorized", "wrong or missing token for this user")
     epoch = None
     if "epoch" in query:
@@ -158,12 +172,18 @@ async def _ingest(engine: Engine, conn: ServerConnection) -> None:
         async for message in conn:
             request_id: Any = None
             try:
+                if isinstance(message, bytes):  # §11.1: a message is one text frame
+                    raise IngestError("bad-message", "binary frame: send JSON in a text frame")
                 batch = parse_ingest(message)
                 request_id = batch.id
                 reply = await engine.ingest(batch)
             except IngestError as exc:
                 engine.metrics.ingest_errors += 1
-                reply = error_reply(request_id, exc)
+                reply = error_reply(request_id if exc.id is None else exc.id, exc)
+                if exc.code == "shutting-down":  # nothing more is stored: replay after restart
+                    await conn.send(reply)
+                    await conn.close(CLOSE_GOING_AWAY, "prover shutting down")
+                    return
             except Exception:
                 log.exception("ingest failed")
                 engine.metrics.ingest_errors += 1
@@ -174,70 +194,35 @@ async def _ingest(engine: Engine, conn: ServerConnection) -> None:
 
 
 async def _export(engine: Engine, conn: ServerConnection) -> None:
-    """Write every user's proof into the directory the operator names; report progress."""
+    """On ``{"type": "export"}``, write every user's proof into a new directory
+    under ``export_dir`` (no path comes from the network); report progress, then
+    the directory written."""
 
     async def progress(done: int, total: int) -> None:
         await conn.send(json.dumps({"type": "progress", "done": done, "total": total}))
 
     try:
-        request = json.loads(await conn.recv())
-        out = Path(request["out"])
-        if not out.is_absolute():
-            raise ProverError("out must be an absolute path on the prover's host")
-        epoch, files = await engine.export_proofs(out, progress)
-        await conn.send(json.dumps({"type": "done", "epoch": epoch, "files": files}))
-    except (ProverError, OSError, ValueError, KeyError, TypeError) as exc:
-        reply = {"type": "error", "code": "export-failed", "message": str(exc)}
-        await conn.send(json.dumps(reply))
+        try:
+            request = json.loads(await conn.recv())
+        except (ValueError, TypeError):
+            request = None
+        if request != {"type": "export"}:
+            reply = {
+                "type": "error",
+                "code": "bad-request",
+                "message": 'send {"type": "export"}: files go to export_dir, named by the prover',
+            }
+            await conn.send(json.dumps(reply))
+            return
+        try:
+            epoch, out, files = await engine.export_proofs(progress)
+        except ProverError as exc:
+            log.warning("export failed: %s", exc)
+            reply = {"type": "error", "code": "export-failed", "message": str(exc)}
+            await conn.send(json.dumps(reply))
+            return
+        log.info("exported %d proofs of epoch %d to %s", files, epoch, out)
+        done = {"type": "done", "epoch": epoch, "files": files, "dir": str(out)}
+        await conn.send(json.dumps(done))
     except ConnectionClosed:
         pass
-
-
-@functools.lru_cache(maxsize=4)
-def _text_frame(message: str) -> bytes:
-    """``message`` as the bytes of one WebSocket text frame from this server,
-    serialized once for all the subscribers of an epoch: what ``send`` would
-    write, as no extension is negotiated (``compression=None``) and a server
-    does not mask (RFC 6455 §5.1). Writing it straight to each transport skips
-    ``broadcast``'s framing per connection: handing a frame to 1,000
-    connections on loopback took 17-26 ms instead of 30-35. The frame is whole
-    and only the loop's thread writes, so it cannot interleave with
-    websockets' own frames (pings, close)."""
-    return Frame(Opcode.TEXT, message.encode()).serialize(mask=False, extensions=[])
-
-
-async def _roots(engine: Engine, conn: ServerConnection, since: int | None) -> None:
-    """Send epochs until the subscriber leaves, is shed, or the prover stops."""
-
-    # Keep the kernel's share of a stalled subscriber's backlog small, so the
-    # write buffer below, which is what we can see, tells how far behind it is.
-    sock = conn.transport.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, ROOTS_SOCKET_BUFFER)
-
-    def offer(frame: str) -> bool:
-        """Send a live epoch now, unless the client is this many epochs behind."""
-        transport = conn.transport
-        if transport.get_write_buffer_size() > engine.config.subscriber_queue * len(frame):
-            return False
-        if conn.protocol.state is State.OPEN:  # else closing: nothing more to send
-            transport.write(_text_frame(frame))
-        return True
-
-    async def pump() -> None:
-        try:
-            async for frame in engine.subscribe(since, offer):
-                await conn.send(frame)
-            await conn.close(CLOSE_GOING_AWAY, "prover shutting down")
-        except SubscriberShed as exc:
-            await conn.close(CLOSE_SHED, str(exc)[:120])
-
-    sending = asyncio.create_task(pump())
-    closed = asyncio.create_task(conn.wait_closed())
-    try:
-        await asyncio.wait({sending, closed}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sending, closed):
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-            await sending

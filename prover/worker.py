@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import hashlib
+import ctypes
 import multiprocessing
+import os
 import signal
+import sys
+import threading
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +35,8 @@ from typing import Any
 
 import msgspec
 
-from prover.errors import NotRetained
+from prover.errors import NotRetained, ProverError
+from prover.export import proof_file_name, write_new_file
 from prover.ledger import AssetRoot, Ledger, UserProof
 from prover.periods import SaltPeriod
 from verifier.proof import AssetPath, ProofFile
@@ -45,6 +48,8 @@ Row = tuple[str, str, int]  # user, asset, amount
 # staged rows cross the pipe as msgpack: pickling them held the GIL 6 times as long
 _staged_rows = msgspec.msgpack.Decoder(list[Row])
 EAGER_ROWS = 5_000  # staged rows the worker hashes ahead of the epoch's close, when idle
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+ORPHAN_CHECK = 0.1  # seconds between two looks at the parent, where prctl is missing
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,16 +60,9 @@ class Applied:
     seconds: float
 
 
-def proof_file_name(user: str) -> str:
-    """The file a user's proof is exported to: the id, percent-quoted, or its hash if long."""
-    name = urllib.parse.quote(user, safe="@.-_")
-    if len(name) > 200 or name.startswith("."):
-        name = "sha256-" + hashlib.sha256(user.encode()).hexdigest()
-    return name + ".json"
-
-
 def export_proofs(ledger: Ledger, out: Path, start: int, count: int, epoch: EpochMessage) -> int:
-    """Write one proof file per user holding anything, for users ``start .. start+count``."""
+    """Write one proof file per user holding anything, for users ``start .. start+count``,
+    each a new file (prover/export.py)."""
     written = 0
     for user in ledger.user_ids[start : start + count]:
         found = ledger.proof(user)
@@ -78,17 +76,43 @@ def export_proofs(ledger: Ledger, out: Path, start: int, count: int, epoch: Epoc
             inclusion=epoch.inclusion,
             checkpoint=epoch.checkpoint,
         )
-        (out / proof_file_name(user)).write_text(proof.to_json())
+        write_new_file(out / proof_file_name(user), proof.to_json().encode())
         written += 1
     return written
 
 
-def _serve(conn: Connection) -> None:
+def _exit_with(parent: int) -> None:
+    """End this process as soon as ``parent`` is gone, even while it computes
+    (building the trees takes seconds): on Linux the kernel kills it when the
+    parent's thread that started it exits (``PR_SET_PDEATHSIG``), elsewhere a
+    thread looks every ``ORPHAN_CHECK`` seconds; and at once if the parent
+    died before this was set up."""
+    armed = False
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    if not armed:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(ORPHAN_CHECK)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="orphan-check", daemon=True).start()
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _serve(conn: Connection, parent: int | None = None) -> None:
     """Child process main loop: one command in, one answer out, until ``stop``.
 
-    Signals are the parent's business: a Ctrl-C reaching the whole process group
-    must not kill the trees under an epoch the parent is finishing.
+    The child ends with its ``parent`` process (``_exit_with``; None: the loop
+    runs in the caller's process). Other signals are the parent's business: a
+    Ctrl-C reaching the whole process group must not kill the trees under an
+    epoch the parent is finishing.
     """
+    if parent is not None:
+        _exit_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ledger: Ledger | None = None
     snapshot: Ledger | None = None
@@ -159,6 +183,8 @@ def _serve(conn: Connection) -> None:
                 failed = failed or f"{type(exc).__name__}: {exc}"
             elif isinstance(exc, NotRetained):
                 conn.send(("not-retained", str(exc)))
+            elif command == "export" and isinstance(exc, ProverError):  # a file not written
+                conn.send(("failed", str(exc)))
             else:
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
 
@@ -169,7 +195,9 @@ class TreeWorker:
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._process = ctx.Process(target=_serve, args=(child,), daemon=True, name="sum-trees")
+        self._process = ctx.Process(
+            target=_serve, args=(child, os.getpid()), daemon=True, name="sum-trees"
+        )
         self._process.start()
         child.close()
         # every exchange with the child goes through this one thread, in order:
@@ -181,6 +209,8 @@ class TreeWorker:
         status, value = self._conn.recv()
         if status == "not-retained":
             raise NotRetained(value)
+        if status == "failed":
+            raise ProverError(value)
         if status != "ok":
             raise RuntimeError(f"tree worker: {value}")
         return value

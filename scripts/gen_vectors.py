@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import hashlib
 import json
 import sys
@@ -23,7 +24,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from verifier import rfc9162
-from verifier.checkpoint import Checkpoint, sign_note, verifier_key_for
+from verifier.checkpoint import Checkpoint, VerifierKey, sign_note, verifier_key_for
 from verifier.errors import SolvencyError, VerificationError
 from verifier.hashing import (
     TAG_COMMITMENT,
@@ -156,6 +157,18 @@ def make_record(epoch: int, trees: dict[str, list[list[tuple[bytes, int]]]]) -> 
     return EpochRecord(epoch, TIMESTAMP_MS + epoch * 1000, MAX_AGE_MS, tuple(assets))
 
 
+def signed_log(records: list[bytes], body: bytes | None = None) -> tuple[list[bytes], bytes]:
+    """Leaf hashes of a log of ``records`` and its checkpoint signed by the test
+    key; ``body`` replaces the checkpoint body (to sign a malformed one)."""
+    hashes = [rfc9162.leaf_hash(r) for r in records]
+    if body is None:
+        body = Checkpoint(
+            ORIGIN, len(records), rfc9162.root_from_leaf_hashes(hashes)
+        ).to_note_body()
+    key = Ed25519PrivateKey.from_private_bytes(SIGNING_SEED)
+    return hashes, sign_note(body, ORIGIN, key)
+
+
 def build_all() -> dict[str, Any]:
     key = Ed25519PrivateKey.from_private_bytes(SIGNING_SEED)
     vkey = verifier_key_for(ORIGIN, key.public_key())
@@ -163,10 +176,8 @@ def build_all() -> dict[str, Any]:
 
     # A log of three epochs over the same trees; the proof is for epoch 1.
     records = [make_record(n, trees).encode() for n in range(3)]
-    hashes = [rfc9162.leaf_hash(r) for r in records]
+    hashes, note = signed_log(records)
     size = len(records)
-    checkpoint = Checkpoint(ORIGIN, size, rfc9162.root_from_leaf_hashes(hashes), ())
-    note = sign_note(checkpoint.to_note_body(), ORIGIN, key)
     proof = ProofFile(
         user="alice",
         salt=salt_of("alice"),
@@ -183,7 +194,7 @@ def build_all() -> dict[str, Any]:
         inclusion=tuple(rfc9162.inclusion_proof(hashes, 1, size)),
         checkpoint=note,
     )
-    verify_proof(proof, vkey, user="alice", origin=ORIGIN)  # the valid vector must verify
+    verify_proof(proof, vkey, user="alice")  # the valid vector must verify
 
     record1 = EpochRecord.decode(records[1])
     return {
@@ -194,6 +205,8 @@ def build_all() -> dict[str, Any]:
         "record": {"hex": records[1].hex(), "fields": record_fields(record1)},
         "proof": proof,
         "checkpoint": note,
+        "records": records,
+        "trees": trees,
     }
 
 
@@ -252,6 +265,25 @@ def _flip_hex(s: str) -> str:
     return ("1" if s[0] == "0" else "0") + s[1:]
 
 
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _set_pad_bit(encoded: str) -> str:
+    """The same bytes in non-canonical base64: the lowest bit of the last data
+    character is a pad bit (``encoded`` must end in "=")."""
+    assert encoded.endswith("=")
+    body = encoded.rstrip("=")
+    last = _B64_ALPHABET[_B64_ALPHABET.index(body[-1]) ^ 1]
+    assert base64.b64decode(body[:-1] + last + encoded[len(body) :]) == base64.b64decode(encoded)
+    return body[:-1] + last + encoded[len(body) :]
+
+
+def _noncanonical_signature(doc: dict[str, Any]) -> None:
+    """The signature line's base64 with a pad bit set: the same signature bytes."""
+    body, _, signature = doc["checkpoint"].rstrip("\n").rpartition(" ")
+    doc["checkpoint"] = f"{body} {_set_pad_bit(signature)}\n"
+
+
 MUTATIONS: dict[str, Mutation] = {
     "balance-raised": lambda d: d["assets"][0].update(
         balance=str(int(d["assets"][0]["balance"]) + 1)
@@ -293,13 +325,86 @@ MUTATIONS: dict[str, Mutation] = {
     "hash-truncated": lambda d: d["assets"][0]["path"][0].__setitem__(
         0, d["assets"][0]["path"][0][0][:16]
     ),
+    # Values out of range parse, and fail the check of PROTOCOL §3 that bounds them.
+    "balance-beyond-u64": lambda d: d["assets"][0].update(balance=str(2**64)),
+    "balance-beyond-u128": lambda d: d["assets"][0].update(balance=str(2**128)),
+    "balance-40-digits": lambda d: d["assets"][0].update(balance=str(10**39)),
+    "slot-beyond-u64": lambda d: d["assets"][0].update(slot=2**64),
+    "slot-21-digits": lambda d: d["assets"][0].update(slot=10**20),
+    "slot-negative": lambda d: d["assets"][0].update(slot=-1),
+    "slot-fraction": lambda d: d["assets"][0].update(slot=float(d["assets"][0]["slot"])),
+    "sibling-sum-40-digits": _set_path_sum(0, 0, str(10**39)),
+    # JSON and base64 that two parsers could read differently (PROTOCOL §6.1, §6.2).
+    "assets-empty": lambda d: d.update(assets=[]),
+    "record-noncanonical-base64": lambda d: d.update(record=_set_pad_bit(d["record"])),
+    "signature-noncanonical-base64": _noncanonical_signature,
+    "checkpoint-lone-surrogate": lambda d: d.update(checkpoint="\ud800" + d["checkpoint"]),
+}
+
+TextMutation = Callable[[str], str]
+
+# Mutations of the valid file's text, for what a JSON value cannot express.
+TEXT_MUTATIONS: dict[str, TextMutation] = {
+    # A parser keeping the last "user" verifies alice; one keeping the first, carol.
+    "duplicate-key": lambda t: '{"user":"carol",' + t[1:],
+    "byte-order-mark": lambda t: "\ufeff" + t,
 }
 
 
-def outcome(text: str, key: Any) -> str:
+def signed_mutations(built: dict[str, Any]) -> dict[str, Mutation]:
+    """Mutations that need the test key: a log signed over other records or a
+    checkpoint body of another shape, each validly signed."""
+    records: list[bytes] = built["records"]
+    trees = built["trees"]
+
+    def replace_log(log: list[bytes], index: int, body: bytes | None = None) -> Mutation:
+        hashes, note = signed_log(log, body)
+        inclusion = [h.hex() for h in rfc9162.inclusion_proof(hashes, index, len(log))]
+
+        def mutate(doc: dict[str, Any]) -> None:
+            doc.update(
+                record=base64.b64encode(log[index]).decode(),
+                inclusion=inclusion,
+                checkpoint=note.decode(),
+            )
+
+        return mutate
+
+    def understated(epoch: int) -> bytes:
+        """The record of ``epoch`` stating 1 unit less BTC owed than the tree holds."""
+        record = make_record(epoch, trees)
+        btc = record.asset("BTC")
+        lower = dataclasses.replace(btc, liabilities=btc.liabilities - 1)
+        return dataclasses.replace(record, assets=(lower, *record.assets[1:])).encode()
+
+    hashes = [rfc9162.leaf_hash(r) for r in records]
+    root = base64.b64encode(rfc9162.root_from_leaf_hashes(hashes)).decode()
+    body = f"{ORIGIN}\n{len(records)}\n{root}\n"
+    later = make_record(len(records), trees).encode()
+    return {
+        "liabilities-understated": replace_log([understated(n) for n in range(3)], 1),
+        "origin-other": replace_log(
+            records, 1, body.replace(ORIGIN, "example.com/solvency/other", 1).encode()
+        ),
+        "checkpoint-extension-line": replace_log(records, 1, (body + "solvent: yes\n").encode()),
+        "checkpoint-root-noncanonical-base64": replace_log(
+            records, 1, body.replace(root, _set_pad_bit(root)).encode()
+        ),
+        "record-not-in-log": lambda d: d.update(record=base64.b64encode(later).decode()),
+    }
+
+
+# Cases on unmutated files: the verifier is given another key, or told to expect another user.
+CALL_CASES: list[dict[str, str]] = [
+    {"file": "proof-valid.json", "key": "other-key.txt"},
+    {"file": "proof-valid.json", "user": "bob"},
+]
+
+
+def outcome(data: bytes, key: VerifierKey, user: str | None = None) -> str:
     """The check a proof file fails (``format`` for a parse error), or ``ok``."""
     try:
-        verify_proof(ProofFile.parse(text), key, origin=ORIGIN)
+        verify_proof(ProofFile.parse(data), key, user=user)
     except VerificationError as exc:
         return exc.check
     except SolvencyError:
@@ -319,16 +424,24 @@ def render() -> dict[str, str]:
         "checkpoint.txt": built["checkpoint"].decode(),
         "proof-valid.json": valid + "\n",
     }
-    manifest: dict[str, Any] = {"valid": "proof-valid.json", "invalid": []}
-    for name, mutate in MUTATIONS.items():
+    mutated = {}
+    for name, mutate in {**MUTATIONS, **signed_mutations(built)}.items():
         doc = json.loads(valid)
         mutate(doc)
-        text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-        expect = outcome(text, built["key"])
-        if expect == "ok":
-            raise SystemExit(f"mutation {name} still verifies: fix the generator")
+        mutated[name] = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    for name, edit in TEXT_MUTATIONS.items():
+        mutated[name] = edit(valid)
+    keys = {"verifier-key.txt": built["key"], "other-key.txt": built["other_key"]}
+    cases = [{"file": f"invalid/{name}.json"} for name in mutated]
+    for name, text in mutated.items():
         files[f"invalid/{name}.json"] = text + "\n"
-        manifest["invalid"].append({"file": f"invalid/{name}.json", "expect": expect})
+    manifest: dict[str, Any] = {"valid": "proof-valid.json", "invalid": []}
+    for case in [*cases, *CALL_CASES]:
+        data = files[case["file"]].encode("utf-8")
+        expect = outcome(data, keys[case.get("key", "verifier-key.txt")], case.get("user"))
+        if expect == "ok":
+            raise SystemExit(f"{case} still verifies: fix the generator")
+        manifest["invalid"].append({**case, "expect": expect})
     files["manifest.json"] = _dump(manifest)
     return files
 
@@ -344,13 +457,13 @@ def main(argv: list[str] | None = None) -> int:
     files = render()
     stale = []
     for name, text in files.items():
-        path = OUT / name
+        path, data = OUT / name, text.encode("utf-8")
         if args.check:
-            if not path.exists() or path.read_text() != text:
+            if not path.exists() or path.read_bytes() != data:
                 stale.append(name)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            path.write_bytes(data)
     if stale:
         print("stale vectors (run scripts/gen_vectors.py):", ", ".join(stale), file=sys.stderr)
         return 1

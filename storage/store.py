@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import os
 import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -150,6 +151,20 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: object) -> None:
     cursor.close()
 
 
+def _create_private(database: str | None) -> None:
+    """Create a missing SQLite file owner-only (0600) before SQLite opens it:
+    it holds every balance and the salts. SQLite gives its -wal and -shm
+    files the database file's mode."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StorageError(f"cannot create database file {database}: {exc.strerror}") from None
+
+
 def _sqlite_on_begin(conn: Connection) -> None:
     immediate = conn.get_execution_options().get("solvency_write", False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
@@ -175,6 +190,7 @@ class Store:
             shown = url.split("@")[-1]  # never a password in an error message
             raise StorageError(f"cannot open database ...@{shown}: {exc}") from None
         if engine.dialect.name == "sqlite":
+            _create_private(parsed.database)
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
         store = cls(engine)

@@ -12,7 +12,11 @@ being the Ed25519 algorithm byte. A verifier key is written
 ``<name>+<key_id as 8 hex>+<base64(0x01 || public_key)>``.
 
 Checkpoint body (C2SP tlog-checkpoint): origin line, tree size in decimal,
-base64 root hash, then optional extension lines.
+base64 root hash. C2SP allows extension lines after the root; this protocol
+defines none and refuses a body that has any (PROTOCOL §5), so every signed
+byte of a checkpoint means something a verifier checks. The origin must be the
+verifier key's name (``origin-mismatch``). Every base64 field (key, signature,
+root) must be canonical (``verifier.fields.b64``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from verifier.errors import FormatError, VerificationError
+from verifier.fields import b64
 
 __all__ = [
     "Checkpoint",
@@ -55,13 +60,6 @@ def _key_id(name: str, public_key: bytes) -> int:
     return int.from_bytes(digest.digest()[:4], "big")
 
 
-def _b64(text: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except ValueError:  # binascii.Error, or non-ASCII text
-        raise FormatError(f"{what} is not base64") from None
-
-
 @dataclass(frozen=True, slots=True)
 class VerifierKey:
     """An Ed25519 verifier key with its name and key id."""
@@ -78,7 +76,7 @@ class VerifierKey:
             raise FormatError("verifier key must be <name>+<8 hex digits>+<base64 key>")
         name, key_id = parts[0], int(parts[1], 16)
         _check_name(name)
-        raw = _b64(parts[2], "verifier key")
+        raw = b64(parts[2], "verifier key")
         if len(raw) != 33 or raw[0] != ALG_ED25519:
             raise FormatError("verifier key is not an Ed25519 key (0x01 || 32 bytes)")
         if _key_id(name, raw[1:]) != key_id:
@@ -159,7 +157,7 @@ def open_note(note: bytes, keys: Sequence[VerifierKey]) -> bytes:
             raise FormatError("signature line must be '— <name> <base64>'")
         name, encoded = fields
         _check_name(name)
-        raw = _b64(encoded, "signature")
+        raw = b64(encoded, "signature")
         if len(raw) < 5:
             raise FormatError("signature is too short")
         key = by_id.get((name, int.from_bytes(raw[:4], "big")))
@@ -175,50 +173,64 @@ def open_note(note: bytes, keys: Sequence[VerifierKey]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """The signed state of a log: its origin, size and root hash."""
+    """The signed state of a log: its origin, size and root hash. Protocol
+    version 1 defines no extension lines (PROTOCOL §5)."""
 
     origin: str
     size: int
     root: bytes
-    extensions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.origin or "\n" in self.origin:
+            raise FormatError(f"checkpoint origin {self.origin!r} is empty or spans lines")
+        if not 0 <= self.size < 2**64:
+            raise FormatError(f"checkpoint size {self.size} is not a u64")
+        if len(self.root) != 32:
+            raise FormatError("checkpoint root must be 32 bytes")
 
     def to_note_body(self) -> bytes:
-        lines = [
-            self.origin,
-            str(self.size),
-            base64.b64encode(self.root).decode(),
-            *self.extensions,
-        ]
+        lines = [self.origin, str(self.size), base64.b64encode(self.root).decode()]
         return ("\n".join(lines) + "\n").encode("utf-8")
 
     @classmethod
     def parse(cls, body: bytes) -> Checkpoint:
-        """Parse a checkpoint note body strictly."""
+        """Parse a checkpoint note body strictly: exactly the three lines
+        origin, size, root; ``Checkpoint.parse(b).to_note_body() == b``."""
         text = _check_body(body)
         lines = text[:-1].split("\n")
         if len(lines) < 3:
             raise FormatError("checkpoint needs origin, size and root lines")
-        origin, size, root, *extensions = lines
+        if len(lines) > 3:
+            raise FormatError(
+                f"checkpoint has {len(lines) - 3} extension line(s) after the root: "
+                "protocol version 1 defines none"
+            )
+        origin, size, root = lines
         if not origin:
             raise FormatError("checkpoint origin is empty")
         if _SIZE.fullmatch(size) is None or int(size) >= 2**64:
             raise FormatError(f"checkpoint size {size!r} is not a decimal u64")
-        raw_root = _b64(root, "checkpoint root")
+        raw_root = b64(root, "checkpoint root")
         if len(raw_root) != 32:
             raise FormatError("checkpoint root must be 32 bytes")
-        if any(not line for line in extensions):
-            raise FormatError("checkpoint has an empty extension line")
-        return cls(origin, int(size), raw_root, tuple(extensions))
+        return cls(origin, int(size), raw_root)
 
 
 def verify_checkpoint(note: bytes, key: VerifierKey, origin: str | None = None) -> Checkpoint:
-    """Open a signed checkpoint under ``key`` and parse it.
+    """Open a signed checkpoint under ``key`` and parse it (PROTOCOL §5, §7 step 1).
+
+    The checkpoint's origin must be the key's name, and ``origin`` if given.
 
     Raises:
         VerificationError: ``unknown-key``, ``signature-invalid`` or ``origin-mismatch``.
         FormatError: malformed note or checkpoint.
     """
     checkpoint = Checkpoint.parse(open_note(note, [key]))
+    if checkpoint.origin != key.name:
+        raise VerificationError(
+            "origin-mismatch",
+            f"checkpoint is for log {checkpoint.origin!r}, the key is {key.name!r}'s",
+        )
     if origin is not None and checkpoint.origin != origin:
         raise VerificationError(
             "origin-mismatch", f"checkpoint is for log {checkpoint.origin!r}, not {origin!r}"

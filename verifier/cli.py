@@ -7,7 +7,7 @@ Commands:
     checkpoint FILE --key VKEY                        verify a signed checkpoint
     consistency OLD NEW PROOF --key VKEY              verify that NEW extends OLD
 
-Exit status: 0 valid, 1 invalid (the failed check is named), 2 usage or I/O error.
+Exit status: see ``EXIT_TABLE`` (printed by ``--help``).
 """
 
 from __future__ import annotations
@@ -15,27 +15,59 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from verifier import rfc9162
-from verifier.audit import AuditState, audit_epoch, restore
 from verifier.checkpoint import VerifierKey, verify_checkpoint
-from verifier.errors import FormatError, SolvencyError, VerificationError
+from verifier.errors import FormatError, VerificationError
+from verifier.hashing import printable_id
 from verifier.proof import ProofFile, ProofReport, verify_proof
-from verifier.record import EpochRecord
-from verifier.stream import EpochMessage, parse_message
+from verifier.record import Status
+from verifier.version import VERIFIER_DISTRIBUTION, VersionAction
 
-__all__ = ["format_amount", "main"]
+__all__ = [
+    "EXIT_ERROR",
+    "EXIT_INVALID",
+    "EXIT_NOT_SOLVENT",
+    "EXIT_USAGE",
+    "EXIT_VALID",
+    "OperationalError",
+    "UsageError",
+    "format_amount",
+    "main",
+]
 
-EXIT_VALID, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+EXIT_VALID = 0  # valid (for proof: and every asset of the record solvent)
+EXIT_INVALID = 1  # invalid proof, or a violation by the custodian
+EXIT_USAGE = 2  # malformed input or usage
+EXIT_ERROR = 3  # operational error: network, files, a bug of ours
+EXIT_NOT_SOLVENT = 4  # proof: included, but some asset insolvent or unproven
+
+EXIT_TABLE = """\
+exit status (every command):
+  0  valid; for proof, every asset of the record is also solvent
+  1  invalid: a check failed, or what the custodian signed or sent is malformed
+     (the check is named: "format" for malformed); for watch, an alarm was raised
+  2  usage: bad arguments; a key, URL or --state that does not parse or does not
+     match; an input file that cannot be read; on the first contact of watch, a
+     prover whose checkpoints do not verify with --key and --origin (no evidence
+     is written: that is configuration, not evidence); a 4xx answer to proof --url
+  3  operational error: network, a file the command writes (--state, evidence), or
+     a bug of ours (SOLVENCY_DEBUG=1 or --debug prints its traceback)
+  4  proof only: the balances are included, but some asset is insolvent or unproven
+"""
 
 
 class UsageError(Exception):
-    """Bad arguments, or a file or server that cannot be read."""
+    """Bad arguments, or an input named on the command line that cannot be used."""
+
+
+class OperationalError(Exception):
+    """The network or the file system failed us: not the custodian's doing, nor the user's."""
 
 
 def format_amount(value: int, decimals: int) -> str:
@@ -46,24 +78,25 @@ def format_amount(value: int, decimals: int) -> str:
     return f"{whole}.{frac:0{decimals}d}".rstrip("0").rstrip(".")
 
 
-def _read(path: str) -> bytes:
+def read_input(path: str) -> bytes:
+    """The bytes of a file named on the command line (``-``: standard input)."""
     try:
         return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _key(text: str) -> VerifierKey:
+def load_key(text: str) -> VerifierKey:
     """A verifier key given inline or as the path of a file holding it."""
     if "+" not in text and os.path.exists(text):
-        text = _read(text).decode("utf-8", "replace").strip()
+        text = read_input(text).decode("utf-8", "replace").strip()
     try:
         return VerifierKey.parse(text)
     except FormatError as exc:
         raise UsageError(f"--key: {exc}") from None
 
 
-def _when(ms: int) -> str:
+def when(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
@@ -88,17 +121,19 @@ def _fetch_proof(url: str, user: str, token: str) -> bytes:
             return body
     except urllib.error.HTTPError as exc:
         detail = exc.read(4096).decode("utf-8", "replace")
-        raise UsageError(f"prover answered {exc.code}: {detail}") from None
+        error = UsageError if 400 <= exc.code < 500 else OperationalError
+        raise error(f"prover answered {exc.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as exc:
-        raise UsageError(f"cannot reach {target}: {exc}") from None
+        raise OperationalError(f"cannot reach {target}: {exc}") from None
 
 
-def _proof_summary(report: ProofReport) -> dict[str, Any]:
+def _proof_summary(report: ProofReport, code: int) -> dict[str, Any]:
     return {
         "valid": True,
+        "exit": code,
         "user": report.user,
         "epoch": report.epoch,
-        "time": _when(report.timestamp_ms),
+        "time": when(report.timestamp_ms),
         "log_size": report.checkpoint.size,
         "solvent": report.record.solvent,
         "assets": [
@@ -115,285 +150,154 @@ def _proof_summary(report: ProofReport) -> dict[str, Any]:
 
 
 def cmd_proof(args: argparse.Namespace) -> int:
-    key = _key(args.key)
+    key = load_key(args.key)
     if args.url:
         if not (args.user and args.token):
             raise UsageError("--url needs --user and --token")
         data = _fetch_proof(args.url, args.user, args.token)
     elif args.file:
-        data = _read(args.file)
+        data = read_input(args.file)
     else:
         raise UsageError("give a proof FILE or --url")
     report = verify_proof(ProofFile.parse(data), key, user=args.user)
-    summary = _proof_summary(report)
+    code = EXIT_VALID if report.record.solvent else EXIT_NOT_SOLVENT
+    summary = _proof_summary(report, code)
     if args.json:
         print(json.dumps(summary, indent=2))
-        return EXIT_VALID
-    print(f"VALID: {report.user}'s balances are included in epoch {report.epoch}")
-    print(f"  signed by {key.name} at {summary['time']}, log of {report.checkpoint.size} epochs")
+        return code
+    print(f"VALID: {printable_id(report.user)}'s balances are included in epoch {report.epoch}")
+    print(
+        f"  signed by {printable_id(key.name)} at {summary['time']}, "
+        f"log of {report.checkpoint.size} epochs"
+    )
     for a in summary["assets"]:
         print(
-            f"  {a['asset']:<8} your balance {a['balance']:>20}   "
+            f"  {printable_id(a['asset']):<8} your balance {a['balance']:>20}   "
             f"liabilities {a['liabilities']:>20}   reserves {a['reserves']:>20}   {a['status']}"
         )
-    print(
-        "  custodian solvent in every asset"
-        if report.record.solvent
-        else "  WARNING: not every asset is proven solvent"
-    )
-    return EXIT_VALID
+    if code == EXIT_VALID:
+        print("  custodian solvent in every asset")
+    else:
+        others = [
+            f"{printable_id(a.asset)} {a.status.name.lower()}"
+            for a in report.record.assets
+            if a.status is not Status.SOLVENT
+        ]
+        print(f"  WARNING: not every asset is proven solvent: {', '.join(others)}")
+    return code
 
 
 # checkpoint and consistency
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    cp = verify_checkpoint(_read(args.file), _key(args.key), args.origin)
-    print(f"VALID: {cp.origin} size {cp.size} root {cp.root.hex()}")
+    cp = verify_checkpoint(read_input(args.file), load_key(args.key), args.origin)
+    if args.json:
+        doc = {"valid": True, "exit": 0, "origin": cp.origin, "size": cp.size}
+        print(json.dumps({**doc, "root": cp.root.hex()}))
+    else:
+        print(f"VALID: {printable_id(cp.origin)} size {cp.size} root {cp.root.hex()}")
     return EXIT_VALID
 
 
 def cmd_consistency(args: argparse.Namespace) -> int:
-    key = _key(args.key)
-    old = verify_checkpoint(_read(args.old), key, args.origin)
-    new = verify_checkpoint(_read(args.new), key, old.origin)
-    raw = _read(args.proof).decode("utf-8", "replace")
+    key = load_key(args.key)
+    old = verify_checkpoint(read_input(args.old), key, args.origin)
+    new = verify_checkpoint(read_input(args.new), key, old.origin)
+    raw = read_input(args.proof).decode("utf-8", "replace")
     try:
         hashes = [bytes.fromhex(line) for line in raw.split()]
     except ValueError:
         raise FormatError("PROOF must hold one hex hash per line") from None
     rfc9162.verify_consistency(old.size, new.size, old.root, new.root, hashes)
-    print(f"VALID: the log of {new.size} extends the log of {old.size}")
+    if args.json:
+        print(json.dumps({"valid": True, "exit": 0, "old_size": old.size, "new_size": new.size}))
+    else:
+        print(f"VALID: the log of {new.size} extends the log of {old.size}")
     return EXIT_VALID
 
 
-# watch
-
-
-class Watcher:
-    """The auditor's loop: subscribe, verify each epoch, keep state, raise alarms."""
-
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.url = args.url.rstrip("/")
-        self.key = _key(args.key)
-        self.origin = args.origin or self.key.name
-        self.state_dir = Path(args.state)
-        self.as_json = args.json
-        self.keep_going: bool = args.keep_going
-        self.max_silence = args.max_silence
-        self.max_epochs = args.max_epochs
-        self.seen = 0
-        self.violations = 0
-        self.open_findings: dict[str, str] = {}
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.state_file = self.state_dir / "state.json"
-        self.state: AuditState | None = None
-        if self.state_file.exists():
-            try:
-                self.state = restore(self.state_file.read_bytes(), self.key, self.origin)
-            except SolvencyError as exc:
-                raise UsageError(f"{self.state_file}: {exc}") from None
-
-    def _save(self, state: AuditState) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(state.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_file)
-        self.state = state
-
-    def _evidence(self, name: str, doc: dict[str, Any]) -> Path:
-        path = self.state_dir / f"evidence-{int(time.time() * 1000)}-{name}.json"
-        path.write_text(json.dumps(doc, indent=2))
-        return path
-
-    def _say(self, doc: dict[str, Any], line: str) -> None:
-        print(json.dumps(doc) if self.as_json else line, flush=True)
-
-    def violation(self, check: str, reason: str, message: EpochMessage | None) -> None:
-        self.violations += 1
-        evidence: dict[str, Any] = {
-            "check": check,
-            "reason": reason,
-            "last_verified_checkpoint": self.state.checkpoint if self.state else None,
-        }
-        if message is not None:
-            evidence["message"] = json.loads(message.to_json())
-        path = self._evidence(check, evidence)
-        self._say(
-            {"event": "violation", "check": check, "reason": reason, "evidence": str(path)},
-            f"ALARM {check}: {reason} (evidence in {path})",
-        )
-
-    def on_message(self, message: EpochMessage) -> bool:
-        """Verify one epoch; return False to stop watching."""
-        try:
-            state, record, findings = audit_epoch(self.state, message, self.key, self.origin)
-        except (VerificationError, FormatError) as exc:
-            check = exc.check if isinstance(exc, VerificationError) else "format"
-            self.violation(check, str(exc), message)
-            return self.keep_going
-        self._save(state)
-        self.seen += 1
-        self._report(record)
-        # Alarm when an asset turns insolvent or unproven, not again each epoch it stays so.
-        current = {f.asset: f for f in findings}
-        for f in findings:
-            if self.open_findings.get(f.asset) != f.status:
-                self.violation(f.status, f"{f.asset}: {f.detail}", message)
-        for asset in set(self.open_findings) - set(current):
-            self._say(
-                {"event": "recovered", "asset": asset, "epoch": record.epoch},
-                f"RECOVERED {asset} is solvent again at epoch {record.epoch}",
-            )
-        self.open_findings = {a: f.status for a, f in current.items()}
-        if findings and not self.keep_going:
-            return False
-        return not (self.max_epochs and self.seen >= self.max_epochs)
-
-    def _report(self, record: EpochRecord) -> None:
-        parts = [
-            f"{a.asset} {a.status.name.lower()} liabilities "
-            f"{format_amount(a.liabilities, a.decimals)} reserves "
-            f"{format_amount(a.reserves, a.decimals)}"
-            for a in record.assets
-        ]
-        self._say(
-            {
-                "event": "epoch",
-                "epoch": record.epoch,
-                "time": _when(record.timestamp_ms),
-                "solvent": record.solvent,
-                "assets": {
-                    a.asset: {
-                        "status": a.status.name.lower(),
-                        "liabilities": str(a.liabilities),
-                        "reserves": str(a.reserves),
-                    }
-                    for a in record.assets
-                },
-            },
-            f"epoch {record.epoch} {_when(record.timestamp_ms)} verified: "
-            + (" | ".join(parts) or "no assets"),
-        )
-
-    async def run(self) -> int:
-        import asyncio  # here and not at the top: ``proof`` starts faster without
-
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import (
-            ConnectionClosed,
-            InvalidHandshake,
-            InvalidStatus,
-            InvalidURI,
-        )
-
-        backoff = 1.0
-        while True:
-            since = self.state.size if self.state else 0
-            try:
-                async with connect(f"{self.url}/roots?since={since}", max_size=1 << 20) as ws:
-                    backoff = 1.0
-                    while True:
-                        try:
-                            frame = await asyncio.wait_for(ws.recv(), self.max_silence)
-                        except TimeoutError:
-                            self.violation(
-                                "stale-log", f"no epoch for {self.max_silence:g} s", None
-                            )
-                            if not self.keep_going:
-                                return EXIT_INVALID
-                            continue
-                        try:
-                            message = parse_message(frame)
-                        except FormatError as exc:
-                            self.violation("format", str(exc), None)
-                            if not self.keep_going:
-                                return EXIT_INVALID
-                            continue
-                        if not self.on_message(message):
-                            return EXIT_INVALID if self.violations else EXIT_VALID
-            except InvalidURI as exc:
-                raise UsageError(str(exc)) from None
-            except InvalidStatus as exc:
-                if exc.response.status_code == 400 and b"bad-since" in exc.response.body:
-                    # The prover has fewer epochs than this auditor already verified.
-                    self.violation(
-                        "log-rolled-back", f"the log no longer reaches size {since}", None
-                    )
-                    if not self.keep_going:
-                        return EXIT_INVALID
-                self._say(
-                    {"event": "refused", "status": exc.response.status_code, "retry_in": backoff},
-                    f"prover refused the connection ({exc}); retrying in {backoff:g} s",
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
-                self._say(
-                    {"event": "disconnected", "reason": str(exc), "retry_in": backoff},
-                    f"disconnected ({exc}); retrying in {backoff:g} s",
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
-    import asyncio
-    import threading
+    from verifier.watch import watch  # here: proof need not import asyncio and websockets
 
-    watcher = Watcher(args)
-
-    async def until_signalled() -> int:
-        """Watch until done, or until SIGINT/SIGTERM ends the watch cleanly."""
-        task = asyncio.create_task(watcher.run())
-        if threading.current_thread() is threading.main_thread():  # else: embedded, e.g. tests
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, task.cancel)
-        try:
-            return await task
-        except asyncio.CancelledError:
-            return EXIT_INVALID if watcher.violations else EXIT_VALID
-
-    return asyncio.run(until_signalled())
+    return watch(args)
 
 
 # entry point
 
 
+class _Parser(argparse.ArgumentParser):
+    """Raises UsageError instead of exiting, so that ``main`` reports it (as JSON too)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="solvency-verify", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="solvency-verify",
+        description=__doc__.splitlines()[0],
+        epilog=EXIT_TABLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action=VersionAction, distribution=VERIFIER_DISTRIBUTION)
+    parser.add_argument("--debug", action="store_true", help="print tracebacks of our own bugs")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("proof", help="verify a user's inclusion proof")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name, help=help, epilog=EXIT_TABLE, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+        return p
+
+    p = command("proof", "verify a user's inclusion proof")
     p.add_argument("file", nargs="?", help="proof file (- for standard input)")
     p.add_argument("--key", required=True, help="verifier key, or a file holding it")
     p.add_argument("--user", help="the user id the proof must be for")
     p.add_argument("--url", help="fetch the proof from the prover (ws:// or http://)")
     p.add_argument("--token", help="the user's proof token, with --url")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(run=cmd_proof)
 
-    p = sub.add_parser("watch", help="follow and verify every epoch")
+    p = command("watch", "follow and verify every epoch")
     p.add_argument("url", help="the prover, e.g. ws://127.0.0.1:8765")
     p.add_argument("--key", required=True, help="verifier key, or a file holding it")
     p.add_argument("--state", required=True, help="directory keeping the last verified state")
     p.add_argument("--origin", help="expected log origin (default: the key's name)")
-    p.add_argument("--json", action="store_true", help="one JSON object per event")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("SOLVENCY_AUDITOR_TOKEN") or None,
+        help="this auditor's token, for a reserved slot on the root stream"
+        " (default: $SOLVENCY_AUDITOR_TOKEN)",
+    )
     p.add_argument("--keep-going", action="store_true", help="report violations, don't stop")
-    p.add_argument("--max-silence", type=float, default=30.0, help="alarm after S s without epoch")
+    p.add_argument(
+        "--max-silence",
+        type=_positive,
+        default=30.0,
+        metavar="S",
+        help="alarm (stale-log) once no checkpoint has verified for S seconds, counted from "
+        "the last verified one (or the start) whether or not the prover is reachable, and "
+        "with --keep-going again every further S seconds of silence (default 30)",
+    )
     p.add_argument("--max-epochs", type=int, default=0, help="stop after N epochs (0: never)")
     p.set_defaults(run=cmd_watch)
 
-    p = sub.add_parser("checkpoint", help="verify a signed checkpoint")
+    p = command("checkpoint", "verify a signed checkpoint")
     p.add_argument("file")
     p.add_argument("--key", required=True)
     p.add_argument("--origin")
     p.set_defaults(run=cmd_checkpoint)
 
-    p = sub.add_parser("consistency", help="verify that one checkpoint extends another")
+    p = command("consistency", "verify that one checkpoint extends another")
     p.add_argument("old")
     p.add_argument("new")
     p.add_argument("proof", help="consistency proof: one hex hash per line")
@@ -403,24 +307,50 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(code: int, as_json: bool | str, reason: str, check: str | None = None) -> int:
+    """Report a failure on stderr, and with ``--json`` as one JSON object on stdout
+    (``as_json="watch"``: one more event of watch's stream, ``"event": "error"``)."""
+    if check is not None:
+        print(f"INVALID {check}: {printable_id(reason)}", file=sys.stderr)
+    else:
+        print(f"error: {printable_id(reason)}", file=sys.stderr)
+    if as_json:
+        doc: dict[str, Any] = {"event": "error"} if as_json == "watch" else {}
+        doc.update(valid=False if code == EXIT_INVALID else None, exit=code)
+        if check is not None:
+            doc["check"] = check
+        else:
+            doc["error"] = "usage" if code == EXIT_USAGE else "operational"
+        doc["reason"] = reason
+        print(json.dumps(doc), flush=True)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else argv
+    as_json: bool | str = "--json" in argv
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
+    except UsageError as exc:
+        return _fail(EXIT_USAGE, as_json, str(exc))
+    as_json = args.json and ("watch" if args.command == "watch" else True)
     try:
         result: int = args.run(args)
         return result
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except VerificationError as exc:
-        print(f"INVALID: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return _fail(EXIT_INVALID, as_json, exc.detail, exc.check)
     except FormatError as exc:
-        print(f"INVALID: malformed input: {exc}", file=sys.stderr)
-        return EXIT_INVALID
+        return _fail(EXIT_INVALID, as_json, f"malformed: {exc}", "format")
+    except UsageError as exc:
+        return _fail(EXIT_USAGE, as_json, str(exc))
+    except OperationalError as exc:
+        return _fail(EXIT_ERROR, as_json, str(exc))
+    except Exception as exc:  # a bug of ours: one line, the traceback on request
+        if args.debug or os.environ.get("SOLVENCY_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+        return _fail(EXIT_ERROR, as_json, f"internal error: {type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":

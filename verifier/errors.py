@@ -27,8 +27,10 @@ class VerificationError(SolvencyError):
 
     Attributes:
         check: short stable name of the failed check, e.g. ``"root-mismatch"``.
+        detail: what failed, without the check's name (``str()`` is ``check: detail``).
     """
 
     def __init__(self, check: str, message: str) -> None:
         super().__init__(f"{check}: {message}")
         self.check = check
+        self.detail = message

@@ -12,7 +12,9 @@ The file is JSON (UTF-8)::
 
 Nothing in it is taken on trust: the record's log index is its epoch number and
 the log size is the checkpoint's, so every value feeds one of the checks below.
-Unknown keys are rejected.
+Parsing is strict (``verifier.fields``: UTF-8 without BOM, no duplicate or
+unknown key, canonical base64) but checks syntax only: a balance, slot or
+sibling sum out of range parses, and fails its PROTOCOL §3 check by name.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from verifier import rfc9162
 from verifier.checkpoint import Checkpoint, VerifierKey, verify_checkpoint
 from verifier.errors import FormatError, VerificationError
 from verifier.fields import b64, decimal, exact_keys, hex32, hex32_list, load_object, natural, text
-from verifier.hashing import check_user_id, commitment, leaf_hash
+from verifier.hashing import DIGEST_SIZE, MAX_BALANCE, check_user_id, commitment, leaf_hash
 from verifier.record import AssetState, EpochRecord
 from verifier.sumtree import PathStep, verify_path
 
@@ -105,7 +107,7 @@ class ProofFile:
         check_user_id(user)
         assets = doc["assets"]
         if not isinstance(assets, list) or not assets:
-            raise FormatError("assets must be a non-empty list")
+            raise FormatError("assets must be a non-empty list (a proof proves a balance)")
         return cls(
             user=user,
             salt=hex32(doc["salt"], "salt"),
@@ -168,18 +170,25 @@ def verify_proof(
             raise VerificationError("duplicate-asset", f"two paths for asset {entry.asset}")
         seen.add(entry.asset)
         state = _asset_state(record, entry.asset)
+        # A leaf encodes its amount in 128 bits. An amount above MAX_BALANCE
+        # fails leaf-range (or an earlier §3 check) before the leaf is used, so
+        # it gets a placeholder rather than a FormatError from encoding.
+        if entry.balance <= MAX_BALANCE:
+            leaf = leaf_hash(entry.asset, user_commitment, entry.balance)
+        else:
+            leaf = bytes(DIGEST_SIZE)
         try:
             verify_path(
                 height=state.height,
                 root=state.root,
                 liabilities=state.liabilities,
                 slot=entry.slot,
-                leaf=leaf_hash(entry.asset, user_commitment, entry.balance),
+                leaf=leaf,
                 amount=entry.balance,
                 path=entry.path,
             )
         except VerificationError as exc:
-            raise VerificationError(exc.check, f"asset {entry.asset}: {exc}") from exc
+            raise VerificationError(exc.check, f"asset {entry.asset}: {exc.detail}") from exc
         reports.append(
             AssetReport(
                 asset=entry.asset,

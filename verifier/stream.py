@@ -9,7 +9,9 @@ Each epoch the prover sends one text frame holding a JSON object::
      "consistency": ["<64 hex>", ...]}   # from size epoch to size epoch + 1
 
 The record's epoch number is its log index, and the checkpoint's size must be
-``epoch + 1``: the stream carries each checkpoint right after its epoch.
+``epoch + 1``: the stream carries each checkpoint right after its epoch. A frame
+is read as strictly as a proof file (``verifier.fields``: no duplicate or
+unknown key, canonical base64).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +21,10 @@ from prover.cli import main as prover_main
 from prover.config import load_config
 from prover.keys import load_key
 from storage.store import Store
+from tests.prover.daemon import start_daemon
 from verifier.checkpoint import verifier_key_for
 
 USERS = 50
-
-
-def start(data: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prover.cli", "--data-dir", str(data), "--port", str(port), "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60  # a loaded CI machine starts processes slowly
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("the prover did not start")
 
 
 def message(seq: int) -> str:
@@ -90,7 +73,7 @@ def test_kill_9_mid_ingest(tmp_path: Path, unused_port: int, db_url: str) -> Non
     url = f"ws://127.0.0.1:{unused_port}"
     key = str(verifier_key_for(config.origin, load_key(config.key_path).public_key()))
 
-    proc = start(data, unused_port)
+    proc = start_daemon(data, unused_port)
     out = tmp_path / "auditor.jsonl"
     auditor = watch(url, key, tmp_path / "auditor", out)
 
@@ -105,7 +88,7 @@ def test_kill_9_mid_ingest(tmp_path: Path, unused_port: int, db_url: str) -> Non
         proc.wait()
         assert acked > 50  # it really was in the middle of ingest
 
-        proc = start(data, unused_port)
+        proc = start_daemon(data, unused_port)
         try:
             # The producer replays from well before its last ack: replays are ignored.
             final = max(acked + 200, 400)

@@ -89,6 +89,36 @@ def test_refusals(message: str, code: str) -> None:
     assert info.value.code == code
 
 
+@pytest.mark.parametrize("amount", [5, "5"])
+def test_a_message_without_type_is_refused(amount: object) -> None:
+    """Untagged balances were decoded as balances (integer amounts): the
+    ``type`` of every message is required."""
+    doc = json.loads(balances(row(amount=amount), id="u-1"))
+    del doc["type"]
+    with pytest.raises(IngestError) as info:
+        parse_ingest(json.dumps(doc))
+    assert (info.value.code, info.value.id) == ("bad-message", "u-1")
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (balances(row(amount="x"), id="b-9"), "b-9"),  # refused by the typed decoder
+        (balances(row(amount=-1), id=12), 12),
+        (balances(row(asset="btc"), id="b-10"), "b-10"),  # refused after decoding
+        (balances(row(2), row(1), id="b-11"), "b-11"),
+        (balances(row(), id=True), None),  # the id itself is bad: none echoed
+        (balances(row(), id=10**200), None),
+        ("{not json", None),
+    ],
+)
+def test_a_refusal_echoes_the_id(message: str, expected: object) -> None:
+    with pytest.raises(IngestError) as info:
+        parse_ingest(message)
+    assert info.value.id == expected
+    assert json.loads(error_reply(info.value.id, info.value))["id"] == expected
+
+
 @given(st.lists(st.tuples(st.integers(0, MAX_BALANCE + 1), st.booleans()), min_size=1))
 def test_amounts_as_integers_or_strings_parse_alike(amounts: list[tuple[int, bool]]) -> None:
     """Integers only take msgspec's fast path; any string amount, the full one."""

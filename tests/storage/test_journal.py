@@ -50,7 +50,7 @@ def test_journaled_balances_are_read_and_survive_reopening_without_a_fold(db_url
 
 def test_a_batch_is_one_journal_row_of_its_fresh_updates_coalesced(store: Store) -> None:
     store.apply_balances("core", [B(1, "a", "BTC", 1)])
-    user = "\u00e9\u2028x"  # a line separator to str.splitlines, not a control character
+    user = "\u00e9\u00a0x"  # non-ASCII, a no-break space inside: journaled as its UTF-8
     batch = [B(1, "a", "BTC", 9), B(4, "b", "ETH", 2), B(5, user, "BTC", 3), B(7, "b", "ETH", 0)]
     store.apply_balances("core", batch)
     with store.engine.connect() as conn:

@@ -1,9 +1,10 @@
-"""Each known attack on Merkle sum trees (../shared/ATTACKS.md), built and rejected.
+"""Each known attack on Merkle sum trees, built and rejected.
 
 The trees here come from tests/reference.py; a dishonest prover is modelled by
 swapping its node rule or editing the paths it hands out. Proof-file level
-attacks (other key, forged record, rewritten log) are the mutated vectors of
-tests/verifier/test_proof.py.
+attacks (other key, forged record, rewritten log, a record owing less than its
+tree, files two parsers read differently) are the vectors of tests/vectors/,
+checked by tests/verifier/test_proof.py.
 """
 
 from __future__ import annotations
@@ -77,6 +78,15 @@ def test_understated_sibling_sum_is_rejected() -> None:
     path = reference.path(levels, 0)
     path[2] = PathStep(path[2].hash, 0)  # hide dave's subtree
     assert check(levels, 0, "alice", 100, path=path, liabilities=357) == "root-mismatch"
+
+
+def test_record_understating_the_tree_total_is_rejected() -> None:
+    """The root hash binds its children's sums, not the total the record states:
+    a record owing less than its tree sums to fails every user's path. (The
+    vector invalid/liabilities-understated.json is this attack, signed.)"""
+    levels = reference.build("BTC", HEIGHT, USERS)
+    for slot, (user, amount) in USERS.items():
+        assert check(levels, slot, user, amount, liabilities=1356) == "liabilities-mismatch"
 
 
 # 2. Negative or fake accounts, and 3. overflow / wraparound.

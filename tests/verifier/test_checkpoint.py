@@ -1,5 +1,6 @@
 """C2SP signed notes and checkpoints: the published Go vector, ours, and refusals."""
 
+import base64
 import contextlib
 
 import pytest
@@ -40,13 +41,68 @@ def test_go_vector() -> None:
 
 
 def test_sign_and_verify_checkpoint() -> None:
-    cp = Checkpoint(ORIGIN, 3, bytes(range(32)), ("ext one",))
+    cp = Checkpoint(ORIGIN, 3, bytes(range(32)))
     note = sign_note(cp.to_note_body(), ORIGIN, TEST_KEY)
     assert note.startswith(
-        b"example.com/solvency/test\n3\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\next one\n\n"
+        b"example.com/solvency/test\n3\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n\n"
     )
     assert verify_checkpoint(note, VKEY, ORIGIN) == cp
     assert VerifierKey.parse(str(VKEY)) == VKEY
+
+
+ROOT_B64 = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="  # base64(bytes(range(32)))
+
+
+def test_extension_lines_are_refused() -> None:
+    """PROTOCOL §5: version 1 defines no extension lines, so a signed line that
+    no verifier checks (here a claim of solvency) cannot ride along."""
+    body = f"{ORIGIN}\n3\n{ROOT_B64}\nsolvent: yes\n".encode()
+    assert _fails(sign_note(body, ORIGIN, TEST_KEY)) == "format"
+    with pytest.raises(FormatError, match="extension"):
+        Checkpoint.parse(body)
+
+
+def test_origin_must_be_the_key_name() -> None:
+    """A note signed by the key but naming another log: origin-mismatch, even
+    when the caller names no origin."""
+    body = Checkpoint("example.com/other", 3, bytes(32)).to_note_body()
+    note = sign_note(body, ORIGIN, TEST_KEY)
+    assert _fails(note) == "origin-mismatch"
+    assert _fails(note, origin="example.com/other") == "origin-mismatch"
+    renamed = verifier_key_for("example.com/other", TEST_KEY.public_key())
+    assert _fails(sign_note(body, "example.com/other", TEST_KEY), renamed) == "ok"
+
+
+def _with_pad_bit(encoded: str) -> str:
+    """``encoded`` (ending in "=") with the lowest bit of its last data character
+    set: a pad bit, so the decoded bytes are the same."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    body = encoded.rstrip("=")
+    changed = body[:-1] + alphabet[alphabet.index(body[-1]) | 1] + encoded[len(body) :]
+    assert changed != encoded and base64.b64decode(changed) == base64.b64decode(encoded)
+    return changed
+
+
+def test_non_canonical_base64_is_refused_everywhere() -> None:
+    """Root, signature (of a known or an unknown signer) and verifier key must be
+    the one base64 text of their bytes (RFC 4648 §3.5: pad bits zero)."""
+    body = f"{ORIGIN}\n3\n{_with_pad_bit(ROOT_B64)}\n".encode()
+    assert _fails(sign_note(body, ORIGIN, TEST_KEY)) == "format"
+    note = sign_note(Checkpoint(ORIGIN, 3, bytes(range(32))).to_note_body(), ORIGIN, TEST_KEY)
+    head, _, signature = note.decode().rstrip("\n").rpartition(" ")
+    assert _fails(f"{head} {_with_pad_bit(signature)}\n".encode()) == "format"
+    cosigned = note + sign_note(b"x\n", "witness", OTHER_KEY).split(b"\n\n")[1]
+    assert _fails(cosigned) == "ok"
+    head, _, signature = cosigned.decode().rstrip("\n").rpartition(" ")
+    assert _fails(f"{head} {_with_pad_bit(signature)}\n".encode()) == "format"
+    with pytest.raises(FormatError):  # 33 bytes: 44 characters, no padding is due
+        VerifierKey.parse(f"{GO_KEY}=")
+
+
+@given(st.integers(0, 2**64 - 1), st.binary(min_size=32, max_size=32))
+def test_checkpoint_body_round_trips(size: int, root: bytes) -> None:
+    cp = Checkpoint(ORIGIN, size, root)
+    assert Checkpoint.parse(cp.to_note_body()) == cp
 
 
 def _fails(note: bytes, key: VerifierKey = VKEY, origin: str | None = None) -> str:

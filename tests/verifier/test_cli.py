@@ -1,27 +1,45 @@
-"""solvency-verify end to end: proof files, checkpoints, and watch against a real
-WebSocket server on 127.0.0.1 serving a fake custodian's log."""
+"""solvency-verify proof, checkpoint and consistency end to end: results, exit codes,
+JSON on success and failure, --version and --help. ``watch``: test_cli_watch.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
 
-from tests.verifier.fakelog import VKEY, FakeLog, record
-from verifier import rfc9162
+from tests import reference
+from tests.verifier.fakelog import KEY, VKEY, FakeLog
+from verifier import cli, rfc9162
+from verifier.checkpoint import verifier_key_for
 from verifier.cli import format_amount, main
-from verifier.stream import EpochMessage
+from verifier.proof import AssetPath, ProofFile
+from verifier.record import AssetState, EpochRecord, ReserveSource, Status
+from verifier.version import __version__
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 KEY_FILE = str(VECTORS / "verifier-key.txt")
+VALID = str(VECTORS / "proof-valid.json")  # BTC solvent, ETH unproven
+INVALID_CASES = json.loads((VECTORS / "manifest.json").read_text())["invalid"]
+
+
+def solvent_proof(tmp_path: Path) -> str:
+    """A proof file for alice in a record whose every asset is solvent."""
+    timestamp = 1_790_000_000_000
+    levels = reference.build("BTC", 2, {1: ("alice", 150), 2: ("bob", 50)})
+    root, total = levels[-1][0]
+    sources = (ReserveSource("cold", 1000, timestamp - 500),)
+    asset = AssetState("BTC", 8, 2, root, total, 1000, Status.SOLVENT, sources)
+    data = EpochRecord(0, timestamp, 60_000, (asset,)).encode()
+    message = FakeLog().append(data)
+    path = AssetPath("BTC", 1, 150, tuple(reference.path(levels, 1)))
+    proof = ProofFile(
+        "alice", reference.salt("alice"), (path,), data, message.inclusion, message.checkpoint
+    )
+    (tmp_path / "alice.json").write_text(proof.to_json())
+    return str(tmp_path / "alice.json")
 
 
 def test_format_amount() -> None:
@@ -31,16 +49,24 @@ def test_format_amount() -> None:
     assert format_amount(2**64 - 1, 0) == str(2**64 - 1)
 
 
-def test_proof_valid(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["proof", str(VECTORS / "proof-valid.json"), "--key", KEY_FILE]) == 0
+def test_proof_solvent_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["proof", solvent_proof(tmp_path), "--key", str(VKEY), "--user", "alice"]) == 0
     out = capsys.readouterr().out
-    assert "VALID" in out and "1.5" in out and "unproven" in out
+    assert "VALID" in out and "0.0000015" in out and "custodian solvent in every asset" in out
+
+
+def test_proof_included_but_not_solvent_exits_4(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["proof", VALID, "--key", KEY_FILE]) == cli.EXIT_NOT_SOLVENT == 4
+    out = capsys.readouterr().out
+    assert "VALID" in out and "1.5" in out
+    assert "WARNING: not every asset is proven solvent: ETH unproven" in out
 
 
 def test_proof_json(capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["proof", str(VECTORS / "proof-valid.json"), "--key", KEY_FILE, "--json"]
-    assert main([*args, "--user", "alice"]) == 0
+    args = ["proof", VALID, "--key", KEY_FILE, "--json"]
+    assert main([*args, "--user", "alice"]) == 4
     doc = json.loads(capsys.readouterr().out)
+    assert (doc["valid"], doc["exit"], doc["solvent"]) == (True, 4, False)
     assert doc["epoch"] == 1 and doc["assets"][0] == {
         "asset": "BTC",
         "balance": "1.5",
@@ -50,30 +76,99 @@ def test_proof_json(capsys: pytest.CaptureFixture[str]) -> None:
     }
 
 
-@pytest.mark.parametrize(
-    "case",
-    json.loads((VECTORS / "manifest.json").read_text())["invalid"][:8],
-    ids=lambda c: c["file"],
-)
-def test_proof_invalid_names_the_check(
+@pytest.mark.parametrize("case", INVALID_CASES, ids=lambda c: c["file"])
+def test_proof_invalid_names_the_check_once(
     case: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["proof", str(VECTORS / case["file"]), "--key", KEY_FILE]) == 1
-    err = capsys.readouterr().err
-    assert "INVALID" in err and (case["expect"] in err or case["expect"] == "format")
+    """Exit 1, the check named once on stderr, and with --json one JSON result on stdout."""
+    args = ["proof", str(VECTORS / case["file"]), "--key", str(VECTORS / case.get("key", KEY_FILE))]
+    args += ["--user", case["user"]] if "user" in case else []
+    assert main(args) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"INVALID {case['expect']}: ")
+    assert captured.err.count(case["expect"] + ":") == 1
+    assert main([*args, "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == {"valid": False, "exit": 1, "check": case["expect"], "reason": doc["reason"]}
+    assert not doc["reason"].startswith(case["expect"] + ":")
 
 
-def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["proof", str(tmp_path / "missing.json"), "--key", KEY_FILE]) == 2
-    assert main(["proof", str(VECTORS / "proof-valid.json"), "--key", "junk+key"]) == 2
-    assert main(["proof", "--key", KEY_FILE]) == 2
-    assert main(["frobnicate"]) == 2
-    assert (
-        main(["proof", str(VECTORS / "proof-valid.json"), "--key", KEY_FILE, "--user", "bob"]) == 1
-    )
+def test_exit_codes_usage_and_invalid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    usage = [
+        ["proof", str(tmp_path / "missing.json"), "--key", KEY_FILE],
+        ["proof", VALID, "--key", "junk+key"],
+        ["proof", "--key", KEY_FILE],
+        ["proof", "--url", "ftp://example.com", "--user", "a", "--token", "t", "--key", KEY_FILE],
+        ["frobnicate"],
+        ["watch", "ws://127.0.0.1:1", "--key", KEY_FILE, "--state", "s", "--max-silence", "0"],
+    ]
+    for args in usage:
+        assert main(args) == cli.EXIT_USAGE == 2, args
+        assert main([*args, "--json"]) == 2, args
+        doc = json.loads(capsys.readouterr().out.splitlines()[-1])
+        assert (doc["valid"], doc["exit"], doc["error"]) == (None, 2, "usage"), args
+    assert main(["proof", VALID, "--key", KEY_FILE, "--user", "bob"]) == cli.EXIT_INVALID == 1
+    assert "INVALID user-mismatch:" in capsys.readouterr().err
     other = (VECTORS / "other-key.txt").read_text().strip()
-    assert main(["proof", str(VECTORS / "proof-valid.json"), "--key", other]) == 1
-    assert "unknown-key" in capsys.readouterr().err
+    assert main(["proof", VALID, "--key", other]) == 1
+    assert "INVALID unknown-key:" in capsys.readouterr().err
+
+
+def test_unreachable_prover_is_an_operational_error(
+    unused_port: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{unused_port}"
+    args = ["proof", "--url", url, "--user", "alice", "--token", "t", "--key", KEY_FILE]
+    assert main([*args, "--json"]) == cli.EXIT_ERROR == 3
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: cannot reach")
+    doc = json.loads(captured.out)
+    assert (doc["valid"], doc["exit"], doc["error"]) == (None, 3, "operational")
+
+
+def test_a_bug_of_ours_is_one_line_and_exit_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "verify_proof", broken)
+    monkeypatch.delenv("SOLVENCY_DEBUG", raising=False)
+    assert main(["proof", VALID, "--key", KEY_FILE]) == 3
+    assert capsys.readouterr().err == "error: internal error: RuntimeError: boom\n"
+    assert main(["--debug", "proof", VALID, "--key", KEY_FILE]) == 3
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("SOLVENCY_DEBUG", "1")
+    assert main(["proof", VALID, "--key", KEY_FILE]) == 3
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_version_and_the_exit_table_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"solvency-verify {__version__}\n"
+    for argv in (["--help"], ["watch", "--help"], ["proof", "--help"]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "exit status" in out
+        assert all(f"\n  {code}  " in out for code in range(5)), out
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert cli.EXIT_TABLE in readme, "the README's exit table must be cli.EXIT_TABLE"
+
+
+def test_untrusted_names_are_escaped_for_people(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    origin = "evil.example/\u202elog"  # a right-to-left override in the log's name
+    log = FakeLog(KEY, origin)
+    log.append()
+    (tmp_path / "cp").write_bytes(log.checkpoint(1))
+    key = str(verifier_key_for(origin, KEY.public_key()))
+    assert main(["checkpoint", str(tmp_path / "cp"), "--key", key]) == 0
+    out = capsys.readouterr().out
+    assert "evil.example/\\u202elog" in out and "\u202e" not in out
+    assert main(["checkpoint", str(tmp_path / "cp"), "--key", key, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["origin"] == origin
 
 
 def test_checkpoint_and_consistency(tmp_path: Path) -> None:
@@ -91,128 +186,17 @@ def test_checkpoint_and_consistency(tmp_path: Path) -> None:
     assert main(["consistency", *args, "--key", str(VKEY)]) == 1
 
 
-class FakeProver:
-    """Serves /roots on 127.0.0.1 from a list of messages, in its own thread."""
-
-    def __init__(self, messages: list[EpochMessage]) -> None:
-        self.messages = messages
-        self.sinces: list[int] = []
-        self.port = 0
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-
-    async def _handler(self, ws: ServerConnection) -> None:
-        assert ws.request is not None
-        since = int(parse_qs(urlsplit(ws.request.path).query).get("since", ["0"])[0])
-        self.sinces.append(since)
-        for m in self.messages[since:]:
-            await ws.send(m.to_json())
-        await ws.wait_closed()  # then stay silent, as a stalled prover would
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        async with serve(self._handler, "127.0.0.1", 0) as server:
-            self.port = server.sockets[0].getsockname()[1]
-            self._ready.set()
-            await self._stop.wait()
-
-    def __enter__(self) -> FakeProver:
-        self._thread.start()
-        self._ready.wait(5)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._loop is not None and self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(5)
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-
-@pytest.fixture
-def history() -> Iterator[FakeLog]:
-    log = FakeLog()
-    for _ in range(6):
-        log.append()
-    yield log
-
-
-def watch(url: str, state: Path, *extra: str) -> int:
-    return main(["watch", url, "--key", str(VKEY), "--state", str(state), "--json", *extra])
-
-
-def events(capsys: pytest.CaptureFixture[str]) -> list[dict]:
-    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-
-
-def test_watch_verifies_and_resumes(
-    history: FakeLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with FakeProver(history.messages) as prover:
-        assert watch(prover.url, tmp_path, "--max-epochs", "4") == 0
-        assert [e["epoch"] for e in events(capsys) if e["event"] == "epoch"] == [0, 1, 2, 3]
-        assert watch(prover.url, tmp_path, "--max-epochs", "2") == 0
-        assert [e["epoch"] for e in events(capsys) if e["event"] == "epoch"] == [4, 5]
-        assert prover.sinces == [0, 4]
-    assert json.loads((tmp_path / "state.json").read_text())["size"] == 6
-
-
-def test_watch_catches_a_fork_across_restarts(
-    history: FakeLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with FakeProver(history.messages[:4]) as prover:
-        assert watch(prover.url, tmp_path, "--max-epochs", "4") == 0
-    twin = FakeLog()
-    twin.append()
-    twin.append(record(1, liabilities=7))  # epoch 1 rewritten after the auditor saw it
-    for _ in range(2, 6):
-        twin.append()
-    with FakeProver(twin.messages) as prover:
-        assert watch(prover.url, tmp_path) == 1
-    alarm = next(e for e in events(capsys) if e["event"] == "violation")
-    assert alarm["check"] == "fork"
-    evidence = json.loads(Path(alarm["evidence"]).read_text())
-    assert evidence["last_verified_checkpoint"] and evidence["message"]["checkpoint"]
-
-
-def test_watch_alarms_on_insolvency_and_keeps_going(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    log = FakeLog()
-    log.append()
-    log.append(record(1, liabilities=500))
-    log.append()
-    with FakeProver(log.messages) as prover:
-        assert watch(prover.url, tmp_path / "a") == 1
-        found = events(capsys)
-        assert [e["event"] for e in found] == ["epoch", "epoch", "violation"]
-        assert found[-1]["check"] == "insolvent"
-        assert watch(prover.url, tmp_path / "b", "--keep-going", "--max-epochs", "3") == 1
-        assert [e["event"] for e in events(capsys)].count("epoch") == 3
-
-
-def test_watch_alarms_on_silence(
-    history: FakeLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    with FakeProver(history.messages[:1]) as prover:
-        assert watch(prover.url, tmp_path, "--max-silence", "0.3") == 1
-    assert events(capsys)[-1]["check"] == "stale-log"
-
-
 def test_verifier_stands_alone(tmp_path: Path) -> None:
     """The verifier imports and runs where prover, storage and their dependencies cannot."""
     code = (
         "import sys\n"
-        "for m in ('prover', 'storage', 'numpy', 'sqlalchemy', 'pymerkle', 'alembic'):\n"
+        "for m in ('prover', 'storage', 'numpy', 'sqlalchemy', 'pymerkle', 'alembic',\n"
+        "          'tqdm', 'msgspec', 'psycopg'):\n"
         "    sys.modules[m] = None\n"
+        "import verifier.watch\n"
         "from verifier.cli import main\n"
-        f"sys.exit(main(['proof', {str(VECTORS / 'proof-valid.json')!r}, '--key', {KEY_FILE!r}]))\n"
+        f"sys.exit(main(['proof', {VALID!r}, '--key', {KEY_FILE!r}]))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 4, result.stderr  # valid; ETH is unproven
     assert "VALID" in result.stdout

@@ -21,6 +21,27 @@ OTHER_KEY = VerifierKey.parse((VECTORS / "other-key.txt").read_text().strip())
 VALID = (VECTORS / MANIFEST["valid"]).read_text()
 ORIGIN = "example.com/solvency/test"
 
+# Every check name of PROTOCOL §3 and §7 (with RFC 9162's inclusion checks), and
+# "format" for a FormatError: each must be the expectation of some vector.
+CHECK_NAMES = {
+    "format",
+    "unknown-key",
+    "signature-invalid",
+    "origin-mismatch",
+    "record-not-in-log",
+    "inclusion-proof-size",
+    "inclusion-root-mismatch",
+    "user-mismatch",
+    "duplicate-asset",
+    "asset-not-in-record",
+    "path-length",
+    "slot-range",
+    "leaf-range",
+    "sibling-sum-range",
+    "root-mismatch",
+    "liabilities-mismatch",
+}
+
 
 def test_vectors_are_up_to_date() -> None:
     """The committed vectors are exactly what scripts/gen_vectors.py produces."""
@@ -46,22 +67,127 @@ def test_parse_and_serialize_are_inverse() -> None:
     assert ProofFile.parse(VALID).to_json() == VALID.strip()
 
 
-@pytest.mark.parametrize("case", MANIFEST["invalid"], ids=[c["file"] for c in MANIFEST["invalid"]])
+def _case_id(case: dict[str, str]) -> str:
+    extra = "".join(f" {k}={case[k]}" for k in ("key", "user") if k in case)
+    return case["file"] + extra
+
+
+@pytest.mark.parametrize(
+    "case", MANIFEST["invalid"], ids=[_case_id(c) for c in MANIFEST["invalid"]]
+)
 def test_mutated_proofs_fail_with_their_check(case: dict[str, str]) -> None:
-    text = (VECTORS / case["file"]).read_text()
+    """Each vector, read as bytes as the CLI reads it, and checked as the
+    manifest says (PROTOCOL §8): under ``key`` and for ``user`` when named."""
+    data = (VECTORS / case["file"]).read_bytes()
+    key = VerifierKey.parse((VECTORS / case.get("key", "verifier-key.txt")).read_text().strip())
     if case["expect"] == "format":
         with pytest.raises(FormatError):
-            verify_proof(ProofFile.parse(text), KEY, origin=ORIGIN)
+            verify_proof(ProofFile.parse(data), key, user=case.get("user"))
     else:
         with pytest.raises(VerificationError) as info:
-            verify_proof(ProofFile.parse(text), KEY, origin=ORIGIN)
+            verify_proof(ProofFile.parse(data), key, user=case.get("user"))
         assert info.value.check == case["expect"]
+
+
+def test_every_check_name_has_a_vector() -> None:
+    assert {c["expect"] for c in MANIFEST["invalid"]} == CHECK_NAMES
+    files = {p.relative_to(VECTORS).as_posix() for p in (VECTORS / "invalid").iterdir()}
+    assert files == {c["file"] for c in MANIFEST["invalid"] if c["file"].startswith("invalid/")}
+
+
+def test_duplicate_keys_are_refused_at_every_depth() -> None:
+    """A second value for a key must not win (nor the first): the file is refused."""
+    top = VALID.replace('"user":"alice"', '"user":"carol","user":"alice"', 1)
+    entry = VALID.replace('"asset":"BTC",', '"asset":"ETH","asset":"BTC",', 1)
+    assert top != VALID and entry != VALID
+    for text in (top, entry):
+        with pytest.raises(FormatError, match="appears twice"):
+            ProofFile.parse(text)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xef\xbb\xbf" + VALID.encode(),  # UTF-8 byte order mark
+        "\ufeff" + VALID,  # the same, already decoded
+        VALID.encode("utf-16"),  # json.loads(bytes) would detect and accept UTF-16
+        VALID.encode("utf-32-be"),
+        VALID.encode().replace(b'"alice"', b'"al\xe9"', 1),  # Latin-1, not UTF-8
+        VALID.replace('"alice"', '"al', 1).encode() + b"\xed\xa0\x80" + b'"',  # UTF-8 surrogate
+    ],
+)
+def test_only_utf8_without_bom_is_read(data: bytes | str) -> None:
+    with pytest.raises(FormatError):
+        ProofFile.parse(data)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('"slot":5', '"slot":5.0'),
+        ('"slot":5', '"slot":5e0'),
+        ('"slot":5', '"slot":-0'),
+        ('"slot":5', '"slot":NaN'),
+        ('"slot":5', '"slot":Infinity'),
+        ('"slot":5', '"slot":true'),
+        ('"user":"alice"', '"user":"\\udc00alice"'),
+    ],
+)
+def test_numbers_and_strings_outside_the_dialect_are_refused(old: str, new: str) -> None:
+    assert old in VALID
+    with pytest.raises(FormatError):
+        ProofFile.parse(VALID.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "check"),
+    [
+        ("balance", str(2**64 - 1), "root-mismatch"),  # in range: the hash decides
+        ("balance", str(2**64), "leaf-range"),
+        ("balance", str(2**128), "leaf-range"),
+        ("balance", "9" * 39, "leaf-range"),
+        ("slot", 7, "root-mismatch"),
+        ("slot", 8, "slot-range"),
+        ("slot", 2**64 - 1, "slot-range"),
+        ("slot", 10**20 - 1, "slot-range"),
+    ],
+)
+def test_values_out_of_range_fail_their_check(field: str, value: object, check: str) -> None:
+    """The syntax admits every value of the field's width; PROTOCOL §3 bounds it."""
+    doc = json.loads(VALID)
+    doc["assets"][0][field] = value
+    with pytest.raises(VerificationError) as info:
+        verify_proof(ProofFile.parse(json.dumps(doc)), KEY)
+    assert info.value.check == check
+
+
+def test_sibling_sums_out_of_range_fail_their_check() -> None:
+    doc = json.loads(VALID)
+    doc["assets"][0]["path"][1][1] = "9" * 39
+    with pytest.raises(VerificationError) as info:
+        verify_proof(ProofFile.parse(json.dumps(doc)), KEY)
+    assert info.value.check == "sibling-sum-range"
+
+
+def test_empty_assets_are_refused() -> None:
+    doc = json.loads(VALID)
+    doc["assets"] = []
+    with pytest.raises(FormatError, match="non-empty"):
+        ProofFile.parse(json.dumps(doc))
 
 
 def test_unknown_key_is_refused() -> None:
     with pytest.raises(VerificationError) as info:
         verify_proof(ProofFile.parse(VALID), OTHER_KEY)
     assert info.value.check == "unknown-key"
+
+
+def test_origin_must_be_the_key_name() -> None:
+    """The key's name is the origin (PROTOCOL §5), and the caller's if given."""
+    verify_proof(ProofFile.parse(VALID), KEY, origin=ORIGIN)
+    with pytest.raises(VerificationError) as info:
+        verify_proof(ProofFile.parse(VALID), KEY, origin="example.com/solvency/other")
+    assert info.value.check == "origin-mismatch"
 
 
 def test_wrong_user_is_refused() -> None:
