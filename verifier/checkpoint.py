@@ -37,8 +37,10 @@ from verifier.fields import b64
 __all__ = [
     "Checkpoint",
     "VerifierKey",
+    "check_key_name",
     "open_note",
     "sign_note",
+    "split_note",
     "verifier_key_for",
     "verify_checkpoint",
 ]
@@ -50,7 +52,8 @@ SIG_PREFIX = "\u2014 "  # EM DASH, space
 _SIZE = re.compile(r"0|[1-9][0-9]{0,19}")
 
 
-def _check_name(name: str) -> None:
+def check_key_name(name: str) -> None:
+    """A C2SP signed-note key name: non-empty, no white space, no ``+``."""
     if not name or "+" in name or any(c.isspace() for c in name):
         raise FormatError(f"invalid key name {name!r}: non-empty, no spaces, no '+'")
 
@@ -75,7 +78,7 @@ class VerifierKey:
         if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
             raise FormatError("verifier key must be <name>+<8 hex digits>+<base64 key>")
         name, key_id = parts[0], int(parts[1], 16)
-        _check_name(name)
+        check_key_name(name)
         raw = b64(parts[2], "verifier key")
         if len(raw) != 33 or raw[0] != ALG_ED25519:
             raise FormatError("verifier key is not an Ed25519 key (0x01 || 32 bytes)")
@@ -97,7 +100,7 @@ class VerifierKey:
 
 def verifier_key_for(name: str, public_key: Ed25519PublicKey) -> VerifierKey:
     """The verifier key users and auditors are given for the signer ``name``."""
-    _check_name(name)
+    check_key_name(name)
     raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
     return VerifierKey(name, _key_id(name, raw), raw)
 
@@ -126,16 +129,12 @@ def _check_body(body: bytes) -> str:
     return text
 
 
-def open_note(note: bytes, keys: Sequence[VerifierKey]) -> bytes:
-    """Verify ``note`` and return its body.
-
-    Signatures by keys not in ``keys`` are ignored; at least one must be by a
-    given key, and every signature by a given key must be valid.
+def split_note(note: bytes) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A signed note's body and its signature lines as ``(key name, key id ||
+    signature)``, in order, checked for form only (C2SP signed-note).
 
     Raises:
         FormatError: the note is malformed.
-        VerificationError: ``unknown-key`` (no signature by a given key) or
-            ``signature-invalid``.
     """
     if len(note) > MAX_NOTE_BYTES:
         raise FormatError(f"note is larger than {MAX_NOTE_BYTES} bytes")
@@ -147,8 +146,7 @@ def open_note(note: bytes, keys: Sequence[VerifierKey]) -> bytes:
     lines = sig_block.split("\n")[:-1]  # sig_block ends with "\n" (checked above)
     if not lines or len(lines) > MAX_SIGNATURES:
         raise FormatError(f"note must carry 1 to {MAX_SIGNATURES} signature lines")
-    by_id = {(k.name, k.key_id): k for k in keys}
-    verified = False
+    signatures = []
     for line in lines:
         if not line.startswith(SIG_PREFIX):
             raise FormatError("signature line must start with an em dash and a space")
@@ -156,19 +154,39 @@ def open_note(note: bytes, keys: Sequence[VerifierKey]) -> bytes:
         if len(fields) != 2:
             raise FormatError("signature line must be '— <name> <base64>'")
         name, encoded = fields
-        _check_name(name)
+        check_key_name(name)
         raw = b64(encoded, "signature")
         if len(raw) < 5:
             raise FormatError("signature is too short")
+        signatures.append((name, raw))
+    return body.encode("utf-8"), signatures
+
+
+def open_note(note: bytes, keys: Sequence[VerifierKey]) -> bytes:
+    """Verify ``note`` and return its body.
+
+    Signatures by keys not in ``keys`` are ignored (witnesses' cosignatures
+    among them); at least one must be by a given key, and every signature by
+    a given key must be valid.
+
+    Raises:
+        FormatError: the note is malformed.
+        VerificationError: ``unknown-key`` (no signature by a given key) or
+            ``signature-invalid``.
+    """
+    body, signatures = split_note(note)
+    by_id = {(k.name, k.key_id): k for k in keys}
+    verified = False
+    for name, raw in signatures:
         key = by_id.get((name, int.from_bytes(raw[:4], "big")))
         if key is None:
             continue
-        if len(raw) != 68 or not key.verify(body.encode("utf-8"), raw[4:]):
+        if len(raw) != 68 or not key.verify(body, raw[4:]):
             raise VerificationError("signature-invalid", f"bad signature by {name}")
         verified = True
     if not verified:
         raise VerificationError("unknown-key", "the note is not signed by the given key")
-    return body.encode("utf-8")
+    return body
 
 
 @dataclass(frozen=True, slots=True)
