@@ -8,7 +8,10 @@ Commands (all take ``--data-dir DIR``, default ./prover-data):
     export-proofs                      every user's proof, written by the running daemon
                                        into a new directory under export_dir
     rotate-key                         new signing key; the old one co-signs until removed
-    status                             the last epoch, from the database
+    status                             the last epoch and the witnesses' last cosignatures,
+                                       from the database
+    attester-key --source NAME --out FILE   a reserve source's signing key (prover/attest.py)
+    sign-reports --key FILE [--ingest]      sign reserve reports: JSON lines in, out
 
 Configuration comes from DIR/config.toml, then SOLVENCY_* environment
 variables, then flags (--database-url, --host, --port).
@@ -37,6 +40,7 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from prover import attest
 from prover.balancefile import read_rows
 from prover.config import CONFIG_FILE, Config, load_config
 from prover.daemon import run_daemon, setup_logging
@@ -273,10 +277,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _config(args)
     print(f"database {redact_url(config.url)}")
     store = Store.open(config.url)
+    witnesses = config.witness_endpoints()
     try:
         latest = store.latest_epoch()
+        cosigned = store.last_cosigned((w.key.name, w.key.key_id) for w in witnesses)
     finally:
         store.close()
+    if witnesses:
+        print(f"witnesses: {len(witnesses)}, quorum {config.quorum}")
+    for w in witnesses:
+        last = cosigned.get((w.key.name, w.key.key_id))
+        print(f"  {w.key} at {w.url}: " + ("never cosigned" if last is None else f"epoch {last}"))
     if latest is None:
         print("no epoch yet")
         return 0
@@ -336,6 +347,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="show the last epoch")
     p.set_defaults(run=cmd_status)
+
+    attest.register(sub)
     return parser
 
 

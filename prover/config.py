@@ -2,7 +2,13 @@
 variables ``SOLVENCY_<KEY>``, then command-line flags, each overriding the last.
 
 Every key of ``Config`` may appear in config.toml at top level; ``[[assets]]``
-tables list the assets (``id``, ``decimals``).
+tables list the assets (``id``, ``decimals``); ``[[attesters]]`` tables the
+reserve sources that sign their reports (``source``, ``key``: its verifier
+key, named as the source; docs/PROTOCOL.md §13), in the environment
+``SOLVENCY_ATTESTERS="<vkey>,<vkey>"`` (each key's name is its source);
+``[[witnesses]]`` tables the witnesses that cosign the checkpoints (``key``:
+the witness's cosignature/v1 key, ``url``: its submission prefix), in the
+environment ``SOLVENCY_WITNESSES="<key>@<url>,<key>@<url>"`` (PROTOCOL §12.4).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import Any
 
 from prover.auth import auditor_table
 from prover.errors import ConfigError
+from prover.witness_protocol import WitnessEndpoint
+from verifier.checkpoint import VerifierKey
 from verifier.errors import FormatError
 from verifier.hashing import check_asset_id
 
@@ -72,6 +80,10 @@ class Config:
     proof_memory_mb: int = 512  # at most this much memory for them
     max_message_bytes: int = 16 << 20
     assets: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+    attesters: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (source, vkey)
+    witnesses: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (witness key, url)
+    witness_quorum: int = -1  # cosignatures an epoch's publication waits for; -1: all witnesses
+    witness_timeout: float = 1.0  # at most this long after its commit
 
     @property
     def url(self) -> str:
@@ -81,6 +93,22 @@ class Config:
     def passphrase(self) -> bytes | None:
         """The signing key's passphrase as bytes; None when there is none."""
         return self.key_passphrase.encode() if self.key_passphrase else None
+
+    def attester_keys(self) -> dict[str, tuple[VerifierKey, ...]]:
+        """Each attested source's verifier keys (several while one is replaced)."""
+        keys: dict[str, tuple[VerifierKey, ...]] = {}
+        for source, text in self.attesters:
+            keys[source] = (*keys.get(source, ()), VerifierKey.parse(text))
+        return keys
+
+    def witness_endpoints(self) -> tuple[WitnessEndpoint, ...]:
+        """The configured witnesses, in order."""
+        return tuple(WitnessEndpoint.parse(key, url) for key, url in self.witnesses)
+
+    @property
+    def quorum(self) -> int:
+        """How many witnesses' cosignatures an epoch's publication waits for."""
+        return len(self.witnesses) if self.witness_quorum < 0 else self.witness_quorum
 
     @property
     def key_path(self) -> Path:
@@ -120,6 +148,32 @@ class Config:
                 raise ConfigError(str(exc)) from None
             if not 0 <= decimals <= 36:
                 raise ConfigError(f"asset {asset}: decimals must be 0..36")
+        for source, text in self.attesters:
+            try:
+                key = VerifierKey.parse(text)
+            except FormatError as exc:
+                raise ConfigError(f"attester {source}: {exc}") from None
+            if key.name != source:
+                raise ConfigError(f"attester {source}: its key is named {key.name!r}")
+        self._check_witnesses()
+
+    def _check_witnesses(self) -> None:
+        seen: set[tuple[str, int]] = set()
+        for i, (key, url) in enumerate(self.witnesses):
+            try:
+                endpoint = WitnessEndpoint.parse(key, url)
+            except FormatError as exc:
+                raise ConfigError(f"witnesses[{i}]: {exc}") from None
+            if (endpoint.key.name, endpoint.key.key_id) in seen:
+                raise ConfigError(f"witnesses[{i}]: witness {endpoint.name} is configured twice")
+            seen.add((endpoint.key.name, endpoint.key.key_id))
+        if not -1 <= self.witness_quorum <= len(self.witnesses):
+            raise ConfigError(
+                f"witness_quorum {self.witness_quorum}: want 0..{len(self.witnesses)}"
+                " (the witnesses configured), or -1 for all of them"
+            )
+        if not 0 < self.witness_timeout <= 60:
+            raise ConfigError("witness_timeout must be in (0, 60] seconds")
 
 
 def _coerce(name: str, raw: Any, kind: Any) -> Any:
@@ -131,6 +185,15 @@ def _coerce(name: str, raw: Any, kind: Any) -> Any:
                     dict(zip(("id", "decimals"), p.split(":"), strict=True)) for p in raw.split(",")
                 ]
             return tuple((str(a["id"]), int(a["decimals"])) for a in raw)
+        if name == "attesters":
+            if isinstance(raw, str):  # environment: "<vkey>,<vkey>", named as their sources
+                raw = [{"source": k.split("+", 1)[0], "key": k} for k in raw.split(",") if k]
+            return tuple((str(a["source"]), str(a["key"])) for a in raw)
+        if name == "witnesses":
+            if isinstance(raw, str):  # environment: "<key>@<url>,<key>@<url>"
+                pairs = [w.split("@", 1) for w in raw.split(",") if w]
+                raw = [dict(zip(("key", "url"), pair, strict=True)) for pair in pairs]
+            return tuple((str(w["key"]), str(w["url"])) for w in raw)
         if name == "data_dir":
             return Path(raw)
         return {"int": int, "float": float, "str": str}[kind](raw)

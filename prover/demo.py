@@ -7,6 +7,13 @@ directory, and an auditor (``solvency-verify watch``). In this process, a
 synthetic ledger streams balance changes for ``--users`` users in 4 assets at
 ``--rate`` updates per second, and reserve sources report; the ETH hot wallet
 goes silent for a while, so the auditor sees ETH turn UNPROVEN and recover.
+Each reserve source signs its reports with a key of its own (made at start in
+the data directory, listed as an attester in the prover's config.toml), and
+the auditor checks them with ``--attester`` (docs/PROTOCOL.md §13).
+Two witnesses (``solvency-verify witness``, keys made by ``solvency-verify
+witness-key``) cosign every checkpoint before the prover publishes it; the
+auditor and the users require both cosignatures (``--witness``, ``--quorum
+2``; docs/PROTOCOL.md §12).
 Every 10 s (``--proof-every``) a user fetches and verifies their proof with ``solvency-verify``.
 Ctrl-C (or ``--seconds``) stops everything cleanly.
 """
@@ -22,6 +29,7 @@ import random
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -29,17 +37,20 @@ from pathlib import Path
 
 from websockets.asyncio.client import connect
 
+from prover.attest import AttesterKey, generate_attester_key
 from prover.cli import main as prover_main
 from prover.config import load_config
 from prover.keys import load_key
 from prover.tokens import user_token
 from verifier.checkpoint import verifier_key_for
+from verifier.report import ReserveReport, sign_report
 
 ASSETS = {"BTC": 8, "ETH": 9, "USDT": 6, "SOL": 9}
 TYPICAL = {"BTC": 5 * 10**6, "ETH": 2 * 10**8, "USDT": 10**9, "SOL": 3 * 10**9}
 STALE_FROM, STALE_TO = 20.0, 45.0  # seconds into the demo: ETH hot wallet silent
 
 
+WITNESSES = ("witness-1.demo.localhost", "witness-2.demo.localhost")
 STOP_SECONDS = 30  # Ctrl-C: how long each part may take to stop before it is killed
 _relays: set[asyncio.Task[None]] = set()  # keep references until the demo ends
 
@@ -72,8 +83,9 @@ async def spawn(name: str, *args: str) -> asyncio.subprocess.Process:
 class Ledger:
     """The custodian's synthetic books: balances it streams and reserves it reports."""
 
-    def __init__(self, users: int, rng: random.Random) -> None:
+    def __init__(self, users: int, rng: random.Random, attesters: dict[str, AttesterKey]) -> None:
         self.rng = rng
+        self.attesters = attesters  # each reserve source's signing key
         self.users = [f"user{i:05d}" for i in range(users)]
         self.balances = {(u, a): rng.randrange(TYPICAL[a] * 2) for u in self.users for a in ASSETS}
         self.seq = 0
@@ -98,21 +110,17 @@ class Ledger:
 
     def reserve_message(self, source: str, share: float, elapsed: float) -> str | None:
         now_ms = int(time.time() * 1000)
-        updates = []
+        key = self.attesters[source]
+        reports = []
         for asset in ASSETS:
             if source == "hot-wallet" and asset == "ETH" and STALE_FROM <= elapsed < STALE_TO:
                 continue  # the ETH hot wallet has gone quiet
             total = sum(v for (_, a), v in self.balances.items() if a == asset)
             self.reserve_seq[source] += 1
-            updates.append(
-                {
-                    "seq": self.reserve_seq[source],
-                    "asset": asset,
-                    "amount": str(int(total * 1.2 * share)),
-                    "as_of_ms": now_ms,
-                }
-            )
-        return json.dumps({"type": "reserves", "source": source, "updates": updates})
+            report = ReserveReport(source, asset, int(total * 1.2 * share), now_ms)
+            note = sign_report(report, key.key).decode()
+            reports.append({"seq": self.reserve_seq[source], "report": note})
+        return json.dumps({"type": "reserve-reports", "source": source, "reports": reports})
 
 
 async def produce(url: str, token: str, ledger: Ledger, rate: int, stop: asyncio.Event) -> None:
@@ -147,7 +155,13 @@ async def produce(url: str, token: str, ledger: Ledger, rate: int, stop: asyncio
 
 
 async def check_proofs(
-    url: str, key: str, secret: str, ledger: Ledger, every: float, stop: asyncio.Event
+    url: str,
+    key: str,
+    secret: str,
+    ledger: Ledger,
+    every: float,
+    stop: asyncio.Event,
+    witnessed: list[str],
 ) -> None:
     while not stop.is_set():
         try:
@@ -170,6 +184,7 @@ async def check_proofs(
             user_token(secret, user),
             "--key",
             key,
+            *witnessed,
         )
         try:
             await proc.wait()
@@ -204,6 +219,58 @@ async def wait_healthy(port: int, prover: asyncio.subprocess.Process) -> None:
     raise SystemExit("the prover did not become healthy")
 
 
+async def start_witnesses(
+    data: Path, log_key: str
+) -> tuple[list[str], list[asyncio.subprocess.Process]]:
+    """Each of ``WITNESSES`` as a ``solvency-verify witness`` process of its own,
+    its key made by ``solvency-verify witness-key`` and listed in the prover's
+    config.toml; the verifier flags that require all of them, and the processes."""
+    flags, procs, ports = [], [], []
+    for i, name in enumerate(WITNESSES, 1):
+        key_file, port = data / f"witness-{i}.key", free_port()
+        make = ["witness-key", "--name", name, "--out", str(key_file), "--json"]
+        made = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "verifier.cli", *make],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        witness_key = json.loads(made.stdout)["witness_key"]
+        with open(data / "config.toml", "a") as f:
+            f.write(f'\n[[witnesses]]\nkey = "{witness_key}"\nurl = "http://127.0.0.1:{port}"\n')
+        procs.append(
+            await spawn(
+                f"witness-{i}",
+                *("-m", "verifier.cli", "witness", "--key-file", str(key_file), "--log", log_key),
+                *("--state", str(data / f"witness-{i}"), "--listen", f"127.0.0.1:{port}"),
+            )
+        )
+        flags += ["--witness", witness_key]
+        ports.append(port)
+    for port, proc in zip(ports, procs, strict=True):
+        if not await listening(port, proc):
+            for other in procs:
+                await stop_child("witness", other, signal.SIGTERM)
+            raise SystemExit("a witness did not start")
+    return [*flags, "--quorum", str(len(WITNESSES))], procs
+
+
+async def listening(port: int, proc: asyncio.subprocess.Process) -> bool:
+    """Whether ``proc`` accepts connections on ``port`` within 30 s."""
+    for _ in range(300):
+        if proc.returncode is not None:
+            return False
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        writer.close()
+        return True
+    return False
+
+
 async def demo(args: argparse.Namespace) -> int:
     data = Path(args.data_dir)
     shutil.rmtree(data, ignore_errors=True)
@@ -212,8 +279,16 @@ async def demo(args: argparse.Namespace) -> int:
         ["--data-dir", str(data), "init", "--origin", "demo.localhost/solvency", "--assets", assets]
     )
     os.environ["SOLVENCY_MAX_RESERVE_AGE"] = "10"  # short enough to see a source go stale
+    attesters = {
+        source: generate_attester_key(source, data / f"attester-{source}.key")
+        for source in ("cold-wallet", "hot-wallet")
+    }
+    with open(data / "config.toml", "a") as f:  # the prover accepts their signed reports only
+        for source, attester in attesters.items():
+            f.write(f'\n[[attesters]]\nsource = "{source}"\nkey = "{attester.verifier_key}"\n')
     config = load_config(data)
     key = str(verifier_key_for(config.origin, load_key(config.key_path).public_key()))
+    witnessed, witnesses = await start_witnesses(data, key)
     port = free_port()
     url = f"ws://127.0.0.1:{port}"
     prover = await spawn(
@@ -233,6 +308,8 @@ async def demo(args: argparse.Namespace) -> int:
         "--keep-going",
         "--max-silence",
         "15",
+        *(arg for a in attesters.values() for arg in ("--attester", str(a.verifier_key))),
+        *witnessed,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -240,12 +317,12 @@ async def demo(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     if args.seconds:
         loop.call_later(args.seconds, stop.set)
-    ledger = Ledger(args.users, random.Random(7))
+    ledger = Ledger(args.users, random.Random(7), attesters)
     print(f"[demo] prover on {url}; verifier key {key}; Ctrl-C to stop", flush=True)
     tasks = [
         asyncio.create_task(produce(url, config.ingest_token, ledger, args.rate, stop)),
         asyncio.create_task(
-            check_proofs(url, key, config.proof_secret, ledger, args.proof_every, stop)
+            check_proofs(url, key, config.proof_secret, ledger, args.proof_every, stop, witnessed)
         ),
     ]
     await stop.wait()
@@ -256,6 +333,8 @@ async def demo(args: argparse.Namespace) -> int:
     codes = await asyncio.gather(
         stop_child("auditor", auditor, signal.SIGINT), stop_child("prover", prover, signal.SIGTERM)
     )
+    for i, witness in enumerate(witnesses, 1):  # after the prover: its last epoch is cosigned
+        await stop_child(f"witness-{i}", witness, signal.SIGTERM)
     await asyncio.sleep(0.1)  # let the relays print the last lines
     alarms = " (it raised alarms, as it should have)" if codes[0] == 1 else ""
     print(f"[demo] auditor exited {codes[0]}{alarms}; prover exited {codes[1]}", flush=True)

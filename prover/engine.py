@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import sys
@@ -63,11 +64,19 @@ from prover import tokens
 from prover.backoff import Backoff
 from prover.config import Config
 from prover.dbthread import DbThread
-from prover.epoch import Reserve, build_record
+from prover.epoch import Reserve, build_record, record_reports
 from prover.errors import IngestError, NotRetained, ProverError, SubscriberShed
 from prover.export import create_export_dir
-from prover.messages import BalanceBatch, ReserveBatch, ack
+from prover.messages import (
+    Batch,
+    ReserveBatch,
+    ReserveReportBatch,
+    ReserveReportUpdate,
+    ReserveUpdate,
+    ack,
+)
 from prover.periods import SaltPeriod
+from prover.witnesses import KEEP_EPOCHS, Witnesses, WitnessStats
 from prover.worker import Applied, TreeWorker
 from storage.errors import InvalidInputError, SequenceError, StorageError, UnknownAssetError
 from storage.store import ApplyResult, ReserveRow, Store
@@ -102,6 +111,7 @@ class Metrics:
     loop_lag_seconds: float = 0.0
     last_epoch_time: float = 0.0
     last_publish_time: float = 0.0
+    published_epoch: int = -1  # the last epoch handed to subscribers (witnesses: after epoch)
     subscribers: int = 0
     shed_subscribers: int = 0
     connections: int = 0
@@ -155,7 +165,8 @@ class Engine:
         self._decimals: dict[str, int] = {}
         self._reserves: dict[str, dict[str, Reserve]] = {}
         self._subscribers: set[_Subscriber] = set()
-        self._latest: EpochMessage | None = None
+        self._latest: EpochMessage | None = None  # the last epoch committed
+        self._witnesses: Witnesses | None = None  # set by start if witnesses are configured
         self._epoch_lock = asyncio.Lock()
         self._no_close = threading.Event()  # clear while an epoch closes: folds hold back
         self._no_close.set()
@@ -175,6 +186,7 @@ class Engine:
         self._stored = asyncio.Event()  # set while no batch is being stored
         self._stored.set()
         self.verifier_key = verifier_key_for(self.config.origin, self.key.public_key())
+        self._attesters = self.config.attester_keys()  # source -> its verifier keys
 
     async def _db_call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self._db.submit(fn, *args))
@@ -195,17 +207,33 @@ class Engine:
             for asset, decimals in self.config.assets:
                 await self._db_call(self.store.ensure_asset, asset, decimals)
             self._decimals = {a.id: a.decimals for a in await self._db_call(self.store.assets)}
-            for r in await self._db_call(self.store.reserves):
-                self._reserves.setdefault(r.asset, {})[r.source] = Reserve(r.amount, r.as_of_ms)
+            rows = await self._db_call(self.store.reserves)
+            notes = await self._db_call(self.store.reserve_reports, [r.report_hash for r in rows])
+            for r in rows:
+                self._reserves.setdefault(r.asset, {})[r.source] = Reserve(
+                    r.amount, r.as_of_ms, r.key_id, r.report_hash, notes.get(r.report_hash, b"")
+                )
             self._marks = await self._db_call(self.store.source_marks)
             latest = await self._db_call(self.store.latest_epoch)
             if latest is not None:
-                self.metrics.epoch = latest.number
+                self.metrics.epoch = self.metrics.published_epoch = latest.number
                 self._last_timestamp_ms = EpochRecord.decode(latest.record).timestamp_ms
                 self.metrics.last_epoch_time = self._last_timestamp_ms / 1000
                 await self._db_call(self.store.log_root)  # warm the log's subtree cache
             self._worker, self._period = await self._new_period()
             self.metrics.unfolded_updates = await self._db_call(self.store.journal_backlog)
+            if self.config.witnesses:  # publication waits for their cosignatures (witnesses.py)
+                self._witnesses = Witnesses(
+                    self.config.witness_endpoints(),
+                    self.config.quorum,
+                    self.config.witness_timeout,
+                    db=self._db,
+                    store=self.store,
+                    publish=self._publish_cosigned,
+                    keep=max(KEEP_EPOCHS, self.config.proof_epochs + 1),
+                    hurry=_quick_gil_handoffs,  # its threads get the GIL back quickly too
+                )
+                await self._witnesses.start(self.metrics.epoch)
         gc.collect()
 
     async def _new_period(self) -> tuple[TreeWorker, SaltPeriod]:
@@ -227,6 +255,8 @@ class Engine:
         return worker, period
 
     async def close(self) -> None:
+        if self._witnesses is not None:  # the epochs still waiting for them are published
+            await self._witnesses.close()
         for sub in list(self._subscribers):
             sub.queue.put_nowait(None)
         if self._next is not None:
@@ -244,7 +274,7 @@ class Engine:
 
     # Ingest
 
-    async def ingest(self, batch: BalanceBatch | ReserveBatch) -> str:
+    async def ingest(self, batch: Batch) -> str:
         """Durably store ``batch`` and stage it for the next epoch; return the ack frame.
 
         Raises:
@@ -262,18 +292,38 @@ class Engine:
             if not self._storing:
                 self._stored.set()
 
-    async def _ingest(self, batch: BalanceBatch | ReserveBatch) -> str:
+    async def _ingest(self, batch: Batch) -> str:
         for update in batch.updates:
             if update.asset not in self._decimals:
                 raise IngestError("unknown-asset", f"asset {update.asset} is not configured", None)
-        if isinstance(batch, ReserveBatch):
+        if isinstance(batch, ReserveBatch | ReserveReportBatch):
             limit = int((self.clock() + self.config.max_reserve_skew) * 1000)
-            for i, r in enumerate(batch.updates):
+            where = "reports" if isinstance(batch, ReserveReportBatch) else "updates"
+            dated: tuple[ReserveUpdate | ReserveReportUpdate, ...] = batch.updates
+            for i, r in enumerate(dated):
                 if r.as_of_ms > limit:
-                    raise IngestError("bad-update", f"updates[{i}]: as_of_ms is in the future", i)
-            result = await self._store_batch(self.store.apply_reserves, batch)
-            for r in batch.updates[len(batch.updates) - len(result.applied) :]:
-                self._reserves.setdefault(r.asset, {})[batch.source] = Reserve(r.amount, r.as_of_ms)
+                    raise IngestError("bad-update", f"{where}[{i}]: as_of_ms is in the future", i)
+            if isinstance(batch, ReserveReportBatch):
+                self._check_attested(batch)
+                result = await self._store_batch(self.store.apply_reserve_reports, batch)
+                taken = [
+                    (u.asset, Reserve(u.amount, u.as_of_ms, u.key_id, u.report_hash, u.note))
+                    for u in batch.updates[len(batch.updates) - len(result.applied) :]
+                ]
+            else:
+                if batch.source in self._attesters:
+                    raise IngestError(
+                        "unattested",
+                        f"source {batch.source} has an attester key: send its reports signed "
+                        "(reserve-reports)",
+                    )
+                result = await self._store_batch(self.store.apply_reserves, batch)
+                taken = [
+                    (r.asset, Reserve(r.amount, r.as_of_ms))
+                    for r in batch.updates[len(batch.updates) - len(result.applied) :]
+                ]
+            for asset, reserve in taken:
+                self._reserves.setdefault(asset, {})[batch.source] = reserve
             self._marks[("reserves", batch.source)] = result.last_seq
         else:
             result = await self._store_batch(self.store.apply_balances, batch)
@@ -288,8 +338,23 @@ class Engine:
             self.metrics.unfolded_updates += len(fresh)
         return ack(batch.id, batch.source, len(result.applied), result.duplicates, result.last_seq)
 
+    def _check_attested(self, batch: ReserveReportBatch) -> None:
+        """Every report signed by a key configured for the batch's source
+        (docs/PROTOCOL.md §13.2), else ``unattested`` naming the first that is not."""
+        keys = self._attesters.get(batch.source)
+        if keys is None:
+            raise IngestError("unattested", f"source {batch.source} has no attester key configured")
+        for i, u in enumerate(batch.updates):
+            if u.signed.signer(keys) is None:
+                raise IngestError(
+                    "unattested",
+                    f"reports[{i}]: not signed by an attester key of {batch.source} "
+                    f"(signed by key id {u.key_id:08x})",
+                    i,
+                )
+
     async def _store_batch(
-        self, apply: Callable[[str, Any], ApplyResult], batch: BalanceBatch | ReserveBatch
+        self, apply: Callable[[str, Any], ApplyResult], batch: Batch
     ) -> ApplyResult:
         """Commit a batch durably, turning storage refusals into ingest errors."""
         try:
@@ -384,14 +449,15 @@ class Engine:
         applied_at = time.perf_counter()
         number = self.metrics.epoch + 1
         timestamp_ms = max(int(now * 1000), self._last_timestamp_ms)  # never backwards
-        record = build_record(
+        built = build_record(
             epoch=number,
             timestamp_ms=timestamp_ms,
             max_reserve_age_ms=int(self.config.max_reserve_age * 1000),
             decimals=self._decimals,
             roots=applied.roots,
             reserves=reserves,
-        ).encode()
+        )
+        record, reports = built.encode(), record_reports(built, reserves)
         used = [
             ReserveRow(asset, source, r.amount, r.as_of_ms)
             for asset, by_source in reserves.items()
@@ -402,7 +468,7 @@ class Engine:
             self._commit_epoch, number, record, timestamp_ms, cut.marks, used, retry, urgent=True
         )
         with self._db.held():  # from the commit until the epoch is handed out (dbthread)
-            message = await asyncio.wrap_future(commit)
+            message = dataclasses.replace(await asyncio.wrap_future(commit), reports=reports)
             committed, handing_cpu = time.perf_counter(), time.thread_time()
             self._cut = None
             self._last_timestamp_ms = timestamp_ms
@@ -411,15 +477,18 @@ class Engine:
             self.metrics.tree_seconds = applied.seconds
             self.metrics.epoch_build_seconds = time.perf_counter() - started
             self.metrics.last_epoch_time = now
-            self.metrics.last_publish_time = self.clock()
-            self._publish(number, message)
+            self._latest = message
+            if self._witnesses is None:
+                self._publish(number, message)
+            else:  # published once cosigned, or at the deadline (prover/witnesses.py)
+                self._witnesses.submit(number, message)
         published, handing_cpu = time.perf_counter(), time.thread_time() - handing_cpu
         self._fold_when_due()
         log.info(
-            "epoch %d published: %d updates, trees %.0f ms (apply %.0f ms, build %.0f ms,"
-            " commit %.0f ms), total %.0f ms, then %.0f ms (%.0f ms of CPU) handing it to %d"
-            " subscribers",
+            "epoch %d %s: %d updates, trees %.0f ms (apply %.0f ms, build %.0f ms,"
+            " commit %.0f ms), total %.0f ms, then %.0f ms (%.0f ms of CPU) handing it to %s",
             number,
+            "published" if self._witnesses is None else "committed",
             cut.rows,
             applied.seconds * 1000,
             (applied_at - started) * 1000,
@@ -428,7 +497,7 @@ class Engine:
             self.metrics.epoch_build_seconds * 1000,
             (published - committed) * 1000,
             handing_cpu * 1000,
-            self.metrics.subscribers,
+            f"{self.metrics.subscribers} subscribers" if self._witnesses is None else "witnesses",
         )
         return message
 
@@ -551,7 +620,8 @@ class Engine:
                 if self._until_due() == 0 and not stop.is_set():
                     with contextlib.suppress(Exception):  # logged; retried when due
                         await self.close_epoch()
-                    gc.collect(2 if self.metrics.epoch % FULL_COLLECTION_EVERY == 0 else 1)
+                    if self._witnesses is None:  # else once it is published: _publish_cosigned
+                        self._collect()
             self._refusing = True
             await self._stored.wait()
             for _ in range(FINAL_ATTEMPTS):
@@ -567,7 +637,7 @@ class Engine:
 
     def _publish(self, number: int, message: EpochMessage) -> None:
         frame = message.to_json()
-        self._latest = message
+        self.metrics.published_epoch, self.metrics.last_publish_time = number, self.clock()
         for sub in list(self._subscribers):
             if sub.offer is not None:
                 delivered = sub.offer(frame)
@@ -576,6 +646,23 @@ class Engine:
             if not delivered:
                 self._shed(sub)
         self.metrics.subscribers = len(self._subscribers)
+
+    def _publish_cosigned(self, number: int, message: EpochMessage) -> None:
+        """The witnesses' publisher hands out an epoch, the database thread
+        idle; then, while ``run`` runs, collects garbage: not before, where a
+        collection would hold the GIL from the witnesses' threads."""
+        with self._db.held():
+            self._publish(number, message)
+        if not gc.isenabled():
+            self._collect()
+
+    def _collect(self) -> None:
+        """Garbage collection after an epoch (module docstring)."""
+        gc.collect(2 if self.metrics.epoch % FULL_COLLECTION_EVERY == 0 else 1)
+
+    def witness_stats(self) -> list[WitnessStats]:
+        """Each configured witness's state, for /metrics."""
+        return [] if self._witnesses is None else self._witnesses.stats()
 
     def _shed(self, sub: _Subscriber) -> None:
         """Drop ``sub`` now, counted; its stream ends with SubscriberShed."""
@@ -606,10 +693,10 @@ class Engine:
         Raises:
             SubscriberShed: the subscriber fell too far behind and was dropped.
         """
-        next_epoch = self.metrics.epoch + 1 if since is None else since
+        next_epoch = self.metrics.published_epoch + 1 if since is None else since
         # Replay from storage until caught up; the check and the registration
         # below run without an await in between, so no epoch falls in a gap.
-        while next_epoch <= self.metrics.epoch:
+        while next_epoch <= self.metrics.published_epoch:
             yield await self._db_call(self._stored_frame, next_epoch)
             next_epoch += 1
         sub = _Subscriber(asyncio.Queue(self.config.subscriber_queue + 1), offer)
@@ -631,10 +718,26 @@ class Engine:
         stored = self.store.epoch(epoch)
         return EpochMessage(
             record=stored.record,
-            checkpoint=stored.checkpoint,
+            checkpoint=stored.checkpoint + self._stored_cosignatures(epoch),
             inclusion=tuple(self.store.inclusion_proof(epoch, epoch + 1)),
             consistency=tuple(self.store.consistency_proof(epoch, epoch + 1)),
+            reports=self._stored_reports(stored.record),
         )
+
+    def _stored_cosignatures(self, epoch: int) -> bytes:
+        """The witnesses' cosignature lines stored for ``epoch`` (PROTOCOL §12.4)."""
+        return "".join(row.line for row in self.store.cosignatures(epoch, epoch)).encode()
+
+    def _cosigned(self, epoch: int, message: EpochMessage) -> EpochMessage:
+        """``message`` with the cosignatures known of ``epoch`` attached."""
+        return message if self._witnesses is None else self._witnesses.attach(epoch, message)
+
+    def _stored_reports(self, record: bytes) -> tuple[bytes, ...]:
+        """The signed reports a stored record binds, in its order (those kept)."""
+        assets = EpochRecord.decode(record).assets
+        hashes = [s.report_hash for a in assets for s in a.sources if s.attested]
+        notes = self.store.reserve_reports(hashes) if hashes else {}
+        return tuple(notes[h] for h in hashes if h in notes)
 
     # Proofs
 
@@ -668,14 +771,27 @@ class Engine:
             async with self._epoch_lock:  # the worker may be swapped by a salt rotation
                 if worker is not self._worker:
                     raise ProverError("the salt period changed during the export; run it again")
-                written += await worker.export(out, start, EXPORT_CHUNK, message)
+                cosigned = self._cosigned(epoch, message)  # those come in meanwhile too
+                written += await worker.export(out, start, EXPORT_CHUNK, cosigned)
             await progress(min(start + EXPORT_CHUNK, users), users)
         return epoch, out, written
 
     async def proof(self, user: str, epoch: int | None = None) -> ProofFile | None:
-        """``user``'s proof for the latest published epoch, or for ``epoch`` if it
-        is one of the last ``proof_epochs`` of this salt period; None if they
-        held nothing then.
+        """``user``'s proof for ``epoch``, by default the latest epoch cosigned
+        by ``witness_quorum`` witnesses if there are witnesses (PROTOCOL §11.3;
+        the latest if none is, or if its trees are no longer retained), else
+        the latest (see ``_proof``)."""
+        witnesses = self._witnesses
+        cosigned = None if witnesses is None or not witnesses.quorum else witnesses.quorum_epoch
+        if epoch is None and cosigned is not None:
+            with contextlib.suppress(NotRetained):
+                return await self._proof(user, cosigned)
+        return await self._proof(user, epoch)
+
+    async def _proof(self, user: str, epoch: int | None = None) -> ProofFile | None:
+        """``user``'s proof for the latest epoch, or for ``epoch`` if it is
+        one of the last ``proof_epochs`` of this salt period, with the
+        cosignatures known; None if they held nothing then.
 
         Raises:
             NotRetained: ``epoch`` is not (or no longer, or not yet) served;
@@ -689,7 +805,7 @@ class Engine:
             latest = self.metrics.epoch
             ahead = 0 if self._cut is None else 1  # applied by a close that failed
             if epoch is None or epoch == latest:
-                message = self._latest
+                epoch, message = latest, self._latest
                 found = await self._worker.proof(user, ahead)
             elif not 0 <= epoch < latest:
                 raise NotRetained(f"epoch {epoch} is not published yet (latest: {latest})")
@@ -698,6 +814,7 @@ class Engine:
                 message = await self._db_call(self._stored_message, epoch)
         if found is None:
             return None
+        message = self._cosigned(epoch, message)
         return ProofFile(
             user=user,
             salt=found.salt,

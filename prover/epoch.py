@@ -6,17 +6,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from prover.ledger import AssetRoot
-from verifier.record import AssetState, EpochRecord, ReserveSource, expected_status
+from verifier.record import UNATTESTED, AssetState, EpochRecord, ReserveSource, expected_status
 
-__all__ = ["Reserve", "build_record"]
+__all__ = ["Reserve", "build_record", "record_reports"]
 
 
 @dataclass(frozen=True, slots=True)
 class Reserve:
-    """A reserve source's latest report for one asset."""
+    """A reserve source's latest report for one asset: signed (``note``, the
+    signed report of hash ``report_hash`` by key ``key_id``, docs/PROTOCOL.md
+    §13) or, from a source with no attester key, unattested (``note`` empty)."""
 
     amount: int
     as_of_ms: int
+    key_id: int = 0
+    report_hash: bytes = UNATTESTED
+    note: bytes = b""
 
 
 def build_record(
@@ -35,7 +40,7 @@ def build_record(
     lines = []
     for root in sorted(roots, key=lambda r: r.asset):
         sources = tuple(
-            ReserveSource(name, r.amount, min(r.as_of_ms, timestamp_ms))
+            ReserveSource(name, r.amount, min(r.as_of_ms, timestamp_ms), r.key_id, r.report_hash)
             for name, r in sorted(reserves.get(root.asset, {}).items())
         )
         lines.append(
@@ -51,3 +56,13 @@ def build_record(
             )
         )
     return EpochRecord(epoch, timestamp_ms, max_reserve_age_ms, tuple(lines))
+
+
+def record_reports(
+    record: EpochRecord, reserves: Mapping[str, Mapping[str, Reserve]]
+) -> tuple[bytes, ...]:
+    """The signed reports the record's attested sources rest on, in the record's
+    order: what its root stream frame carries (docs/PROTOCOL.md §11.2)."""
+    return tuple(
+        reserves[a.asset][s.name].note for a in record.assets for s in a.sources if s.attested
+    )

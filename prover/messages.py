@@ -6,7 +6,12 @@ A producer sends JSON text frames to ``/ingest``::
      "updates": [{"seq": 17, "user": "alice", "asset": "BTC", "amount": "150000000"}]}
     {"type": "reserves", "id": 4, "source": "cold-1",
      "updates": [{"seq": 4, "asset": "BTC", "amount": "60000000000", "as_of_ms": 1790000000000}]}
+    {"type": "reserve-reports", "id": 5, "source": "cold-1",
+     "reports": [{"seq": 5, "report": "solvency-reserve/v1\nsource cold-1\n...— cold-1 ...\n"}]}
 
+A ``reserve-reports`` message carries reports signed by the source's own key
+(verifier/report.py, docs/PROTOCOL.md §13); they are parsed here, and their
+signatures checked by the engine against the configured attester keys.
 Amounts are absolute (the user's new balance; the source's current holding),
 as decimal strings or JSON integers. Sequence numbers are per source and
 strictly increasing within a batch. The prover answers each message with an
@@ -19,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from dataclasses import dataclass
 from typing import Annotated
 
 import msgspec
@@ -28,13 +34,17 @@ from prover.errors import IngestError
 from verifier.errors import FormatError
 from verifier.hashing import MAX_BALANCE, check_asset_id, check_user_id, find_invalid_user_id
 from verifier.record import MAX_RESERVE, check_source_name
+from verifier.report import MAX_REPORT_BYTES, SignedReport
 
 __all__ = [
     "MAX_BATCH",
     "MAX_MESSAGE_BYTES",
+    "MAX_REPORTS",
     "BalanceBatch",
     "BalanceUpdate",
     "ReserveBatch",
+    "ReserveReportBatch",
+    "ReserveReportUpdate",
     "ReserveUpdate",
     "ack",
     "error_reply",
@@ -43,9 +53,10 @@ __all__ = [
 
 MAX_MESSAGE_BYTES = 16 << 20
 MAX_BATCH = 100_000
+MAX_REPORTS = 1_000  # signed reports per message: ~60 ms of signature checks
 MAX_SEQ = 2**63 - 1
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,38}")
-_INDEX = re.compile(r"^\$\.updates\[(\d+)\]")
+_INDEX = re.compile(r"^\$\.(updates|reports)\[(\d+)\]")
 
 RequestId = str | int | None
 
@@ -126,6 +137,56 @@ class _Reserves(Struct, forbid_unknown_fields=True, tag_field="type", tag="reser
     id: Id = None
 
 
+class _Report(Struct, forbid_unknown_fields=True):
+    seq: Seq
+    report: Annotated[str, Meta(min_length=1, max_length=MAX_REPORT_BYTES)]
+
+
+class _ReserveReports(Struct, forbid_unknown_fields=True, tag_field="type", tag="reserve-reports"):
+    source: str
+    reports: Annotated[list[_Report], Meta(min_length=1, max_length=MAX_REPORTS)]
+    id: Id = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveReportUpdate:
+    """One signed report, as the store keeps it (storage.rows.AttestedReserveUpdate)."""
+
+    seq: int
+    signed: SignedReport
+    report_hash: bytes
+
+    @property
+    def asset(self) -> str:
+        return self.signed.report.asset
+
+    @property
+    def amount(self) -> int:
+        return self.signed.report.amount
+
+    @property
+    def as_of_ms(self) -> int:
+        return self.signed.report.as_of_ms
+
+    @property
+    def key_id(self) -> int:
+        return self.signed.key_id
+
+    @property
+    def note(self) -> bytes:
+        return self.signed.note
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveReportBatch:
+    """A ``reserve-reports`` message: each report is well formed and names the
+    message's source; its signature is not checked yet (the engine does)."""
+
+    id: RequestId
+    source: str
+    updates: tuple[ReserveReportUpdate, ...]
+
+
 class _IdOnly(Struct):
     """A refused message's ``id``, read again on its own to echo it."""
 
@@ -134,12 +195,15 @@ class _IdOnly(Struct):
 
 # Both decoders take a union of tagged types: msgspec requires the tag of a
 # union's member, not of a lone struct, and an untagged message must be refused.
-_decoder = msgspec.json.Decoder(_Balances | _Reserves)
-_plain_decoder = msgspec.json.Decoder(_PlainBalances | _Reserves)
+_decoder = msgspec.json.Decoder(_Balances | _Reserves | _ReserveReports)
+_plain_decoder = msgspec.json.Decoder(_PlainBalances | _Reserves | _ReserveReports)
 _id_decoder = msgspec.json.Decoder(_IdOnly)
 
 
-def parse_ingest(data: str | bytes) -> BalanceBatch | ReserveBatch:
+Batch = BalanceBatch | ReserveBatch | ReserveReportBatch
+
+
+def parse_ingest(data: str | bytes) -> Batch:
     """Parse and validate one ingest message (everything that needs no state).
 
     Every message names its ``type``; a refusal carries the message's ``id``
@@ -164,8 +228,8 @@ def _valid_id(value: RequestId) -> RequestId:
     return None if isinstance(value, int) and len(str(value)) > 128 else value
 
 
-def _parse(data: str | bytes) -> BalanceBatch | ReserveBatch:
-    doc: _PlainBalances | _Balances | _Reserves
+def _parse(data: str | bytes) -> Batch:
+    doc: _PlainBalances | _Balances | _Reserves | _ReserveReports
     try:
         doc = _plain_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeError):  # or not plain: decoded again, in full
@@ -181,6 +245,8 @@ def _parse(data: str | bytes) -> BalanceBatch | ReserveBatch:
         check_source_name(doc.source)
     except FormatError as exc:
         raise IngestError("bad-message", str(exc)) from None
+    if isinstance(doc, _ReserveReports):
+        return _reserve_reports(doc)
     users = [u.user for u in doc.updates] if not isinstance(doc, _Reserves) else []
     _check_ids([u.asset for u in doc.updates], users)
     if isinstance(doc, _PlainBalances):
@@ -209,8 +275,28 @@ def _refusal(problem: str) -> IngestError:
     found = _INDEX.search(problem.rsplit(" - at `", 1)[-1])
     if found is None:
         return IngestError("bad-message", problem)
-    index = int(found.group(1))
-    return IngestError("bad-update", f"updates[{index}]: {problem}", index)
+    index = int(found.group(2))
+    return IngestError("bad-update", f"{found.group(1)}[{index}]: {problem}", index)
+
+
+def _reserve_reports(doc: _ReserveReports) -> ReserveReportBatch:
+    """Each report well formed, from the message's source; seqs increasing."""
+    updates = []
+    for i, item in enumerate(doc.reports):
+        try:
+            signed = SignedReport.parse(item.report.encode("utf-8"))
+        except FormatError as exc:
+            raise IngestError("bad-update", f"reports[{i}]: {exc}", i) from None
+        if signed.report.source != doc.source:
+            raise IngestError(
+                "bad-update",
+                f"reports[{i}]: a report of source {signed.report.source!r} in a message "
+                f"from {doc.source!r}",
+                i,
+            )
+        updates.append(ReserveReportUpdate(item.seq, signed, signed.hash))
+    _check_seqs([u.seq for u in updates])
+    return ReserveReportBatch(doc.id, doc.source, tuple(updates))
 
 
 def _check_ids(assets: list[str], users: list[str]) -> None:

@@ -1,13 +1,18 @@
-"""Prometheus text exposition of the engine's metrics (format version 0.0.4)."""
+"""Prometheus text exposition of the engine's metrics (format version 0.0.4),
+and of each configured witness's, labelled ``witness="<name>+<key id>"``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prover.engine import Metrics
+from prover.witnesses import WitnessStats
 
 __all__ = ["render_metrics"]
 
 _HELP = {
-    "epoch": ("gauge", "Number of the last published epoch."),
+    "epoch": ("gauge", "Number of the last committed epoch."),
+    "published_epoch": ("gauge", "Number of the last epoch handed to root stream subscribers."),
     "updates": ("counter", "Balance updates applied since start."),
     "ingest_errors": ("counter", "Ingest messages refused since start."),
     "epoch_build_seconds": ("gauge", "Time to close the last epoch, trees to publication."),
@@ -27,7 +32,16 @@ _HELP = {
 }
 
 
-def render_metrics(metrics: Metrics) -> str:
+_WITNESS_HELP = {
+    "cosigned_epoch": ("gauge", "The last epoch the witness cosigned; -1: none known."),
+    "lag_epochs": ("gauge", "Epochs from the witness's last cosignature to the last committed."),
+    "failures": ("counter", "Submissions to the witness that failed since start."),
+    "failing": ("gauge", "Failed submissions in a row; 0: its last answer was a cosignature."),
+    "latency_seconds": ("gauge", "Time the last submission to the witness took."),
+}
+
+
+def render_metrics(metrics: Metrics, witnesses: Sequence[WitnessStats] = ()) -> str:
     lines = []
     for name, (kind, text) in _HELP.items():
         full = f"solvency_{name}" + ("_total" if kind == "counter" else "")
@@ -36,4 +50,21 @@ def render_metrics(metrics: Metrics) -> str:
             f"# TYPE {full} {kind}",
             f"{full} {getattr(metrics, name)}",
         ]
+    for name, (kind, text) in _WITNESS_HELP.items() if witnesses else ():
+        full = f"solvency_witness_{name}" + ("_total" if kind == "counter" else "")
+        lines += [f"# HELP {full} {text}", f"# TYPE {full} {kind}"]
+        for w in witnesses:
+            value = {
+                "cosigned_epoch": w.cosigned_epoch,
+                "lag_epochs": w.lag,
+                "failures": w.failures,
+                "failing": w.failing,
+                "latency_seconds": round(w.latency, 6),
+            }[name]
+            lines.append(f'{full}{{witness="{_label(w.endpoint.name)}"}} {value}')
     return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -72,7 +72,8 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
             return _response(503 if problem else 200, f"{problem or 'ok'}\n", "text/plain")
         if url.path == "/metrics":
             engine.metrics.connection_bytes = gate.held_bytes()
-            return _response(200, render_metrics(engine.metrics), "text/plain; version=0.0.4")
+            text = render_metrics(engine.metrics, engine.witness_stats())
+            return _response(200, text, "text/plain; version=0.0.4")
         if url.path == "/proof":
             return await _proof(engine, request, query)
         if url.path in ("/ingest", "/admin/export"):  # the operator's side: a token each
@@ -88,7 +89,7 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
                 since = _since(query)
             except ValueError as exc:
                 return _error(400, "bad-request", str(exc))
-            if since is not None and since > engine.metrics.epoch + 1:
+            if since is not None and since > engine.metrics.published_epoch + 1:
                 return _error(400, "bad-since", f"since={since} is beyond the log")
             token = bearer_token(request.headers)
             auditor = next((n for t, n in gate.auditors.items() if token_ok(token, t)), None)

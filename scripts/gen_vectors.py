@@ -4,9 +4,10 @@ Usage:
     python scripts/gen_vectors.py           # rewrite tests/vectors/
     python scripts/gen_vectors.py --check   # exit 1 if the committed files differ
 
-Everything is derived from fixed inputs (fixed salts, padding key and Ed25519
-key; Ed25519 signatures are deterministic), so the output is byte-stable. The
-trees are built here straight from verifier.hashing, independently of prover/.
+Everything is derived from fixed inputs (fixed salts, padding key, Ed25519
+keys of the log and of two witnesses, cosignature times; Ed25519 signatures
+are deterministic), so the output is byte-stable. The trees are built here
+straight from verifier.hashing, independently of prover/.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from verifier import rfc9162
-from verifier.checkpoint import Checkpoint, VerifierKey, sign_note, verifier_key_for
+from verifier.checkpoint import (
+    Checkpoint,
+    VerifierKey,
+    sign_note,
+    split_note,
+    verifier_key_for,
+)
+from verifier.cosignature import WitnessKey, cosign, witness_key_for
 from verifier.errors import SolvencyError, VerificationError
 from verifier.hashing import (
     TAG_COMMITMENT,
@@ -40,6 +48,7 @@ from verifier.hashing import (
 )
 from verifier.proof import AssetPath, ProofFile, verify_proof
 from verifier.record import AssetState, EpochRecord, ReserveSource, Status
+from verifier.report import ReserveReport, SignedReport, sign_report
 from verifier.sumtree import PathStep
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors"
@@ -50,6 +59,23 @@ OTHER_SEED = bytes(range(33, 65))
 PADDING_KEY = hashlib.sha256(b"vectors padding key").digest()
 TIMESTAMP_MS = 1_790_000_000_000
 MAX_AGE_MS = 60_000
+
+# Two test reserve sources' attester keys (fixed seeds: tests only) and their
+# signed reports the record binds (PROTOCOL §13); ETH's hot source is unattested.
+ATTESTERS = {"cold-1": bytes(range(129, 161)), "hot": bytes(range(161, 193))}
+REPORTS = {
+    ("BTC", "cold-1"): ReserveReport(
+        "cold-1", "BTC", 60_000_000_000, TIMESTAMP_MS - 1_000, "bitcoin", 917_000
+    ),
+    ("BTC", "hot"): ReserveReport("hot", "BTC", 40_000_000_000, TIMESTAMP_MS - 500),
+}
+
+# Two test witnesses (fixed seeds: tests only), their cosignatures of the proof's
+# checkpoint a few seconds after its epochs, and the verifier's clock (PROTOCOL §12.3).
+WITNESSES = {"witness-a.example": bytes(range(65, 97)), "witness-b.example": bytes(range(97, 129))}
+COSIGNED_AT = TIMESTAMP_MS // 1000 + 3
+NOW = TIMESTAMP_MS // 1000 + 100
+WITNESS_CASE = {"witnesses": ["witness-keys.txt"], "quorum": 2, "now": NOW}
 
 
 def salt_of(user: str) -> bytes:
@@ -136,12 +162,50 @@ def path_of(levels: list[list[tuple[bytes, int]]], slot: int) -> tuple[PathStep,
     return tuple(PathStep(*levels[lvl][(slot >> lvl) ^ 1]) for lvl in range(len(levels) - 1))
 
 
+def signed_report(key: tuple[str, str]) -> SignedReport:
+    report = REPORTS[key]
+    signer = Ed25519PrivateKey.from_private_bytes(ATTESTERS[report.source])
+    return SignedReport.parse(sign_report(report, signer))
+
+
+def attested_source(key: tuple[str, str]) -> ReserveSource:
+    """A record's source entry as its signed report states it."""
+    signed = signed_report(key)
+    r = signed.report
+    return ReserveSource(r.source, r.amount, r.as_of_ms, signed.key_id, signed.hash)
+
+
+def report_vectors() -> dict[str, Any]:
+    """The attester keys and each signed report: its fields, note and hash."""
+    keys = {
+        name: str(verifier_key_for(name, Ed25519PrivateKey.from_private_bytes(seed).public_key()))
+        for name, seed in ATTESTERS.items()
+    }
+    reports = []
+    for key in REPORTS:
+        signed = signed_report(key)
+        r = signed.report
+        fields = {"source": r.source, "asset": r.asset, "amount": str(r.amount)}
+        fields |= {"as_of_ms": r.as_of_ms, "chain": r.chain, "block": r.block}
+        reports.append(
+            {
+                "fields": fields,
+                "body": r.to_note_body().decode(),
+                "note": signed.note.decode(),
+                "key_id": f"{signed.key_id:08x}",
+                "hash": signed.hash.hex(),
+            }
+        )
+    return {"attesters": keys, "reports": reports}
+
+
 def make_record(epoch: int, trees: dict[str, list[list[tuple[bytes, int]]]]) -> EpochRecord:
-    """BTC is solvent; ETH's only reserve source is stale, so ETH is unproven."""
+    """BTC is solvent, its two sources attested by signed reports; ETH's only
+    reserve source is stale and unattested, so ETH is unproven."""
     reserves = {
         "BTC": (
-            ReserveSource("cold-1", 60_000_000_000, TIMESTAMP_MS - 1_000),
-            ReserveSource("hot", 40_000_000_000, TIMESTAMP_MS - 500),
+            attested_source(("BTC", "cold-1")),
+            attested_source(("BTC", "hot")),
         ),
         "ETH": (ReserveSource("hot", 1_000_000_000, TIMESTAMP_MS - 120_000),),
     }
@@ -195,10 +259,18 @@ def build_all() -> dict[str, Any]:
         checkpoint=note,
     )
     verify_proof(proof, vkey, user="alice")  # the valid vector must verify
+    a, b = WITNESSES
+    cosigned = dataclasses.replace(
+        proof, checkpoint=note + cosignatures(note, (a, COSIGNED_AT), (b, COSIGNED_AT + 1))
+    )
+    public = tuple(witness_key_for(n, k.public_key()) for n, k in witness_keys().items())
+    verify_proof(cosigned, vkey, user="alice", witnesses=public, quorum=2, now=NOW)
 
     record1 = EpochRecord.decode(records[1])
     return {
         "key": vkey,
+        "witnesses": public,
+        "cosigned": cosigned,
         "other_key": verifier_key_for(
             ORIGIN, Ed25519PrivateKey.from_private_bytes(OTHER_SEED).public_key()
         ),
@@ -208,6 +280,18 @@ def build_all() -> dict[str, Any]:
         "records": records,
         "trees": trees,
     }
+
+
+def witness_keys() -> dict[str, Ed25519PrivateKey]:
+    return {n: Ed25519PrivateKey.from_private_bytes(seed) for n, seed in WITNESSES.items()}
+
+
+def cosignatures(note: bytes, *stamps: tuple[str, int], body: bytes | None = None) -> bytes:
+    """Cosignature lines of the test witnesses named in ``stamps``, each at its
+    time, over the body of ``note`` (or over ``body``)."""
+    keys = witness_keys()
+    body = split_note(note)[0] if body is None else body
+    return b"".join(cosign(body, name, keys[name], t) for name, t in stamps)
 
 
 def record_fields(r: EpochRecord) -> dict[str, Any]:
@@ -225,7 +309,13 @@ def record_fields(r: EpochRecord) -> dict[str, Any]:
                 "reserves": str(a.reserves),
                 "status": a.status.name,
                 "sources": [
-                    {"name": s.name, "amount": str(s.amount), "as_of_ms": s.as_of_ms}
+                    {
+                        "name": s.name,
+                        "amount": str(s.amount),
+                        "as_of_ms": s.as_of_ms,
+                        "key_id": f"{s.key_id:08x}",
+                        "report_hash": s.report_hash.hex(),
+                    }
                     for s in a.sources
                 ],
             }
@@ -394,6 +484,38 @@ def signed_mutations(built: dict[str, Any]) -> dict[str, Mutation]:
     }
 
 
+def witness_mutations(built: dict[str, Any]) -> dict[str, Mutation]:
+    """Mutations of the cosigned proof's cosignature lines, checked with both
+    witnesses configured, a quorum of 2 and the clock at ``NOW`` (PROTOCOL §12.3)."""
+    note: bytes = built["checkpoint"]
+    a, b = WITNESSES
+    record_s = EpochRecord.decode(built["cosigned"].record).timestamp_ms // 1000
+    size_2 = Checkpoint(
+        ORIGIN,
+        2,
+        rfc9162.root_from_leaf_hashes([rfc9162.leaf_hash(r) for r in built["records"][:2]]),
+    ).to_note_body()
+
+    def lines(*stamps: tuple[str, int], other: tuple[str, int] | None = None) -> Mutation:
+        text = (note + cosignatures(note, *stamps)).decode()
+        if other is not None:
+            text += cosignatures(note, other, body=size_2).decode()
+        return lambda d: d.update(checkpoint=text)
+
+    def noncanonical(doc: dict[str, Any]) -> None:
+        body, _, last = doc["checkpoint"].rstrip("\n").rpartition(" ")
+        doc["checkpoint"] = f"{body} {_set_pad_bit(last)}\n"
+
+    return {
+        "witness-quorum-not-met": lines((a, COSIGNED_AT)),
+        "witness-cosigned-other-checkpoint": lines((a, COSIGNED_AT), other=(b, COSIGNED_AT)),
+        "witness-time-future": lines((a, COSIGNED_AT), (b, NOW + 61)),
+        "witness-time-before-record": lines((a, COSIGNED_AT), (b, record_s - 61)),
+        "witness-same-twice": lines((a, COSIGNED_AT), (a, COSIGNED_AT + 1)),
+        "witness-noncanonical-base64": noncanonical,
+    }
+
+
 # Cases on unmutated files: the verifier is given another key, or told to expect another user.
 CALL_CASES: list[dict[str, str]] = [
     {"file": "proof-valid.json", "key": "other-key.txt"},
@@ -401,10 +523,18 @@ CALL_CASES: list[dict[str, str]] = [
 ]
 
 
-def outcome(data: bytes, key: VerifierKey, user: str | None = None) -> str:
+def outcome(
+    data: bytes,
+    key: VerifierKey,
+    user: str | None = None,
+    witnesses: tuple[WitnessKey, ...] = (),
+    quorum: int = 0,
+    now: int | None = None,
+) -> str:
     """The check a proof file fails (``format`` for a parse error), or ``ok``."""
     try:
-        verify_proof(ProofFile.parse(data), key, user=user)
+        proof = ProofFile.parse(data)
+        verify_proof(proof, key, user=user, witnesses=witnesses, quorum=quorum, now=now)
     except VerificationError as exc:
         return exc.check
     except SolvencyError:
@@ -416,13 +546,17 @@ def render() -> dict[str, str]:
     """File name -> contents of every vector file."""
     built = build_all()
     valid = built["proof"].to_json()
+    cosigned = built["cosigned"].to_json()
     files = {
         "hashing.json": _dump(hashing_vectors()),
         "record.json": _dump(built["record"]),
+        "report.json": _dump(report_vectors()),
         "verifier-key.txt": f"{built['key']}\n",
         "other-key.txt": f"{built['other_key']}\n",
         "checkpoint.txt": built["checkpoint"].decode(),
         "proof-valid.json": valid + "\n",
+        "witness-keys.txt": "".join(f"{k}\n" for k in built["witnesses"]),
+        "proof-cosigned.json": cosigned + "\n",
     }
     mutated = {}
     for name, mutate in {**MUTATIONS, **signed_mutations(built)}.items():
@@ -431,14 +565,33 @@ def render() -> dict[str, str]:
         mutated[name] = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     for name, edit in TEXT_MUTATIONS.items():
         mutated[name] = edit(valid)
+    witnessed = {}
+    for name, mutate in witness_mutations(built).items():
+        doc = json.loads(cosigned)
+        mutate(doc)
+        witnessed[name] = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     keys = {"verifier-key.txt": built["key"], "other-key.txt": built["other_key"]}
-    cases = [{"file": f"invalid/{name}.json"} for name in mutated]
-    for name, text in mutated.items():
+    witness_files = {"witness-keys.txt": built["witnesses"]}
+    cases: list[dict[str, Any]] = [{"file": f"invalid/{name}.json"} for name in mutated]
+    cases += CALL_CASES
+    cases += [{"file": f"invalid/{name}.json", **WITNESS_CASE} for name in witnessed]
+    for name, text in {**mutated, **witnessed}.items():
         files[f"invalid/{name}.json"] = text + "\n"
-    manifest: dict[str, Any] = {"valid": "proof-valid.json", "invalid": []}
-    for case in [*cases, *CALL_CASES]:
+    manifest: dict[str, Any] = {
+        "valid": "proof-valid.json",
+        "cosigned": {"file": "proof-cosigned.json", **WITNESS_CASE},
+        "invalid": [],
+    }
+    for case in cases:
         data = files[case["file"]].encode("utf-8")
-        expect = outcome(data, keys[case.get("key", "verifier-key.txt")], case.get("user"))
+        expect = outcome(
+            data,
+            keys[case.get("key", "verifier-key.txt")],
+            case.get("user"),
+            tuple(k for f in case.get("witnesses", ()) for k in witness_files[f]),
+            case.get("quorum", 0),
+            case.get("now"),
+        )
         if expect == "ok":
             raise SystemExit(f"{case} still verifies: fix the generator")
         manifest["invalid"].append({**case, "expect": expect})

@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = [
+    "UNATTESTED",
     "ApplyResult",
     "AssetRow",
+    "AttestedReserveUpdate",
     "BalanceUpdate",
     "EpochRow",
     "KeyRow",
@@ -22,6 +24,8 @@ __all__ = [
     "ReserveUpdate",
     "Update",
 ]
+
+UNATTESTED = bytes(32)  # the report hash of a reserve no signed report backs
 
 
 class Update(Protocol):
@@ -47,6 +51,19 @@ class ReserveUpdate(Update, Protocol):
 
     @property
     def as_of_ms(self) -> int: ...
+
+
+class AttestedReserveUpdate(ReserveUpdate, Protocol):
+    """A reserve update backed by a signed report (docs/PROTOCOL.md §13):
+    ``note`` is the signed note, ``report_hash`` its SHA-256, ``key_id`` the
+    key that signed it; the caller has checked the signature."""
+
+    @property
+    def key_id(self) -> int: ...
+    @property
+    def report_hash(self) -> bytes: ...
+    @property
+    def note(self) -> bytes: ...
 
 
 class ReserveReport(Protocol):
@@ -80,10 +97,15 @@ class AssetRow:
 
 @dataclass(frozen=True, slots=True)
 class ReserveRow:
+    """A reserve source's report of an asset; from ``Store.reserves`` with the
+    signed report's key id and hash (``UNATTESTED`` and 0: none)."""
+
     asset: str
     source: str
     amount: int
     as_of_ms: int
+    key_id: int = 0
+    report_hash: bytes = UNATTESTED
 
 
 @dataclass(frozen=True, slots=True)

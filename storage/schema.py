@@ -6,13 +6,16 @@ storage/migrations/versions create exactly these; a test checks they agree.
     balance_journal   id -> source, first_seq, last_seq, count, body
                       acknowledged batches not yet folded into balances
     source_marks      (kind, source) -> last_seq                ingest high-water marks
-    reserves          (asset, source) -> amount, as_of_ms, seq  latest report
+    reserves          (asset, source) -> amount, as_of_ms, seq  latest report,
+                      key_id, report_hash                       its signed report, or NULL
+    reserve_reports   report_hash -> source, asset, note        every signed report accepted
     salt_periods      number -> started_ms, secret[32]
     slot_assignments  (period, asset, user_id) -> slot          unique per (period, asset)
     epochs            number -> record, leaf_hash, checkpoint, created_ms
                       (row ``number`` is also leaf ``number`` of the RFC 9162 log)
     epoch_marks       (epoch, kind, source) -> last_seq         what an epoch covers
     epoch_reserves    (epoch, asset, source) -> amount, as_of_ms  reserves it used
+    witness_cosignatures  (epoch, witness, key_id) -> line      its checkpoint's cosignatures
     signing_keys      key_id -> name, public_key, active_from_ms, active_to_ms
 
 Times are integer milliseconds since the Unix epoch (UTC), as in the epoch
@@ -32,6 +35,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     Numeric,
@@ -55,10 +59,12 @@ __all__ = [
     "EpochMark",
     "EpochReserve",
     "Reserve",
+    "ReserveReportRow",
     "SaltPeriodRow",
     "SigningKey",
     "SlotAssignment",
     "SourceMark",
+    "WitnessCosignature",
     "decode_amount",
     "encode_amount",
 ]
@@ -169,7 +175,9 @@ class SourceMark(Base):
 
 
 class Reserve(Base):
-    """A reserve source's latest report for one asset."""
+    """A reserve source's latest report for one asset; ``key_id`` and
+    ``report_hash`` name its signed report (migration 0005), both NULL for an
+    unattested source."""
 
     __tablename__ = "reserves"
     asset: Mapped[str] = mapped_column(ForeignKey("assets.id"), primary_key=True)
@@ -177,6 +185,20 @@ class Reserve(Base):
     amount: Mapped[int] = mapped_column(Amount)
     as_of_ms: Mapped[int] = mapped_column(BigInteger)
     seq: Mapped[int] = mapped_column(BigInteger)
+    key_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    report_hash: Mapped[bytes | None] = mapped_column(LargeBinary(32), nullable=True)
+
+
+class ReserveReportRow(Base):
+    """A signed reserve report the prover accepted, by the SHA-256 of its note
+    (migration 0005): kept so that every epoch's root stream frame can be
+    served again with the reports its record binds."""
+
+    __tablename__ = "reserve_reports"
+    report_hash: Mapped[bytes] = mapped_column(LargeBinary(32), primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    asset: Mapped[str] = mapped_column(ForeignKey("assets.id"))
+    note: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class SaltPeriodRow(Base):
@@ -229,6 +251,20 @@ class EpochReserve(Base):
     source: Mapped[str] = mapped_column(String(64), primary_key=True)
     amount: Mapped[int] = mapped_column(Amount)
     as_of_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class WitnessCosignature(Base):
+    """A witness's cosignature of an epoch's checkpoint (migration 0004): the
+    signature line (``— <witness> <base64>\n``) by the cosignature/v1 key
+    ``witness`` with ``key_id`` (a u32), verified by the prover before it is
+    stored; one per epoch and witness key."""
+
+    __tablename__ = "witness_cosignatures"
+    __table_args__ = (Index("ix_witness_cosignatures_witness", "witness", "key_id", "epoch"),)
+    epoch: Mapped[int] = mapped_column(ForeignKey("epochs.number"), primary_key=True)
+    witness: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    line: Mapped[str] = mapped_column(Text)
 
 
 class SigningKey(Base):

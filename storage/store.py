@@ -61,6 +61,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
+from storage import cosignatures
 from storage.checks import (
     KINDS,
     MAX_BALANCE,
@@ -75,6 +76,7 @@ from storage.checks import (
     check_user,
     check_users,
 )
+from storage.cosignatures import CosignatureRow
 from storage.errors import (
     ConstraintError,
     EpochConflictError,
@@ -86,8 +88,10 @@ from storage.errors import (
 )
 from storage.log import EpochLog
 from storage.rows import (
+    UNATTESTED,
     ApplyResult,
     AssetRow,
+    AttestedReserveUpdate,
     BalanceUpdate,
     EpochRow,
     KeyRow,
@@ -105,6 +109,7 @@ from storage.schema import (
     EpochMark,
     EpochReserve,
     Reserve,
+    ReserveReportRow,
     SaltPeriodRow,
     SigningKey,
     SlotAssignment,
@@ -496,10 +501,38 @@ class Store:
     def apply_reserves(self, source: str, updates: Sequence[ReserveUpdate]) -> ApplyResult:
         """Durably store a reserve source's reports, keeping the latest per asset,
         skipping replays (same rules as ``apply_balances``; amounts up to 2**96-1).
+        Each becomes the source's unattested figure for its asset.
 
         Raises:
             InvalidInputError (any subclass): nothing of the batch is written.
         """
+        return self._apply_reserves(source, updates, ())
+
+    def apply_reserve_reports(
+        self, source: str, updates: Sequence[AttestedReserveUpdate]
+    ) -> ApplyResult:
+        """As ``apply_reserves``, for signed reports (their signatures checked by
+        the caller): each fresh one is also kept by its hash (``reserve_reports``)
+        and named beside its reserve (key id and hash), in the same transaction.
+
+        Raises:
+            InvalidInputError (any subclass): nothing of the batch is written.
+        """
+        for i, u in enumerate(updates):
+            check_int(u.key_id, "key_id", f"updates[{i}]")
+            if not isinstance(u.report_hash, bytes) or len(u.report_hash) != 32:
+                raise InvalidInputError(f"updates[{i}]: report_hash must be 32 bytes")
+            if u.report_hash == UNATTESTED or not isinstance(u.note, bytes) or not u.note:
+                raise InvalidInputError(f"updates[{i}]: a signed report needs its note")
+        return self._apply_reserves(source, updates, updates)
+
+    def _apply_reserves(
+        self,
+        source: str,
+        updates: Sequence[ReserveUpdate],
+        attested: Sequence[AttestedReserveUpdate],
+    ) -> ApplyResult:
+        """Both of the above; ``attested`` is ``updates`` or empty."""
         check_source(source)
         self._check_updates(updates, MAX_RESERVE, "reserve")
         for i, u in enumerate(updates):
@@ -510,6 +543,7 @@ class Store:
             mark = self._lock_mark(conn, "reserves", source)
             fresh = [u for u in updates if u.seq > mark]
             if fresh:
+                signed = {u.seq: u for u in attested if u.seq > mark}
                 latest = {u.asset: u for u in fresh}  # one row per asset and statement
                 stmt = self._insert(Reserve)
                 conn.execute(
@@ -519,6 +553,8 @@ class Store:
                             "amount": stmt.excluded.amount,
                             "as_of_ms": stmt.excluded.as_of_ms,
                             "seq": stmt.excluded.seq,
+                            "key_id": stmt.excluded.key_id,
+                            "report_hash": stmt.excluded.report_hash,
                         },
                     ),
                     [
@@ -528,10 +564,26 @@ class Store:
                             "amount": u.amount,
                             "as_of_ms": u.as_of_ms,
                             "seq": u.seq,
+                            "key_id": signed[u.seq].key_id if signed else None,
+                            "report_hash": signed[u.seq].report_hash if signed else None,
                         }
                         for u in latest.values()
                     ],
                 )
+                if signed:
+                    reports = self._insert(ReserveReportRow)
+                    conn.execute(
+                        reports.on_conflict_do_nothing(index_elements=["report_hash"]),
+                        [
+                            {
+                                "report_hash": u.report_hash,
+                                "source": source,
+                                "asset": u.asset,
+                                "note": u.note,
+                            }
+                            for u in {u.report_hash: u for u in signed.values()}.values()
+                        ],
+                    )
                 mark = fresh[-1].seq
                 self._set_mark(conn, "reserves", source, mark)
         return ApplyResult(tuple(fresh), len(updates) - len(fresh), mark)
@@ -547,14 +599,44 @@ class Store:
         return {(r.kind, r.source): int(r.last_seq) for r in rows if r.last_seq >= 0}
 
     def reserves(self) -> list[ReserveRow]:
-        """Each reserve source's latest report per asset."""
+        """Each reserve source's latest report per asset, with its signed
+        report's key id and hash (0 and ``UNATTESTED`` for none)."""
         with self._transaction() as conn:
             rows = conn.execute(
-                select(Reserve.asset, Reserve.source, Reserve.amount, Reserve.as_of_ms).order_by(
-                    Reserve.asset, Reserve.source
-                )
+                select(
+                    Reserve.asset,
+                    Reserve.source,
+                    Reserve.amount,
+                    Reserve.as_of_ms,
+                    Reserve.key_id,
+                    Reserve.report_hash,
+                ).order_by(Reserve.asset, Reserve.source)
             ).all()
-        return [ReserveRow(r.asset, r.source, int(r.amount), int(r.as_of_ms)) for r in rows]
+        return [
+            ReserveRow(
+                r.asset,
+                r.source,
+                int(r.amount),
+                int(r.as_of_ms),
+                int(r.key_id or 0),
+                bytes(r.report_hash) if r.report_hash is not None else UNATTESTED,
+            )
+            for r in rows
+        ]
+
+    def reserve_reports(self, hashes: Iterable[bytes]) -> dict[bytes, bytes]:
+        """The signed notes of the accepted reports of ``hashes`` (those known)."""
+        wanted = sorted(set(hashes))
+        found: dict[bytes, bytes] = {}
+        with self._transaction() as conn:
+            for start in range(0, len(wanted), 500):
+                rows = conn.execute(
+                    select(ReserveReportRow.report_hash, ReserveReportRow.note).where(
+                        ReserveReportRow.report_hash.in_(wanted[start : start + 500])
+                    )
+                )
+                found.update((bytes(r.report_hash), bytes(r.note)) for r in rows)
+        return found
 
     def iter_balances(
         self,
@@ -930,6 +1012,29 @@ class Store:
         with self.log.lock, self._transaction() as conn, self.log.bound(conn):
             _check_size(new_size, self.log.size())
             return self.log.consistency_proof(old_size, new_size)
+
+    # Witness cosignatures (storage/cosignatures.py)
+
+    def add_cosignatures(self, rows: Iterable[CosignatureRow]) -> None:
+        """Store witnesses' cosignatures of committed epochs; one already stored
+        for its (epoch, witness, key id) is skipped.
+
+        Raises:
+            InvalidInputError: a malformed row. ConstraintError: no such epoch.
+        """
+        checked = cosignatures.check_rows(rows)
+        with self._transaction(write=True) as conn:
+            cosignatures.insert_rows(conn, self._insert, checked)
+
+    def cosignatures(self, first: int, last: int) -> list[CosignatureRow]:
+        """The cosignatures of epochs ``first`` to ``last`` inclusive, by epoch."""
+        with self._transaction() as conn:
+            return cosignatures.select_rows(conn, first, last)
+
+    def last_cosigned(self, witnesses: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The last epoch each witness key (name, key id) cosigned, if any."""
+        with self._transaction() as conn:
+            return cosignatures.last_cosigned(conn, witnesses)
 
     # Plumbing
 

@@ -9,26 +9,35 @@ either returns the new state or raises. In order:
 4. history only grows: ``replayed-checkpoint`` (a size not above the last),
    ``epoch-gap`` (a size skipped), ``fork`` (same size, other root), and the
    consistency proof from the last verified size (RFC 9162);
-5. ``time-went-back``: record times never decrease.
+5. ``time-went-back``: record times never decrease;
+6. with witnesses configured, the checkpoint is witnessed (PROTOCOL §12.3):
+   ``witness-signature-invalid``, ``witness-time``, ``witness-quorum``, with
+   the checkpoint's record as the one its cosignatures vouch for.
 
 Solvency findings (an asset INSOLVENT or UNPROVEN) do not stop the chain of
 custody: they are returned as ``alarms`` for the caller to act on.
+``check_epoch`` returns a failure of rule 6 alongside the verified state,
+for a caller that follows the chain of custody past it (``watch
+--keep-going``); ``audit_epoch`` raises it.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from verifier import rfc9162
 from verifier.checkpoint import VerifierKey, verify_checkpoint
+from verifier.cosignature import Cosignature, WitnessKey
 from verifier.errors import FormatError, VerificationError
 from verifier.fields import exact_keys, hex32, load_object, natural, text
 from verifier.proof import record_in_log
+from verifier.quorum import plausible_cosignatures, require_quorum
 from verifier.record import EpochRecord, Status
 from verifier.stream import EpochMessage
 
-__all__ = ["AuditState", "Finding", "audit_epoch", "restore"]
+__all__ = ["AuditState", "EpochAudit", "Finding", "audit_epoch", "check_epoch", "restore"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +80,66 @@ class Finding:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class EpochAudit:
+    """One epoch whose chain of custody (rules 1-5) verified.
+
+    ``cosignatures`` are the valid ones by configured witnesses, and
+    ``witness_failure`` is rule 6's failure or None: when set, ``state`` rests
+    on the custodian's signature alone, not on a quorum of witnesses.
+    """
+
+    state: AuditState
+    record: EpochRecord
+    findings: tuple[Finding, ...]
+    cosignatures: tuple[Cosignature, ...]
+    witness_failure: VerificationError | None
+
+
 def audit_epoch(
-    state: AuditState | None, message: EpochMessage, key: VerifierKey, origin: str
+    state: AuditState | None,
+    message: EpochMessage,
+    key: VerifierKey,
+    origin: str,
+    *,
+    witnesses: Sequence[WitnessKey] = (),
+    quorum: int = 0,
+    now: float | None = None,
 ) -> tuple[AuditState, EpochRecord, list[Finding]]:
-    """Verify one epoch message after ``state`` (None: the first one ever seen).
+    """Verify one epoch message after ``state`` (None: the first one ever seen);
+    ``witnesses``, ``quorum`` and ``now`` as for ``check_epoch``.
 
     Raises:
         VerificationError: naming the failed rule; the message must not be trusted.
         FormatError: the record or checkpoint is malformed.
     """
+    audit = check_epoch(state, message, key, origin, witnesses=witnesses, quorum=quorum, now=now)
+    if audit.witness_failure is not None:
+        raise audit.witness_failure
+    return audit.state, audit.record, list(audit.findings)
+
+
+def check_epoch(
+    state: AuditState | None,
+    message: EpochMessage,
+    key: VerifierKey,
+    origin: str,
+    *,
+    witnesses: Sequence[WitnessKey] = (),
+    quorum: int = 0,
+    now: float | None = None,
+) -> EpochAudit:
+    """Verify one epoch message after ``state``; a failure of rule 6 (a
+    quorum of ``witnesses``, cosignatures dated plausibly against the record
+    and the verifier's clock ``now``, POSIX seconds) is returned, not raised.
+
+    Raises:
+        VerificationError: naming the failed rule 1-5; the message must not be trusted.
+        FormatError: the record or checkpoint (its cosignature lines too) is malformed.
+        ValueError: ``quorum`` is not in ``0..len(witnesses)``.
+    """
+    if not 0 <= quorum <= len(witnesses):
+        raise ValueError(f"a quorum of {quorum} out of {len(witnesses)} witnesses")
     # 1. Signed by the custodian, for this log.
     checkpoint = verify_checkpoint(message.checkpoint, key, origin)
 
@@ -116,11 +176,23 @@ def audit_epoch(
         if record.timestamp_ms < state.timestamp_ms:
             raise VerificationError("time-went-back", "record is older than the previous one")
 
-    findings = [
+    # 6. Witnessed by a quorum, plausibly dated.
+    cosignatures: tuple[Cosignature, ...] = ()
+    failure = None
+    if witnesses:
+        try:
+            cosignatures = plausible_cosignatures(
+                message.checkpoint, witnesses, record_ms=record.timestamp_ms, now=now
+            )
+            require_quorum(cosignatures, quorum)
+        except VerificationError as exc:
+            failure = exc
+
+    findings = tuple(
         Finding(a.asset, a.status.name.lower(), _detail(record, a.asset))
         for a in record.assets
         if a.status is not Status.SOLVENT
-    ]
+    )
     new_state = AuditState(
         origin=origin,
         size=checkpoint.size,
@@ -128,7 +200,7 @@ def audit_epoch(
         timestamp_ms=record.timestamp_ms,
         checkpoint=message.checkpoint.decode("utf-8"),
     )
-    return new_state, record, findings
+    return EpochAudit(new_state, record, findings, cosignatures, failure)
 
 
 def _detail(record: EpochRecord, asset: str) -> str:

@@ -4,8 +4,15 @@ Commands:
     proof FILE --key VKEY [--user ID] [--json]        verify a proof file
     proof --url URL --user ID --token T --key VKEY    fetch one from the prover, verify it
     watch URL --key VKEY --state DIR [--json] [--keep-going] [--max-silence S]
+          [--attester VKEY ...]                       and check the signed reserve reports
     checkpoint FILE --key VKEY                        verify a signed checkpoint
     consistency OLD NEW PROOF --key VKEY              verify that NEW extends OLD
+    witness --key-file K --log VKEY --state DIR       run a witness (C2SP tlog-witness)
+    witness-key --name NAME --out FILE                make a witness's key file
+
+proof, watch and checkpoint also take ``--witness VKEY`` (repeatable) and
+``--quorum K``: the checkpoint must be cosigned by K of those witnesses
+(docs/PROTOCOL.md §12.3).
 
 Exit status: see ``EXIT_TABLE`` (printed by ``--help``).
 """
@@ -18,14 +25,16 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
 from typing import Any, NoReturn
 
 from verifier import rfc9162
-from verifier.checkpoint import VerifierKey, verify_checkpoint
+from verifier.checkpoint import verify_checkpoint
+from verifier.cosignature import Cosignature
 from verifier.errors import FormatError, VerificationError
 from verifier.hashing import printable_id
+from verifier.inputs import OperationalError, UsageError, load_key, load_witnesses, read_input
 from verifier.proof import ProofFile, ProofReport, verify_proof
+from verifier.quorum import check_quorum
 from verifier.record import Status
 from verifier.version import VERIFIER_DISTRIBUTION, VersionAction
 
@@ -38,7 +47,9 @@ __all__ = [
     "OperationalError",
     "UsageError",
     "format_amount",
+    "load_key",
     "main",
+    "read_input",
 ]
 
 EXIT_VALID = 0  # valid (for proof: and every asset of the record solvent)
@@ -62,14 +73,6 @@ exit status (every command):
 """
 
 
-class UsageError(Exception):
-    """Bad arguments, or an input named on the command line that cannot be used."""
-
-
-class OperationalError(Exception):
-    """The network or the file system failed us: not the custodian's doing, nor the user's."""
-
-
 def format_amount(value: int, decimals: int) -> str:
     """``value`` smallest units as a decimal number, exactly (no floats)."""
     if decimals == 0:
@@ -78,53 +81,21 @@ def format_amount(value: int, decimals: int) -> str:
     return f"{whole}.{frac:0{decimals}d}".rstrip("0").rstrip(".")
 
 
-def read_input(path: str) -> bytes:
-    """The bytes of a file named on the command line (``-``: standard input)."""
-    try:
-        return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def load_key(text: str) -> VerifierKey:
-    """A verifier key given inline or as the path of a file holding it."""
-    if "+" not in text and os.path.exists(text):
-        text = read_input(text).decode("utf-8", "replace").strip()
-    try:
-        return VerifierKey.parse(text)
-    except FormatError as exc:
-        raise UsageError(f"--key: {exc}") from None
-
-
 def when(ms: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
+def cosigners(cosignatures: tuple[Cosignature, ...]) -> list[dict[str, str]]:
+    """For --json: who cosigned, and when."""
+    return [{"name": c.witness.name, "time": when(c.timestamp * 1000)} for c in cosignatures]
+
+
+def _cosigned_line(cosignatures: tuple[Cosignature, ...], quorum: int) -> str:
+    names = ", ".join(printable_id(c.witness.name) for c in cosignatures)
+    return f"  cosigned by {names} (a quorum of {quorum} required)"
+
+
 # proof
-
-
-def _fetch_proof(url: str, user: str, token: str) -> bytes:
-    import urllib.error  # here: verifying a proof file need not load an HTTP client
-    import urllib.parse
-    import urllib.request
-
-    parts = urllib.parse.urlsplit(url)
-    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
-    if scheme not in ("http", "https"):
-        raise UsageError(f"--url must be ws://, wss://, http:// or https://, got {url}")
-    query = urllib.parse.urlencode({"user": user})
-    target = urllib.parse.urlunsplit((scheme, parts.netloc, "/proof", query, ""))
-    request = urllib.request.Request(target, headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            body: bytes = response.read(1 << 22)
-            return body
-    except urllib.error.HTTPError as exc:
-        detail = exc.read(4096).decode("utf-8", "replace")
-        error = UsageError if 400 <= exc.code < 500 else OperationalError
-        raise error(f"prover answered {exc.code}: {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise OperationalError(f"cannot reach {target}: {exc}") from None
 
 
 def _proof_summary(report: ProofReport, code: int) -> dict[str, Any]:
@@ -135,6 +106,7 @@ def _proof_summary(report: ProofReport, code: int) -> dict[str, Any]:
         "epoch": report.epoch,
         "time": when(report.timestamp_ms),
         "log_size": report.checkpoint.size,
+        "cosigned_by": cosigners(report.cosignatures),
         "solvent": report.record.solvent,
         "assets": [
             {
@@ -151,15 +123,22 @@ def _proof_summary(report: ProofReport, code: int) -> dict[str, Any]:
 
 def cmd_proof(args: argparse.Namespace) -> int:
     key = load_key(args.key)
+    witnesses, quorum = load_witnesses(args.witness, args.quorum)
+
+    def verify(data: bytes) -> ProofReport:
+        proof = ProofFile.parse(data)
+        return verify_proof(proof, key, user=args.user, witnesses=witnesses, quorum=quorum)
+
     if args.url:
         if not (args.user and args.token):
             raise UsageError("--url needs --user and --token")
-        data = _fetch_proof(args.url, args.user, args.token)
+        from verifier.fetch import fetch_proof, until_witnessed  # here: no HTTP client for files
+
+        report = until_witnessed(lambda: verify(fetch_proof(args.url, args.user, args.token)))
     elif args.file:
-        data = read_input(args.file)
+        report = verify(read_input(args.file))
     else:
         raise UsageError("give a proof FILE or --url")
-    report = verify_proof(ProofFile.parse(data), key, user=args.user)
     code = EXIT_VALID if report.record.solvent else EXIT_NOT_SOLVENT
     summary = _proof_summary(report, code)
     if args.json:
@@ -170,6 +149,8 @@ def cmd_proof(args: argparse.Namespace) -> int:
         f"  signed by {printable_id(key.name)} at {summary['time']}, "
         f"log of {report.checkpoint.size} epochs"
     )
+    if witnesses:
+        print(_cosigned_line(report.cosignatures, quorum))
     for a in summary["assets"]:
         print(
             f"  {printable_id(a['asset']):<8} your balance {a['balance']:>20}   "
@@ -191,12 +172,18 @@ def cmd_proof(args: argparse.Namespace) -> int:
 
 
 def cmd_checkpoint(args: argparse.Namespace) -> int:
-    cp = verify_checkpoint(read_input(args.file), load_key(args.key), args.origin)
+    key = load_key(args.key)
+    witnesses, quorum = load_witnesses(args.witness, args.quorum)
+    note = read_input(args.file)
+    cp = verify_checkpoint(note, key, args.origin)
+    cosignatures = check_quorum(note, witnesses, quorum, record_ms=None)
     if args.json:
         doc = {"valid": True, "exit": 0, "origin": cp.origin, "size": cp.size}
-        print(json.dumps({**doc, "root": cp.root.hex()}))
+        print(json.dumps({**doc, "root": cp.root.hex(), "cosigned_by": cosigners(cosignatures)}))
     else:
         print(f"VALID: {printable_id(cp.origin)} size {cp.size} root {cp.root.hex()}")
+        if witnesses:
+            print(_cosigned_line(cosignatures, quorum))
     return EXIT_VALID
 
 
@@ -221,6 +208,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from verifier.watch import watch  # here: proof need not import asyncio and websockets
 
     return watch(args)
+
+
+def cmd_witness(args: argparse.Namespace) -> int:
+    from verifier.witness_cli import cmd_witness  # here: the others need no HTTP server
+
+    return cmd_witness(args)
+
+
+def cmd_witness_key(args: argparse.Namespace) -> int:
+    from verifier.witness_cli import cmd_witness_key
+
+    return cmd_witness_key(args)
 
 
 # entry point
@@ -259,12 +258,27 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print the result as JSON")
         return p
 
+    def witness_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--witness",
+            action="append",
+            metavar="VKEY",
+            help="a witness's key, or a file of keys one per line (repeatable)",
+        )
+        p.add_argument(
+            "--quorum",
+            type=int,
+            metavar="K",
+            help="cosignatures required, by distinct --witness keys (default: all of them)",
+        )
+
     p = command("proof", "verify a user's inclusion proof")
     p.add_argument("file", nargs="?", help="proof file (- for standard input)")
     p.add_argument("--key", required=True, help="verifier key, or a file holding it")
     p.add_argument("--user", help="the user id the proof must be for")
     p.add_argument("--url", help="fetch the proof from the prover (ws:// or http://)")
     p.add_argument("--token", help="the user's proof token, with --url")
+    witness_options(p)
     p.set_defaults(run=cmd_proof)
 
     p = command("watch", "follow and verify every epoch")
@@ -289,12 +303,23 @@ def _parser() -> argparse.ArgumentParser:
         "with --keep-going again every further S seconds of silence (default 30)",
     )
     p.add_argument("--max-epochs", type=int, default=0, help="stop after N epochs (0: never)")
+    p.add_argument(
+        "--attester",
+        action="append",
+        default=[],
+        metavar="VKEY",
+        help="a reserve source's verifier key, or a file of them one per line (repeatable): "
+        "every asset whose reserves rest on a report no such key signed is alarmed as "
+        "unattested, and a record misstating a signed report as report-mismatch (PROTOCOL §13)",
+    )
+    witness_options(p)
     p.set_defaults(run=cmd_watch)
 
     p = command("checkpoint", "verify a signed checkpoint")
     p.add_argument("file")
     p.add_argument("--key", required=True)
     p.add_argument("--origin")
+    witness_options(p)
     p.set_defaults(run=cmd_checkpoint)
 
     p = command("consistency", "verify that one checkpoint extends another")
@@ -304,6 +329,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--key", required=True)
     p.add_argument("--origin")
     p.set_defaults(run=cmd_consistency)
+
+    p = command("witness", "run a witness that cosigns a log's consistent checkpoints")
+    p.add_argument("--key-file", required=True, help="the witness's key file (witness-key)")
+    p.add_argument(
+        "--log",
+        action="append",
+        required=True,
+        metavar="VKEY",
+        help="a log's verifier key, or a file holding it; its name is the log's origin"
+        " (repeatable)",
+    )
+    p.add_argument("--state", required=True, help="directory of the last cosigned checkpoints")
+    p.add_argument("--listen", default="127.0.0.1:7380", help="HOST:PORT (default %(default)s)")
+    p.set_defaults(run=cmd_witness)
+
+    p = command("witness-key", "create a witness's key file and print its witness key")
+    p.add_argument("--name", required=True, help="the witness's name, e.g. witness.example/w1")
+    p.add_argument("--out", required=True, help="the key file to create (mode 600)")
+    p.set_defaults(run=cmd_witness_key)
     return parser
 
 

@@ -27,9 +27,11 @@ from typing import Any
 
 from verifier import rfc9162
 from verifier.checkpoint import Checkpoint, VerifierKey, verify_checkpoint
+from verifier.cosignature import Cosignature, WitnessKey
 from verifier.errors import FormatError, VerificationError
 from verifier.fields import b64, decimal, exact_keys, hex32, hex32_list, load_object, natural, text
 from verifier.hashing import DIGEST_SIZE, MAX_BALANCE, check_user_id, commitment, leaf_hash
+from verifier.quorum import check_quorum
 from verifier.record import AssetState, EpochRecord
 from verifier.sumtree import PathStep, verify_path
 
@@ -132,7 +134,8 @@ class AssetReport:
 
 @dataclass(frozen=True, slots=True)
 class ProofReport:
-    """The outcome of a successful ``verify_proof``."""
+    """The outcome of a successful ``verify_proof``; ``cosignatures`` are the
+    valid ones by configured witnesses (empty when none is configured)."""
 
     user: str
     epoch: int
@@ -140,16 +143,29 @@ class ProofReport:
     checkpoint: Checkpoint
     assets: tuple[AssetReport, ...]
     record: EpochRecord
+    cosignatures: tuple[Cosignature, ...] = ()
 
 
 def verify_proof(
-    proof: ProofFile, key: VerifierKey, *, user: str | None = None, origin: str | None = None
+    proof: ProofFile,
+    key: VerifierKey,
+    *,
+    user: str | None = None,
+    origin: str | None = None,
+    witnesses: Sequence[WitnessKey] = (),
+    quorum: int = 0,
+    now: float | None = None,
 ) -> ProofReport:
     """Run every check on ``proof`` (docs/PROTOCOL.md §7).
+
+    With ``witnesses``, the checkpoint must carry valid cosignatures by
+    ``quorum`` of them, dated plausibly for the proof's record against the
+    verifier's clock ``now`` (POSIX seconds; None: ``verifier.quorum.clock``).
 
     Raises:
         VerificationError: naming the first failed check.
         FormatError: if an authenticated part (record, checkpoint) is malformed.
+        ValueError: ``quorum`` is not in ``0..len(witnesses)``.
     """
     # 1. The checkpoint is signed by the custodian's key (and names the expected log).
     checkpoint = verify_checkpoint(proof.checkpoint, key, origin)
@@ -157,12 +173,17 @@ def verify_proof(
     # 2. The epoch record is the leaf at index = its epoch number in that log.
     record = record_in_log(proof.record, proof.inclusion, checkpoint)
 
-    # 3. The proof is for the expected user.
+    # 3. A quorum of the configured witnesses cosigned the checkpoint (PROTOCOL §12.3).
+    cosignatures = check_quorum(
+        proof.checkpoint, witnesses, quorum, record_ms=record.timestamp_ms, now=now
+    )
+
+    # 4. The proof is for the expected user.
     if user is not None and user != proof.user:
         raise VerificationError("user-mismatch", f"proof is for {proof.user!r}, not {user!r}")
     user_commitment = commitment(proof.user, proof.salt)
 
-    # 4. Each asset path leads from this user's leaf to that asset's signed root.
+    # 5. Each asset path leads from this user's leaf to that asset's signed root.
     reports = []
     seen: set[str] = set()
     for entry in proof.assets:
@@ -206,6 +227,7 @@ def verify_proof(
         checkpoint=checkpoint,
         assets=tuple(reports),
         record=record,
+        cosignatures=cosignatures,
     )
 
 

@@ -2,18 +2,20 @@
 
 Layout (all integers unsigned big-endian)::
 
-    magic "SOLV" | version u8 = 1 | epoch u64 | timestamp_ms u64
+    magic "SOLV" | version u8 = 2 | epoch u64 | timestamp_ms u64
     | max_reserve_age_ms u64 | asset_count u16 | asset* (sorted by id, unique)
 
     asset  = id_len u8 | id | decimals u8 | height u8 | root[32]
              | liabilities u128 | reserves u128 | status u8
              | source_count u8 | source* (sorted by name, unique)
     source = name_len u8 | name | amount u128 | as_of_ms u64
+             | key_id u32 | report_hash[32]   (0 and 32 zero bytes: unattested)
 
 Invariants enforced on both encode and decode, so that a record is valid iff it
 round-trips: liabilities <= subtree_cap(height); reserves = sum of the sources'
-amounts; each source amount <= MAX_RESERVE; as_of <= timestamp; status is the one
-``expected_status`` derives. Decoding rejects trailing bytes.
+amounts; each source amount <= MAX_RESERVE; as_of <= timestamp; an unattested
+source (zero report hash) has key id 0; status is the one ``expected_status``
+derives. Decoding rejects trailing bytes and version 1 (unreleased, dropped).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from verifier.hashing import DIGEST_SIZE, MAX_HEIGHT, SUM_SIZE, check_asset_id, 
 __all__ = [
     "MAGIC",
     "MAX_RESERVE",
+    "UNATTESTED",
     "VERSION",
     "AssetState",
     "EpochRecord",
@@ -41,13 +44,14 @@ __all__ = [
 ]
 
 MAGIC = b"SOLV"
-VERSION = 1
+VERSION = 2
+UNATTESTED = bytes(DIGEST_SIZE)  # the report hash of a source no signed report backs
 MAX_RESERVE = 2**96 - 1
 MAX_DECIMALS = 36
 
 _HEADER = struct.Struct(">4sBQQQH")
 _ASSET_FIXED = struct.Struct(f">BB{DIGEST_SIZE}s{SUM_SIZE}s{SUM_SIZE}sBB")
-_SOURCE_FIXED = struct.Struct(f">{SUM_SIZE}sQ")
+_SOURCE_FIXED = struct.Struct(f">{SUM_SIZE}sQI{DIGEST_SIZE}s")
 _SOURCE_NAME = re.compile(r"[!-~]{1,64}")  # printable ASCII, no space
 _U64 = 2**64
 
@@ -69,11 +73,15 @@ def check_source_name(name: str) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ReserveSource:
-    """One reserve source's last report: ``amount`` held as of ``as_of_ms``."""
+    """One reserve source's last report: ``amount`` held as of ``as_of_ms``,
+    signed by the source's key ``key_id`` in the signed report of hash
+    ``report_hash`` (docs/PROTOCOL.md §13), or ``UNATTESTED`` with key id 0."""
 
     name: str
     amount: int
     as_of_ms: int
+    key_id: int = 0
+    report_hash: bytes = UNATTESTED
 
     def __post_init__(self) -> None:
         check_source_name(self.name)
@@ -81,6 +89,17 @@ class ReserveSource:
             raise FormatError(f"reserve {self.name}: amount {self.amount} outside 0..2**96-1")
         if not 0 <= self.as_of_ms < _U64:
             raise FormatError(f"reserve {self.name}: as_of {self.as_of_ms} outside u64")
+        if not 0 <= self.key_id < 2**32:
+            raise FormatError(f"reserve {self.name}: key id {self.key_id} outside u32")
+        if not isinstance(self.report_hash, bytes) or len(self.report_hash) != DIGEST_SIZE:
+            raise FormatError(f"reserve {self.name}: report hash must be {DIGEST_SIZE} bytes")
+        if self.report_hash == UNATTESTED and self.key_id != 0:
+            raise FormatError(f"reserve {self.name}: unattested, but names key id {self.key_id}")
+
+    @property
+    def attested(self) -> bool:
+        """True if a signed report backs this entry (docs/PROTOCOL.md §13)."""
+        return self.report_hash != UNATTESTED
 
     def is_stale(self, timestamp_ms: int, max_age_ms: int) -> bool:
         """True if the report is older than ``max_age_ms`` at ``timestamp_ms``."""
@@ -203,7 +222,11 @@ class EpochRecord:
             for s in a.sources:
                 name = s.name.encode("ascii")
                 out.append(bytes((len(name),)) + name)
-                out.append(_SOURCE_FIXED.pack(s.amount.to_bytes(SUM_SIZE, "big"), s.as_of_ms))
+                out.append(
+                    _SOURCE_FIXED.pack(
+                        s.amount.to_bytes(SUM_SIZE, "big"), s.as_of_ms, s.key_id, s.report_hash
+                    )
+                )
         return b"".join(out)
 
     @classmethod
@@ -217,6 +240,11 @@ class EpochRecord:
         magic, version, epoch, timestamp, max_age, count = reader.unpack(_HEADER)
         if magic != MAGIC:
             raise FormatError("not an epoch record (bad magic)")
+        if version == 1:
+            raise FormatError(
+                "epoch record version 1 (unreleased, without reserve attestations) is no "
+                "longer read: this verifier reads version 2"
+            )
         if version != VERSION:
             raise FormatError(f"unsupported epoch record version {version}")
         assets = []
@@ -226,8 +254,10 @@ class EpochRecord:
             sources = []
             for _ in range(n_sources):
                 name = reader.name("reserve source name")
-                amount, as_of = reader.unpack(_SOURCE_FIXED)
-                sources.append(ReserveSource(name, int.from_bytes(amount, "big"), as_of))
+                amount, as_of, key_id, digest = reader.unpack(_SOURCE_FIXED)
+                sources.append(
+                    ReserveSource(name, int.from_bytes(amount, "big"), as_of, key_id, digest)
+                )
             if status not in Status._value2member_map_:
                 raise FormatError(f"{asset}: unknown status {status}")
             assets.append(

@@ -5,6 +5,10 @@ Subscribe to ``/roots`` from the last verified size, verify each epoch
 and reconnect with backoff. Silence is measured apart from the connection: from
 the last verified checkpoint (or the start), on the monotonic clock, so a
 prover that is unreachable, refuses, or accepts and says nothing alarms alike.
+
+A checkpoint without the witnesses' quorum (PROTOCOL §12.3) is an alarm; with
+``--keep-going`` its verified chain of custody is followed still, and the
+alarm is raised again only once a quorum was seen in between.
 """
 
 from __future__ import annotations
@@ -18,22 +22,27 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from verifier.audit import AuditState, audit_epoch, restore
+from verifier.attestation import attested_findings, parse_attester_keys
+from verifier.audit import AuditState, EpochAudit, Finding, check_epoch, restore
+from verifier.checkpoint import VerifierKey
 from verifier.cli import (
     EXIT_INVALID,
     EXIT_VALID,
     OperationalError,
     UsageError,
+    cosigners,
     format_amount,
     load_key,
+    read_input,
     when,
 )
 from verifier.errors import FormatError, SolvencyError, VerificationError
 from verifier.hashing import printable_id
-from verifier.record import EpochRecord
+from verifier.inputs import load_witnesses
 from verifier.stream import EpochMessage, parse_message
 
 __all__ = ["SilenceAlarm", "Watcher", "watch"]
@@ -76,6 +85,10 @@ class Watcher:
         self.url = args.url.rstrip("/")
         self.key = load_key(args.key)
         self.origin = args.origin or self.key.name
+        self.witnesses, self.quorum = load_witnesses(args.witness, args.quorum)
+        self.attesters = load_attesters(getattr(args, "attester", None) or ())
+        self.statuses: dict[str, str] = {}  # this epoch's assets not solvent and attested
+        self.witness_alarm: str | None = None  # the witness check failing since it alarmed
         token: str | None = args.token
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.state_dir = Path(args.state)
@@ -146,9 +159,10 @@ class Watcher:
             f"ALARM {check}: {printable_id(reason)} (evidence in {path})",
         )
 
-    def _report(self, record: EpochRecord) -> None:
+    def _report(self, audit: EpochAudit) -> None:
+        record = audit.record
         parts = [
-            f"{printable_id(a.asset)} {a.status.name.lower()} liabilities "
+            f"{printable_id(a.asset)} {self.statuses.get(a.asset, 'solvent')} liabilities "
             f"{format_amount(a.liabilities, a.decimals)} reserves "
             f"{format_amount(a.reserves, a.decimals)}"
             for a in record.assets
@@ -159,9 +173,10 @@ class Watcher:
                 "epoch": record.epoch,
                 "time": when(record.timestamp_ms),
                 "solvent": record.solvent,
+                "cosigned_by": cosigners(audit.cosignatures),
                 "assets": {
                     a.asset: {
-                        "status": a.status.name.lower(),
+                        "status": self.statuses.get(a.asset, "solvent"),
                         "liabilities": str(a.liabilities),
                         "reserves": str(a.reserves),
                     }
@@ -169,7 +184,9 @@ class Watcher:
                 },
             },
             f"epoch {record.epoch} {when(record.timestamp_ms)} verified: "
-            + (" | ".join(parts) or "no assets"),
+            + (" | ".join(parts) or "no assets")
+            + (" | cosigned by " if audit.cosignatures else "")
+            + ", ".join(printable_id(c.witness.name) for c in audit.cosignatures),
         )
 
     # verification
@@ -177,7 +194,14 @@ class Watcher:
     def on_message(self, message: EpochMessage) -> bool:
         """Verify one epoch; return False to stop watching."""
         try:
-            state, record, findings = audit_epoch(self.state, message, self.key, self.origin)
+            audit = check_epoch(
+                self.state,
+                message,
+                self.key,
+                self.origin,
+                witnesses=self.witnesses,
+                quorum=self.quorum,
+            )
         except VerificationError as exc:
             if self.state is None and exc.check in FIRST_CONTACT_CHECKS:
                 raise UsageError(
@@ -190,10 +214,17 @@ class Watcher:
         except FormatError as exc:
             self.violation("format", f"malformed: {exc}", message)
             return self.keep_going
-        self._save(state)
+        failure = audit.witness_failure
+        if failure is not None and not self.keep_going:
+            self.violation(failure.check, failure.detail, message)
+            return False
+        self._save(audit.state)
         self.silence.verified(time.monotonic())
         self.seen += 1
-        self._report(record)
+        findings = self._attested(audit, message)
+        self._report(audit)
+        self._witnessed(audit, message)
+        record = audit.record
         # Alarm when an asset turns insolvent or unproven, not again each epoch it stays so.
         current = {f.asset: f for f in findings}
         for f in findings:
@@ -208,6 +239,28 @@ class Watcher:
         if findings and not self.keep_going:
             return False
         return not (self.max_epochs and self.seen >= self.max_epochs)
+
+    def _attested(self, audit: EpochAudit, message: EpochMessage) -> list[Finding]:
+        """The epoch's findings, with --attester those of its reserve reports
+        too (verifier.attestation); each asset's status noted for the report."""
+        findings = list(audit.findings)
+        if self.attesters:
+            findings = attested_findings(audit.record, findings, message.reports, self.attesters)
+        self.statuses = {f.asset: f.status for f in findings}
+        return findings
+
+    def _witnessed(self, audit: EpochAudit, message: EpochMessage) -> None:
+        """With --keep-going: alarm when the witness check starts failing (or fails
+        otherwise), and say so when a quorum is back."""
+        failure = audit.witness_failure
+        if failure is not None and failure.check != self.witness_alarm:
+            self.violation(failure.check, failure.detail, message)
+        elif failure is None and self.witness_alarm is not None:
+            self._say(
+                {"event": "recovered", "check": self.witness_alarm, "epoch": audit.record.epoch},
+                f"RECOVERED witnesses: a quorum cosigned epoch {audit.record.epoch}",
+            )
+        self.witness_alarm = failure.check if failure is not None else None
 
     def _on_frame(self, frame: str | bytes) -> int | None:
         """Handle one frame; an exit status to stop with, or None to go on."""
@@ -294,6 +347,20 @@ class Watcher:
             )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
+
+
+def load_attesters(values: Sequence[str]) -> tuple[VerifierKey, ...]:
+    """``--attester`` values: each a verifier key, or a file of keys one per line."""
+    keys: list[VerifierKey] = []
+    for value in values:
+        text = value
+        if "+" not in value and os.path.exists(value):
+            text = read_input(value).decode("utf-8", "replace")
+        try:
+            keys += parse_attester_keys(text)
+        except FormatError as exc:
+            raise UsageError(f"--attester {value}: {exc}") from None
+    return tuple(keys)
 
 
 def watch(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from prover.tree import SumTree
 from verifier.hashing import commitment
@@ -43,9 +44,14 @@ def test_prover_trees_match_the_vector_record() -> None:
         assert (tree.root.hex(), tree.total, tree.height) == expected[asset]
 
 
-def test_prover_paths_match_the_vector_proof() -> None:
-    """The prover's tree hands out exactly the paths of tests/vectors/proof-valid.json."""
-    proof = json.loads((ROOT / "tests" / "vectors" / "proof-valid.json").read_text())
+MANIFEST = json.loads((ROOT / "tests" / "vectors" / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("name", [MANIFEST["valid"], MANIFEST["cosigned"]["file"]])
+def test_prover_paths_match_the_vector_proof(name: str) -> None:
+    """The prover's tree hands out exactly the paths of the valid proofs of
+    tests/vectors/ (the plain one, and the one whose checkpoint is cosigned)."""
+    proof = json.loads((ROOT / "tests" / "vectors" / name).read_text())
     for entry in proof["assets"]:
         tree = prover_tree(entry["asset"])
         assert tree.leaf(entry["slot"])[1] == int(entry["balance"])

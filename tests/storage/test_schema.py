@@ -27,11 +27,13 @@ TABLES = {
     "epoch_marks",
     "epoch_reserves",
     "epochs",
+    "reserve_reports",
     "reserves",
     "salt_periods",
     "signing_keys",
     "slot_assignments",
     "source_marks",
+    "witness_cosignatures",
 }
 
 
@@ -44,7 +46,7 @@ def test_the_migrations_create_exactly_the_models(store: Store) -> None:
 def test_open_is_idempotent_and_at_head(db_url: str) -> None:
     for _ in range(2):
         with Store.open(db_url) as store, store.engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0003"
+            assert MigrationContext.configure(conn).get_current_revision() == "0005"
 
 
 def test_upgrade_keeps_data_written_at_the_first_revision(db_url: str) -> None:

@@ -4,14 +4,26 @@ The trees here come from tests/reference.py; a dishonest prover is modelled by
 swapping its node rule or editing the paths it hands out. Proof-file level
 attacks (other key, forged record, rewritten log, a record owing less than its
 tree, files two parsers read differently) are the vectors of tests/vectors/,
-checked by tests/verifier/test_proof.py.
+checked by tests/verifier/test_proof.py. The split view (two forks of the log
+signed with the custodian's one key) is built at the end, against a quorum of
+witness cosignatures.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests import reference
+from tests.verifier.fakelog import ORIGIN, VKEY, FakeLog
+from tests.verifier.witnesses import K1, K2, NOW, witnessed
+from verifier import quorum
+from verifier.audit import audit_epoch
+from verifier.cli import main
+from verifier.cosignature import cosign
 from verifier.errors import FormatError, VerificationError
 from verifier.hashing import (
     MAX_BALANCE,
@@ -22,6 +34,9 @@ from verifier.hashing import (
     node_hash,
     subtree_cap,
 )
+from verifier.proof import AssetPath, ProofFile, verify_proof
+from verifier.record import AssetState, EpochRecord, ReserveSource, Status
+from verifier.stream import EpochMessage
 from verifier.sumtree import PathStep, verify_path
 
 USERS = {0: ("alice", 100), 1: ("bob", 250), 2: ("carol", 7), 5: ("dave", 1000)}
@@ -202,3 +217,88 @@ def test_proof_of_another_height_is_rejected() -> None:
         check(small, 0, "alice", 100, root=big_root, liabilities=big_total, height=HEIGHT)
         == "path-length"
     )
+
+
+# 8. Split view: the custodian signs two forks of its log with its one key, shows
+# fork A (alice's balance left out) to the witnesses and auditors, and fork B (her
+# balance counted) to alice. Each fork is consistent in itself (PROTOCOL §12).
+
+
+def epoch_2(users: dict[int, tuple[str, int]]) -> tuple[reference.Levels, bytes]:
+    """The BTC tree of ``users`` and the record of epoch 2 over it (reserves 1000)."""
+    levels = reference.build("BTC", 2, users)
+    root, total = levels[-1][0]
+    timestamp = 1_790_000_002_000
+    sources = (ReserveSource("cold", 1000, timestamp - 500),)
+    asset = AssetState("BTC", 8, 2, root, total, 1000, Status.SOLVENT, sources)
+    return levels, EpochRecord(2, timestamp, 60_000, (asset,)).encode()
+
+
+def split_view() -> tuple[list[EpochMessage], ProofFile, bytes]:
+    """Fork A's epochs cosigned by both honest witnesses, alice's proof in fork B,
+    and fork B's checkpoint wearing fork A's cosignatures."""
+    fork_a, fork_b = FakeLog(), FakeLog()
+    for log in (fork_a, fork_b):  # a common history, then the forks part
+        log.append()
+        log.append()
+    _, record_a = epoch_2({2: ("bob", 50)})
+    levels_b, record_b = epoch_2({1: ("alice", 150), 2: ("bob", 50)})
+    fork_a.append(record_a)
+    message_b = fork_b.append(record_b)
+    seen_by_witnesses = [witnessed(m, "w1.example", "w2.example") for m in fork_a.messages]
+    path = AssetPath("BTC", 1, 150, tuple(reference.path(levels_b, 1)))
+    proof = ProofFile(
+        "alice",
+        reference.salt("alice"),
+        (path,),
+        record_b,
+        message_b.inclusion,
+        message_b.checkpoint,
+    )
+    lines = seen_by_witnesses[2].checkpoint[len(fork_a.messages[2].checkpoint) :]
+    return seen_by_witnesses, proof, message_b.checkpoint + lines
+
+
+def test_split_view_fails_the_customers_quorum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    auditor_view, proof, borrowed = split_view()
+    witnesses = [K1, K2]
+    # Without witnesses the attack works: alice's proof verifies in fork B...
+    assert verify_proof(proof, VKEY, user="alice").assets[0].balance == 150
+    # ...and the auditor following fork A sees a consistent, cosigned log.
+    state = None
+    for message in auditor_view:
+        state, _, _ = audit_epoch(
+            state, message, VKEY, ORIGIN, witnesses=witnesses, quorum=2, now=NOW
+        )
+    assert state is not None and state.size == 3
+    # With a quorum of 2, no honest witness cosigned fork B: alice's check fails.
+    with pytest.raises(VerificationError) as info:
+        verify_proof(proof, VKEY, user="alice", witnesses=witnesses, quorum=2, now=NOW)
+    assert info.value.check == "witness-quorum"
+    # Fork A's cosignatures copied onto fork B's checkpoint do not verify over it.
+    dressed = dataclasses.replace(proof, checkpoint=borrowed)
+    with pytest.raises(VerificationError) as info:
+        verify_proof(dressed, VKEY, user="alice", witnesses=witnesses, quorum=2, now=NOW)
+    assert info.value.check == "witness-signature-invalid"
+    # A witness the custodian runs itself, under an honest witness's name, is ignored.
+    rogue = Ed25519PrivateKey.from_private_bytes(bytes([66]) * 32)
+    body = proof.checkpoint.split(b"\n\n")[0] + b"\n"
+    forged = proof.checkpoint + cosign(body, "w1.example", rogue, NOW)
+    with pytest.raises(VerificationError, match="witness-quorum"):
+        verify_proof(
+            dataclasses.replace(proof, checkpoint=forged),
+            VKEY,
+            witnesses=witnesses,
+            quorum=2,
+            now=NOW,
+        )
+    # The same through the command line alice runs.
+    monkeypatch.setattr(quorum, "clock", lambda: NOW)
+    (tmp_path / "alice.json").write_text(proof.to_json())
+    argv = ["proof", str(tmp_path / "alice.json"), "--key", str(VKEY), "--user", "alice"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--witness", str(K1), "--witness", str(K2), "--quorum", "2"]) == 1
+    assert capsys.readouterr().err.startswith("INVALID witness-quorum: 0 configured witness")

@@ -7,12 +7,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests import reference
 from tests.verifier.fakelog import KEY, VKEY, FakeLog
-from verifier import cli, rfc9162
+from tests.verifier.witnesses import K1, K2, NOW, cosigned
+from verifier import cli, quorum, rfc9162
 from verifier.checkpoint import verifier_key_for
 from verifier.cli import format_amount, main
 from verifier.proof import AssetPath, ProofFile
@@ -22,7 +24,20 @@ from verifier.version import __version__
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 KEY_FILE = str(VECTORS / "verifier-key.txt")
 VALID = str(VECTORS / "proof-valid.json")  # BTC solvent, ETH unproven
-INVALID_CASES = json.loads((VECTORS / "manifest.json").read_text())["invalid"]
+MANIFEST = json.loads((VECTORS / "manifest.json").read_text())
+INVALID_CASES = MANIFEST["invalid"]
+
+
+def manifest_args(case: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The command line for a manifest case (PROTOCOL §8), its clock set to ``now``."""
+    args = ["proof", str(VECTORS / case["file"]), "--key", str(VECTORS / case.get("key", KEY_FILE))]
+    args += ["--user", case["user"]] if "user" in case else []
+    for name in case.get("witnesses", ()):
+        args += ["--witness", str(VECTORS / name)]
+    args += ["--quorum", str(case["quorum"])] if "quorum" in case else []
+    if "now" in case:
+        monkeypatch.setattr(quorum, "clock", lambda: case["now"])
+    return args
 
 
 def solvent_proof(tmp_path: Path) -> str:
@@ -78,11 +93,10 @@ def test_proof_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize("case", INVALID_CASES, ids=lambda c: c["file"])
 def test_proof_invalid_names_the_check_once(
-    case: dict[str, str], capsys: pytest.CaptureFixture[str]
+    case: dict[str, Any], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Exit 1, the check named once on stderr, and with --json one JSON result on stdout."""
-    args = ["proof", str(VECTORS / case["file"]), "--key", str(VECTORS / case.get("key", KEY_FILE))]
-    args += ["--user", case["user"]] if "user" in case else []
+    args = manifest_args(case, monkeypatch)
     assert main(args) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -200,3 +214,79 @@ def test_verifier_stands_alone(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 4, result.stderr  # valid; ETH is unproven
     assert "VALID" in result.stdout
+
+
+def test_proof_cosigned_vector(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest's cosigned proof passes with its quorum (exit 4: ETH is unproven)."""
+    args = manifest_args(MANIFEST["cosigned"], monkeypatch)
+    assert main([*args, "--json"]) == 4
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["cosigned_by"] == [
+        {"name": "witness-a.example", "time": "2026-09-21T14:13:23Z"},
+        {"name": "witness-b.example", "time": "2026-09-21T14:13:24Z"},
+    ]
+    assert main(args) == 4
+    out = capsys.readouterr().out
+    assert "cosigned by witness-a.example, witness-b.example (a quorum of 2 required)" in out
+    assert main(["proof", VALID, "--key", KEY_FILE, "--json"]) == 4
+    assert json.loads(capsys.readouterr().out)["cosigned_by"] == []
+
+
+def test_witness_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--quorum needs --witness keys and at most their number; every key must parse; a
+    witness counts once."""
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "keys").write_text(f"{K1}\n\n{K2}\n")
+    commands = [
+        ["proof", VALID, "--key", KEY_FILE],
+        ["checkpoint", str(VECTORS / "checkpoint.txt"), "--key", KEY_FILE],
+        ["watch", "ws://127.0.0.1:1", "--key", KEY_FILE, "--state", str(tmp_path / "s")],
+    ]
+    bad = [
+        (["--quorum", "1"], "--quorum needs --witness"),
+        (["--witness", str(K1), "--quorum", "2"], "give 1 to 1"),
+        (["--witness", str(tmp_path / "keys"), "--quorum", "3"], "give 1 to 2"),
+        (["--witness", str(K1), "--quorum", "0"], "give 1 to 1"),
+        (["--witness", str(K1), "--witness", str(K1)], "two keys of w1.example"),
+        (["--witness", "w1.example+00000000+AAAA"], "--witness:"),
+        (["--witness", str(VKEY)], "0x04"),  # a log's key is not a witness's
+        (["--witness", str(tmp_path / "empty")], "no key in it"),
+        (["--witness", str(K1), "--quorum", "x"], "invalid int"),
+    ]
+    for command in commands:
+        for extra, message in bad:
+            assert main([*command, *extra]) == 2, (command, extra)
+            assert message in capsys.readouterr().err, (command, extra)
+    assert not (tmp_path / "s").exists()
+
+
+def test_checkpoint_with_witnesses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bare checkpoint has no record: a cosignature is dated at most 60 s after the
+    clock, with no lower bound."""
+    monkeypatch.setattr(quorum, "clock", lambda: NOW)
+    log = FakeLog()
+    log.append()
+    note = log.checkpoint(1)
+    witnesses = ["--witness", str(K1), "--witness", str(K2)]
+    cases = [
+        (cosigned(note, ("w1.example", 0), ("w2.example", NOW + 60)), 0, None),
+        (cosigned(note, ("w1.example", NOW)), 1, "witness-quorum"),
+        (cosigned(note, ("w1.example", NOW), ("w2.example", NOW + 61)), 1, "witness-time"),
+        (cosigned(note, ("w1.example", NOW), ("w2.example", NOW), body=b"x\n"), 1, None),
+    ]
+    for i, (data, code, check) in enumerate(cases):
+        (tmp_path / f"cp{i}").write_bytes(data)
+        args = ["checkpoint", str(tmp_path / f"cp{i}"), "--key", str(VKEY), *witnesses, "--json"]
+        assert main(args) == code, i
+        doc = json.loads(capsys.readouterr().out)
+        if code == 0:
+            assert [c["name"] for c in doc["cosigned_by"]] == ["w1.example", "w2.example"]
+        else:
+            assert doc["check"] == (check or "witness-signature-invalid"), i
+    assert main(["checkpoint", str(tmp_path / "cp1"), "--key", str(VKEY), "--json"]) == 0
+    assert main(["checkpoint", str(tmp_path / "cp1"), "--key", str(VKEY), *witnesses[:2]]) == 0
+    assert "cosigned by w1.example (a quorum of 1 required)" in capsys.readouterr().out

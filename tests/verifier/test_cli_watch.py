@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.verifier.fakelog import VKEY, FakeLog, record
+from tests.verifier.witnesses import K1, K2, NOW, witnessed
+from verifier import quorum
 from verifier.cli import _parser, main
 from verifier.stream import EpochMessage
 from verifier.watch import SilenceAlarm, Watcher
@@ -230,3 +232,78 @@ def test_unusable_state_is_an_operational_error(
         assert captured.err.startswith("error: ") and "Traceback" not in captured.err
         doc = json.loads(captured.out)
         assert (doc["exit"], doc["error"]) == (3, "operational")
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quorum, "clock", lambda: NOW)
+
+
+WITNESSES = ("--witness", str(K1), "--witness", str(K2))
+
+
+def test_watch_reports_who_cosigned_each_epoch(
+    clock: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = FakeLog()
+    messages = [witnessed(log.append(), "w1.example", "w2.example") for _ in range(3)]
+    with FakeProver(messages) as prover:
+        assert watch(prover.url, tmp_path, *WITNESSES, "--max-epochs", "3") == 0
+        found = events(capsys)
+        argv = ["watch", prover.url, "--key", str(VKEY), "--state", str(tmp_path / "h")]
+        assert main([*argv, *WITNESSES, "--max-epochs", "1"]) == 0
+        assert "| cosigned by w1.example, w2.example\n" in capsys.readouterr().out
+    assert [[c["name"] for c in e["cosigned_by"]] for e in found] == [
+        ["w1.example", "w2.example"]
+    ] * 3
+    saved = json.loads((tmp_path / "state.json").read_text())["checkpoint"]
+    assert saved == messages[2].checkpoint.decode()  # the evidence keeps the cosignatures
+
+
+def test_watch_stops_on_a_checkpoint_without_the_quorum(
+    clock: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = FakeLog()
+    messages = [
+        witnessed(log.append(), "w1.example", "w2.example"),
+        witnessed(log.append(), "w1.example"),
+    ]
+    with FakeProver(messages) as prover:
+        assert watch(prover.url, tmp_path, *WITNESSES) == 1
+    found = events(capsys)
+    assert [e["event"] for e in found] == ["epoch", "violation"]
+    assert found[1]["check"] == "witness-quorum" and "(w1.example)" in found[1]["reason"]
+    evidence = json.loads(Path(found[1]["evidence"]).read_text())
+    assert evidence["message"]["checkpoint"] == messages[1].checkpoint.decode()
+    assert json.loads((tmp_path / "state.json").read_text())["size"] == 1  # not accepted
+
+
+def test_watch_keep_going_follows_and_alarms_once_per_outage(
+    clock: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While a witness is down the chain of custody is still followed: one alarm when
+    the quorum is lost, a recovery when it is back, and the cosigners of every epoch."""
+    log = FakeLog()
+    cosigners = [
+        ("w1.example", "w2.example"),
+        ("w1.example",),
+        ("w1.example",),
+        ("w1.example", "w2.example"),
+    ]
+    messages = [witnessed(log.append(), *names) for names in cosigners]
+    with FakeProver(messages) as prover:
+        assert watch(prover.url, tmp_path, *WITNESSES, "--keep-going", "--max-epochs", "4") == 1
+    found = events(capsys)
+    assert [(e["event"], e.get("epoch", e.get("check"))) for e in found] == [
+        ("epoch", 0),
+        ("epoch", 1),
+        ("violation", "witness-quorum"),
+        ("epoch", 2),
+        ("epoch", 3),
+        ("recovered", 3),
+    ]
+    assert [
+        tuple(c["name"] for c in e["cosigned_by"]) for e in found if e["event"] == "epoch"
+    ] == cosigners
+    assert found[-1]["check"] == "witness-quorum"
+    assert json.loads((tmp_path / "state.json").read_text())["size"] == 4

@@ -4,12 +4,14 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from verifier.checkpoint import VerifierKey
+from verifier.cosignature import WitnessKey
 from verifier.errors import FormatError, SolvencyError, VerificationError
 from verifier.proof import ProofFile, verify_proof
 
@@ -21,7 +23,7 @@ OTHER_KEY = VerifierKey.parse((VECTORS / "other-key.txt").read_text().strip())
 VALID = (VECTORS / MANIFEST["valid"]).read_text()
 ORIGIN = "example.com/solvency/test"
 
-# Every check name of PROTOCOL §3 and §7 (with RFC 9162's inclusion checks), and
+# Every check name of PROTOCOL §3, §7 and §12.3 (with RFC 9162's inclusion checks), and
 # "format" for a FormatError: each must be the expectation of some vector.
 CHECK_NAMES = {
     "format",
@@ -40,7 +42,20 @@ CHECK_NAMES = {
     "sibling-sum-range",
     "root-mismatch",
     "liabilities-mismatch",
+    "witness-signature-invalid",
+    "witness-time",
+    "witness-quorum",
 }
+
+
+def witness_config(case: dict[str, Any]) -> dict[str, Any]:
+    """The witnesses (keys in the named files), quorum and clock a manifest case names."""
+    witnesses = [
+        WitnessKey.parse(line)
+        for name in case.get("witnesses", ())
+        for line in (VECTORS / name).read_text().splitlines()
+    ]
+    return {"witnesses": witnesses, "quorum": case.get("quorum", 0), "now": case.get("now")}
 
 
 def test_vectors_are_up_to_date() -> None:
@@ -67,7 +82,34 @@ def test_parse_and_serialize_are_inverse() -> None:
     assert ProofFile.parse(VALID).to_json() == VALID.strip()
 
 
-def _case_id(case: dict[str, str]) -> str:
+def test_cosigned_proof_verifies_with_its_quorum() -> None:
+    """The manifest's cosigned proof: both witnesses cosigned, dated plausibly at
+    the manifest's clock; without witnesses configured the lines are ignored."""
+    case = MANIFEST["cosigned"]
+    proof = ProofFile.parse((VECTORS / case["file"]).read_bytes())
+    report = verify_proof(proof, KEY, user="alice", **witness_config(case))
+    assert [c.witness.name for c in report.cosignatures] == [
+        "witness-a.example",
+        "witness-b.example",
+    ]
+    assert all(0 <= c.timestamp - report.timestamp_ms // 1000 <= 60 for c in report.cosignatures)
+    plain = verify_proof(proof, KEY, user="alice")
+    assert plain.cosignatures == () and plain.epoch == report.epoch
+    assert proof.assets == ProofFile.parse(VALID).assets
+
+
+@pytest.mark.parametrize(
+    "case",
+    [c for c in MANIFEST["invalid"] if "witnesses" in c and c["expect"] != "format"],
+    ids=lambda c: c["file"],
+)
+def test_witness_vectors_differ_only_in_their_cosignatures(case: dict[str, Any]) -> None:
+    """Without witnesses configured each of them verifies: the cosignature lines
+    alone make it fail."""
+    verify_proof(ProofFile.parse((VECTORS / case["file"]).read_bytes()), KEY, user="alice")
+
+
+def _case_id(case: dict[str, Any]) -> str:
     extra = "".join(f" {k}={case[k]}" for k in ("key", "user") if k in case)
     return case["file"] + extra
 
@@ -75,17 +117,19 @@ def _case_id(case: dict[str, str]) -> str:
 @pytest.mark.parametrize(
     "case", MANIFEST["invalid"], ids=[_case_id(c) for c in MANIFEST["invalid"]]
 )
-def test_mutated_proofs_fail_with_their_check(case: dict[str, str]) -> None:
+def test_mutated_proofs_fail_with_their_check(case: dict[str, Any]) -> None:
     """Each vector, read as bytes as the CLI reads it, and checked as the
-    manifest says (PROTOCOL §8): under ``key`` and for ``user`` when named."""
+    manifest says (PROTOCOL §8): under ``key``, for ``user``, with ``witnesses``,
+    ``quorum`` and the clock at ``now`` when named."""
     data = (VECTORS / case["file"]).read_bytes()
     key = VerifierKey.parse((VECTORS / case.get("key", "verifier-key.txt")).read_text().strip())
+    config = witness_config(case)
     if case["expect"] == "format":
         with pytest.raises(FormatError):
-            verify_proof(ProofFile.parse(data), key, user=case.get("user"))
+            verify_proof(ProofFile.parse(data), key, user=case.get("user"), **config)
     else:
         with pytest.raises(VerificationError) as info:
-            verify_proof(ProofFile.parse(data), key, user=case.get("user"))
+            verify_proof(ProofFile.parse(data), key, user=case.get("user"), **config)
         assert info.value.check == case["expect"]
 
 

@@ -23,6 +23,10 @@ VECTOR = json.loads((Path(__file__).parent.parent / "vectors" / "record.json").r
 
 asset_ids = st.from_regex(r"[A-Z0-9][A-Z0-9._-]{0,15}", fullmatch=True)
 source_names = st.from_regex(r"[!-~]{1,64}", fullmatch=True)
+# (key_id, report_hash): a signed report's, or unattested (0, zero hash)
+attestations = st.just((0, bytes(32))) | st.tuples(
+    st.integers(0, 2**32 - 1), st.binary(min_size=32, max_size=32).filter(any)
+)
 
 
 @st.composite
@@ -34,7 +38,12 @@ def records(draw: st.DrawFn) -> EpochRecord:
         height = draw(st.integers(0, 32))
         liabilities = draw(st.integers(0, subtree_cap(height)))
         sources = tuple(
-            ReserveSource(name, draw(st.integers(0, MAX_RESERVE)), draw(st.integers(0, timestamp)))
+            ReserveSource(
+                name,
+                draw(st.integers(0, MAX_RESERVE)),
+                draw(st.integers(0, timestamp)),
+                *draw(attestations),
+            )
             for name in sorted(draw(st.sets(source_names, max_size=3)))
         )
         assets.append(
@@ -63,8 +72,12 @@ def test_vector_decodes_to_its_fields() -> None:
         assert got.liabilities == int(want["liabilities"])
         assert got.reserves == int(want["reserves"])
         assert got.status.name == want["status"]
-        assert [(s.name, s.amount, s.as_of_ms) for s in got.sources] == [
-            (s["name"], int(s["amount"]), s["as_of_ms"]) for s in want["sources"]
+        assert [
+            (s.name, s.amount, s.as_of_ms, f"{s.key_id:08x}", s.report_hash.hex())
+            for s in got.sources
+        ] == [
+            (s["name"], int(s["amount"]), s["as_of_ms"], s["key_id"], s["report_hash"])
+            for s in want["sources"]
         ]
     assert record.encode().hex() == VECTOR["hex"]
 
@@ -162,11 +175,22 @@ def test_decode_rejects_bad_header_and_status() -> None:
     good = EpochRecord(7, 100, 1000, (_btc(),)).encode()
     with pytest.raises(FormatError, match="magic"):
         EpochRecord.decode(b"XOLV" + good[4:])
-    with pytest.raises(FormatError, match="version"):
-        EpochRecord.decode(good[:4] + b"\x02" + good[5:])
-    status_at = len(good) - 1 - (1 + 4 + 16 + 8) - 1  # before source_count and the source
+    with pytest.raises(FormatError, match="unsupported epoch record version 3"):
+        EpochRecord.decode(good[:4] + b"\x03" + good[5:])
+    with pytest.raises(FormatError, match=r"version 1 .* no longer read"):
+        EpochRecord.decode(good[:4] + b"\x01" + good[5:])
+    status_at = len(good) - 1 - (1 + 4 + 16 + 8 + 4 + 32) - 1  # before source_count, source
     bad = bytearray(good)
     bad[status_at] = 9
     with pytest.raises(FormatError, match="status"):
         EpochRecord.decode(bytes(bad))
     assert EpochRecord.decode(good).solvent
+
+
+def test_vector_binds_the_vector_reports() -> None:
+    """record.json's BTC sources rest on report.json's signed reports."""
+    reports = json.loads((Path(__file__).parent.parent / "vectors" / "report.json").read_text())
+    record = EpochRecord.decode(bytes.fromhex(VECTOR["hex"]))
+    bound = {s.report_hash.hex() for a in record.assets for s in a.sources if s.attested}
+    assert bound == {r["hash"] for r in reports["reports"]}
+    assert not any(s.attested for s in record.asset("ETH").sources)
