@@ -108,15 +108,6 @@ def fold_rate(store: Store, count: int, holders: int, size: int = 10_000) -> flo
     return folded / elapsed
 
 
-def slot_rate(store: Store, count: int) -> float:
-    """Rows per second through put_slots (one period's assignments)."""
-    period = store.start_salt_period(0).number
-    rows = [(f"holder{i}", "ETH", i) for i in range(count)]
-    began = time.perf_counter()
-    store.put_slots(period, rows)
-    return count / (time.perf_counter() - began)
-
-
 def fill_log(store: Store, epochs: int) -> None:
     record = b"r" * 300
     digest = rfc9162.leaf_hash(record)
@@ -202,7 +193,6 @@ def run(url: str, args: argparse.Namespace) -> dict[str, str]:
         rate = ingest_rate(store, args.batches)
         load = load_seconds(store, args.balances)
         fold = fold_rate(store, args.fold, args.balances)
-        slots = slot_rate(store, min(args.balances, 500_000))
         fill_log(store, args.epochs)
     e = epoch_costs(url, args.epochs)
     n = f"{args.epochs:,}"
@@ -210,7 +200,6 @@ def run(url: str, args: argparse.Namespace) -> dict[str, str]:
         "balance rows/s, journaled batches of 10,000": f"{rate:,.0f}",
         f"load {args.balances:,} balances (s)": f"{load:.2f}",
         f"fold {args.fold:,} updates into {args.balances:,} (updates/s)": f"{fold:,.0f}",
-        "slot assignment rows/s (put_slots)": f"{slots:,.0f}",
         f"log of {n}: cache warm-up at start (s)": f"{e['warm']:.2f}",
         f"append epoch at log of {n} (ms, p50 / p99)": f"{e['append50']:.2f} / {e['append99']:.2f}",
         "consistency proof, random sizes (ms, p50 / p99)": f"{e['cons50']:.2f} / {e['cons99']:.2f}",

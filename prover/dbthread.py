@@ -32,6 +32,9 @@ class DbThread:
         self._order = itertools.count()  # first in, first out within a priority
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        """Start the thread (once)."""
         self._thread.start()
 
     def submit(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> Future[T]:
@@ -58,11 +61,12 @@ class DbThread:
             release.set()
 
     def shutdown(self) -> None:
-        """Run every call submitted so far, then end the thread."""
+        """Run every call submitted so far, then end the thread (if it started)."""
         if not self._closed:
             self._closed = True
             self._queue.put((_STOP, next(self._order), None))
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
 
     def _run(self) -> None:
         while (job := self._queue.get()[2]) is not None:

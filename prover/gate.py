@@ -31,8 +31,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.frames import DATA_OPCODES, CloseCode, Frame
 from websockets.protocol import State
 
-from prover.engine import Metrics
 from prover.limits import Limits, RateLimitedLog
+from prover.metrics import Metrics
 
 __all__ = ["Gate", "GatedConnection"]
 

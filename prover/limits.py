@@ -1,6 +1,6 @@
 """The daemon's resource limits: descriptors, connections, memory per connection.
 
-Bounds (README, "Security"; docs/PROTOCOL.md §11):
+Bounds (docs/OPERATIONS.md, "Security"; docs/PROTOCOL.md §11):
 
 - descriptors: the soft RLIMIT_NOFILE is raised to the hard limit at start;
   connections stay ``FD_RESERVE`` below it (the process's own files and two

@@ -1,14 +1,45 @@
-"""Prometheus text exposition of the engine's metrics (format version 0.0.4),
-and of each configured witness's, labelled ``witness="<name>+<key id>"``."""
+"""The engine's counters and gauges (``Metrics``), and their Prometheus text
+exposition (format version 0.0.4) with each configured witness's, labelled
+``witness="<name>+<key id>"``.
+
+``Metrics`` is written on the event loop's thread only (the engine, the
+fan-out, the server); /metrics reads it there too.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from prover.engine import Metrics
 from prover.witnesses import WitnessStats
 
-__all__ = ["render_metrics"]
+__all__ = ["Metrics", "render_metrics"]
+
+
+@dataclass
+class Metrics:
+    """Counters and gauges exported on /metrics."""
+
+    updates: int = 0
+    epoch: int = -1
+    epoch_build_seconds: float = 0.0
+    tree_seconds: float = 0.0
+    loop_lag_seconds: float = 0.0
+    last_epoch_time: float = 0.0
+    last_publish_time: float = 0.0
+    published_epoch: int = -1  # the last epoch handed to subscribers (witnesses: after epoch)
+    subscribers: int = 0
+    shed_subscribers: int = 0
+    connections: int = 0
+    refused_connections: int = 0
+    connection_bytes: int = 0
+    ingest_errors: int = 0
+    unfolded_updates: int = 0
+    epoch_failures: int = 0
+    epoch_failing: int = 0  # failed attempts in a row at the epoch being retried
+    last_epoch_error_time: float = 0.0
+    last_epoch_error: str = ""  # the class of the last failure (not a metric)
+
 
 _HELP = {
     "epoch": ("gauge", "Number of the last committed epoch."),

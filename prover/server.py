@@ -25,7 +25,7 @@ from prover.engine import Engine
 from prover.errors import IngestError, NotRetained, ProverError
 from prover.gate import Gate, GatedConnection
 from prover.limits import ACCEPT_BACKLOG, ANONYMOUS_MAX_SIZE, descriptor_limit, plan_limits
-from prover.messages import error_reply, parse_ingest
+from prover.messages import ack, error_reply, parse_ingest
 from prover.metrics import render_metrics
 from prover.roots import serve_roots
 
@@ -177,7 +177,10 @@ async def _ingest(engine: Engine, conn: ServerConnection) -> None:
                     raise IngestError("bad-message", "binary frame: send JSON in a text frame")
                 batch = parse_ingest(message)
                 request_id = batch.id
-                reply = await engine.ingest(batch)
+                result = await engine.ingest(batch)
+                reply = ack(
+                    result.id, result.source, result.applied, result.duplicates, result.last_seq
+                )
             except IngestError as exc:
                 engine.metrics.ingest_errors += 1
                 reply = error_reply(request_id if exc.id is None else exc.id, exc)

@@ -31,7 +31,7 @@ __all__ = [
     "is_int",
 ]
 
-MAX_INT64 = 2**63 - 1  # sequence numbers, slots and millisecond times (BIGINT)
+MAX_INT64 = 2**63 - 1  # sequence numbers and millisecond times (BIGINT)
 MAX_DECIMALS = 36
 KINDS = ("balances", "reserves")  # the kinds of producer a mark belongs to
 

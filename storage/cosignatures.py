@@ -1,6 +1,5 @@
 """Witness cosignatures of the epochs' checkpoints (table ``witness_cosignatures``,
-migration 0004), for ``Store``: the checks of a row, and the statements that
-write and read them inside a store's transaction.
+migration 0004): the checks of a row, and writing and reading rows.
 
 A row is one signature line a witness key gave for an epoch's checkpoint;
 the prover verified it before storing it (the store checks its form only).
@@ -10,17 +9,17 @@ cosignature stored twice (at publication, then late) is harmless.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import func, select
 
 from storage.checks import check_int
+from storage.db import Database
 from storage.errors import InvalidInputError
 from storage.schema import WitnessCosignature
 
-__all__ = ["CosignatureRow", "check_rows", "insert_rows", "last_cosigned", "select_rows"]
+__all__ = ["CosignatureRow", "Cosignatures", "check_rows"]
 
 MAX_LINE = 1024  # characters: a cosignature/v1 line with a 255-character name is ~365
 _SIG_PREFIX = "\u2014 "
@@ -64,41 +63,53 @@ def check_rows(rows: Iterable[CosignatureRow]) -> list[CosignatureRow]:
     return checked
 
 
-def insert_rows(conn: Connection, insert: Any, rows: Sequence[CosignatureRow]) -> None:
-    """Insert ``rows`` (checked), skipping any (epoch, witness, key id) stored
-    already; ``insert`` is the dialect's INSERT construct (``Store._insert``)."""
-    if not rows:
-        return
-    conn.execute(
-        insert(WitnessCosignature).on_conflict_do_nothing(),
-        [
-            {"epoch": r.epoch, "witness": r.witness, "key_id": r.key_id, "line": r.line}
-            for r in rows
-        ],
-    )
+class Cosignatures:
+    """Storing witnesses' cosignatures of committed epochs and reading them."""
 
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
-def select_rows(conn: Connection, first: int, last: int) -> list[CosignatureRow]:
-    """The cosignatures of epochs ``first`` to ``last`` inclusive, by epoch,
-    witness and key id."""
-    t = WitnessCosignature
-    rows = conn.execute(
-        select(t.epoch, t.witness, t.key_id, t.line)
-        .where(t.epoch >= first, t.epoch <= last)
-        .order_by(t.epoch, t.witness, t.key_id)
-    )
-    return [CosignatureRow(int(r.epoch), r.witness, int(r.key_id), r.line) for r in rows]
+    def add(self, rows: Iterable[CosignatureRow]) -> None:
+        """Store cosignatures of committed epochs; one already stored for its
+        (epoch, witness, key id) is skipped.
 
+        Raises:
+            InvalidInputError: a malformed row. ConstraintError: no such epoch.
+        """
+        checked = check_rows(rows)
+        if not checked:
+            return
+        with self.db.transaction(write=True) as conn:
+            conn.execute(
+                self.db.insert(WitnessCosignature).on_conflict_do_nothing(),
+                [
+                    {"epoch": r.epoch, "witness": r.witness, "key_id": r.key_id, "line": r.line}
+                    for r in checked
+                ],
+            )
 
-def last_cosigned(
-    conn: Connection, witnesses: Iterable[tuple[str, int]]
-) -> dict[tuple[str, int], int]:
-    """The last epoch each of ``witnesses`` (name, key id) cosigned; those
-    that never did are left out. One indexed query per witness."""
-    t = WitnessCosignature
-    found = {}
-    for name, key_id in witnesses:
-        epoch = conn.scalar(select(func.max(t.epoch)).where(t.witness == name, t.key_id == key_id))
-        if epoch is not None:
-            found[(name, key_id)] = int(epoch)
-    return found
+    def between(self, first: int, last: int) -> list[CosignatureRow]:
+        """The cosignatures of epochs ``first`` to ``last`` inclusive, by epoch,
+        witness and key id."""
+        t = WitnessCosignature
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                select(t.epoch, t.witness, t.key_id, t.line)
+                .where(t.epoch >= first, t.epoch <= last)
+                .order_by(t.epoch, t.witness, t.key_id)
+            )
+            return [CosignatureRow(int(r.epoch), r.witness, int(r.key_id), r.line) for r in rows]
+
+    def last_cosigned(self, witnesses: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The last epoch each of ``witnesses`` (name, key id) cosigned; those
+        that never did are left out. One indexed query per witness."""
+        t = WitnessCosignature
+        found = {}
+        with self.db.transaction() as conn:
+            for name, key_id in witnesses:
+                epoch = conn.scalar(
+                    select(func.max(t.epoch)).where(t.witness == name, t.key_id == key_id)
+                )
+                if epoch is not None:
+                    found[(name, key_id)] = int(epoch)
+        return found

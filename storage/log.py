@@ -10,14 +10,10 @@ record)``, node hash ``SHA-256(0x01 || left || right)``, the empty tree
 ``SHA-256()``: exactly RFC 9162 §2.1.1), optimised paths and the subroot
 cache on. The leaf hash is stored in the row, so nothing re-hashes records.
 
-Conversions done here and nowhere else:
-
-- pymerkle counts leaves from 1; this module's interface, like RFC 9162, from 0;
-- inclusion proofs are pymerkle's own paths (``prove_inclusion``) without the
-  leaf hash pymerkle puts first: the rest is RFC 9162's PATH, leaf side first;
-- pymerkle's consistency proofs are not in RFC 9162 form, so they are built
-  here from the RFC's SUBPROOF recursion (§2.1.4.1), each hash being the root
-  of a leaf range that pymerkle computes from its cached subroots.
+pymerkle counts leaves from 1; this module's interface, like RFC 9162, from
+0. Proofs are RFC 9162's PATH and PROOF as verifier/rfc9162.py generates them
+(``inclusion_path``, ``consistency_path``), each hash being the root of a leaf
+range that pymerkle computes from its cached subroots.
 
 A cached subroot covers a full, aligned power-of-two range of leaves, which
 never changes once committed; ``forget_after`` drops those touching leaves of
@@ -38,6 +34,7 @@ from sqlalchemy import Connection
 
 from storage.errors import NotFoundError
 from storage.schema import Epoch
+from verifier import rfc9162
 
 __all__ = ["CACHE_BYTES", "CACHE_THRESHOLD", "EpochLog"]
 
@@ -172,38 +169,19 @@ class EpochLog(BaseMerkleTree):  # type: ignore[misc]  # pymerkle ships no type 
         return bytes(self._get_root(start, end))
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
-        """PATH(index, D[0:size]) of RFC 9162 §2.1.3.1, from pymerkle's proof."""
+        """PATH(index, D[0:size]) of RFC 9162 §2.1.3.1."""
         if not 0 <= index < size:
             raise NotFoundError(f"no leaf {index} in a log of {size}")
         if size > self.size():
             raise NotFoundError(f"no log of size {size}")
-        proof = self.prove_inclusion(index + 1, size)  # pymerkle counts from 1
-        return [bytes(h) for h in proof.path[1:]]  # path[0] is the leaf's own hash
+        return rfc9162.inclusion_path(index, size, self._range_root)
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """PROOF(old_size, D[0:new_size]) of RFC 9162 §2.1.4.1; empty when the
         sizes are equal or the old tree is empty (nothing to prove)."""
         if not 0 <= old_size <= new_size:
             raise NotFoundError(f"no consistency proof from {old_size} to {new_size}")
-        if old_size in (0, new_size):
-            return []
-        # SUBPROOF(m, D[start:start+n], complete), unrolled: each step adds the
-        # hash that the recursion appends after its inner result, so the list
-        # is built outside-in and reversed at the end.
-        proof: list[bytes] = []
-        start, m, n, complete = 0, old_size, new_size, True
-        while m != n:
-            k = _split(n)
-            if m <= k:
-                proof.append(self._range_root(start + k, start + n))
-                n = k
-            else:
-                proof.append(self._range_root(start, start + k))
-                start, m, n, complete = start + k, m - k, n - k, False
-        if not complete:
-            proof.append(self._range_root(start, start + n))
-        proof.reverse()
-        return proof
+        return rfc9162.consistency_path(old_size, new_size, self._range_root)
 
     def forget_after(self, size: int) -> None:
         """Drop cached subroots that cover any leaf at index >= ``size``."""
@@ -214,8 +192,3 @@ class EpochLog(BaseMerkleTree):  # type: ignore[misc]  # pymerkle ships no type 
     def cache_entries(self) -> int:
         """How many subroots are memoised (for tests and metrics)."""
         return len(self.cache)
-
-
-def _split(n: int) -> int:
-    """The largest power of two smaller than ``n`` (n >= 2)."""
-    return 1 << ((n - 1).bit_length() - 1)

@@ -10,7 +10,6 @@ storage/migrations/versions create exactly these; a test checks they agree.
                       key_id, report_hash                       its signed report, or NULL
     reserve_reports   report_hash -> source, asset, note        every signed report accepted
     salt_periods      number -> started_ms, secret[32]
-    slot_assignments  (period, asset, user_id) -> slot          unique per (period, asset)
     epochs            number -> record, leaf_hash, checkpoint, created_ms
                       (row ``number`` is also leaf ``number`` of the RFC 9162 log)
     epoch_marks       (epoch, kind, source) -> last_seq         what an epoch covers
@@ -41,7 +40,6 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
-    UniqueConstraint,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -62,7 +60,6 @@ __all__ = [
     "ReserveReportRow",
     "SaltPeriodRow",
     "SigningKey",
-    "SlotAssignment",
     "SourceMark",
     "WitnessCosignature",
     "decode_amount",
@@ -208,17 +205,6 @@ class SaltPeriodRow(Base):
     number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     started_ms: Mapped[int] = mapped_column(BigInteger)
     secret: Mapped[bytes] = mapped_column(LargeBinary(32))
-
-
-class SlotAssignment(Base):
-    """A user's leaf slot in an asset's tree during a salt period (migration 0002)."""
-
-    __tablename__ = "slot_assignments"
-    __table_args__ = (UniqueConstraint("period", "asset", "slot", name="uq_slot_assignments_slot"),)
-    period: Mapped[int] = mapped_column(ForeignKey("salt_periods.number"), primary_key=True)
-    asset: Mapped[str] = mapped_column(ForeignKey("assets.id"), primary_key=True)
-    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
-    slot: Mapped[int] = mapped_column(BigInteger)
 
 
 class Epoch(Base):

@@ -4,21 +4,27 @@ Leaf hash ``H(0x00 || data)``, node hash ``H(0x01 || left || right)``, SHA-256.
 Indices count from 0. The verifying functions compute the proof length they
 expect from the index and sizes and reject any other length.
 
-The generating functions (``inclusion_proof``, ``consistency_proof``) follow
+The generating functions ``inclusion_path`` and ``consistency_path`` unroll
 the recursive PATH and SUBPROOF definitions of §2.1.3.1 and §2.1.4.1 over a
-list of leaf hashes; they serve tests and small logs.
+function giving the root of any range of leaves, so a log that caches its
+subtree roots (storage/log.py) proves in O(log n) range roots;
+``inclusion_proof`` and ``consistency_proof`` apply them to a list of leaf
+hashes (tests and small logs).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from verifier.errors import FormatError, VerificationError
 
 __all__ = [
     "EMPTY_ROOT",
+    "RangeRoot",
+    "consistency_path",
     "consistency_proof",
+    "inclusion_path",
     "inclusion_proof",
     "leaf_hash",
     "node_hash",
@@ -28,6 +34,9 @@ __all__ = [
 ]
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
+
+RangeRoot = Callable[[int, int], bytes]
+"""``range_root(start, end)`` is MTH(D[start:end]), for 0 <= start < end <= size."""
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -58,40 +67,62 @@ def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
     return level[0]
 
 
-def inclusion_proof(hashes: Sequence[bytes], index: int, size: int) -> list[bytes]:
-    """PATH(index, D[0:size]) of §2.1.3.1."""
-    if not 0 <= index < size <= len(hashes):
+def inclusion_path(index: int, size: int, range_root: RangeRoot) -> list[bytes]:
+    """PATH(index, D[0:size]) of §2.1.3.1, leaf side first: the recursion
+    unrolled, each step adding the root of the subtree its inner result does
+    not descend into (the list is built outside-in, then reversed)."""
+    if not 0 <= index < size:
         raise ValueError(f"no leaf {index} in a tree of {size}")
-
-    def path(m: int, leaves: Sequence[bytes]) -> list[bytes]:
-        n = len(leaves)
-        if n == 1:
-            return []
+    proof: list[bytes] = []
+    start, m, n = 0, index, size
+    while n > 1:
         k = _split(n)
         if m < k:
-            return [*path(m, leaves[:k]), root_from_leaf_hashes(leaves[k:])]
-        return [*path(m - k, leaves[k:]), root_from_leaf_hashes(leaves[:k])]
+            proof.append(range_root(start + k, start + n))
+            n = k
+        else:
+            proof.append(range_root(start, start + k))
+            start, m, n = start + k, m - k, n - k
+    proof.reverse()
+    return proof
 
-    return path(index, hashes[:size])
 
-
-def consistency_proof(hashes: Sequence[bytes], old_size: int, new_size: int) -> list[bytes]:
-    """PROOF(old_size, D[0:new_size]) of §2.1.4.1 (empty if old_size is 0 or equal)."""
-    if not 0 <= old_size <= new_size <= len(hashes):
+def consistency_path(old_size: int, new_size: int, range_root: RangeRoot) -> list[bytes]:
+    """PROOF(old_size, D[0:new_size]) of §2.1.4.1 (empty if old_size is 0 or
+    equal): SUBPROOF(m, D[start:start+n], complete) unrolled as above."""
+    if not 0 <= old_size <= new_size:
         raise ValueError(f"no consistency proof from {old_size} to {new_size}")
     if old_size in (0, new_size):
         return []
-
-    def subproof(m: int, leaves: Sequence[bytes], complete: bool) -> list[bytes]:
-        n = len(leaves)
-        if m == n:
-            return [] if complete else [root_from_leaf_hashes(leaves)]
+    proof: list[bytes] = []
+    start, m, n, complete = 0, old_size, new_size, True
+    while m != n:
         k = _split(n)
         if m <= k:
-            return [*subproof(m, leaves[:k], complete), root_from_leaf_hashes(leaves[k:])]
-        return [*subproof(m - k, leaves[k:], False), root_from_leaf_hashes(leaves[:k])]
+            proof.append(range_root(start + k, start + n))
+            n = k
+        else:
+            proof.append(range_root(start, start + k))
+            start, m, n, complete = start + k, m - k, n - k, False
+    if not complete:
+        proof.append(range_root(start, start + n))
+    proof.reverse()
+    return proof
 
-    return subproof(old_size, hashes[:new_size], True)
+
+def inclusion_proof(hashes: Sequence[bytes], index: int, size: int) -> list[bytes]:
+    """PATH(index, D[0:size]) of §2.1.3.1 over the list of leaf hashes."""
+    if not 0 <= index < size <= len(hashes):
+        raise ValueError(f"no leaf {index} in a tree of {size}")
+    return inclusion_path(index, size, lambda a, b: root_from_leaf_hashes(hashes[a:b]))
+
+
+def consistency_proof(hashes: Sequence[bytes], old_size: int, new_size: int) -> list[bytes]:
+    """PROOF(old_size, D[0:new_size]) of §2.1.4.1 over the list of leaf hashes
+    (empty if old_size is 0 or equal)."""
+    if not 0 <= old_size <= new_size <= len(hashes):
+        raise ValueError(f"no consistency proof from {old_size} to {new_size}")
+    return consistency_path(old_size, new_size, lambda a, b: root_from_leaf_hashes(hashes[a:b]))
 
 
 def _check_hashes(proof: Sequence[bytes], *roots: bytes) -> None:

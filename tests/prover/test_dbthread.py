@@ -27,6 +27,7 @@ def busy(db: DbThread, ran: list[str]) -> tuple[Future[None], threading.Event]:
 
 def test_calls_run_in_order_urgent_ones_ahead_of_those_waiting() -> None:
     db = DbThread()
+    db.start()
     ran: list[str] = []
     first, release = busy(db, ran)  # the thread is busy: what follows waits
     futures = [db.submit(ran.append, name) for name in ("a", "b")]
@@ -41,6 +42,7 @@ def test_calls_run_in_order_urgent_ones_ahead_of_those_waiting() -> None:
 
 def test_results_errors_and_shutdown() -> None:
     db = DbThread()
+    db.start()
     assert db.submit(pow, 2, 10).result(10) == 1024
     with pytest.raises(ZeroDivisionError):
         db.submit(divmod, 1, 0).result(10)
@@ -54,6 +56,7 @@ def test_results_errors_and_shutdown() -> None:
 
 def test_a_held_thread_runs_what_went_before_and_nothing_more_until_released() -> None:
     db = DbThread()
+    db.start()
     ran: list[str] = []
     _, release = busy(db, ran)
     waiting = db.submit(ran.append, "waiting")
@@ -72,6 +75,7 @@ def test_a_held_thread_runs_what_went_before_and_nothing_more_until_released() -
 
 def test_a_hold_ends_when_its_block_fails() -> None:
     db = DbThread()
+    db.start()
     with pytest.raises(RuntimeError, match="the block failed"), db.held():
         raise RuntimeError("the block failed")
     assert db.submit(pow, 2, 3).result(10) == 8

@@ -17,9 +17,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from prover.config import Config
-from prover.engine import CLOSE_SWITCH_INTERVAL, Engine, _quick_gil_handoffs
+from prover.engine import Engine
 from prover.errors import IngestError, NotRetained
-from prover.messages import parse_ingest
+from prover.messages import ack, parse_ingest
+from prover.runtime import CLOSE_SWITCH_INTERVAL, quick_gil_handoffs
 from storage.store import ReserveRow, Store
 from verifier.audit import audit_epoch
 from verifier.proof import ProofFile, verify_proof
@@ -94,7 +95,8 @@ def run(tmp_path: Path, scenario: Scenario, **changes: object) -> None:
 
 
 async def ingest(engine: Engine, message: str) -> dict:
-    return json.loads(await engine.ingest(parse_ingest(message)))
+    r = await engine.ingest(parse_ingest(message))
+    return json.loads(ack(r.id, r.source, r.applied, r.duplicates, r.last_seq))
 
 
 def test_round_trip_to_a_verified_proof(tmp_path: Path, db_url: str) -> None:
@@ -264,7 +266,7 @@ def test_salt_period_rotates_without_losing_updates(tmp_path: Path, db_url: str)
         await ingest(engine, balances("core", (3, "alice", "BTC", 11)))
         await engine.close_epoch()
         messages = [first]
-        while engine._next is not None:  # epochs go on while the new trees load
+        while engine._rotation.loading:  # epochs go on while the new trees load
             await ingest(
                 engine, balances("core", (4 + len(messages), "carol", "BTC", len(messages)))
             )
@@ -319,7 +321,7 @@ def test_proofs_of_retained_earlier_epochs(tmp_path: Path) -> None:
 def test_the_journal_is_folded_off_the_ingest_path(
     tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("prover.engine.FOLD_AFTER", 3)
+    monkeypatch.setattr("prover.folding.FOLD_AFTER", 3)
 
     async def scenario(engine: Engine, clock: Clock) -> None:
         await ingest(engine, balances("core", (1, "alice", "BTC", 1), (2, "bob", "BTC", 2)))
@@ -344,8 +346,8 @@ def test_a_fold_holds_back_while_an_epoch_closes(
 ) -> None:
     """A fold in one-row transactions runs across several epochs; while each of
     them closes, at most the fold transaction already under way completes."""
-    monkeypatch.setattr("prover.engine.FOLD_AFTER", 1)
-    monkeypatch.setattr("prover.engine.FOLD_CHUNK", 1)
+    monkeypatch.setattr("prover.folding.FOLD_AFTER", 1)
+    monkeypatch.setattr("prover.folding.FOLD_CHUNK", 1)
     during_close: list[int] = []
 
     async def scenario(engine: Engine, clock: Clock) -> None:
@@ -392,7 +394,7 @@ def test_an_epoch_closes_with_quick_gil_handoffs(tmp_path: Path) -> None:
         await ingest(engine, balances("core", (1, "alice", "BTC", 5)))
         await engine.close_epoch()
         assert sys.getswitchinterval() == before
-        with _quick_gil_handoffs():  # another engine's close, under way
+        with quick_gil_handoffs():  # another engine's close, under way
             await engine.close_epoch()
             assert sys.getswitchinterval() == pytest.approx(CLOSE_SWITCH_INTERVAL)
         assert sys.getswitchinterval() == before
@@ -442,21 +444,21 @@ def test_a_fold_stops_at_its_next_pause_when_the_engine_closes(
     """Stopping the prover does not wait for a fold (one can run for tens of
     seconds): it stops between two of its transactions, every balance as
     acknowledged, and the next fold finishes it."""
-    monkeypatch.setattr("prover.engine.FOLD_AFTER", 1)
-    monkeypatch.setattr("prover.engine.FOLD_CHUNK", 1)
+    monkeypatch.setattr("prover.folding.FOLD_AFTER", 1)
+    monkeypatch.setattr("prover.folding.FOLD_CHUNK", 1)
     rows = [(i + 1, f"user{i:02}", "BTC", i + 1) for i in range(40)]
     sleep = time.sleep
     took: list[float] = []
 
     async def scenario(engine: Engine, clock: Clock) -> None:
         await ingest(engine, balances("core", *rows))
-        monkeypatch.setattr("prover.engine.time.sleep", lambda _: sleep(0.05))  # 2 s in all
+        monkeypatch.setattr("prover.folding.time.sleep", lambda _: sleep(0.05))  # 2 s in all
         await engine.close_epoch()  # the fold starts
         await asyncio.sleep(0.3)
         began = time.perf_counter()
         await engine.close()
         took.append(time.perf_counter() - began)
-        assert engine._folding is not None and engine._folding.done()
+        assert engine._folder.task is not None and engine._folder.task.done()
 
     run(tmp_path, scenario)
     assert took[0] < 1.0
@@ -479,9 +481,9 @@ def test_a_fold_stops_at_its_next_pause_when_the_engine_closes(
 def test_a_fold_rests_as_long_as_it_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Between pieces of its work, a fold sleeps FOLD_REST times as long as the
     piece took, so that it takes a share of the CPU and GIL, not all of it."""
-    monkeypatch.setattr("prover.engine.FOLD_AFTER", 1)
-    monkeypatch.setattr("prover.engine.FOLD_CHUNK", 1)
-    monkeypatch.setattr("prover.engine.FOLD_REST", 0.5)
+    monkeypatch.setattr("prover.folding.FOLD_AFTER", 1)
+    monkeypatch.setattr("prover.folding.FOLD_CHUNK", 1)
+    monkeypatch.setattr("prover.folding.FOLD_REST", 0.5)
     rests: list[tuple[float, float]] = []  # (asked, work before it)
     sleep, last = time.sleep, [time.perf_counter()]
 
@@ -493,11 +495,11 @@ def test_a_fold_rests_as_long_as_it_works(tmp_path: Path, monkeypatch: pytest.Mo
     async def scenario(engine: Engine, clock: Clock) -> None:
         rows = [(i + 1, f"user{i}", "BTC", i + 1) for i in range(20)]
         await ingest(engine, balances("core", *rows))
-        monkeypatch.setattr("prover.engine.time.sleep", resting)
+        monkeypatch.setattr("prover.folding.time.sleep", resting)
         await engine.close_epoch()  # the fold starts
-        assert engine._folding is not None
-        await engine._folding
-        monkeypatch.setattr("prover.engine.time.sleep", sleep)
+        assert engine._folder.task is not None
+        await engine._folder.task
+        monkeypatch.setattr("prover.folding.time.sleep", sleep)
         assert engine.store.journal_backlog() == 0
 
     run(tmp_path, scenario)

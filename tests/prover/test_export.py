@@ -85,7 +85,7 @@ def test_export_dirs_and_files_are_new(tmp_path: Path) -> None:
 
 
 async def _wait_for_epoch_with(engine: Engine, updates: int) -> None:
-    while engine.metrics.updates < updates or engine._pending:
+    while engine.metrics.updates < updates or engine._intake.pending:
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.2)  # let the epoch holding them close
 

@@ -239,7 +239,7 @@ def test_garbage_is_collected_between_epochs_only(
 ) -> None:
     """While the daemon runs, Python's cyclic collector runs right after each
     epoch, and fully every FULL_COLLECTION_EVERY epochs: never during a close."""
-    monkeypatch.setattr("prover.engine.FULL_COLLECTION_EVERY", 2)
+    monkeypatch.setattr("prover.runtime.FULL_COLLECTION_EVERY", 2)
     collections: list[tuple[int, bool]] = []  # (generation, during a close)
     engines: list[Engine] = []
 
@@ -278,7 +278,7 @@ def test_export_every_proof(tmp_path: Path) -> None:
             rows = [(i + 1, f"user/{i}", "BTC", i + 1) for i in range(30)]
             await producer.send(balances("core", *rows, (31, "user/0", "ETH", 5)))
             assert json.loads(await producer.recv())["type"] == "ack"
-        while engine.metrics.updates < 31 or engine._pending:
+        while engine.metrics.updates < 31 or engine._intake.pending:
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.2)  # let the epoch holding them close
         for headers in ({}, AUTH):  # no token, or the producers' token: refused

@@ -22,9 +22,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
+from storage.db import FOLD_LOCK, MIGRATIONS, Database
 from storage.errors import InvalidInputError
+from storage.journal import JOURNAL_ROWS_PER_READ, Journal, sorted_in_ranges
+from storage.marks import SourceMarks
 from storage.schema import decode_amount
-from storage.store import _FOLD_LOCK, JOURNAL_ROWS_PER_READ, MIGRATIONS, Store, _sorted_in_ranges
+from storage.store import Store
 from tests.databases import POSTGRES_URL, SKIP_PG, postgres_schema_url
 from tests.storage.conftest import B, balances
 
@@ -189,16 +192,16 @@ def test_a_fold_that_dies_after_a_chunk_is_finished_by_the_next(
     store.apply_balances("core", [B(30 + i, f"u{i}", "ETH", 100 + i) for i in range(5)])
     expected = {(f"u{i}", "BTC"): 20 + i for i in range(10)}
     expected |= {(f"u{i}", "ETH"): 100 + i for i in range(5)}
-    upsert = Store._upsert_balances
+    upsert = Journal._upsert_balances
     chunks: list[object] = []
 
-    def dies_after_one_chunk(self: Store, conn: object, rows: list[tuple[str, str, int]]) -> None:
+    def dies_after_one_chunk(self: Journal, conn: object, rows: list[tuple[str, str, int]]) -> None:
         if chunks:
             raise Crash
         chunks.append(rows)
         upsert(self, conn, rows)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Store, "_upsert_balances", dies_after_one_chunk)
+    monkeypatch.setattr(Journal, "_upsert_balances", dies_after_one_chunk)
     with pytest.raises(Crash):
         store.fold(4)
     monkeypatch.undo()
@@ -221,16 +224,16 @@ def test_a_fold_that_dies_while_forgetting_the_journal_changes_no_balance(
         batch = [B(b * 3 + i, f"u{b * i}", "BTC", b * 10 + i) for i in range(3)]
         store.apply_balances("core", batch)
         model |= {(u.user, u.asset): u.amount for u in batch}
-    forget = Store._forget_journal
+    forget = Journal._forget_journal
     deleted: list[int] = []
 
-    def dies_after_one_deletion(self: Store, last: int) -> None:
+    def dies_after_one_deletion(self: Journal, last: int) -> None:
         if deleted:
             raise Crash
         deleted.append(last)
         forget(self, last)
 
-    monkeypatch.setattr(Store, "_forget_journal", dies_after_one_deletion)
+    monkeypatch.setattr(Journal, "_forget_journal", dies_after_one_deletion)
     with pytest.raises(Crash):
         store.fold(5)  # deletes rows 1-3 (7 lines), then would delete row 4
     monkeypatch.undo()
@@ -247,20 +250,20 @@ def paused_fold(
     """``store.fold(chunk_size)`` in a thread, paused once its first chunk has
     committed (holding no database lock but its fold lock) while the body
     runs; yields the list that receives fold's result once it returns."""
-    transaction = Store._transaction
+    transaction = Database.transaction
     chunk_written, resume = threading.Event(), threading.Event()
     result: list[int] = []
     folder = threading.Thread(target=lambda: result.append(store.fold(chunk_size)))
 
     @contextmanager
-    def pausing(self: Store, *, write: bool = False) -> Iterator[object]:
+    def pausing(self: Database, *, write: bool = False) -> Iterator[object]:
         with transaction(self, write=write) as conn:
             yield conn
         if write and threading.current_thread() is folder and not chunk_written.is_set():
             chunk_written.set()
             assert resume.wait(30)
 
-    monkeypatch.setattr(Store, "_transaction", pausing)
+    monkeypatch.setattr(Database, "transaction", pausing)
     folder.start()
     try:
         assert chunk_written.wait(30)
@@ -337,7 +340,7 @@ def test_a_fold_in_another_process_waits_on_postgresql(monkeypatch: pytest.Monke
             )
             deadline = time.monotonic() + 30
             with store.engine.connect() as conn:
-                while not conn.execute(waiting, {"k": _FOLD_LOCK}).scalar():
+                while not conn.execute(waiting, {"k": FOLD_LOCK}).scalar():
                     assert proc.poll() is None and time.monotonic() < deadline
                     time.sleep(0.05)
         out, _ = proc.communicate(timeout=30)
@@ -350,16 +353,16 @@ def test_journal_ids_follow_commit_order(store: Store, monkeypatch: pytest.Monke
     """A batch of another source waits while one is being journaled (SQLite: the
     write lock; PostgreSQL: the journal lock), so no fold can see a later id
     before an earlier one commits, and the later batch wins."""
-    set_mark = Store._set_mark
+    set_mark = SourceMarks.set
     journaled, resume = threading.Event(), threading.Event()
 
-    def slow(self: Store, conn: object, kind: str, source: str, seq: int) -> None:
+    def slow(self: SourceMarks, conn: object, kind: str, source: str, seq: int) -> None:
         if source == "slow":
             journaled.set()
             assert resume.wait(30)
         set_mark(self, conn, kind, source, seq)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Store, "_set_mark", slow)
+    monkeypatch.setattr(SourceMarks, "set", slow)
     first = threading.Thread(target=store.apply_balances, args=("slow", [B(1, "a", "BTC", 1)]))
     second = threading.Thread(target=store.apply_balances, args=("fast", [B(1, "a", "BTC", 2)]))
     first.start()
@@ -426,7 +429,7 @@ def test_sqlite_journal_ids_are_the_rowid(tmp_path: Path) -> None:
 @given(st.lists(st.text(max_size=6)), st.integers(1, 40))
 def test_sorting_in_ranges_is_sorting(keys: list[str], piece: int) -> None:
     pauses: list[None] = []
-    ranges = list(_sorted_in_ranges(keys, lambda: pauses.append(None), piece))
+    ranges = list(sorted_in_ranges(keys, lambda: pauses.append(None), piece))
     assert [key for r in ranges for key in r] == sorted(keys)
     if len(keys) > piece:  # a pause before each step of about ``piece`` keys
         assert len(pauses) > len(keys) // piece

@@ -1,16 +1,10 @@
-"""Salt periods, slot assignments (bulk) and signing keys on both databases."""
+"""Salt periods and signing keys on both databases."""
 
 from __future__ import annotations
 
 import pytest
 
-from storage.errors import (
-    ConstraintError,
-    InvalidIdentifierError,
-    InvalidInputError,
-    NotFoundError,
-    UnknownAssetError,
-)
+from storage.errors import ConstraintError, InvalidInputError, NotFoundError
 from storage.store import Store
 
 
@@ -25,42 +19,6 @@ def test_salt_periods_are_numbered_from_one(store: Store) -> None:
         store.salt_period(3)
     with pytest.raises(InvalidInputError):
         store.start_salt_period(30, secret=b"short")
-
-
-def test_slots_are_stored_and_streamed_in_bulk(store: Store) -> None:
-    period = store.start_salt_period(0).number
-    rows = [(f"user{i}", "BTC" if i % 2 else "ETH", i // 2) for i in range(12_345)]
-    assert store.put_slots(period, iter(rows), chunk_size=1_000) == len(rows)
-    chunks = list(store.iter_slots(period, 5_000))
-    assert [len(c) for c in chunks] == [5_000, 5_000, 2_345]
-    got = [row for chunk in chunks for row in chunk]
-    assert got == sorted(rows, key=lambda r: (r[1], r[2]))  # by asset, then slot
-    assert list(store.iter_slots(period + 1)) == []
-
-
-@pytest.mark.parametrize(
-    ("bad", "error"),
-    [
-        (("u1", "BTC", 0), ConstraintError),  # user 1 already has a BTC slot
-        (("u9", "BTC", 1), ConstraintError),  # slot 1 of BTC is taken
-        (("u9", "DOGE", 5), UnknownAssetError),
-        (("", "BTC", 5), InvalidIdentifierError),
-        (("u9", "BTC", -1), InvalidInputError),
-    ],
-)
-def test_a_bad_slot_row_writes_nothing(
-    store: Store, bad: tuple[str, str, int], error: type[Exception]
-) -> None:
-    period = store.start_salt_period(0).number
-    rows = [(f"u{i}", "BTC", i) for i in range(3_000)] + [bad]
-    with pytest.raises(error):
-        store.put_slots(period, rows, chunk_size=500)
-    assert list(store.iter_slots(period)) == []
-
-
-def test_slots_need_their_period(store: Store) -> None:
-    with pytest.raises(NotFoundError):
-        store.put_slots(7, [("u", "BTC", 0)])
 
 
 def test_signing_keys_rotate(store: Store) -> None:

@@ -12,6 +12,7 @@ from alembic.migration import MigrationContext
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from storage.errors import InvalidAmountError
 from storage.schema import Base, decode_amount, encode_amount
@@ -31,7 +32,6 @@ TABLES = {
     "reserves",
     "salt_periods",
     "signing_keys",
-    "slot_assignments",
     "source_marks",
     "witness_cosignatures",
 }
@@ -46,7 +46,7 @@ def test_the_migrations_create_exactly_the_models(store: Store) -> None:
 def test_open_is_idempotent_and_at_head(db_url: str) -> None:
     for _ in range(2):
         with Store.open(db_url) as store, store.engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0005"
+            assert MigrationContext.configure(conn).get_current_revision() == "0006"
 
 
 def test_upgrade_keeps_data_written_at_the_first_revision(db_url: str) -> None:
@@ -70,6 +70,30 @@ def test_upgrade_keeps_data_written_at_the_first_revision(db_url: str) -> None:
             assert "slot_assignments" not in inspect(conn).get_table_names()
             command.downgrade(config, "base")
             assert inspect(conn).get_table_names() == ["alembic_version"]
+
+
+def test_the_unused_slot_table_is_dropped_and_restored_on_downgrade(db_url: str) -> None:
+    """0006 drops slot_assignments with any rows an older release left in it;
+    downgrading to 0005 recreates it, empty, with its constraints."""
+    store = Store.open(db_url, migrate=False)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0005")
+        conn.execute(text("INSERT INTO assets (id, decimals) VALUES ('BTC', 8)"))
+        conn.execute(text("INSERT INTO salt_periods VALUES (1, 0, :s)"), {"s": bytes(32)})
+        conn.execute(text("INSERT INTO slot_assignments VALUES (1, 'BTC', 'alice', 0)"))
+    store.close()
+    with Store.open(db_url) as store, store.engine.begin() as conn:
+        assert "slot_assignments" not in inspect(conn).get_table_names()
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0005")
+        assert conn.execute(text("SELECT count(*) FROM slot_assignments")).scalar() == 0
+        conn.execute(text("INSERT INTO slot_assignments VALUES (1, 'BTC', 'alice', 0)"))
+        with pytest.raises(IntegrityError), conn.begin_nested():  # slot 0 of BTC is taken
+            conn.execute(text("INSERT INTO slot_assignments VALUES (1, 'BTC', 'bob', 0)"))
+        command.upgrade(config, "head")
 
 
 def test_sqlite_is_a_wal_file_with_foreign_keys(tmp_path: Path) -> None:

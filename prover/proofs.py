@@ -1,0 +1,153 @@
+"""The proof service: users' bearer tokens, one user's proof for /proof, and
+every user's proof exported to files (prover/export.py).
+
+Invariants:
+
+- A proof's trees and record match: both are read under the engine's epoch
+  lock. While a failed close's epoch sits in the trees ahead of the last
+  record (``Tip.ahead``), the trees are asked for one apply back, and an
+  export is refused.
+- An export copies the trees once, under the lock, then writes them chunk
+  by chunk, each under the lock, so epochs go on meanwhile; it fails if a
+  salt rotation replaced the worker in between.
+- With witnesses, the default epoch is the latest cosigned by a quorum
+  (PROTOCOL §11.3), else the latest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prover import tokens
+from prover.config import Config
+from prover.dbthread import DbThread
+from prover.errors import NotRetained, ProverError
+from prover.export import create_export_dir
+from prover.rotation import Rotation
+from prover.stored import stored_message
+from prover.witnesses import Witnesses
+from storage.store import Store
+from verifier.proof import AssetPath, ProofFile
+from verifier.stream import EpochMessage
+
+__all__ = ["EXPORT_CHUNK", "Proofs", "Tip"]
+
+EXPORT_CHUNK = 5_000  # users whose proofs are written per pause of the tree worker
+
+
+@dataclass(frozen=True, slots=True)
+class Tip:
+    """The last committed epoch: its number and message, and whether the
+    trees are one apply ahead of it (cut and applied by a close that failed)."""
+
+    epoch: int
+    message: EpochMessage
+    ahead: bool
+
+
+class Proofs:
+    """Proofs served and exported (module docstring). ``tip`` gives the last
+    committed epoch (None before the first of this run); read it under ``lock``."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        db: DbThread,
+        lock: asyncio.Lock,
+        trees: Rotation,
+        witnesses: Witnesses | None,
+        tip: Callable[[], Tip | None],
+    ) -> None:
+        self._config, self._store, self._db, self._lock = config, store, db, lock
+        self._trees, self._witnesses, self._tip = trees, witnesses, tip
+
+    def user_token(self, user: str) -> str:
+        """The bearer token the custodian hands ``user`` for /proof."""
+        return tokens.user_token(self._config.proof_secret, user)
+
+    def check_user_token(self, user: str, token: str) -> bool:
+        return tokens.check_user_token(self._config.proof_secret, user, token)
+
+    def _cosigned(self, epoch: int, message: EpochMessage) -> EpochMessage:
+        """``message`` with the cosignatures known of ``epoch`` attached."""
+        return message if self._witnesses is None else self._witnesses.attach(epoch, message)
+
+    async def export(
+        self, progress: Callable[[int, int], Awaitable[None]]
+    ) -> tuple[int, Path, int]:
+        """Write every user's proof for the latest epoch into a new directory
+        under ``export_dir``. Returns (epoch, directory, files written)."""
+        async with self._lock:
+            tip = self._tip()
+            if tip is None:
+                raise ProverError("no epoch has been published yet")
+            if tip.ahead:
+                raise ProverError(f"epoch {tip.epoch + 1} is failing; export later")
+            message, epoch, worker = tip.message, tip.epoch, self._trees.worker
+            out = create_export_dir(self._config.export_path, epoch)
+            users = await worker.snapshot()
+        written = 0
+        for start in range(0, users, EXPORT_CHUNK):
+            async with self._lock:  # the worker may be swapped by a salt rotation
+                if worker is not self._trees.worker:
+                    raise ProverError("the salt period changed during the export; run it again")
+                cosigned = self._cosigned(epoch, message)  # those come in meanwhile too
+                written += await worker.export(out, start, EXPORT_CHUNK, cosigned)
+            await progress(min(start + EXPORT_CHUNK, users), users)
+        return epoch, out, written
+
+    async def proof(self, user: str, epoch: int | None = None) -> ProofFile | None:
+        """``user``'s proof for ``epoch``, by default the latest epoch cosigned
+        by ``witness_quorum`` witnesses if there are witnesses (the latest if
+        none is, or if its trees are no longer retained), else the latest
+        (see ``_proof``)."""
+        witnesses = self._witnesses
+        cosigned = None if witnesses is None or not witnesses.quorum else witnesses.quorum_epoch
+        if epoch is None and cosigned is not None:
+            with contextlib.suppress(NotRetained):
+                return await self._proof(user, cosigned)
+        return await self._proof(user, epoch)
+
+    async def _proof(self, user: str, epoch: int | None = None) -> ProofFile | None:
+        """``user``'s proof for the latest epoch, or for ``epoch`` if it is
+        one of the last ``proof_epochs`` of this salt period, with the
+        cosignatures known; None if they held nothing then.
+
+        Raises:
+            NotRetained: ``epoch`` is not (or no longer, or not yet) served;
+                also the latest while an epoch waits for a retry and no
+                earlier trees are retained (the current ones are ahead of it).
+        """
+        async with self._lock:  # the trees and the record must match
+            tip = self._tip()
+            if tip is None:
+                return None
+            latest, ahead = tip.epoch, int(tip.ahead)
+            if epoch is None or epoch == latest:
+                epoch, message = latest, tip.message
+                found = await self._trees.worker.proof(user, ahead)
+            elif not 0 <= epoch < latest:
+                raise NotRetained(f"epoch {epoch} is not published yet (latest: {latest})")
+            else:
+                found = await self._trees.worker.proof(user, latest - epoch + ahead)
+                stored = self._db.submit(stored_message, self._store, epoch)
+                message = await asyncio.wrap_future(stored)
+        if found is None:
+            return None
+        message = self._cosigned(epoch, message)
+        return ProofFile(
+            user=user,
+            salt=found.salt,
+            assets=tuple(
+                AssetPath(asset, slot, balance, path)
+                for asset, slot, balance, path in found.entries
+            ),
+            record=message.record,
+            inclusion=message.inclusion,
+            checkpoint=message.checkpoint,
+        )
