@@ -147,7 +147,7 @@ def published_at(http: str) -> tuple[int, float]:
         values = dict(
             line.split(" ", 1) for line in reply.read().decode().splitlines() if line[:1] != "#"
         )
-    return int(values["solvency_epoch"]), float(values["solvency_last_publish_time"])
+    return int(float(values["solvency_epoch"])), float(values["solvency_last_publish_time"])
 
 
 async def audit(

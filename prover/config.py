@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -32,6 +33,8 @@ __all__ = ["CONFIG_FILE", "Config", "check_origin", "load_config"]
 
 CONFIG_FILE = "config.toml"
 MAX_ORIGIN = 255
+_NATS_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # streams and consumers: no '.', '*', '>'
+_NATS_SUBJECT = re.compile(r"[!-~]+")  # printable ASCII, no space; wildcards allowed
 
 
 def check_origin(origin: str) -> None:
@@ -84,6 +87,11 @@ class Config:
     witnesses: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (witness key, url)
     witness_quorum: int = -1  # cosignatures an epoch's publication waits for; -1: all witnesses
     witness_timeout: float = 1.0  # at most this long after its commit
+    nats_url: str = ""  # NATS server(s), "nats://host:4222[,nats://...]"; empty: no NATS source
+    nats_stream: str = ""  # the JetStream stream holding the ingest messages
+    nats_subject: str = ""  # the consumer's filter subject; empty: all of the stream's
+    nats_durable: str = "solvency-prover"  # the durable pull consumer, created or updated
+    nats_ack_wait: float = 30.0  # an unacknowledged message is delivered again after this
 
     @property
     def url(self) -> str:
@@ -156,6 +164,7 @@ class Config:
             if key.name != source:
                 raise ConfigError(f"attester {source}: its key is named {key.name!r}")
         self._check_witnesses()
+        self._check_nats()
 
     def _check_witnesses(self) -> None:
         seen: set[tuple[str, int]] = set()
@@ -174,6 +183,21 @@ class Config:
             )
         if not 0 < self.witness_timeout <= 60:
             raise ConfigError("witness_timeout must be in (0, 60] seconds")
+
+    def _check_nats(self) -> None:
+        if not self.nats_url:
+            return
+        if not _NATS_NAME.fullmatch(self.nats_stream):
+            raise ConfigError(
+                f"nats_stream {self.nats_stream!r}: name the JetStream stream"
+                " (letters, digits, '-', '_')"
+            )
+        if not _NATS_NAME.fullmatch(self.nats_durable):
+            raise ConfigError(f"nats_durable {self.nats_durable!r}: letters, digits, '-', '_'")
+        if self.nats_subject and not _NATS_SUBJECT.fullmatch(self.nats_subject):
+            raise ConfigError(f"nats_subject {self.nats_subject!r} is not a subject")
+        if not 1 <= self.nats_ack_wait <= 3600:
+            raise ConfigError("nats_ack_wait must be 1..3600 seconds")
 
 
 def _coerce(name: str, raw: Any, kind: Any) -> Any:

@@ -6,6 +6,9 @@ on SIGTERM or SIGINT stops in this order: refuse new ingest batches
 acknowledged update in a last epoch, close the subscribers (1001) and the
 server. Exit status 0 once that last epoch is published, 1 if it could not
 be (its updates are stored: the first epoch after a restart has them).
+The ingest sources besides ``/ingest`` (``--follow``, NATS JetStream:
+prover/sources/) run beside it and get a few seconds after that last epoch
+to settle their last messages.
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from prover.config import Config
 from prover.engine import Engine
-from prover.errors import IngestError, ProverError
+from prover.errors import ProverError
 from prover.keys import load_key
 from prover.limits import raise_descriptor_limit
-from prover.messages import parse_ingest
 from prover.server import start_server
+from prover.sources import Source
+from prover.sources.follow import FollowSource
 from storage.store import Store
 
-__all__ = ["JsonFormatter", "run_daemon", "setup_logging"]
+__all__ = ["JsonFormatter", "run_daemon", "setup_logging", "sources_for"]
 
 log = logging.getLogger("solvency.prover")
+SOURCE_GRACE = 3.0  # seconds the sources get after the last epoch to settle their messages
 
 
 class JsonFormatter(logging.Formatter):
@@ -59,24 +64,39 @@ def setup_logging(as_json: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-async def _follow(engine: Engine, stream: TextIO) -> None:
-    """Feed ingest messages from a file or standard input, one JSON per line."""
-    try:
-        while line := await asyncio.to_thread(stream.readline):
-            if not line.strip():
-                continue
-            try:
-                await engine.ingest(parse_ingest(line))
-            except IngestError as exc:
-                if exc.code == "shutting-down":  # this line and the rest: after a restart
-                    return
-                log.warning("follow: refused a message: %s: %s", exc.code, exc.message)
-        log.info("follow: end of %s", stream.name)
-    except (OSError, ValueError) as exc:  # unreadable, not UTF-8
-        log.error("follow: cannot read %s any more: %s", stream.name, exc)
-    finally:
-        if stream is not sys.stdin:
-            stream.close()
+def sources_for(config: Config, follow: TextIO | None) -> list[Source]:
+    """The ingest sources besides ``/ingest``: ``--follow``, NATS JetStream if configured."""
+    found: list[Source] = []
+    if follow is not None:
+        found.append(FollowSource(follow))
+    if config.nats_url:
+        from prover.sources.nats import NatsSource  # nats-py only when configured
+
+        found.append(NatsSource.from_config(config))
+    return found
+
+
+def _start_source(engine: Engine, source: Source, stop: asyncio.Event) -> asyncio.Task[None]:
+    """Run ``source`` in a task of its own; should it fail, that is logged at once."""
+
+    def done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("the %s source failed", source.name, exc_info=exc)
+
+    task = asyncio.create_task(source.run(engine, stop), name=f"source {source.name}")
+    task.add_done_callback(done)
+    return task
+
+
+async def _stop_sources(tasks: list[asyncio.Task[None]]) -> None:
+    """Let the sources settle their last messages (acks), then cancel those
+    still running (a ``--follow`` waiting for a line)."""
+    if not tasks:
+        return
+    _, running = await asyncio.wait(tasks, timeout=SOURCE_GRACE)
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)  # failures: logged when they happened
 
 
 async def run_daemon(config: Config, follow: TextIO | None) -> int:
@@ -110,14 +130,13 @@ async def run_daemon(config: Config, follow: TextIO | None) -> int:
         engine.verifier_key,
     )
     epochs = asyncio.create_task(engine.run(stop))
-    feeder = asyncio.create_task(_follow(engine, follow)) if follow else None
+    feeders = [_start_source(engine, s, stop) for s in sources_for(config, follow)]
     await stop.wait()
     log.info("stopping: refusing new batches, publishing every acknowledged one")
     # engine.run refuses ingest ("shutting-down", /ingest closes with 1001),
     # waits for the batches being stored and publishes them in a last epoch
     published = await epochs
-    if feeder:
-        feeder.cancel()
+    await _stop_sources(feeders)  # stored batches acked to their sources, the rest not
     await engine.close()  # subscribers get 1001
     server.close()
     await server.wait_closed()

@@ -116,10 +116,14 @@ class Engine:
         self._rotation = Rotation(config, store, self._db, self._pacing, clock)
         self._intake = Intake(config, store, self._db, self.metrics, clock, self._stage)
         self._fanout = Fanout(config, store, self._db, self.metrics, clock)
+        self._committed_at: dict[int, float] = {}  # perf_counter() of commits not yet published
         self._witnesses: Witnesses | None = None  # publication waits for their cosignatures
         if config.witnesses:
+            endpoints = config.witness_endpoints()
+            for endpoint in endpoints:  # exported from the start, before any submission
+                self.metrics.witness_submission.labels(witness=endpoint.name)
             self._witnesses = Witnesses(
-                config.witness_endpoints(),
+                endpoints,
                 config.quorum,
                 config.witness_timeout,
                 db=self._db,
@@ -127,6 +131,7 @@ class Engine:
                 publish=self._publish_cosigned,
                 keep=max(KEEP_EPOCHS, config.proof_epochs + 1),
                 hurry=quick_gil_handoffs,  # its threads get the GIL back quickly too
+                observe=self.metrics.observe_witness,
             )
         self._proofs = Proofs(
             config, store, self._db, self._epoch_lock, self._rotation, self._witnesses, self._tip
@@ -324,10 +329,12 @@ class Engine:
             self.metrics.epoch_failing = 0
             self.metrics.tree_seconds = applied.seconds
             self.metrics.epoch_build_seconds = time.perf_counter() - started
+            self.metrics.epoch_close.observe(committed - started)
             self.metrics.last_epoch_time = now
             self._latest = message
+            self._committed_at[number] = committed
             if self._witnesses is None:
-                self._fanout.publish(number, message)
+                self._publish(number, message)
             else:  # published once cosigned, or at the deadline (prover/witnesses.py)
                 self._witnesses.submit(number, message)
         published, handing_cpu = time.perf_counter(), time.thread_time() - handing_cpu
@@ -381,12 +388,19 @@ class Engine:
 
     # Publication
 
+    def _publish(self, number: int, message: EpochMessage) -> None:
+        """Hand epoch ``number`` to the subscribers; observe the delay since its commit."""
+        self._fanout.publish(number, message)
+        committed = self._committed_at.pop(number, None)
+        if committed is not None:
+            self.metrics.publication_delay.observe(time.perf_counter() - committed)
+
     def _publish_cosigned(self, number: int, message: EpochMessage) -> None:
         """The witnesses' publisher hands out an epoch, the database thread
         idle; then, while ``run`` runs, collects garbage: not before, where a
         collection would hold the GIL from the witnesses' threads."""
         with self._db.held():
-            self._fanout.publish(number, message)
+            self._publish(number, message)
         if not gc.isenabled():
             collect_after(self.metrics.epoch)
 

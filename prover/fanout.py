@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -61,6 +62,7 @@ class Fanout:
 
     def publish(self, number: int, message: EpochMessage) -> None:
         """Hand epoch ``number`` to every subscriber; shed those too far behind."""
+        started = time.perf_counter()
         frame = message.to_json()
         self._metrics.published_epoch, self._metrics.last_publish_time = number, self._clock()
         for sub in list(self._subscribers):
@@ -71,6 +73,7 @@ class Fanout:
             if not delivered:
                 self._shed(sub)
         self._metrics.subscribers = len(self._subscribers)
+        self._metrics.fanout.observe(time.perf_counter() - started)
 
     def shed(self, offer: Callable[[str], bool]) -> None:
         """The subscriber fed by ``offer`` stalled (the server saw it): drop it

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -131,7 +132,10 @@ class Intake:
         self._storing += 1  # no await since the check: ``drained`` waits for this batch
         self._stored.clear()
         try:
-            return await self._ingest(batch)
+            started = time.perf_counter()
+            result = await self._ingest(batch)
+            self._metrics.ingest_batch.observe(time.perf_counter() - started)
+            return result
         finally:
             self._storing -= 1
             if not self._storing:

@@ -1,24 +1,42 @@
-"""The engine's counters and gauges (``Metrics``), and their Prometheus text
-exposition (format version 0.0.4) with each configured witness's, labelled
+"""The engine's metrics (``Metrics``) and their Prometheus exposition
+(``render_metrics``), with each configured witness's, labelled
 ``witness="<name>+<key id>"``.
 
+Counters and gauges are plain fields, written where things happen and read
+at scrape time by a collector; latencies are ``prometheus_client``
+histograms, observed once per batch, epoch or submission (never per
+update). Each ``Metrics`` has a registry of its own, so that engines in one
+process do not clash.
+
 ``Metrics`` is written on the event loop's thread only (the engine, the
-fan-out, the server); /metrics reads it there too.
+fan-out, the server, the witnesses' reports); /metrics reads it there too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from prover.witnesses import WitnessStats
 
-__all__ = ["Metrics", "render_metrics"]
+__all__ = ["LATENCY_BUCKETS", "Metrics", "render_metrics"]
+
+# Seconds, from 1 ms to 10 s: finest around the targets (tens of ms from commit
+# to publication, a witness timeout of 1 s), so that p99 interpolates within a
+# bucket a third to a half wide.
+LATENCY_BUCKETS = (
+    0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075,
+    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.5, 5.0, 10.0,
+)  # fmt: skip
 
 
 @dataclass
 class Metrics:
-    """Counters and gauges exported on /metrics."""
+    """Counters and gauges exported on /metrics, and the latency histograms."""
 
     updates: int = 0
     epoch: int = -1
@@ -39,6 +57,43 @@ class Metrics:
     epoch_failing: int = 0  # failed attempts in a row at the epoch being retried
     last_epoch_error_time: float = 0.0
     last_epoch_error: str = ""  # the class of the last failure (not a metric)
+    witnesses: Sequence[WitnessStats] = ()  # as of the last scrape (``render_metrics``)
+    registry: CollectorRegistry = field(init=False, repr=False, compare=False)
+    ingest_batch: Histogram = field(init=False, repr=False, compare=False)
+    epoch_close: Histogram = field(init=False, repr=False, compare=False)
+    publication_delay: Histogram = field(init=False, repr=False, compare=False)
+    fanout: Histogram = field(init=False, repr=False, compare=False)
+    witness_submission: Histogram = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_Fields(self))
+
+        def histogram(name: str, text: str, *labels: str) -> Histogram:
+            return Histogram(
+                f"solvency_{name}", text, labels, registry=self.registry, buckets=LATENCY_BUCKETS
+            )
+
+        self.ingest_batch = histogram(
+            "ingest_batch_seconds", "Time from an ingest batch's arrival to its ack (stored)."
+        )
+        self.epoch_close = histogram(
+            "epoch_close_seconds", "Time from an epoch close's start (or retry) to its commit."
+        )
+        self.publication_delay = histogram(
+            "publication_delay_seconds",
+            "Time from an epoch's commit to its publication (witnesses: the quorum's wait).",
+        )
+        self.fanout = histogram(
+            "fanout_seconds", "Time taken handing one epoch to every root stream subscriber."
+        )
+        self.witness_submission = histogram(
+            "witness_submission_seconds", "Time each submission to the witness took.", "witness"
+        )
+
+    def observe_witness(self, name: str, seconds: float) -> None:
+        """A submission to witness ``name`` took ``seconds``."""
+        self.witness_submission.labels(witness=name).observe(seconds)
 
 
 _HELP = {
@@ -72,30 +127,43 @@ _WITNESS_HELP = {
 }
 
 
+def _family(
+    name: str, kind: str, text: str, labels: Sequence[str] = ()
+) -> CounterMetricFamily | GaugeMetricFamily:
+    """A gauge or counter family (a counter's samples get ``_total``)."""
+    if kind == "counter":
+        return CounterMetricFamily(name, text, labels=labels)
+    return GaugeMetricFamily(name, text, labels=labels)
+
+
+class _Fields(Collector):
+    """``Metrics``' fields and its witnesses' state, read at each scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._metrics
+        for name, (kind, text) in _HELP.items():
+            family = _family(f"solvency_{name}", kind, text)
+            family.add_metric([], getattr(m, name))
+            yield family
+        for name, (kind, text) in _WITNESS_HELP.items() if m.witnesses else ():
+            family = _family(f"solvency_witness_{name}", kind, text, ["witness"])
+            for w in m.witnesses:
+                value = {
+                    "cosigned_epoch": w.cosigned_epoch,
+                    "lag_epochs": w.lag,
+                    "failures": w.failures,
+                    "failing": w.failing,
+                    "latency_seconds": round(w.latency, 6),
+                }[name]
+                family.add_metric([w.endpoint.name], value)
+            yield family
+
+
 def render_metrics(metrics: Metrics, witnesses: Sequence[WitnessStats] = ()) -> str:
-    lines = []
-    for name, (kind, text) in _HELP.items():
-        full = f"solvency_{name}" + ("_total" if kind == "counter" else "")
-        lines += [
-            f"# HELP {full} {text}",
-            f"# TYPE {full} {kind}",
-            f"{full} {getattr(metrics, name)}",
-        ]
-    for name, (kind, text) in _WITNESS_HELP.items() if witnesses else ():
-        full = f"solvency_witness_{name}" + ("_total" if kind == "counter" else "")
-        lines += [f"# HELP {full} {text}", f"# TYPE {full} {kind}"]
-        for w in witnesses:
-            value = {
-                "cosigned_epoch": w.cosigned_epoch,
-                "lag_epochs": w.lag,
-                "failures": w.failures,
-                "failing": w.failing,
-                "latency_seconds": round(w.latency, 6),
-            }[name]
-            lines.append(f'{full}{{witness="{_label(w.endpoint.name)}"}} {value}')
-    return "\n".join(lines) + "\n"
-
-
-def _label(value: str) -> str:
-    """A Prometheus label value: backslash, double quote and newline escaped."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """The exposition of ``metrics`` with ``witnesses``' state (Prometheus text:
+    serve it as ``prometheus_client.CONTENT_TYPE_LATEST``)."""
+    metrics.witnesses = tuple(witnesses)
+    return generate_latest(metrics.registry).decode()

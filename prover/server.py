@@ -12,9 +12,9 @@ from __future__ import annotations
 import http
 import json
 import logging
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -25,9 +25,9 @@ from prover.engine import Engine
 from prover.errors import IngestError, NotRetained, ProverError
 from prover.gate import Gate, GatedConnection
 from prover.limits import ACCEPT_BACKLOG, ANONYMOUS_MAX_SIZE, descriptor_limit, plan_limits
-from prover.messages import ack, error_reply, parse_ingest
 from prover.metrics import render_metrics
 from prover.roots import serve_roots
+from prover.sources import Disposition, ingest_message, refusal
 
 __all__ = ["start_server"]
 
@@ -73,7 +73,7 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
         if url.path == "/metrics":
             engine.metrics.connection_bytes = gate.held_bytes()
             text = render_metrics(engine.metrics, engine.witness_stats())
-            return _response(200, text, "text/plain; version=0.0.4")
+            return _response(200, text, CONTENT_TYPE_LATEST)
         if url.path == "/proof":
             return await _proof(engine, request, query)
         if url.path in ("/ingest", "/admin/export"):  # the operator's side: a token each
@@ -171,28 +171,15 @@ async def _ingest(engine: Engine, conn: ServerConnection) -> None:
     """One message in, one reply out, in order; errors leave the connection usable."""
     try:
         async for message in conn:
-            request_id: Any = None
-            try:
-                if isinstance(message, bytes):  # §11.1: a message is one text frame
-                    raise IngestError("bad-message", "binary frame: send JSON in a text frame")
-                batch = parse_ingest(message)
-                request_id = batch.id
-                result = await engine.ingest(batch)
-                reply = ack(
-                    result.id, result.source, result.applied, result.duplicates, result.last_seq
-                )
-            except IngestError as exc:
-                engine.metrics.ingest_errors += 1
-                reply = error_reply(request_id if exc.id is None else exc.id, exc)
-                if exc.code == "shutting-down":  # nothing more is stored: replay after restart
-                    await conn.send(reply)
-                    await conn.close(CLOSE_GOING_AWAY, "prover shutting down")
-                    return
-            except Exception:
-                log.exception("ingest failed")
-                engine.metrics.ingest_errors += 1
-                reply = error_reply(request_id, IngestError("internal", "internal error"))
-            await conn.send(reply)
+            if isinstance(message, bytes):  # §11.1: a message is one text frame
+                binary = IngestError("bad-message", "binary frame: send JSON in a text frame")
+                outcome = refusal(engine, binary)
+            else:
+                outcome = await ingest_message(engine, message)
+            await conn.send(outcome.reply())
+            if outcome.disposition is Disposition.STOPPING:  # nothing more is stored
+                await conn.close(CLOSE_GOING_AWAY, "prover shutting down")  # replay after restart
+                return
     except ConnectionClosed:
         pass
 

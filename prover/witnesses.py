@@ -93,11 +93,13 @@ class Witnesses:
         publish: Callable[[int, EpochMessage], None],
         keep: int = KEEP_EPOCHS,
         hurry: Callable[[], AbstractContextManager[None]] = contextlib.nullcontext,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.endpoints, self.quorum, self.timeout = tuple(endpoints), quorum, timeout
         self.quorum_epoch: int | None = None  # the last epoch cosigned by a quorum (> 0)
         self._db, self._store, self._publish, self._keep = db, store, publish, keep
         self._hurry = hurry  # entered from an epoch's submission to its publication
+        self._observe = observe  # each submission's witness name and seconds, for /metrics
         self._lines: dict[int, dict[int, bytes]] = {}  # epoch -> witness index -> line
         self._tally = [_Tally() for _ in self.endpoints]
         self._clients: list[WitnessClient] = []
@@ -202,6 +204,8 @@ class Witnesses:
             return
         tally, name = self._tally[report.index], self.endpoints[report.index].name
         tally.latency = report.latency
+        if self._observe is not None:
+            self._observe(name, report.latency)
         if report.line is not None:
             if tally.failing:
                 log.info("witness %s cosigns again (epoch %d)", name, report.epoch)

@@ -77,7 +77,7 @@ async def http(host: str, data: bytes) -> tuple[int, bytes]:
 async def metric(host: str, name: str) -> int:
     status, body = await http(host, request("/metrics", upgrade=False))
     assert status == 200
-    found = re.search(rf"^solvency_{name} (\d+)$", body.decode(), re.M)
+    found = re.search(rf"^solvency_{name} (\d+)(?:\.0)?$", body.decode(), re.M)
     assert found is not None, name
     return int(found.group(1))
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from prover.engine import Engine
 from prover.messages import parse_ingest
 from prover.metrics import render_metrics
 from prover.witness_protocol import request_body
-from storage.store import Store
+from tests.prover.engines import Scenario, run_engine
 from verifier.checkpoint import VerifierKey, verifier_key_for
 from verifier.cosignature import WitnessKey, verify_cosignatures, witness_key_for
 from verifier.errors import VerificationError
@@ -106,34 +106,21 @@ def witnesses(tmp_path: Path) -> Iterator[Callable[..., LiveWitness]]:
         witness.stop()
 
 
-Scenario = Callable[[Engine], Awaitable[None]]
-
-
 def run(
     tmp_path: Path, ws: list[LiveWitness], scenario: Scenario, db: str = "p", **changes: object
 ) -> None:
-    async def main() -> None:
-        config = Config(
-            data_dir=tmp_path,
-            origin=ORIGIN,
-            database_url=f"sqlite:///{tmp_path / db}.db",
-            assets=(("BTC", 8),),
-            proof_secret="00" * 32,
-            epoch_interval=0.05,
-            max_interval=0.5,
-            witnesses=tuple((str(w.key), w.url) for w in ws),
-            **changes,  # type: ignore[arg-type]
-        )
-        store = Store.open(config.url)
-        engine = Engine(config, store, KEY)
-        await engine.start()
-        try:
-            await scenario(engine)
-        finally:
-            await engine.close()
-            store.close()
-
-    asyncio.run(main())
+    config = Config(
+        data_dir=tmp_path,
+        origin=ORIGIN,
+        database_url=f"sqlite:///{tmp_path / db}.db",
+        assets=(("BTC", 8),),
+        proof_secret="00" * 32,
+        epoch_interval=0.05,
+        max_interval=0.5,
+        witnesses=tuple((str(w.key), w.url) for w in ws),
+        **changes,  # type: ignore[arg-type]
+    )
+    run_engine(config, KEY, scenario)
 
 
 async def deposit(engine: Engine, user: str, amount: int) -> None:
@@ -207,9 +194,9 @@ def test_epochs_carry_the_quorum_live_replayed_in_proofs_and_in_metrics(
         }
         assert engine.metrics.published_epoch == 2
         text = render_metrics(engine.metrics, engine.witness_stats())
-        assert f'solvency_witness_cosigned_epoch{{witness="w1+{w1.key.key_id:08x}"}} 2\n' in text
-        assert f'solvency_witness_failures_total{{witness="w2+{w2.key.key_id:08x}"}} 0\n' in text
-        assert "solvency_published_epoch 2\n" in text
+        assert f'solvency_witness_cosigned_epoch{{witness="w1+{w1.key.key_id:08x}"}} 2.0\n' in text
+        assert f'solvency_witness_failures_total{{witness="w2+{w2.key.key_id:08x}"}} 0.0\n' in text
+        assert "solvency_published_epoch 2.0\n" in text
 
     run(tmp_path, [w1, w2], scenario)
     assert (w1.submissions, w2.submissions) == (3, 3)
