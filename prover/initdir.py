@@ -10,7 +10,6 @@ directory is 0700; config.toml, the signing key and the SQLite files 0600.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -19,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import tomlkit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -122,18 +122,19 @@ def check_private(config: Config) -> list[str]:
 def _config_text(
     origin: str, assets: tuple[tuple[str, int], ...], database_url: str, export_dir: Path
 ) -> str:
-    lines = [
-        f"origin = {json.dumps(origin)}",
-        f"ingest_token = {json.dumps(secrets.token_urlsafe(24))}",
-        f"admin_token = {json.dumps(secrets.token_urlsafe(24))}",
-        f"proof_secret = {json.dumps(secrets.token_hex(32))}",
-        f"export_dir = {json.dumps(str(export_dir))}",
-        # kept, so that no later command opens a fresh SQLite file by mistake
-        *([f"database_url = {json.dumps(database_url)}"] if database_url else []),
-        "",
-        *[f'[[assets]]\nid = "{a}"\ndecimals = {d}\n' for a, d in assets],
-    ]
-    return "\n".join(lines)
+    doc = tomlkit.document()
+    doc["origin"] = origin
+    doc["ingest_token"] = secrets.token_urlsafe(24)
+    doc["admin_token"] = secrets.token_urlsafe(24)
+    doc["proof_secret"] = secrets.token_hex(32)
+    doc["export_dir"] = str(export_dir)
+    if database_url:  # kept, so that no later command opens a fresh SQLite file by mistake
+        doc["database_url"] = database_url
+    table = tomlkit.aot()
+    for asset, decimals in assets:
+        table.append(tomlkit.table().add("id", asset).add("decimals", decimals))
+    doc["assets"] = table
+    return tomlkit.dumps(doc)
 
 
 def _build(work: Path, text: str, passphrase: str) -> VerifierKey:

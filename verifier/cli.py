@@ -31,6 +31,13 @@ from verifier import rfc9162
 from verifier.checkpoint import verify_checkpoint
 from verifier.cosignature import Cosignature
 from verifier.errors import FormatError, VerificationError
+from verifier.exits import (
+    EXIT_ERROR,
+    EXIT_INVALID,
+    EXIT_NOT_SOLVENT,
+    EXIT_USAGE,
+    EXIT_VALID,
+)
 from verifier.hashing import printable_id
 from verifier.inputs import OperationalError, UsageError, load_key, load_witnesses, read_input
 from verifier.proof import ProofFile, ProofReport, verify_proof
@@ -51,12 +58,6 @@ __all__ = [
     "main",
     "read_input",
 ]
-
-EXIT_VALID = 0  # valid (for proof: and every asset of the record solvent)
-EXIT_INVALID = 1  # invalid proof, or a violation by the custodian
-EXIT_USAGE = 2  # malformed input or usage
-EXIT_ERROR = 3  # operational error: network, files, a bug of ours
-EXIT_NOT_SOLVENT = 4  # proof: included, but some asset insolvent or unproven
 
 EXIT_TABLE = """\
 exit status (every command):

@@ -129,3 +129,25 @@ def test_rotate_key_keeps_the_old_key_co_signing(
     store = Store.open(new.url)
     assert [k.active_to_ms is None for k in store.signing_keys()] == [False, True]
     store.close()
+
+
+def test_rotate_key_keeps_the_operators_comments_and_tables(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    main(["--data-dir", str(data), "init", "--origin", "c.example/log", "--assets", "BTC:8"])
+    path = data / "config.toml"
+    text = (
+        "# the operator's note\n"
+        + path.read_text()
+        + '\n[[assets]]  # ours\nid = "ETH"\ndecimals = 9\n'
+    )
+    path.write_text(text)
+    assert main(["--data-dir", str(data), "rotate-key"]) == 0
+    after = path.read_text()
+    config = load_config(data)
+    assert after.startswith("# the operator's note\n")
+    assert '\n[[assets]]  # ours\nid = "ETH"\ndecimals = 9\n' in after
+    assert f'key_file = "{config.key_file}"' in after and config.previous_key_file == "signing.key"
+    assert after.replace(f'key_file = "{config.key_file}"\n', "", 1).replace(
+        'previous_key_file = "signing.key"\n', ""
+    ) == text.replace('key_file = "signing.key"\n', "")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
