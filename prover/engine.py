@@ -204,9 +204,6 @@ class Engine:
             return f"late: no epoch for {late:.0f} s" if self.metrics.last_epoch_time else "late"
         return None
 
-    def healthy(self) -> bool:
-        return self.health() is None
-
     def _until_due(self) -> float:
         """Seconds until the next epoch closes: one interval after the last close
         if updates are waiting, else at the heartbeat; after a failure, at the

@@ -118,7 +118,7 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
             finally:
                 gate.unsubscribe(conn)
 
-    return await serve(
+    server = await serve(
         handler,
         host,
         port,
@@ -134,6 +134,15 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
         open_timeout=10,
         backlog=ACCEPT_BACKLOG,
     )
+    log.info(
+        "at most %d connections (%d anonymous subscribers, %d auditor slots); unauthenticated"
+        " ones hold at most %d MiB in all",
+        limits.max_connections,
+        limits.subscribers,
+        limits.auditor_slots,
+        limits.memory_bound >> 20,
+    )
+    return server
 
 
 def _since(query: dict[str, list[str]]) -> int | None:
