@@ -19,7 +19,6 @@ microseconds, so that later runs continue above earlier ones).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
@@ -29,10 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from prover.errors import ConfigError, KeyFileError
-from verifier.checkpoint import VerifierKey, verifier_key_for
+from verifier.checkpoint import (
+    ALG_ED25519,
+    VerifierKey,
+    format_signer_key,
+    parse_signer_key,
+    verifier_key_for,
+)
 from verifier.errors import FormatError
 from verifier.report import ReserveReport, check_attested_source, sign_report
 
@@ -44,7 +48,6 @@ __all__ = [
     "sign_lines",
 ]
 
-PREFIX = "PRIVATE+KEY+"
 _FIELDS = {"asset", "amount", "as_of_ms", "chain", "block"}
 
 
@@ -58,9 +61,7 @@ class AttesterKey:
         self.verifier_key: VerifierKey = verifier_key_for(source, key.public_key())
 
     def to_text(self) -> str:
-        seed = self.key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        encoded = base64.b64encode(b"\x01" + seed).decode("ascii")
-        return f"{PREFIX}{self.source}+{self.verifier_key.key_id:08x}+{encoded}\n"
+        return format_signer_key(self.source, ALG_ED25519, self.key) + "\n"
 
     @classmethod
     def parse(cls, text: str) -> AttesterKey:
@@ -69,22 +70,8 @@ class AttesterKey:
         Raises:
             FormatError: naming what is wrong (never the key's bytes).
         """
-        if not text.startswith(PREFIX):
-            raise FormatError(f"not an attester key: want {PREFIX}<source>+<key id>+<base64>")
-        parts = text[len(PREFIX) :].strip().split("+", 2)  # base64 may hold "+"
-        if len(parts) != 3:
-            raise FormatError("attester key must be PRIVATE+KEY+<source>+<key id>+<base64>")
-        source, key_id, encoded = parts
-        try:
-            raw = base64.b64decode(encoded, validate=True)
-        except ValueError:
-            raise FormatError("attester key: invalid base64") from None
-        if len(raw) != 33 or raw[0] != 1:
-            raise FormatError("attester key is not an Ed25519 key (0x01 || 32 bytes)")
-        key = cls(source, Ed25519PrivateKey.from_private_bytes(raw[1:]))
-        if key_id != f"{key.verifier_key.key_id:08x}":
-            raise FormatError("attester key id does not match its source and key")
-        return key
+        source, key = parse_signer_key(text, ALG_ED25519, "attester key")
+        return cls(source, key)
 
 
 def generate_attester_key(source: str, path: Path) -> AttesterKey:

@@ -35,10 +35,15 @@ from verifier.errors import FormatError, VerificationError
 from verifier.fields import b64
 
 __all__ = [
+    "ALG_ED25519",
     "Checkpoint",
     "VerifierKey",
     "check_key_name",
+    "format_signer_key",
+    "key_id",
     "open_note",
+    "parse_key_text",
+    "parse_signer_key",
     "sign_note",
     "split_note",
     "verifier_key_for",
@@ -58,9 +63,61 @@ def check_key_name(name: str) -> None:
         raise FormatError(f"invalid key name {name!r}: non-empty, no spaces, no '+'")
 
 
-def _key_id(name: str, public_key: bytes) -> int:
-    digest = hashlib.sha256(name.encode("utf-8") + b"\n" + bytes((ALG_ED25519,)) + public_key)
+def key_id(name: str, alg: int, public_key: bytes) -> int:
+    """A C2SP signed-note key id: ``SHA-256(name || 0x0A || alg || public_key)[0:4]``
+    as a big-endian u32 (``alg``: 0x01 a note key, 0x04 a cosignature/v1 key)."""
+    digest = hashlib.sha256(name.encode("utf-8") + b"\n" + bytes((alg,)) + public_key)
     return int.from_bytes(digest.digest()[:4], "big")
+
+
+def _split_key_text(text: str, alg: int, what: str) -> tuple[str, int, bytes]:
+    """``<name>+<key id as 8 hex>+<base64(alg || 32 bytes)>`` as its name, key id
+    and 32 bytes, checked for form and algorithm byte."""
+    parts = text.strip().split("+", 2)  # the base64 may hold "+" too
+    if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
+        raise FormatError(f"{what} must be <name>+<8 hex digits>+<base64 key>")
+    check_key_name(parts[0])
+    raw = b64(parts[2], what)
+    if len(raw) != 33 or raw[0] != alg:
+        raise FormatError(
+            f"{what} is not an Ed25519 key of type 0x{alg:02x} (0x{alg:02x} || 32 bytes)"
+        )
+    return parts[0], int(parts[1], 16), raw[1:]
+
+
+def parse_key_text(text: str, alg: int, what: str) -> tuple[str, bytes]:
+    """The name and public key of a verifier key of algorithm ``alg``
+    (C2SP signed-note vkey); its key id must match the name and key."""
+    name, given_id, public_key = _split_key_text(text, alg, what)
+    if key_id(name, alg, public_key) != given_id:
+        raise FormatError(f"{what} id does not match its name and key")
+    return name, public_key
+
+
+SIGNER_PREFIX = "PRIVATE+KEY+"
+
+
+def format_signer_key(name: str, alg: int, private_key: Ed25519PrivateKey) -> str:
+    """A private key file's text in Go's note signer key form (one line):
+    ``PRIVATE+KEY+<name>+<key id as 8 hex>+<base64(alg || seed[32])>``."""
+    check_key_name(name)
+    public_key = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    encoded = base64.b64encode(bytes((alg,)) + private_key.private_bytes_raw()).decode()
+    return f"{SIGNER_PREFIX}{name}+{key_id(name, alg, public_key):08x}+{encoded}"
+
+
+def parse_signer_key(text: str, alg: int, what: str) -> tuple[str, Ed25519PrivateKey]:
+    """The name and private key of ``format_signer_key``'s text; the key id
+    must match the name and key. Error messages never show the key's bytes."""
+    text = text.strip()
+    if not text.startswith(SIGNER_PREFIX):
+        raise FormatError(f"{what} file must hold {SIGNER_PREFIX}<name>+<key id>+<base64>")
+    name, given_id, seed = _split_key_text(text[len(SIGNER_PREFIX) :], alg, what)
+    private_key = Ed25519PrivateKey.from_private_bytes(seed)
+    public_key = private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    if key_id(name, alg, public_key) != given_id:
+        raise FormatError(f"{what} file: the key id does not match the name and key")
+    return name, private_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,17 +131,8 @@ class VerifierKey:
     @classmethod
     def parse(cls, text: str) -> VerifierKey:
         """Parse ``name+keyid+base64``; the key id must match the key."""
-        parts = text.strip().split("+", 2)
-        if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
-            raise FormatError("verifier key must be <name>+<8 hex digits>+<base64 key>")
-        name, key_id = parts[0], int(parts[1], 16)
-        check_key_name(name)
-        raw = b64(parts[2], "verifier key")
-        if len(raw) != 33 or raw[0] != ALG_ED25519:
-            raise FormatError("verifier key is not an Ed25519 key (0x01 || 32 bytes)")
-        if _key_id(name, raw[1:]) != key_id:
-            raise FormatError("verifier key id does not match its name and key")
-        return cls(name, key_id, raw[1:])
+        name, public_key = parse_key_text(text, ALG_ED25519, "verifier key")
+        return cls(name, key_id(name, ALG_ED25519, public_key), public_key)
 
     def __str__(self) -> str:
         encoded = base64.b64encode(bytes((ALG_ED25519,)) + self.public_key).decode("ascii")
@@ -102,7 +150,7 @@ def verifier_key_for(name: str, public_key: Ed25519PublicKey) -> VerifierKey:
     """The verifier key users and auditors are given for the signer ``name``."""
     check_key_name(name)
     raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return VerifierKey(name, _key_id(name, raw), raw)
+    return VerifierKey(name, key_id(name, ALG_ED25519, raw), raw)
 
 
 def sign_note(body: bytes, name: str, *private_keys: Ed25519PrivateKey) -> bytes:

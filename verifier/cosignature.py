@@ -24,8 +24,6 @@ implausibly (``witness-time``); lines by keys not configured are ignored.
 from __future__ import annotations
 
 import base64
-import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,9 +31,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from verifier.checkpoint import SIG_PREFIX, check_key_name, split_note
+from verifier.checkpoint import SIG_PREFIX, check_key_name, key_id, parse_key_text, split_note
 from verifier.errors import FormatError, VerificationError
-from verifier.fields import b64
 
 __all__ = [
     "ALG_COSIGNATURE_V1",
@@ -53,13 +50,6 @@ MAX_TIMESTAMP = 2**63 - 1
 SIGNATURE_SIZE = 4 + 8 + 64  # key id, timestamp, Ed25519 signature
 
 
-def _key_id(name: str, public_key: bytes) -> int:
-    digest = hashlib.sha256(
-        name.encode("utf-8") + b"\n" + bytes((ALG_COSIGNATURE_V1,)) + public_key
-    ).digest()
-    return int.from_bytes(digest[:4], "big")
-
-
 @dataclass(frozen=True, slots=True)
 class WitnessKey:
     """A witness's Ed25519 cosigning key, with its name and key id."""
@@ -71,17 +61,8 @@ class WitnessKey:
     @classmethod
     def parse(cls, text: str) -> WitnessKey:
         """Parse ``name+keyid+base64(0x04 || key)``; the key id must match."""
-        parts = text.strip().split("+", 2)
-        if len(parts) != 3 or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
-            raise FormatError("witness key must be <name>+<8 hex digits>+<base64 key>")
-        name, key_id = parts[0], int(parts[1], 16)
-        check_key_name(name)
-        raw = b64(parts[2], "witness key")
-        if len(raw) != 33 or raw[0] != ALG_COSIGNATURE_V1:
-            raise FormatError("witness key is not a cosignature/v1 key (0x04 || 32 bytes)")
-        if _key_id(name, raw[1:]) != key_id:
-            raise FormatError("witness key id does not match its name and key")
-        return cls(name, key_id, raw[1:])
+        name, public_key = parse_key_text(text, ALG_COSIGNATURE_V1, "witness key")
+        return cls(name, key_id(name, ALG_COSIGNATURE_V1, public_key), public_key)
 
     def __str__(self) -> str:
         encoded = base64.b64encode(bytes((ALG_COSIGNATURE_V1,)) + self.public_key).decode()
@@ -92,7 +73,7 @@ def witness_key_for(name: str, public_key: Ed25519PublicKey) -> WitnessKey:
     """The witness key that clients configure for the cosigner ``name``."""
     check_key_name(name)
     raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return WitnessKey(name, _key_id(name, raw), raw)
+    return WitnessKey(name, key_id(name, ALG_COSIGNATURE_V1, raw), raw)
 
 
 def cosigned_message(body: bytes, timestamp: int) -> bytes:

@@ -21,7 +21,6 @@ No clock, no files, no sockets: the time is an argument.
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +36,8 @@ from verifier.checkpoint import (
     open_note,
     split_note,
 )
+from verifier.checkpoint import format_signer_key as _format_signer_key
+from verifier.checkpoint import parse_signer_key as _parse_signer_key
 from verifier.cosignature import (
     ALG_COSIGNATURE_V1,
     MAX_TIMESTAMP,
@@ -281,15 +282,10 @@ class Witness:
 # The witness's key file: Go's note signer key text, with the cosignature/v1
 # algorithm byte: PRIVATE+KEY+<name>+<key id, 8 hex>+<base64(0x04 || seed[32])>.
 
-_SIGNER_PREFIX = "PRIVATE+KEY+"
-
 
 def format_signer_key(name: str, private_key: Ed25519PrivateKey) -> str:
     """The key file's text (one line, no newline) for the witness ``name``."""
-    key = witness_key_for(name, private_key.public_key())
-    seed = private_key.private_bytes_raw()
-    encoded = base64.b64encode(bytes((ALG_COSIGNATURE_V1,)) + seed).decode("ascii")
-    return f"{_SIGNER_PREFIX}{name}+{key.key_id:08x}+{encoded}"
+    return _format_signer_key(name, ALG_COSIGNATURE_V1, private_key)
 
 
 def parse_signer_key(text: str) -> tuple[str, Ed25519PrivateKey]:
@@ -299,17 +295,4 @@ def parse_signer_key(text: str) -> tuple[str, Ed25519PrivateKey]:
         FormatError: not ``PRIVATE+KEY+name+keyid+base64``, not a 0x04 key, or
             a key id that does not match the name and key.
     """
-    parts = text.strip().split("+", 4)  # the base64 key may hold "+" too
-    if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
-        raise FormatError("witness key file must hold PRIVATE+KEY+<name>+<key id>+<base64>")
-    name, key_id, encoded = parts[2:]
-    check_key_name(name)
-    if re.fullmatch(r"[0-9a-f]{8}", key_id) is None:
-        raise FormatError("witness key file: the key id must be 8 lowercase hex digits")
-    raw = b64(encoded, "witness private key")
-    if len(raw) != 33 or raw[0] != ALG_COSIGNATURE_V1:
-        raise FormatError("witness key file: not a cosignature/v1 key (0x04 || 32-byte seed)")
-    private_key = Ed25519PrivateKey.from_private_bytes(raw[1:])
-    if witness_key_for(name, private_key.public_key()).key_id != int(key_id, 16):
-        raise FormatError("witness key file: the key id does not match the name and key")
-    return name, private_key
+    return _parse_signer_key(text, ALG_COSIGNATURE_V1, "witness key")
