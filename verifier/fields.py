@@ -59,23 +59,23 @@ def load_object(data: str | bytes, max_bytes: int, where: str) -> dict[str, Any]
     if len(data) > max_bytes:
         raise FormatError(f"{where} is larger than {max_bytes} bytes")
     if isinstance(data, str):
+        text = data
         try:
-            raw = data.encode("utf-8")
+            size = len(data.encode("utf-8"))
         except UnicodeEncodeError:
             raise FormatError(f"{where} is not UTF-8 (it holds a lone surrogate)") from None
-        if len(raw) > max_bytes:
+        if size > max_bytes:
             raise FormatError(f"{where} is larger than {max_bytes} bytes")
     else:
-        raw = bytes(data)
-    if raw.startswith(_BOM.encode("utf-8")):
+        try:
+            text = bytes(data).decode("utf-8")  # strict: no surrogates, no overlong forms
+        except UnicodeDecodeError as exc:
+            raise FormatError(f"{where} is not UTF-8: {exc}") from None
+    if text.startswith(_BOM):
         raise FormatError(f"{where} starts with a byte order mark (U+FEFF): want UTF-8 without")
     try:
-        decoded = raw.decode("utf-8")  # strict: no surrogates, no overlong forms
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"{where} is not UTF-8: {exc}") from None
-    try:
         doc = json.loads(
-            decoded,
+            text,
             object_pairs_hook=_unique_keys,
             parse_int=_integer,
             parse_float=_not_integer,
