@@ -62,7 +62,7 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
             response.headers["Allow"] = "GET"
             return response
         try:
-            bearer_token(request.headers)
+            presented = bearer_token(request.headers)
         except BadAuthorization as exc:
             return _error(400, "bad-request", str(exc))
         url = urlsplit(request.path)
@@ -75,10 +75,10 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
             text = render_metrics(engine.metrics, engine.witness_stats())
             return _response(200, text, CONTENT_TYPE_LATEST)
         if url.path == "/proof":
-            return await _proof(engine, request, query)
+            return await _proof(engine, presented, query)
         if url.path in ("/ingest", "/admin/export"):  # the operator's side: a token each
             token = config.ingest_token if url.path == "/ingest" else config.admin_token
-            if not token or not token_ok(bearer_token(request.headers), token):
+            if not token or not token_ok(presented, token):
                 return _error(
                     401, "unauthorized", f"{url.path} needs Authorization: Bearer <token>"
                 )
@@ -91,9 +91,8 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
                 return _error(400, "bad-request", str(exc))
             if since is not None and since > engine.metrics.published_epoch + 1:
                 return _error(400, "bad-since", f"since={since} is beyond the log")
-            token = bearer_token(request.headers)
-            auditor = next((n for t, n in gate.auditors.items() if token_ok(token, t)), None)
-            if token and auditor is None:
+            auditor = next((n for t, n in gate.auditors.items() if token_ok(presented, t)), None)
+            if presented and auditor is None:
                 return _error(401, "unauthorized", "unknown auditor token")
             refusal = gate.subscribe(conn, auditor)
             if refusal is not None:
@@ -154,12 +153,12 @@ def _since(query: dict[str, list[str]]) -> int | None:
     return int(values[0])
 
 
-async def _proof(engine: Engine, request: Request, query: dict[str, list[str]]) -> Response:
+async def _proof(engine: Engine, token: str, query: dict[str, list[str]]) -> Response:
     users = query.get("user", [])
     if len(users) != 1:
         return _error(400, "bad-request", "give exactly one user=ID")
     user = users[0]
-    if not engine.check_user_token(user, bearer_token(request.headers)):
+    if not engine.check_user_token(user, token):
         return _error(401, "unauthorized", "wrong or missing token for this user")
     epoch = None
     if "epoch" in query:
