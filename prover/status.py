@@ -9,7 +9,7 @@ from typing import TextIO
 from prover.config import Config
 from prover.initdir import redact_url
 from storage.store import Store
-from verifier.cli import format_amount
+from verifier.display import format_amount
 from verifier.record import EpochRecord
 
 __all__ = ["write_status"]

@@ -23,13 +23,12 @@ import argparse
 import json
 import os
 import sys
-import time
 import traceback
 from typing import Any, NoReturn
 
 from verifier import rfc9162
 from verifier.checkpoint import verify_checkpoint
-from verifier.cosignature import Cosignature
+from verifier.display import cosigned_line, cosigners, proof_summary
 from verifier.errors import FormatError, VerificationError
 from verifier.exits import (
     EXIT_ERROR,
@@ -53,7 +52,6 @@ __all__ = [
     "EXIT_VALID",
     "OperationalError",
     "UsageError",
-    "format_amount",
     "load_key",
     "main",
     "read_input",
@@ -74,52 +72,7 @@ exit status (every command):
 """
 
 
-def format_amount(value: int, decimals: int) -> str:
-    """``value`` smallest units as a decimal number, exactly (no floats)."""
-    if decimals == 0:
-        return str(value)
-    whole, frac = divmod(value, 10**decimals)
-    return f"{whole}.{frac:0{decimals}d}".rstrip("0").rstrip(".")
-
-
-def when(ms: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
-
-
-def cosigners(cosignatures: tuple[Cosignature, ...]) -> list[dict[str, str]]:
-    """For --json: who cosigned, and when."""
-    return [{"name": c.witness.name, "time": when(c.timestamp * 1000)} for c in cosignatures]
-
-
-def _cosigned_line(cosignatures: tuple[Cosignature, ...], quorum: int) -> str:
-    names = ", ".join(printable_id(c.witness.name) for c in cosignatures)
-    return f"  cosigned by {names} (a quorum of {quorum} required)"
-
-
 # proof
-
-
-def _proof_summary(report: ProofReport, code: int) -> dict[str, Any]:
-    return {
-        "valid": True,
-        "exit": code,
-        "user": report.user,
-        "epoch": report.epoch,
-        "time": when(report.timestamp_ms),
-        "log_size": report.checkpoint.size,
-        "cosigned_by": cosigners(report.cosignatures),
-        "solvent": report.record.solvent,
-        "assets": [
-            {
-                "asset": a.asset,
-                "balance": format_amount(a.balance, a.decimals),
-                "liabilities": format_amount(a.liabilities, a.decimals),
-                "reserves": format_amount(a.reserves, a.decimals),
-                "status": a.status,
-            }
-            for a in report.assets
-        ],
-    }
 
 
 def cmd_proof(args: argparse.Namespace) -> int:
@@ -141,7 +94,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
     else:
         raise UsageError("give a proof FILE or --url")
     code = EXIT_VALID if report.record.solvent else EXIT_NOT_SOLVENT
-    summary = _proof_summary(report, code)
+    summary = proof_summary(report, code)
     if args.json:
         print(json.dumps(summary, indent=2))
         return code
@@ -151,7 +104,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
         f"log of {report.checkpoint.size} epochs"
     )
     if witnesses:
-        print(_cosigned_line(report.cosignatures, quorum))
+        print(cosigned_line(report.cosignatures, quorum))
     for a in summary["assets"]:
         print(
             f"  {printable_id(a['asset']):<8} your balance {a['balance']:>20}   "
@@ -184,7 +137,7 @@ def cmd_checkpoint(args: argparse.Namespace) -> int:
     else:
         print(f"VALID: {printable_id(cp.origin)} size {cp.size} root {cp.root.hex()}")
         if witnesses:
-            print(_cosigned_line(cosignatures, quorum))
+            print(cosigned_line(cosignatures, quorum))
     return EXIT_VALID
 
 

@@ -4,7 +4,8 @@ Subscribe to ``/roots`` from the last verified size, hand each frame, refusal
 and clock tick to the pure ``verifier.auditor.Auditor`` (what is a violation,
 what is evidence, when silence alarms), and carry out its decisions: keep the
 state in ``--state``, write evidence, print (``--json``: one event per line),
-and reconnect with backoff. Silence is measured apart from the connection, on
+and reconnect (websockets' reconnecting ``connect``, with its jittered
+backoff). Silence is measured apart from the connection, on
 the monotonic clock, so a prover that is unreachable, refuses, or accepts and
 says nothing alarms alike.
 """
@@ -19,7 +20,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +43,10 @@ from verifier.auditor import (
     Verified,
 )
 from verifier.checkpoint import VerifierKey
-from verifier.cli import (
-    OperationalError,
-    UsageError,
-    cosigners,
-    format_amount,
-    load_key,
-    read_input,
-    when,
-)
+from verifier.display import cosigners, format_amount, when
 from verifier.errors import FormatError, SolvencyError
 from verifier.hashing import printable_id
-from verifier.inputs import load_witnesses
+from verifier.inputs import OperationalError, UsageError, load_key, load_witnesses, read_input
 
 __all__ = ["SilenceAlarm", "Watcher", "watch"]
 
@@ -98,6 +91,8 @@ class Watcher:
             max_epochs=args.max_epochs,
         )
         self.auditor = Auditor(config, state, time.monotonic())
+        # the last failure to connect, announced with the delay before the next try
+        self._failure: tuple[dict[str, Any], str] = ({"event": "disconnected"}, "disconnected")
 
     @property
     def exit_code(self) -> int:
@@ -215,51 +210,87 @@ class Watcher:
             if code is not None:
                 return code
 
+    def _roots_url(self) -> str:
+        """``/roots`` from the first epoch not yet verified."""
+        state = self.auditor.state
+        return f"{self.url}/roots?since={state.size if state else 0}"
+
+    def _connect_failed(self, exc: Exception) -> Exception | None:
+        """websockets' ``process_exception``: None to retry after a backoff
+        delay, or the exception that ends the watch. A refusal is the
+        Auditor's to judge: 400 bad-since is evidence of a shrunken log."""
+        from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+
+        if isinstance(exc, InvalidURI):
+            return UsageError(str(exc))
+        if isinstance(exc, InvalidStatus):
+            status = exc.response.status_code
+            state = self.auditor.state
+            bad_since = status == 400 and b"bad-since" in (exc.response.body or b"")
+            refused = Refused(status, state.size if state else 0, bad_since)
+            code = self.carry_out(self.auditor.handle(refused))
+            if code is not None:
+                return _Stopped(code)
+            self._failure = (
+                {"event": "refused", "status": status},
+                (f"the prover refused the connection ({exc})"),
+            )
+            return None
+        if isinstance(exc, (OSError, InvalidHandshake, TimeoutError)):
+            self._failure = {"event": "disconnected"}, f"disconnected ({exc})"
+            return None
+        return exc
+
+    def _delays(self) -> Generator[float]:
+        """websockets' ``reconnect_delays``: its backoff (the first delay
+        jittered), each delay announced with the failure it follows."""
+        from websockets.client import backoff
+
+        for delay in backoff(initial_delay=1.0, min_delay=1.0, max_delay=MAX_BACKOFF, factor=2.0):
+            event, reason = self._failure
+            self._say(
+                {**event, "reason": reason, "retry_in": round(delay, 3)},
+                f"{printable_id(reason)}; retrying in {delay:.1f} s",
+            )
+            yield delay
+
     async def _follow(self) -> int:
         from websockets.asyncio.client import connect
-        from websockets.exceptions import (
-            ConnectionClosed,
-            InvalidHandshake,
-            InvalidStatus,
-            InvalidURI,
-        )
+        from websockets.exceptions import ConnectionClosed
 
-        backoff = 1.0
-        while True:
-            state = self.auditor.state
-            since = state.size if state else 0
-            event: dict[str, Any] = {"event": "disconnected"}
-            try:
-                async with connect(
-                    f"{self.url}/roots?since={since}",
-                    additional_headers=self.headers,
-                    max_size=1 << 20,
-                ) as ws:
-                    backoff = 1.0
+        connector = connect(
+            self._roots_url(),
+            additional_headers=self.headers,
+            max_size=1 << 20,
+            process_exception=self._connect_failed,
+            reconnect_delays=self._delays,
+        )
+        try:
+            async for ws in connector:  # reconnects, with backoff while connecting fails
+                try:
                     async for frame in ws:
                         code = self.carry_out(self.auditor.handle(Frame(frame, time.monotonic())))
                         if code is not None:
                             return code
                     reason = "the prover closed the stream"
-            except InvalidURI as exc:
-                raise UsageError(str(exc)) from None
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                # 400 bad-since: the prover has fewer epochs than this auditor verified.
-                bad_since = status == 400 and b"bad-since" in (exc.response.body or b"")
-                code = self.carry_out(self.auditor.handle(Refused(status, since, bad_since)))
-                if code is not None:
-                    return code
-                event = {"event": "refused", "status": exc.response.status_code}
-                reason = f"the prover refused the connection ({exc})"
-            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError) as exc:
-                reason = f"disconnected ({exc})"
-            self._say(
-                {**event, "reason": reason, "retry_in": backoff},
-                f"{printable_id(reason)}; retrying in {backoff:g} s",
-            )
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+                except ConnectionClosed as exc:
+                    reason = f"disconnected ({exc})"
+                self._say(
+                    {"event": "disconnected", "reason": reason, "retry_in": 0},
+                    f"{printable_id(reason)}; reconnecting",
+                )
+                connector.uri = self._roots_url()  # resume after the last verified epoch
+        except _Stopped as stopped:
+            return stopped.code
+        raise AssertionError("unreachable: connect() iterates until an exception")
+
+
+class _Stopped(Exception):
+    """Raised through websockets' reconnect loop when the Auditor ends the watch."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"watch ended with status {code}")
+        self.code = code
 
 
 def load_attesters(values: Sequence[str]) -> tuple[VerifierKey, ...]:

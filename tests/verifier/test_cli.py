@@ -16,7 +16,8 @@ from tests.verifier.fakelog import KEY, VKEY, FakeLog
 from tests.verifier.witnesses import K1, K2, NOW, cosigned
 from verifier import cli, quorum, rfc9162
 from verifier.checkpoint import verifier_key_for
-from verifier.cli import format_amount, main
+from verifier.cli import main
+from verifier.display import format_amount
 from verifier.proof import AssetPath, ProofFile
 from verifier.record import AssetState, EpochRecord, ReserveSource, Status
 from verifier.version import __version__

@@ -7,13 +7,14 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from tests.verifier.fakelog import VKEY, FakeLog, record
 from tests.verifier.witnesses import K1, K2, NOW, witnessed
@@ -26,9 +27,15 @@ from verifier.watch import SilenceAlarm, Watcher
 class FakeProver:
     """Serves /roots on 127.0.0.1 from a list of messages, in its own thread."""
 
-    def __init__(self, messages: list[EpochMessage], hold: float | None = None) -> None:
+    def __init__(
+        self,
+        messages: list[EpochMessage],
+        hold: float | None = None,
+        refusals: Sequence[tuple[int, bytes]] = (),
+    ) -> None:
         self.messages = messages
         self.hold = hold
+        self.refusals = list(refusals)  # (status, body) answered to the first handshakes
         self.sinces: list[int] = []
         self.port = 0
         self._ready = threading.Event()
@@ -47,10 +54,16 @@ class FakeProver:
             await ws.close()
         await ws.wait_closed()  # then stay silent, as a stalled prover would
 
+    def _refuse(self, ws: ServerConnection, request: Request) -> Response | None:
+        if not self.refusals:
+            return None
+        status, body = self.refusals.pop(0)
+        return ws.respond(status, body.decode())
+
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        async with serve(self._handler, "127.0.0.1", 0) as server:
+        async with serve(self._handler, "127.0.0.1", 0, process_request=self._refuse) as server:
             self.port = server.sockets[0].getsockname()[1]
             self._ready.set()
             await self._stop.wait()
@@ -96,6 +109,38 @@ def test_watch_verifies_and_resumes(
         assert [e["epoch"] for e in events(capsys) if e["event"] == "epoch"] == [4, 5]
         assert prover.sinces == [0, 4]
     assert json.loads((tmp_path / "state.json").read_text())["size"] == 6
+
+
+@pytest.mark.timeout(30)
+def test_watch_backs_off_while_refused_then_resumes(
+    history: FakeLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Refusals (503, then 401) are retried after growing delays, each announced
+    with its status; then the watch resumes where it stopped."""
+    with FakeProver(history.messages) as prover:
+        assert watch(prover.url, tmp_path, "--max-epochs", "2") == 0
+        prover.refusals = [(503, b"busy"), (401, b"no token")]
+        capsys.readouterr()
+        assert watch(prover.url, tmp_path, "--max-epochs", "4") == 0
+        assert prover.sinces == [0, 2]
+    found = events(capsys)
+    refused = [e for e in found if e["event"] == "refused"]
+    assert [e["status"] for e in refused] == [503, 401]
+    assert 0 <= refused[0]["retry_in"] <= 1.0 and refused[1]["retry_in"] == 1.0
+    assert [e["epoch"] for e in found if e["event"] == "epoch"] == [2, 3, 4, 5]
+
+
+def test_watch_alarms_when_refused_a_since_it_verified(
+    history: FakeLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """400 bad-since on reconnect: the log is shorter than what this auditor verified."""
+    with FakeProver(history.messages) as prover:
+        assert watch(prover.url, tmp_path, "--max-epochs", "3") == 0
+        prover.refusals = [(400, b'{"error": "bad-since"}')]
+        capsys.readouterr()
+        assert watch(prover.url, tmp_path) == 1
+    [alarm] = [e for e in events(capsys) if e["event"] == "violation"]
+    assert alarm["check"] == "log-rolled-back" and Path(alarm["evidence"]).exists()
 
 
 def test_watch_catches_a_fork_across_restarts(
