@@ -1,22 +1,38 @@
 """End-to-end stream benchmark on loopback: the prover daemon as its own process,
 producers, an auditor verifying every epoch, and many subscribers.
 
-    python benchmarks/bench_stream.py [--accounts 1000000] [--rates 25000,50000,100000]
-                                      [--seconds 15] [--subscribers 1000]
-                                      [--subscriber-processes 4] [--postgres-url URL]
+    python benchmarks/bench_stream.py [--accounts 1000000] [--rates 25000,50000,75000,100000]
+        [--seconds 15] [--producers 2] [--batch 5000] [--in-flight 4]
+        [--traffic ledger|stride] [--partition disjoint|shared] [--assets 4]
+        [--new-holders 0.10] [--removals 0.02] [--holding 0.5] [--skew uniform|zipf:S]
+        [--seed 0] [--subscribers 1000] [--subscriber-processes 4]
+        [--postgres-url URL] [--daemon-log FILE]
+
+Traffic (``traffic.py``), by default: 2 independent producers, each a client
+of its own on its own half of the accounts, drawn uniformly at random; 4
+assets, each account starting with each asset with probability 0.5; 10% of
+updates give an account an asset it did not hold (a new holder-asset leaf),
+2% set a held balance to 0 (a removal), the rest change a held balance.
+Each producer sends batches of 5,000 updates paced to its share of the
+offered rate, with at most 4 unacknowledged. ``--partition shared`` lets
+every producer draw from all accounts; ``--skew zipf:S`` draws accounts by
+a Zipf law. ``--traffic stride`` is the pattern of earlier versions: every
+producer sends ``acct{(seq * 7919) % accounts}`` with the same seqs, one
+asset only (with ``--assets 1``, the daemon of those versions).
 
 For each offered update rate: the rate acknowledged, the cores the daemon
 used (its process and the tree worker), whether every epoch closed within
 its 1 s interval (largest gap between consecutive epoch times), p99 of epoch
-close to publication (the prover's /metrics), and the p50/p99 latency from
+close to publication (the prover's /metrics), the p50/p99 latency from
 epoch close (the record's timestamp) to the auditor, a process of its own,
-holding the verified checkpoint. Then the fan-out, at the highest rate:
-delivery latency to ``--subscribers`` connections, held by
-``--subscriber-processes`` processes of their own, at a lower priority (each
-frame timed by the kernel as its bytes reach the subscriber's socket), from
-publication and from epoch close (after ``WARM_UP`` epochs: the first one
-after the connections arrive is slower, about 110 ms), and the epoch
-cadence meanwhile.
+holding the verified checkpoint; and the tree work offered (``WORK_MODEL``):
+distinct leaves changed per epoch, hashes per update, trees grown. Then the
+fan-out, at the highest rate: delivery latency to ``--subscribers``
+connections, held by ``--subscriber-processes`` processes of their own, at
+a lower priority (each frame timed by the kernel as its bytes reach the
+subscriber's socket), from publication and from epoch close (after
+``WARM_UP`` epochs: the first one after the connections arrive is slower,
+about 110 ms), and the epoch cadence meanwhile.
 """
 
 from __future__ import annotations
@@ -38,12 +54,24 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench_storage import postgres_schema
 from machine import cpu_model, hash_microseconds
+from traffic import (
+    WORK_MODEL,
+    Batch,
+    Producers,
+    TrafficError,
+    Trees,
+    add_arguments,
+    asset_ids,
+    from_args,
+    message,
+    offered,
+)
 from websockets.asyncio.client import connect
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
@@ -60,6 +88,8 @@ from verifier.record import EpochRecord
 from verifier.stream import parse_message
 
 WARM_UP = 2  # fan-out: the first epochs after 1,000 connections arrive are not timed
+MAX_BATCH = 100_000  # updates per ingest message (PROTOCOL §11.1)
+ACK_TIMEOUT = 120  # s a producer waits for an ack when its window is full
 
 
 @dataclass(frozen=True)
@@ -70,15 +100,19 @@ class Row:
     amount: int
 
 
-def load_accounts(url: str, accounts: int) -> None:
+def load_accounts(url: str, producers: Producers) -> int:
+    """Store the holdings ``producers`` start from; return how many pairs."""
     store = Store.open(url)
-    for start in range(0, accounts, 50_000):
-        rows = [
-            Row(i + 1, f"acct{i}", "BTC", 1000 + i)
-            for i in range(start, min(accounts, start + 50_000))
-        ]
+    ids = asset_ids(producers.traffic.assets)
+    accounts, assets = producers.pairs()
+    for start in range(0, len(accounts), 50_000):
+        chunk = zip(
+            accounts[start:][:50_000].tolist(), assets[start:][:50_000].tolist(), strict=True
+        )
+        rows = [Row(start + i + 1, f"acct{u}", ids[a], 1000 + u) for i, (u, a) in enumerate(chunk)]
         store.apply_balances("initial-load", rows)
     store.close()
+    return len(accounts)
 
 
 def start_daemon(data: Path, port: int, log: Any) -> subprocess.Popen[bytes]:
@@ -98,47 +132,98 @@ def start_daemon(data: Path, port: int, log: Any) -> subprocess.Popen[bytes]:
     raise SystemExit("the prover did not start")
 
 
-async def produce(
-    url: str, token: str, source: str, rate: float, seconds: float, accounts: int
-) -> int:
-    """Send balance updates at ``rate``/s in batches of ``rate/10``; return the number acked.
+@dataclass
+class Produced:
+    """What producers got back: updates applied, each acked batch with the
+    wall time of its ack, the last ack, and the refusals' messages."""
 
-    Messages are written as text from a template, a quarter of the CPU of
-    ``json.dumps`` of dicts (14 ms per 5,000 updates on the 2-core VM):
-    producers stand in for machines of their own, like the subscribers."""
-    batch = max(1, int(rate / 10))
-    seq, acked = 0, 0
-    began = time.monotonic()
+    applied: int = 0
+    acked: list[tuple[float, Batch]] = field(default_factory=list)
+    last_ack: float = 0.0
+    refused: list[str] = field(default_factory=list)
+
+    def add(self, other: Produced) -> None:
+        self.applied += other.applied
+        self.acked += other.acked
+        self.last_ack = max(self.last_ack, other.last_ack)
+        self.refused += other.refused
+
+
+async def produce(
+    args: argparse.Namespace,
+    url: str,
+    token: str,
+    producers: Producers,
+    source: str,
+    p: int,
+    rate: float,
+) -> Produced:
+    """Producer ``p``: a client of its own, sending batches of ``args.batch``
+    updates paced to ``rate``/s (batch ``k`` not before ``k * batch / rate``
+    s), with at most ``args.in_flight`` of them unacknowledged, for
+    ``args.seconds``; then wait for the last acks. Batches are drawn just
+    before they are due, and acks matched to them by the message id."""
+    out, waiting = Produced(), dict[int, Batch]()
+    window = asyncio.Semaphore(args.in_flight)
+    ids = asset_ids(producers.traffic.assets)
+    source, seq = f"{source}-{p}", 0
     async with connect(
         f"{url}/ingest", additional_headers={"Authorization": f"Bearer {token}"}, max_size=None
     ) as ws:
-        while time.monotonic() - began < seconds:
-            updates = ",".join(
-                [
-                    f'{{"seq":{s},"user":"acct{(s * 7919) % accounts}","asset":"BTC","amount":{s}}}'
-                    for s in range(seq + 1, seq + batch + 1)
-                ]
+
+        async def read_acks() -> None:
+            async for frame in ws:
+                reply = json.loads(frame)
+                batch = waiting.pop(reply["id"])
+                if reply["type"] == "ack":
+                    out.applied += reply["applied"]
+                    out.last_ack = time.time()
+                    out.acked.append((out.last_ack, batch))
+                else:
+                    out.refused.append(f"{reply['code']}: {reply['message']}")
+                window.release()
+
+        async def take_slot() -> None:
+            slot = asyncio.ensure_future(window.acquire())
+            await asyncio.wait(
+                [slot, reader], timeout=ACK_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
             )
-            seq += batch
-            await ws.send(f'{{"type":"balances","source":"{source}","updates":[{updates}]}}')
-            reply = json.loads(await ws.recv())
-            acked += reply.get("applied", 0)
-            due = began + seq / rate
-            if due > time.monotonic():
-                await asyncio.sleep(due - time.monotonic())
-    return acked
+            if not slot.done():
+                slot.cancel()
+                if reader.done():
+                    reader.result()  # the connection's error, if any
+                raise SystemExit(f"{source}: no ack within {ACK_TIMEOUT} s, or connection lost")
+
+        reader = asyncio.create_task(read_acks())
+        began = time.monotonic()
+        for k in itertools.count():
+            due = began + k * args.batch / rate
+            if due >= began + args.seconds:
+                break
+            await take_slot()
+            batch = producers.batch(p, seq + 1, args.batch)
+            text = message(source, seq + 1, k, batch, ids)
+            seq += args.batch
+            await asyncio.sleep(due - time.monotonic())
+            waiting[k] = batch
+            await ws.send(text)
+        for _ in range(args.in_flight):
+            await take_slot()
+        reader.cancel()
+    return out
 
 
 async def produce_all(
-    args: argparse.Namespace, url: str, token: str, source: str, rate: float
-) -> int:
-    """Offer ``rate`` updates/s for ``args.seconds`` from ``args.producers``
-    producers; return the number acked."""
-    producers = [
-        produce(url, token, f"{source}-{p}", rate / args.producers, args.seconds, args.accounts)
-        for p in range(args.producers)
-    ]
-    return sum(await asyncio.gather(*producers))
+    args: argparse.Namespace, url: str, token: str, producers: Producers, source: str, rate: float
+) -> Produced:
+    """Offer ``rate`` updates/s for ``args.seconds`` from every producer at once."""
+    n = producers.traffic.producers
+    out = Produced()
+    for one in await asyncio.gather(
+        *[produce(args, url, token, producers, source, p, rate / n) for p in range(n)]
+    ):
+        out.add(one)
+    return out
 
 
 def published_at(http: str) -> tuple[int, float]:
@@ -312,34 +397,65 @@ def pct(values: list[float], q: int) -> float:
 
 
 async def run(
-    args: argparse.Namespace, url: str, token: str, key: object, origin: str, daemon: int
+    args: argparse.Namespace,
+    url: str,
+    token: str,
+    key: object,
+    origin: str,
+    daemon: int,
+    producers: Producers,
 ) -> None:
-    header = ("offered/s", "acked/s", "cores", "epochs", "max gap s", "pub p99 ms", "p50", "p99")
+    trees = Trees(producers.holders().tolist())
+    header = ["offered/s", "acked/s", "cores", "epochs", "max gap s", "pub p99 ms", "p50", "p99"]
+    header += ["leaves p50", "leaves max", "hash/upd", "grown"]
     print(" ".join(f"{h:>10}" for h in header))
     for rate in [float(r) for r in args.rates.split(",")]:
         async with audited(url, key, origin) as audit_done:
-            cpu = cpu_seconds(daemon)
-            acked = await produce_all(args, url, token, f"bench-{int(rate)}", rate)
-            cores = (cpu_seconds(daemon) - cpu) / args.seconds
+            cpu, began = cpu_seconds(daemon), time.time()
+            sent = await produce_all(args, url, token, producers, f"bench-{int(rate)}", rate)
+            elapsed = time.time() - began
+            cores = (cpu_seconds(daemon) - cpu) / elapsed
             await asyncio.sleep(2)
             epochs, published = await audit_done()
         times = [t for _, t, _ in epochs]
         gaps = [(b - a) / 1000 for a, b in itertools.pairwise(times)]
         lat = [s * 1000 for _, _, s in epochs]
         build = [(published[n] - t / 1000) * 1000 for n, t, _ in epochs if n in published]
+        work = offered(sent.acked, [t / 1000 for t in times], trees)
+        acked = sent.applied / max(args.seconds, sent.last_ack - began)
         print(
-            f"{rate:>10,.0f} {acked / args.seconds:>10,.0f} {cores:>10.2f} {len(epochs):>10} "
+            f"{rate:>10,.0f} {acked:>10,.0f} {cores:>10.2f} {len(epochs):>10} "
             f"{max(gaps, default=0):>10.2f} {pct(build, 99):>10.0f} "
-            f"{pct(lat, 50):>10.0f} {pct(lat, 99):>10.0f}"
+            f"{pct(lat, 50):>10.0f} {pct(lat, 99):>10.0f} {work.leaves_median:>10,.0f} "
+            f"{work.leaves_max:>10,} {work.hashes_per_update:>10.2f} {work.growths:>10}"
         )
+        if sent.refused:
+            print(f"  {len(sent.refused)} batches refused, the first: {sent.refused[0]}")
 
     if args.subscribers:
-        await fan_out(args, url, token, key, origin)
+        await fan_out(args, url, token, key, origin, producers, trees)
+    updates = max(1, trees.updates)
+    ids = asset_ids(producers.traffic.assets)
+    holders = ", ".join(
+        f"{a} {n:,} (height {h})" for a, n, h in zip(ids, trees.holders, trees.heights, strict=True)
+    )
+    print(
+        f"\nacked updates: {trees.created / updates:.1%} created a holder-asset pair,"
+        f" {trees.removed / updates:.1%} removed one; holders at the end (model): {holders}"
+    )
 
 
-async def fan_out(args: argparse.Namespace, url: str, token: str, key: object, origin: str) -> None:
+async def fan_out(
+    args: argparse.Namespace,
+    url: str,
+    token: str,
+    key: object,
+    origin: str,
+    producers: Producers,
+    trees: Trees,
+) -> None:
     """``args.subscribers`` subscriptions, spread over ``args.subscriber_processes``
-    processes, while the highest rate is offered."""
+    processes, while the highest rate is offered; ``trees`` follows its batches."""
     mp = multiprocessing.get_context("spawn")
     stop, out = mp.Event(), mp.Queue()
     workers = []
@@ -354,9 +470,10 @@ async def fan_out(args: argparse.Namespace, url: str, token: str, key: object, o
             raise SystemExit("the subscribers did not connect")
     rate = max(float(r) for r in args.rates.split(","))
     async with audited(url, key, origin) as audit_done:
-        await produce_all(args, url, token, "fanout", rate)
+        sent = await produce_all(args, url, token, producers, "fanout", rate)
         await asyncio.sleep(2)
         epochs, published = await audit_done()
+    offered(sent.acked, [t / 1000 for _, t, _ in epochs], trees)
     stop.set()
     rows = [row for _ in workers for row in await asyncio.to_thread(out.get, True, 300)]
     for worker, _ in workers:
@@ -383,10 +500,11 @@ async def fan_out(args: argparse.Namespace, url: str, token: str, key: object, o
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--accounts", type=int, default=1_000_000)
     parser.add_argument("--rates", default="25000,50000,75000,100000")
     parser.add_argument("--seconds", type=float, default=15)
-    parser.add_argument("--producers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=5000, help="updates per message")
+    parser.add_argument("--in-flight", type=int, default=4, help="unacked batches per producer")
+    add_arguments(parser)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--subscriber-processes", type=int, default=4)
     parser.add_argument(
@@ -396,9 +514,17 @@ def main() -> None:
         "--daemon-log", type=Path, help="write the daemon's log here (per-epoch timings)"
     )
     args = parser.parse_args()
+    if not 1 <= args.batch <= MAX_BATCH or args.in_flight < 1:
+        parser.error(f"--batch must lie in 1..{MAX_BATCH:,} and --in-flight be 1 or more")
+    try:
+        traffic = from_args(args)
+    except TrafficError as e:
+        parser.error(str(e))
+    producers = Producers(traffic)
     with contextlib.ExitStack() as stack:
         data = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "data"
-        init = ["init", "--origin", "bench.local/solvency", "--assets", "BTC:8"]
+        assets = ",".join(f"{a}:8" for a in asset_ids(args.assets))
+        init = ["init", "--origin", "bench.local/solvency", "--assets", assets]
         if args.postgres_url:
             url = stack.enter_context(postgres_schema(args.postgres_url))
             init = ["--database-url", url, *init]
@@ -407,11 +533,11 @@ def main() -> None:
         os.environ["SOLVENCY_MAX_ANONYMOUS_PER_ADDRESS"] = str(args.subscribers + 10)  # one host
         config = load_config(data)
         began = time.monotonic()
-        load_accounts(config.url, args.accounts)
+        pairs = load_accounts(config.url, producers)
         print(
             f"machine: {cpu_model()}, {os.cpu_count()} cores, SHA-256 of 100 bytes"
-            f" {hash_microseconds():.2f} us; {args.accounts:,} accounts loaded in"
-            f" {time.monotonic() - began:.1f} s"
+            f" {hash_microseconds():.2f} us; {args.accounts:,} accounts holding {pairs:,}"
+            f" holder-asset pairs loaded in {time.monotonic() - began:.1f} s"
         )
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -420,10 +546,16 @@ def main() -> None:
         log = stack.enter_context(open(args.daemon_log, "wb")) if args.daemon_log else None
         proc = start_daemon(data, port, log or subprocess.DEVNULL)
         print(f"prover up in {time.monotonic() - began:.1f} s\n")
+        print(
+            f"{traffic.describe()}; batches of {args.batch:,}, at most {args.in_flight}"
+            " unacknowledged per producer\n" + WORK_MODEL + "\n"
+        )
         key = verifier_key_for(config.origin, load_key(config.key_path).public_key())
         try:
             url = f"ws://127.0.0.1:{port}"
-            asyncio.run(run(args, url, config.ingest_token, key, config.origin, proc.pid))
+            asyncio.run(
+                run(args, url, config.ingest_token, key, config.origin, proc.pid, producers)
+            )
         finally:
             proc.terminate()
             proc.wait(30)

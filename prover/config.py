@@ -1,8 +1,17 @@
 """Prover configuration: config.toml in the data directory, then environment
 variables ``SOLVENCY_<KEY>``, then command-line flags, each overriding the last.
 
-Every key of ``Config`` may appear in config.toml at top level; ``[[assets]]``
-tables list the assets (``id``, ``decimals``); ``[[attesters]]`` tables the
+``Settings`` is the one schema of the keys, their types and ranges declared
+as msgspec constraints; docs/config.schema.json is its JSON Schema. The
+merged values are converted to it by msgspec (environment strings become
+numbers there), and a ``ConfigError`` names the key and where it came from:
+``<dir>/config.toml: port: Expected `int` <= 65535``. ``Config`` is the
+settings of one data directory; the rules across keys (and the keys that must
+parse) are checked whenever one is made.
+
+Every key of ``Settings`` may appear in config.toml at top level, and no
+other; ``[[assets]]`` tables list the assets (``id``, ``decimals``), in the
+environment ``SOLVENCY_ASSETS="BTC:8,ETH:18"``; ``[[attesters]]`` tables the
 reserve sources that sign their reports (``source``, ``key``: its verifier
 key, named as the source; docs/PROTOCOL.md §13), in the environment
 ``SOLVENCY_ATTESTERS="<vkey>,<vkey>"`` (each key's name is its source);
@@ -13,14 +22,15 @@ environment ``SOLVENCY_WITNESSES="<key>@<url>,<key>@<url>"`` (PROTOCOL §12.4).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
 
 from prover.auth import auditor_table
 from prover.errors import ConfigError
@@ -29,12 +39,26 @@ from verifier.checkpoint import VerifierKey
 from verifier.errors import FormatError
 from verifier.hashing import check_asset_id
 
-__all__ = ["CONFIG_FILE", "Config", "check_origin", "load_config"]
+__all__ = [
+    "CONFIG_FILE",
+    "AssetConfig",
+    "AttesterConfig",
+    "Config",
+    "Settings",
+    "WitnessConfig",
+    "check_origin",
+    "json_schema",
+    "load_config",
+]
 
 CONFIG_FILE = "config.toml"
+_COMMAND_LINE = "command line"  # where load_config's overrides come from, in its errors
 MAX_ORIGIN = 255
 _NATS_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # streams and consumers: no '.', '*', '>'
 _NATS_SUBJECT = re.compile(r"[!-~]+")  # printable ASCII, no space; wildcards allowed
+_FIELD_PROBLEM = re.compile(r"Object (contains unknown|missing required) field `([^`]*)`")
+# SOLVENCY_<KEY> of a list of tables: the separator in each item, and the fields it separates
+_ENVIRONMENT_TABLES = {"assets": (":", ("id", "decimals")), "witnesses": ("@", ("key", "url"))}
 
 
 def check_origin(origin: str) -> None:
@@ -51,47 +75,90 @@ def check_origin(origin: str) -> None:
         raise ConfigError(f"origin {origin!r}: no scheme: e.g. example.com/solvency")
 
 
-@dataclass(frozen=True)
-class Config:
-    """Everything the daemon reads at start. Durations are in seconds."""
+class AssetConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    """An ``[[assets]]`` table: an asset proven."""
 
-    data_dir: Path
+    id: str  # checked by verifier.hashing.check_asset_id, its one definition
+    decimals: Annotated[int, Meta(ge=0, le=36)]
+
+
+class AttesterConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    """An ``[[attesters]]`` table: a reserve source and a verifier key its
+    reports are signed with, named as the source."""
+
+    source: str
+    key: str
+
+
+class WitnessConfig(Struct, frozen=True, forbid_unknown_fields=True):
+    """A ``[[witnesses]]`` table: a witness's cosignature/v1 key and its
+    submission prefix."""
+
+    key: str
+    url: str
+
+
+class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The keys of config.toml, with their types, ranges and defaults.
+    Durations are in seconds."""
+
     origin: str = "localhost/solvency"
     database_url: str = ""  # empty: sqlite file prover.db in the data directory
     host: str = "127.0.0.1"
-    port: int = 8765
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8765
     key_file: str = "signing.key"
     previous_key_file: str = ""  # after rotate-key: keeps co-signing until removed
     key_passphrase: str = ""
     ingest_token: str = ""  # bearer token producers present on /ingest
     admin_token: str = ""  # bearer token for /admin/export; none: refused to everyone
     export_dir: str = ""  # where exports go; empty: exports/ in the data directory
-    proof_secret: str = ""  # hex; a user's token is HMAC-SHA256(proof_secret, user id)
-    epoch_interval: float = 1.0
+    # hex; a user's token is HMAC-SHA256(proof_secret, user id)
+    proof_secret: Annotated[str, Meta(pattern="^(?:[0-9a-fA-F]{2})*$")] = ""
+    epoch_interval: Annotated[float, Meta(ge=0.05)] = 1.0  # at most max_interval
     max_interval: float = 10.0
-    max_reserve_age: float = 300.0
-    max_reserve_skew: float = 5.0
-    salt_period: float = 86_400.0
+    max_reserve_age: Annotated[float, Meta(ge=0)] = 300.0
+    max_reserve_skew: Annotated[float, Meta(ge=0)] = 5.0
+    salt_period: float = 86_400.0  # at least max_interval
     max_subscribers: int = 1000  # anonymous /roots subscribers
-    max_anonymous_per_address: int = 16  # anonymous /roots subscribers per source address
+    # anonymous /roots subscribers per source address
+    max_anonymous_per_address: Annotated[int, Meta(ge=0)] = 16
     auditor_tokens: str = ""  # "name:token,name:token": /roots slots of their own
-    auditor_slots: int = 16
-    max_connections: int = 0  # 0: subscribers + auditor slots + 64, within RLIMIT_NOFILE
+    auditor_slots: Annotated[int, Meta(ge=0)] = 16
+    # 0: subscribers + auditor slots + 64, within RLIMIT_NOFILE
+    max_connections: Annotated[int, Meta(ge=0)] = 0
     subscriber_queue: int = 64  # epochs queued for an in-process subscriber (engine.subscribe)
-    subscriber_buffer_bytes: int = 256 << 10  # unsent to one subscriber: shed (1013) past it
-    proof_epochs: int = 60  # earlier epochs whose proofs /proof still serves
-    proof_memory_mb: int = 512  # at most this much memory for them
+    # unsent to one subscriber: shed (1013) past it
+    subscriber_buffer_bytes: Annotated[int, Meta(ge=4096)] = 256 << 10
+    # earlier epochs whose proofs /proof still serves, and at most this much memory for them
+    proof_epochs: Annotated[int, Meta(ge=0, le=100_000)] = 60
+    proof_memory_mb: Annotated[int, Meta(ge=0, le=1 << 20)] = 512
     max_message_bytes: int = 16 << 20
-    assets: tuple[tuple[str, int], ...] = field(default_factory=tuple)
-    attesters: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (source, vkey)
-    witnesses: tuple[tuple[str, str], ...] = field(default_factory=tuple)  # (witness key, url)
-    witness_quorum: int = -1  # cosignatures an epoch's publication waits for; -1: all witnesses
-    witness_timeout: float = 1.0  # at most this long after its commit
+    assets: tuple[AssetConfig, ...] = ()
+    attesters: tuple[AttesterConfig, ...] = ()
+    witnesses: tuple[WitnessConfig, ...] = ()
+    # cosignatures an epoch's publication waits for, at most the witnesses; -1: all of them
+    witness_quorum: int = -1
+    witness_timeout: Annotated[float, Meta(gt=0, le=60)] = 1.0  # at most this long after commit
     nats_url: str = ""  # NATS server(s), "nats://host:4222[,nats://...]"; empty: no NATS source
     nats_stream: str = ""  # the JetStream stream holding the ingest messages
     nats_subject: str = ""  # the consumer's filter subject; empty: all of the stream's
     nats_durable: str = "solvency-prover"  # the durable pull consumer, created or updated
-    nats_ack_wait: float = 30.0  # an unacknowledged message is delivered again after this
+    # an unacknowledged message is delivered again after this
+    nats_ack_wait: Annotated[float, Meta(ge=1, le=3600)] = 30.0
+    # processes holding the sum trees, the assets dealt among them (prover/pool.py)
+    tree_workers: Annotated[int, Meta(ge=1, le=64)] = 1
+    # web origins ("https://host[:port]") whose pages may call /proof and /roots
+    cors_origins: tuple[
+        Annotated[str, Meta(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")], ...
+    ] = ()
+
+
+class Config(Settings, frozen=True):
+    """The settings of the data directory ``data_dir``. However it is made
+    (load_config, directly, msgspec.structs.replace) it holds to the schema
+    of ``Settings`` and to the rules across keys, else ConfigError."""
+
+    data_dir: Path
 
     @property
     def url(self) -> str:
@@ -105,13 +172,14 @@ class Config:
     def attester_keys(self) -> dict[str, tuple[VerifierKey, ...]]:
         """Each attested source's verifier keys (several while one is replaced)."""
         keys: dict[str, tuple[VerifierKey, ...]] = {}
-        for source, text in self.attesters:
-            keys[source] = (*keys.get(source, ()), VerifierKey.parse(text))
+        for attester in self.attesters:
+            source = attester.source
+            keys[source] = (*keys.get(source, ()), VerifierKey.parse(attester.key))
         return keys
 
     def witness_endpoints(self) -> tuple[WitnessEndpoint, ...]:
         """The configured witnesses, in order."""
-        return tuple(WitnessEndpoint.parse(key, url) for key, url in self.witnesses)
+        return tuple(WitnessEndpoint.parse(w.key, w.url) for w in self.witnesses)
 
     @property
     def quorum(self) -> int:
@@ -128,49 +196,39 @@ class Config:
         return self.data_dir / (self.export_dir or "exports")
 
     def __post_init__(self) -> None:
+        # every field against the schema (again after load_config's conversion:
+        # a Config made directly or by replace is checked too), then the rules
+        fields = {name: getattr(self, name) for name in Settings.__struct_fields__}
+        try:
+            msgspec.convert(msgspec.to_builtins(fields), Settings)
+        except msgspec.ValidationError as exc:
+            raise _config_error(exc, {}) from None
         check_origin(self.origin)
-        if not 0.05 <= self.epoch_interval <= self.max_interval:
+        if self.epoch_interval > self.max_interval:
             raise ConfigError("need 0.05 <= epoch_interval <= max_interval")
         if self.salt_period < self.max_interval:
             raise ConfigError("salt_period must be at least max_interval")
-        if not 0 <= self.proof_epochs <= 100_000:
-            raise ConfigError("proof_epochs must be 0..100000")
-        if not 0 <= self.proof_memory_mb <= 1 << 20:
-            raise ConfigError("proof_memory_mb must be 0..1048576")
-        if min(self.max_anonymous_per_address, self.auditor_slots, self.max_connections) < 0:
-            raise ConfigError("connection limits must not be negative")
-        if self.subscriber_buffer_bytes < 4096:
-            raise ConfigError("subscriber_buffer_bytes must be at least 4096")
         auditor_table(self.auditor_tokens)
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"port {self.port} out of range")
-        if self.proof_secret:
+        for i, asset in enumerate(self.assets):
             try:
-                bytes.fromhex(self.proof_secret)
-            except ValueError:
-                raise ConfigError("proof_secret must be hex") from None
-        for asset, decimals in self.assets:
-            try:
-                check_asset_id(asset)
+                check_asset_id(asset.id)
             except FormatError as exc:
-                raise ConfigError(str(exc)) from None
-            if not 0 <= decimals <= 36:
-                raise ConfigError(f"asset {asset}: decimals must be 0..36")
-        for source, text in self.attesters:
+                raise ConfigError(f"assets[{i}]: {exc}") from None
+        for attester in self.attesters:
             try:
-                key = VerifierKey.parse(text)
+                key = VerifierKey.parse(attester.key)
             except FormatError as exc:
-                raise ConfigError(f"attester {source}: {exc}") from None
-            if key.name != source:
-                raise ConfigError(f"attester {source}: its key is named {key.name!r}")
+                raise ConfigError(f"attester {attester.source}: {exc}") from None
+            if key.name != attester.source:
+                raise ConfigError(f"attester {attester.source}: its key is named {key.name!r}")
         self._check_witnesses()
         self._check_nats()
 
     def _check_witnesses(self) -> None:
         seen: set[tuple[str, int]] = set()
-        for i, (key, url) in enumerate(self.witnesses):
+        for i, witness in enumerate(self.witnesses):
             try:
-                endpoint = WitnessEndpoint.parse(key, url)
+                endpoint = WitnessEndpoint.parse(witness.key, witness.url)
             except FormatError as exc:
                 raise ConfigError(f"witnesses[{i}]: {exc}") from None
             if (endpoint.key.name, endpoint.key.key_id) in seen:
@@ -181,8 +239,6 @@ class Config:
                 f"witness_quorum {self.witness_quorum}: want 0..{len(self.witnesses)}"
                 " (the witnesses configured), or -1 for all of them"
             )
-        if not 0 < self.witness_timeout <= 60:
-            raise ConfigError("witness_timeout must be in (0, 60] seconds")
 
     def _check_nats(self) -> None:
         if not self.nats_url:
@@ -196,33 +252,58 @@ class Config:
             raise ConfigError(f"nats_durable {self.nats_durable!r}: letters, digits, '-', '_'")
         if self.nats_subject and not _NATS_SUBJECT.fullmatch(self.nats_subject):
             raise ConfigError(f"nats_subject {self.nats_subject!r} is not a subject")
-        if not 1 <= self.nats_ack_wait <= 3600:
-            raise ConfigError("nats_ack_wait must be 1..3600 seconds")
 
 
-def _coerce(name: str, raw: Any, kind: Any) -> Any:
-    """Convert a TOML, environment or flag value to the field's type."""
+def json_schema() -> bytes:
+    """The JSON Schema of config.toml (its tables as JSON objects), as
+    docs/config.schema.json holds it."""
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **msgspec.json.schema(Settings),
+    }
+    return msgspec.json.format(msgspec.json.encode(schema), indent=2) + b"\n"
+
+
+def _config_error(exc: msgspec.ValidationError, origins: Mapping[str, str]) -> ConfigError:
+    """msgspec's ``<problem> - at `$.<path>``` as ``<origin>: <path>: <problem>``,
+    the origin being where the path's top-level key came from, when known."""
+    problem, _, path = str(exc).partition(" - at `$")
+    path = path.removesuffix("`").removeprefix(".")
+    field = _FIELD_PROBLEM.fullmatch(problem)
+    if field is not None:  # name the field itself: "assets[0].decimals: missing"
+        path = f"{path}.{field.group(2)}" if path else field.group(2)
+        problem = "unknown key" if field.group(1) == "contains unknown" else "missing"
+    origin = origins.get(re.split(r"[.\[]", path, maxsplit=1)[0])  # of "assets" in "assets[0].id"
+    return ConfigError(": ".join(part for part in (origin, path, problem) if part))
+
+
+def _from_environment(name: str, variable: str, text: str) -> Any:
+    """``SOLVENCY_<KEY>``'s text in the shape of the key in config.toml: a
+    list of tables from its one-line form; other keys' text as it is."""
+    items = [item for item in text.split(",") if item]
+    if name == "attesters":  # "<vkey>,<vkey>", named as their sources
+        return [{"source": key.split("+", 1)[0], "key": key} for key in items]
+    if name == "cors_origins":  # "https://a.example,https://b.example"
+        return items
+    if name not in _ENVIRONMENT_TABLES:
+        return text
+    separator, names = _ENVIRONMENT_TABLES[name]
+    tables = []
+    for item in items:
+        first, found, second = item.partition(separator)
+        if not found:
+            raise ConfigError(f"{variable}: {item!r} is not {names[0]}{separator}{names[1]}")
+        tables.append(dict(zip(names, (first, second), strict=True)))
+    return tables
+
+
+def _read_file(path: Path) -> dict[str, Any]:
     try:
-        if name == "assets":
-            if isinstance(raw, str):  # environment: "BTC:8,ETH:18"
-                raw = [
-                    dict(zip(("id", "decimals"), p.split(":"), strict=True)) for p in raw.split(",")
-                ]
-            return tuple((str(a["id"]), int(a["decimals"])) for a in raw)
-        if name == "attesters":
-            if isinstance(raw, str):  # environment: "<vkey>,<vkey>", named as their sources
-                raw = [{"source": k.split("+", 1)[0], "key": k} for k in raw.split(",") if k]
-            return tuple((str(a["source"]), str(a["key"])) for a in raw)
-        if name == "witnesses":
-            if isinstance(raw, str):  # environment: "<key>@<url>,<key>@<url>"
-                pairs = [w.split("@", 1) for w in raw.split(",") if w]
-                raw = [dict(zip(("key", "url"), pair, strict=True)) for pair in pairs]
-            return tuple((str(w["key"]), str(w["url"])) for w in raw)
-        if name == "data_dir":
-            return Path(raw)
-        return {"int": int, "float": float, "str": str}[kind](raw)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise ConfigError(f"{name}: invalid value {raw!r} ({exc})") from None
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def load_config(
@@ -230,25 +311,33 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
-    """Read ``data_dir/config.toml``, then ``SOLVENCY_*`` variables, then ``overrides``."""
+    """Read ``data_dir/config.toml``, then ``SOLVENCY_*`` variables, then
+    ``overrides`` (the command line's; None: not given), and convert them to
+    the schema.
+
+    Raises:
+        ConfigError: a file that cannot be read or parsed, an unknown key, a
+            value of the wrong type or out of range (naming the key and the
+            file or variable it came from), or a rule across keys broken.
+    """
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     path = data_dir / CONFIG_FILE
     if path.exists():
-        try:
-            values.update(tomllib.loads(path.read_text(encoding="utf-8")))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    known = {f.name: f.type for f in fields(Config)}
-    unknown = set(values) - set(known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
-    for name in known:
-        if f"SOLVENCY_{name.upper()}" in env:
-            values[name] = env[f"SOLVENCY_{name.upper()}"]
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    values["data_dir"] = data_dir
-    coerced = {k: _coerce(k, v, known[k]) for k, v in values.items()}
-    return dataclasses.replace(Config(data_dir), **coerced)
+        values.update(_read_file(path))
+        origins.update(dict.fromkeys(values, str(path)))
+    for name in Settings.__struct_fields__:
+        variable = f"SOLVENCY_{name.upper()}"
+        if variable in env:
+            values[name] = _from_environment(name, variable, env[variable])
+            origins[name] = variable
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = value
+            origins[name] = _COMMAND_LINE
+    try:
+        settings = msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise _config_error(exc, origins) from None
+    return Config(data_dir, **msgspec.structs.asdict(settings))

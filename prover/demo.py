@@ -15,6 +15,8 @@ witness-key``) cosign every checkpoint before the prover publishes it; the
 auditor and the users require both cosignatures (``--witness``, ``--quorum
 2``; docs/PROTOCOL.md §12).
 Every 10 s (``--proof-every``) a user fetches and verifies their proof with ``solvency-verify``.
+It prints the URLs of the customer's page and the live dashboard, the keys
+pinned in their fragment, to open in a browser.
 Ctrl-C (or ``--seconds``) stops everything cleanly.
 """
 
@@ -34,6 +36,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 from websockets.asyncio.client import connect
 
@@ -193,6 +196,14 @@ async def check_proofs(
                 proc.kill()
 
 
+def page_fragment(key: str, witness_flags: list[str]) -> str:
+    """The browser pages' URL fragment (docs/PROTOCOL.md §11.6) pinning the log's
+    key and the witnesses and quorum of ``witness_flags`` (``--witness K ...
+    --quorum Q``, as ``start_witnesses`` returns them)."""
+    pairs = [("key", key), *zip(witness_flags[::2], witness_flags[1::2], strict=True)]
+    return "&".join(f"{name.removeprefix('--')}={quote(value, safe='+/')}" for name, value in pairs)
+
+
 async def stop_child(name: str, proc: asyncio.subprocess.Process, sig: signal.Signals) -> int:
     """Send ``sig``, then kill ``proc`` if it has not exited within ``STOP_SECONDS``."""
     if proc.returncode is None:
@@ -319,6 +330,9 @@ async def demo(args: argparse.Namespace) -> int:
         loop.call_later(args.seconds, stop.set)
     ledger = Ledger(args.users, random.Random(7), attesters)
     print(f"[demo] prover on {url}; verifier key {key}; Ctrl-C to stop", flush=True)
+    pinned = page_fragment(key, witnessed)
+    print(f"[demo] customers verify at http://127.0.0.1:{port}/verify#{pinned}", flush=True)
+    print(f"[demo] live dashboard at http://127.0.0.1:{port}/dashboard#{pinned}", flush=True)
     tasks = [
         asyncio.create_task(produce(url, config.ingest_token, ledger, args.rate, stop)),
         asyncio.create_task(

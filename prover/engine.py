@@ -19,9 +19,8 @@ Invariants:
   order, but for an epoch's commit, which is urgent: it goes ahead of the
   ingest batches waiting. From the commit until the epoch is handed to its
   subscribers (or witnesses) the thread is ``held()`` idle.
-- With witnesses, their publisher hands each epoch out (``_publish_cosigned``),
-  the database thread held idle then too; garbage is collected after that
-  publication, not after the close (prover/runtime.py).
+- A committed epoch is handed to ``Publication`` (prover/publication.py):
+  to the subscribers at once, or through the witnesses.
 - While an epoch closes, background storage work holds back
   (``Pacing.closing``, prover/folding.py) and the switch interval is short
   (prover/runtime.py).
@@ -29,7 +28,7 @@ Invariants:
   so the trees never apply an epoch's updates twice; a retry commits only
   if the failed attempt did not commit after all.
 - Construction does no I/O and starts nothing; ``start`` starts the
-  database thread, the tree worker and the witnesses, ``close`` stops them.
+  database thread, the tree workers and the witnesses, ``close`` stops them.
 """
 
 from __future__ import annotations
@@ -51,16 +50,16 @@ from prover.backoff import Backoff
 from prover.config import Config
 from prover.dbthread import DbThread
 from prover.epoch import Reserve, build_record, record_reports
-from prover.fanout import Fanout
 from prover.folding import Folder, Pacing
 from prover.ingest import IngestResult, Intake
 from prover.messages import Batch
 from prover.metrics import Metrics
 from prover.proofs import Proofs, Tip
+from prover.publication import Publication
 from prover.rotation import Rotation
 from prover.runtime import collect_after, collector_off, quick_gil_handoffs
-from prover.witnesses import KEEP_EPOCHS, Witnesses, WitnessStats
-from prover.worker import Applied, Row
+from prover.witnesses import WitnessStats
+from prover.worker_messages import Applied, Row
 from storage.errors import StorageError
 from storage.store import ReserveRow, Store
 from verifier.checkpoint import Checkpoint, sign_note, verifier_key_for
@@ -80,7 +79,7 @@ FINAL_ATTEMPTS = 3  # at the last epoch, on stop: then the updates wait for a re
 class _Cut:
     """An epoch cut and applied to the trees, not yet committed. A failed
     close keeps it, and the retry commits it as it is: the trees never apply
-    an epoch's updates twice, and the worker keeps one apply per epoch."""
+    an epoch's updates twice, and the trees keep one apply per epoch."""
 
     now: float
     rows: int
@@ -90,7 +89,8 @@ class _Cut:
 
 
 class Engine:
-    """One prover's ingest, epochs, root stream and proofs (module docstring)."""
+    """One prover's ingest, epochs, root stream and proofs (module docstring);
+    the trees are held by ``config.tree_workers`` processes (prover/pool.py)."""
 
     def __init__(
         self,
@@ -113,26 +113,10 @@ class Engine:
         self._retry_at = 0.0  # time.monotonic() of the next attempt at a failing epoch
         self._pacing = Pacing(self._db)
         self._folder = Folder(store, self._db, self._pacing, self.metrics)
-        self._rotation = Rotation(config, store, self._db, self._pacing, clock)
+        self._rotation = Rotation(config, store, self._db, self._pacing, clock, config.tree_workers)
         self._intake = Intake(config, store, self._db, self.metrics, clock, self._stage)
-        self._fanout = Fanout(config, store, self._db, self.metrics, clock)
-        self._committed_at: dict[int, float] = {}  # perf_counter() of commits not yet published
-        self._witnesses: Witnesses | None = None  # publication waits for their cosignatures
-        if config.witnesses:
-            endpoints = config.witness_endpoints()
-            for endpoint in endpoints:  # exported from the start, before any submission
-                self.metrics.witness_submission.labels(witness=endpoint.name)
-            self._witnesses = Witnesses(
-                endpoints,
-                config.quorum,
-                config.witness_timeout,
-                db=self._db,
-                store=store,
-                publish=self._publish_cosigned,
-                keep=max(KEEP_EPOCHS, config.proof_epochs + 1),
-                hurry=quick_gil_handoffs,  # its threads get the GIL back quickly too
-                observe=self.metrics.observe_witness,
-            )
+        self._publication = Publication(config, store, self._db, self.metrics, clock)
+        self._witnesses = self._publication.witnesses  # publication waits for their cosignatures
         self._proofs = Proofs(
             config, store, self._db, self._epoch_lock, self._rotation, self._witnesses, self._tip
         )
@@ -141,8 +125,8 @@ class Engine:
         return await asyncio.wrap_future(self._db.submit(fn, *args))
 
     def _stage(self, rows: list[Row]) -> None:
-        """Send acknowledged rows to the current tree worker ahead of the close."""
-        self._rotation.worker.stage(rows)
+        """Send acknowledged rows to the current trees ahead of the close."""
+        self._rotation.trees.stage(rows)
 
     def _tip(self) -> Tip | None:
         if self._latest is None:
@@ -166,16 +150,13 @@ class Engine:
                 await self._db_call(self.store.log_root)  # warm the log's subtree cache
             await self._rotation.start(self._intake.decimals)
             self.metrics.unfolded_updates = await self._db_call(self.store.journal_backlog)
-            if self._witnesses is not None:
-                await self._witnesses.start(self.metrics.epoch)
+            await self._publication.start(self.metrics.epoch)
         gc.collect()
 
     async def close(self) -> None:
         """Publish the epochs waiting for witnesses, end every root stream,
         stop the trees and a fold under way, then the database thread."""
-        if self._witnesses is not None:
-            await self._witnesses.close()
-        self._fanout.close()
+        await self._publication.close()
         await self._rotation.close()
         await self._folder.stop()  # it stops at its next pause (store.fold: safe)
         self._db.shutdown()
@@ -235,7 +216,7 @@ class Engine:
                 if self._until_due() == 0 and not stop.is_set():
                     with contextlib.suppress(Exception):  # logged; retried when due
                         await self.close_epoch()
-                    if self._witnesses is None:  # else once it is published: _publish_cosigned
+                    if self._witnesses is None:  # else once it is published (Publication)
                         collect_after(self.metrics.epoch)
             self._intake.refuse()
             await self._intake.drained()
@@ -260,7 +241,7 @@ class Engine:
                     self._epoch_failed(exc)
                     raise
                 finally:
-                    self._rotation.worker.release()
+                    self._rotation.trees.release()
 
     def _epoch_failed(self, exc: Exception) -> None:
         """Count a failed close, schedule its retry (``EPOCH_RETRY``) and log
@@ -290,7 +271,7 @@ class Engine:
             rows, marks, reserves = self._intake.cut()
             try:
                 applied = await self._rotation.apply(rows, lambda: self._intake.pending)
-            except BaseException:  # still staged in the worker: the next apply takes them
+            except BaseException:  # still staged in the trees: the next apply takes them
                 self._intake.restore(rows)
                 raise
             self._cut = _Cut(now, len(rows), marks, reserves, applied)
@@ -329,11 +310,7 @@ class Engine:
             self.metrics.epoch_close.observe(committed - started)
             self.metrics.last_epoch_time = now
             self._latest = message
-            self._committed_at[number] = committed
-            if self._witnesses is None:
-                self._publish(number, message)
-            else:  # published once cosigned, or at the deadline (prover/witnesses.py)
-                self._witnesses.submit(number, message)
+            self._publication.committed(number, message, committed)
         published, handing_cpu = time.perf_counter(), time.thread_time() - handing_cpu
         self._folder.when_due()
         log.info(
@@ -383,39 +360,21 @@ class Engine:
             consistency=tuple(self.store.consistency_proof(number, number + 1)),
         )
 
-    # Publication
-
-    def _publish(self, number: int, message: EpochMessage) -> None:
-        """Hand epoch ``number`` to the subscribers; observe the delay since its commit."""
-        self._fanout.publish(number, message)
-        committed = self._committed_at.pop(number, None)
-        if committed is not None:
-            self.metrics.publication_delay.observe(time.perf_counter() - committed)
-
-    def _publish_cosigned(self, number: int, message: EpochMessage) -> None:
-        """The witnesses' publisher hands out an epoch, the database thread
-        idle; then, while ``run`` runs, collects garbage: not before, where a
-        collection would hold the GIL from the witnesses' threads."""
-        with self._db.held():
-            self._publish(number, message)
-        if not gc.isenabled():
-            collect_after(self.metrics.epoch)
+    # Publication (prover/publication.py): the root stream and the witnesses
 
     def witness_stats(self) -> list[WitnessStats]:
         """Each configured witness's state, for /metrics."""
-        return [] if self._witnesses is None else self._witnesses.stats()
-
-    # Root stream (prover/fanout.py)
+        return self._publication.witness_stats()
 
     def subscribe(
         self, since: int | None, offer: Callable[[str], bool] | None = None
     ) -> AsyncIterator[str]:
         """Frames from epoch ``since`` on, without gap or duplicate (``Fanout.subscribe``)."""
-        return self._fanout.subscribe(since, offer)
+        return self._publication.fanout.subscribe(since, offer)
 
     def shed(self, offer: Callable[[str], bool]) -> None:
         """The subscriber fed by ``offer`` stalled: drop it (``Fanout.shed``)."""
-        self._fanout.shed(offer)
+        self._publication.fanout.shed(offer)
 
     # Proofs (prover/proofs.py)
 

@@ -45,7 +45,7 @@ def import_balances(config: Config, path: Path, source: str) -> tuple[int, int]:
         seq = store.source_marks().get(("balances", source), -1)
         total = 0
         batch: list[_Row] = []
-        assets = {asset for asset, _ in config.assets}
+        assets = {asset.id for asset in config.assets}
         bar = tqdm(unit=" rows", desc=f"importing {path.name}", file=sys.stderr, disable=None)
         with bar:
             for _, user, asset, amount in read_rows(path, assets):

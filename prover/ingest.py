@@ -90,8 +90,8 @@ class Intake:
 
     async def load(self) -> None:
         """Register the configured assets, then load what storage holds."""
-        for asset, decimals in self._config.assets:
-            await self._call(self._store.ensure_asset, asset, decimals)
+        for asset in self._config.assets:
+            await self._call(self._store.ensure_asset, asset.id, asset.decimals)
         self.decimals = {a.id: a.decimals for a in await self._call(self._store.assets)}
         rows = await self._call(self._store.reserves)
         notes = await self._call(self._store.reserve_reports, [r.report_hash for r in rows])

@@ -148,8 +148,8 @@ def _build(work: Path, text: str, passphrase: str) -> VerifierKey:
     vkey = verifier_key_for(config.origin, key.public_key())
     store = Store.open(config.url)
     try:
-        for asset, decimals in config.assets:
-            store.ensure_asset(asset, decimals)
+        for asset in config.assets:
+            store.ensure_asset(asset.id, asset.decimals)
         now = int(time.time() * 1000)
         store.add_signing_key(f"{vkey.key_id:08x}", vkey.name, vkey.public_key, now)
     finally:

@@ -6,6 +6,10 @@ holder. Updates are staged, then ``close_epoch`` applies them to the trees in
 one batch per asset. A balance of 0 removes the user's leaf (the slot turns
 back into padding and is not reused within the period).
 
+Commitments and trees are hashed by the ledger's ``SumTreeHasher``: the
+hashing rules of the record version its roots go into (the current one's
+unless given).
+
 Invariant: for every asset, ``tree.total`` equals the sum of its holders'
 balances, and holder ``u``'s leaf sits at ``slots[u]`` with commitment
 ``commitments[u]``.
@@ -23,7 +27,7 @@ import numpy.typing as npt
 from prover.errors import NotRetained, ProverError
 from prover.periods import SaltPeriod, SlotAllocator
 from prover.tree import SumTree, Undo
-from verifier.hashing import DIGEST_SIZE, MAX_HEIGHT
+from verifier.hashing import DIGEST_SIZE, HASHER, MAX_HEIGHT, SumTreeHasher
 from verifier.sumtree import PathStep
 
 __all__ = ["MIN_HEIGHT", "AssetRoot", "Ledger", "UserProof", "height_for"]
@@ -121,13 +125,19 @@ class Ledger:
     open: _EpochUndo = field(default_factory=_EpochUndo)  # batches since the last close
     epoch_rows: dict[str, int] = field(default_factory=dict)  # per asset, this epoch so far
     last_epoch_rows: dict[str, int] = field(default_factory=dict)  # per asset, the last one
+    hasher: SumTreeHasher = HASHER  # commitments' and trees' hashing rules
 
     @classmethod
     def build(
-        cls, period: SaltPeriod, assets: Iterable[str], balances: Iterable[tuple[str, str, int]]
+        cls,
+        period: SaltPeriod,
+        assets: Iterable[str],
+        balances: Iterable[tuple[str, str, int]],
+        hasher: SumTreeHasher = HASHER,
     ) -> Ledger:
-        """Build every tree from ``(user, asset, amount)`` rows (zero amounts skipped)."""
-        ledger = cls(period)
+        """Build every tree from ``(user, asset, amount)`` rows (zero amounts skipped),
+        hashed by ``hasher``."""
+        ledger = cls(period, hasher=hasher)
         holdings: dict[str, tuple[list[int], list[int]]] = {a: ([], []) for a in assets}
         for user, asset, amount in balances:
             if amount:
@@ -274,6 +284,12 @@ class Ledger:
         """Rebuild ``asset``'s tree from its current holders with the changes applied."""
         book = self.books[asset]
         holders = np.flatnonzero(book.slots != NO_SLOT)
+        # in the order their slots were taken, not by user index: user indices
+        # depend on which other assets a ledger holds (prover/pool.py)
+        order = self.period.slot_order(asset, book.tree.height)
+        taken = np.empty_like(order)
+        taken[order] = np.arange(len(order))
+        holders = holders[np.argsort(taken[book.slots[holders]], kind="stable")]
         current = book.tree.amounts()[book.slots[holders]]
         balances = dict(zip(holders.tolist(), current.tolist(), strict=True))
         for u, a in zip(users.tolist(), amounts.tolist(), strict=True):
@@ -300,7 +316,13 @@ class Ledger:
         slots = np.full(len(self.users), NO_SLOT, np.int64)
         slots[users] = taken
         tree = SumTree.build(
-            asset, height, self.period.padding_key(asset), taken, self.commitments[users], amounts
+            asset,
+            height,
+            self.period.padding_key(asset),
+            taken,
+            self.commitments[users],
+            amounts,
+            hasher=self.hasher,
         )
         self.books[asset] = _Book(tree, slots, allocator)
 
@@ -318,8 +340,9 @@ class Ledger:
         known = len(self.commitments)
         if known == len(self.users):
             return
+        commit, salt = self.hasher.commitment, self.period.salt
         fresh = np.frombuffer(
-            b"".join(self.period.commitment(u) for u in self.user_ids[known:]), np.uint8
+            b"".join(commit(u, salt(u)) for u in self.user_ids[known:]), np.uint8
         ).reshape(-1, DIGEST_SIZE)
         self.commitments = np.concatenate([self.commitments, fresh])
 

@@ -9,7 +9,7 @@ Invariants:
   export is refused.
 - An export copies the trees once, under the lock, then writes them chunk
   by chunk, each under the lock, so epochs go on meanwhile; it fails if a
-  salt rotation replaced the worker in between.
+  salt rotation replaced the trees in between.
 - With witnesses, the default epoch is the latest cosigned by a quorum
   (PROTOCOL §11.3), else the latest.
 """
@@ -36,7 +36,7 @@ from verifier.stream import EpochMessage
 
 __all__ = ["EXPORT_CHUNK", "Proofs", "Tip"]
 
-EXPORT_CHUNK = 5_000  # users whose proofs are written per pause of the tree worker
+EXPORT_CHUNK = 5_000  # users whose proofs are written per pause of the trees
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,12 +59,12 @@ class Proofs:
         store: Store,
         db: DbThread,
         lock: asyncio.Lock,
-        trees: Rotation,
+        rotation: Rotation,
         witnesses: Witnesses | None,
         tip: Callable[[], Tip | None],
     ) -> None:
         self._config, self._store, self._db, self._lock = config, store, db, lock
-        self._trees, self._witnesses, self._tip = trees, witnesses, tip
+        self._rotation, self._witnesses, self._tip = rotation, witnesses, tip
 
     def user_token(self, user: str) -> str:
         """The bearer token the custodian hands ``user`` for /proof."""
@@ -88,16 +88,16 @@ class Proofs:
                 raise ProverError("no epoch has been published yet")
             if tip.ahead:
                 raise ProverError(f"epoch {tip.epoch + 1} is failing; export later")
-            message, epoch, worker = tip.message, tip.epoch, self._trees.worker
+            message, epoch, trees = tip.message, tip.epoch, self._rotation.trees
             out = create_export_dir(self._config.export_path, epoch)
-            users = await worker.snapshot()
+            users = await trees.snapshot()
         written = 0
         for start in range(0, users, EXPORT_CHUNK):
-            async with self._lock:  # the worker may be swapped by a salt rotation
-                if worker is not self._trees.worker:
+            async with self._lock:  # the trees may be swapped by a salt rotation
+                if trees is not self._rotation.trees:
                     raise ProverError("the salt period changed during the export; run it again")
                 cosigned = self._cosigned(epoch, message)  # those come in meanwhile too
-                written += await worker.export(out, start, EXPORT_CHUNK, cosigned)
+                written += await trees.export(out, start, EXPORT_CHUNK, cosigned)
             await progress(min(start + EXPORT_CHUNK, users), users)
         return epoch, out, written
 
@@ -130,11 +130,11 @@ class Proofs:
             latest, ahead = tip.epoch, int(tip.ahead)
             if epoch is None or epoch == latest:
                 epoch, message = latest, tip.message
-                found = await self._trees.worker.proof(user, ahead)
+                found = await self._rotation.trees.proof(user, ahead)
             elif not 0 <= epoch < latest:
                 raise NotRetained(f"epoch {epoch} is not published yet (latest: {latest})")
             else:
-                found = await self._trees.worker.proof(user, latest - epoch + ahead)
+                found = await self._rotation.trees.proof(user, latest - epoch + ahead)
                 stored = self._db.submit(stored_message, self._store, epoch)
                 message = await asyncio.wrap_future(stored)
         if found is None:

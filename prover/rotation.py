@@ -1,21 +1,22 @@
-"""The tree worker of the current salt period, and the rotation to the next
-period (docs/PROTOCOL.md §2.5) without holding up the epochs.
+"""The trees of the current salt period (a ``TreePool``, prover/pool.py), and
+the rotation to the next period (docs/PROTOCOL.md §2.5) without holding up
+the epochs.
 
 Once the period is ``salt_period`` seconds old, an epoch's apply starts
-loading the next period's worker in the background, from the stored
+loading the next period's trees in the background, from the stored
 balances (paced around epoch closes, prover/folding.py); epochs go on with
-the current worker meanwhile. The first apply after the load completes
-switches to it.
+the current trees meanwhile. The first apply after the load completes
+switches to them.
 
 Invariants:
 
 - Every balance update reaches the new trees exactly once: the rows applied
-  since the load started are replayed into the new worker at the switch,
-  and the rows ingested since the epoch's cut (staged in the old worker
-  only) are staged in the new one.
+  since the load started are replayed into the new trees at the switch,
+  and the rows ingested since the epoch's cut (staged in the old trees
+  only) are staged in the new ones.
 - The switch happens inside an epoch's apply, under the engine's epoch
   lock, so proofs and exports (under that lock too) never see half of it;
-  an export under way notices that ``worker`` changed.
+  an export under way notices that ``trees`` changed.
 - A load that fails is logged and the current period kept.
 """
 
@@ -30,7 +31,8 @@ from prover.config import Config
 from prover.dbthread import DbThread
 from prover.folding import Pacing
 from prover.periods import SaltPeriod
-from prover.worker import Applied, Row, TreeWorker
+from prover.pool import TreePool, Trees
+from prover.worker_messages import Applied, Row
 from storage.store import Store
 
 __all__ = ["LOAD_CHUNK", "Rotation"]
@@ -40,7 +42,8 @@ LOAD_CHUNK = 50_000  # balances read at a time when a period's trees are built
 
 
 class Rotation:
-    """Salt periods and their tree workers (module docstring)."""
+    """Salt periods and their trees, each period's held by ``workers`` tree
+    workers (module docstring)."""
 
     def __init__(
         self,
@@ -49,51 +52,52 @@ class Rotation:
         db: DbThread,
         pacing: Pacing,
         clock: Callable[[], float],
+        workers: int = 1,
     ) -> None:
         self._config, self._store, self._db, self._pacing = config, store, db, pacing
-        self._clock = clock
+        self._clock, self._workers = clock, workers
         self._assets: list[str] = []
-        self._worker: TreeWorker | None = None
+        self._trees: TreePool | None = None
         self._period: SaltPeriod | None = None
-        # the next period's worker, built in the background, and the rows
-        # applied since it started loading, replayed into it before the switch
-        self._next: asyncio.Task[tuple[TreeWorker, SaltPeriod]] | None = None
+        # the next period's trees, built in the background, and the rows
+        # applied since they started loading, replayed into them before the switch
+        self._next: asyncio.Task[tuple[TreePool, SaltPeriod]] | None = None
         self._replay: list[Row] = []
 
     @property
-    def worker(self) -> TreeWorker:
-        """The current period's worker (once ``start`` has run)."""
-        assert self._worker is not None
-        return self._worker
+    def trees(self) -> Trees:
+        """The current period's trees (once ``start`` has run)."""
+        assert self._trees is not None
+        return self._trees
 
     @property
     def loading(self) -> bool:
-        """True while the next period's worker is being built."""
+        """True while the next period's trees are being built."""
         return self._next is not None
 
     async def start(self, assets: Iterable[str]) -> None:
         """Begin a new salt period with every tree of ``assets``."""
         self._assets = sorted(assets)
-        self._worker, self._period = await self._new_period()
+        self._trees, self._period = await self._new_period()
 
     async def close(self) -> None:
-        """Stop the next period's load, if under way, and every worker."""
+        """Stop the next period's load, if under way, and every tree worker."""
         if self._next is not None:
             self._next.cancel()
             with contextlib.suppress(BaseException):
-                worker, _ = await self._next
-                await worker.close()
-        if self._worker is not None:
-            await self._worker.close()
+                trees, _ = await self._next
+                await trees.close()
+        if self._trees is not None:
+            await self._trees.close()
 
-    async def _new_period(self) -> tuple[TreeWorker, SaltPeriod]:
-        """A worker holding every tree of a new salt period, built from the stored balances."""
+    async def _new_period(self) -> tuple[TreePool, SaltPeriod]:
+        """Every tree of a new salt period, built from the stored balances."""
         started = self._store.start_salt_period
         row = await asyncio.wrap_future(self._db.submit(started, int(self._clock() * 1000)))
         period = SaltPeriod(row.number, row.started_ms, row.secret)
-        worker = TreeWorker()
+        trees = TreePool(self._workers)
         try:
-            await worker.build(
+            await trees.build(
                 period,
                 self._assets,
                 self._store.iter_balances(LOAD_CHUNK, self._pacing.on_db_thread, self._pacing.wait),
@@ -101,33 +105,34 @@ class Rotation:
                 self._config.proof_memory_mb << 20,
             )
         except BaseException:
-            await worker.close()
+            await trees.close()
             raise
-        return worker, period
+        return trees, period
 
     async def apply(self, rows: list[Row], staged: Callable[[], Sequence[Row]]) -> Applied:
-        """Apply an epoch's ``rows`` (already staged in the current worker) to
-        the trees; start or complete a rotation when due. ``staged`` gives the
+        """Apply an epoch's ``rows`` (already staged in the current trees) to
+        them; start or complete a rotation when due. ``staged`` gives the
         rows ingested since the epoch's cut, at the switch."""
-        assert self._worker is not None and self._period is not None
+        current = self._trees
+        assert current is not None and self._period is not None
         age = self._clock() - self._period.started_ms / 1000
         if self._next is None and age >= self._config.salt_period:
             self._next, self._replay = asyncio.create_task(self._new_period()), []
         if self._next is None:
-            return await self._worker.apply([], [])
+            return await current.apply([], [])
         self._replay.extend(rows)
         if not self._next.done():
-            return await self._worker.apply([], [])
+            return await current.apply([], [])
         task, self._next = self._next, None
         try:
-            worker, period = task.result()
+            trees, period = task.result()
         except Exception:
             log.exception("building the next salt period failed; keeping the current one")
-            return await self._worker.apply([], [])
-        applied = await worker.apply([], self._replay)
-        old, self._worker, self._period, self._replay = self._worker, worker, period, []
-        if pending := staged():  # ingested since the cut, staged in the old worker only
-            worker.stage(list(pending))
-        await old.close()
+            return await current.apply([], [])
+        applied = await trees.apply([], self._replay)
+        self._trees, self._period, self._replay = trees, period, []
+        if pending := staged():  # ingested since the cut, staged in the old trees only
+            trees.stage(list(pending))
+        await current.close()
         log.info("salt period %d began: new salts and slots for every user", period.number)
         return applied

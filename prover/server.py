@@ -1,6 +1,7 @@
 """The prover's network face: one port, routes of docs/PROTOCOL.md §11.
 
-Plain HTTP routes (``/healthz``, ``/metrics``, ``/proof``) and refusals (400,
+Plain HTTP routes (``/healthz``, ``/metrics``, ``/proof``, the browser pages
+of prover/web.py) and refusals (400,
 401, 404, 405, 503) are answered in ``process_request`` during the opening
 handshake; ``/ingest`` and ``/roots`` (prover/roots.py) continue as
 WebSockets. All the work is the engine's. Every connection is admitted and
@@ -21,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from prover.auth import BadAuthorization, auditor_table, bearer_token, token_ok
+from prover.cors import allow_headers, origin_allowed, preflight_headers
 from prover.engine import Engine
 from prover.errors import IngestError, NotRetained, ProverError
 from prover.gate import Gate, GatedConnection
@@ -28,6 +30,7 @@ from prover.limits import ACCEPT_BACKLOG, ANONYMOUS_MAX_SIZE, descriptor_limit, 
 from prover.metrics import render_metrics
 from prover.roots import serve_roots
 from prover.sources import Disposition, ingest_message, refusal
+from prover.web import SECURITY_HEADERS, WebFiles
 
 __all__ = ["start_server"]
 
@@ -54,9 +57,18 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
     # /roots slots are taken from the handshake on: a burst of handshakes
     # cannot pass the cap before the first of them subscribes.
     gate = Gate(limits, auditor_table(config.auditor_tokens), engine.metrics)
+    web = WebFiles()
 
     async def process_request(conn: ServerConnection, request: Request) -> Response | None:
         assert isinstance(conn, GatedConnection)
+        origin = request.headers.get("Origin")
+        if request.method == "OPTIONS" and urlsplit(request.path).path == "/proof":
+            allowed = preflight_headers(origin, config.cors_origins)
+            if not allowed:
+                return _error(403, "forbidden-origin", f"origin {origin} is not in cors_origins")
+            response = _response(204, b"", "text/plain")
+            response.headers.update(allowed)
+            return response
         if request.method != "GET":
             response = _error(405, "method-not-allowed", f"{request.method}: only GET is served")
             response.headers["Allow"] = "GET"
@@ -75,7 +87,9 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
             text = render_metrics(engine.metrics, engine.witness_stats())
             return _response(200, text, CONTENT_TYPE_LATEST)
         if url.path == "/proof":
-            return await _proof(engine, presented, query)
+            response = await _proof(engine, presented, query)
+            response.headers.update(allow_headers(origin, config.cors_origins))
+            return response
         if url.path in ("/ingest", "/admin/export"):  # the operator's side: a token each
             token = config.ingest_token if url.path == "/ingest" else config.admin_token
             if not token or not token_ok(presented, token):
@@ -85,6 +99,8 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
             conn.open_for_messages(config.max_message_bytes)  # authenticated: may send
             return None
         if url.path == "/roots":
+            if not origin_allowed(origin, request.headers.get("Host"), config.cors_origins):
+                return _error(403, "forbidden-origin", f"origin {origin} is not in cors_origins")
             try:
                 since = _since(query)
             except ValueError as exc:
@@ -100,6 +116,12 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
                 return _error(503, "busy", refusal)
             conn.ping_interval = None  # serve_roots pings, and sheds a silent subscriber
             return None
+        page = web.lookup(url.path)
+        if page is not None:
+            response = _response(200, page.body, page.content_type)
+            for name, value in SECURITY_HEADERS:
+                response.headers[name] = value
+            return response
         return _error(404, "not-found", f"no route {url.path}")
 
     async def handler(conn: ServerConnection) -> None:

@@ -1,30 +1,32 @@
 """One asset's Merkle sum tree, stored level by level in numpy arrays. Pure.
 
-Hashing follows docs/PROTOCOL.md §2 through the layouts of verifier/hashing.py.
+Hashing follows docs/PROTOCOL.md §2 in the layouts of verifier/hashing.py,
+with the digest function and tags of the tree's ``SumTreeHasher`` (the
+current record version's unless given).
 
 Storage: a node's *record* is its 48 bytes ``hash[32] || sum u128 big-endian``,
-so the message of an internal node is ``TAG_NODE || left record || right
+so the message of an internal node is ``node tag || left record || right
 record`` (``NODE_MESSAGE_SIZE`` = 1 + 2 * 48 bytes).
 So level ``l`` (0 = leaves, ``h`` = root) is one C-contiguous ``(m, 97)``
-uint8 array of sibling pairs: row ``r`` is ``TAG_NODE || record(2r) ||
+uint8 array of sibling pairs: row ``r`` is ``node tag || record(2r) ||
 record(2r+1)``, ``m = 2**(h-l-1)`` (one row, right half unused, at level
 ``h``). Row ``r`` of level ``l`` *is* the message of node ``r`` of level
 ``l+1``: rebuilding a level hashes rows in place, with no message assembly and
 no Python object per node (about 48.5 bytes per node, 97 per leaf slot).
 
-Invariants: column 0 of every row is ``TAG_NODE``; every leaf record is the
-leaf or padding hash of its slot with the amount (0 for padding); every other
-record is the node hash of its two children with the sum of theirs; a sum at
-level ``l`` is at most ``subtree_cap(l) < 2**96``, so 128 bits never wrap.
-tests/prover/test_tree.py checks every byte against verifier.hashing.
+Invariants: column 0 of every row is the hasher's node tag; every leaf record
+is the hasher's leaf or padding hash of its slot with the amount (0 for
+padding); every other record is the node hash of its two children with the
+sum of theirs; a sum at level ``l`` is at most ``subtree_cap(l) < 2**96``, so
+128 bits never wrap. tests/prover/test_tree.py checks every byte against
+verifier.hashing.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from hashlib import sha256
 from typing import Any, Final
 
 import numpy as np
@@ -34,14 +36,13 @@ from prover.errors import TreeError
 from verifier.errors import FormatError
 from verifier.hashing import (
     DIGEST_SIZE,
+    HASHER,
     MAX_BALANCE,
     MAX_HEIGHT,
     NODE_MESSAGE_SIZE,
     SUM_SIZE,
-    TAG_LEAF,
-    TAG_NODE,
-    TAG_PADDING,
-    asset_prefix,
+    HashState,
+    SumTreeHasher,
 )
 
 __all__ = ["SumTree", "TreeError", "Undo"]
@@ -50,6 +51,7 @@ U8 = npt.NDArray[np.uint8]
 U64 = npt.NDArray[np.uint64]
 I64 = npt.NDArray[np.int64]
 Records = npt.NDArray[np.void]  # one "V48" element per node
+_State = tuple[str, SumTreeHasher, int, U8, U8, list[U8], tuple[int, I64] | None]
 
 RECORD: Final = DIGEST_SIZE + SUM_SIZE  # 48: hash || sum, one half of a row
 SLOT_SIZE: Final = 8  # the padding message ends with the slot as u64
@@ -73,15 +75,15 @@ class Undo:
         return sum(nodes.nbytes + old.nbytes for nodes, old in self.levels)
 
 
-def _digests(rows: U8) -> U8:
-    """SHA-256 of each row of a C-contiguous ``(k, w)`` uint8 array, as ``(k, 32)``.
+def _digests(rows: U8, digest: Callable[[bytes], HashState]) -> U8:
+    """``digest`` of each row of a C-contiguous ``(k, w)`` uint8 array, as ``(k, 32)``.
 
     ``tolist`` on a ``V{w}`` view makes one bytes object per row in C; hashing
     those in a list comprehension runs within a few percent of bare
-    ``sha256(m).digest()`` calls (faster than memoryview slicing).
+    ``hashlib.sha256(m).digest()`` calls (faster than memoryview slicing).
     """
     messages: list[Any] = rows.view(f"V{rows.shape[1]}").ravel().tolist()
-    joined = b"".join([sha256(m).digest() for m in messages])
+    joined = b"".join([digest(m).digest() for m in messages])
     return np.frombuffer(joined, np.uint8).reshape(len(messages), DIGEST_SIZE)
 
 
@@ -129,12 +131,22 @@ class SumTree:
     ``leaf(slot)`` and ``path(slot)``. Growing capacity means building a new tree.
     """
 
-    __slots__ = ("_asset", "_height", "_leaf_prefix", "_nodes", "_pad_prefix", "_rows", "_stale")
+    __slots__ = (
+        "_asset",
+        "_hasher",
+        "_height",
+        "_leaf_prefix",
+        "_nodes",
+        "_pad_prefix",
+        "_rows",
+        "_stale",
+    )
 
     _asset: str
+    _hasher: SumTreeHasher
     _height: int
-    _leaf_prefix: U8  # asset_prefix(TAG_LEAF, asset)
-    _pad_prefix: U8  # asset_prefix(TAG_PADDING, asset) || padding key
+    _leaf_prefix: U8  # hasher.leaf_prefix(asset)
+    _pad_prefix: U8  # hasher.padding_prefix(asset) || padding key
     _rows: list[U8]  # level l: (m, 97) uint8 sibling pairs, see the module docstring
     _nodes: list[Records]  # the same memory as (m, 2) V48 records: node i at [i >> 1, i & 1]
     _stale: tuple[int, I64] | None  # (level, nodes) whose ancestors a partial apply left
@@ -148,9 +160,12 @@ class SumTree:
         slots: npt.ArrayLike,
         commitments: npt.ArrayLike,
         amounts: npt.ArrayLike,
+        *,
+        hasher: SumTreeHasher = HASHER,
     ) -> SumTree:
         """A tree with user leaves ``(commitments[i], amounts[i])`` at ``slots[i]``
-        and padding in every other slot. The only way to make a tree.
+        and padding in every other slot, hashed by ``hasher``. The only way to
+        make a tree.
 
         Args:
             asset: asset id (1-16 of ``A-Z 0-9 . _ -``).
@@ -159,14 +174,15 @@ class SumTree:
             slots: distinct integers in ``0 .. 2**height - 1``, in any order.
             commitments: uint8 array of shape ``(len(slots), 32)``.
             amounts: integers in ``0 .. 2**64 - 1``, one per slot.
+            hasher: the hashing rules of the record version the tree is for.
 
         Raises:
             TreeError: on a bad asset id, height or padding key, or bad leaves.
         """
         height = _check_height(height)
         try:
-            leaf_prefix = asset_prefix(TAG_LEAF, asset)
-            pad_prefix = asset_prefix(TAG_PADDING, asset)
+            leaf_prefix = hasher.leaf_prefix(asset)
+            pad_prefix = hasher.padding_prefix(asset)
         except FormatError as exc:
             raise TreeError(str(exc)) from exc
         if not isinstance(padding_key, bytes) or len(padding_key) != DIGEST_SIZE:
@@ -179,6 +195,7 @@ class SumTree:
 
         tree = cls.__new__(cls)  # no __init__: a tree exists only fully hashed
         tree._asset = asset
+        tree._hasher = hasher
         tree._height = height
         tree._leaf_prefix = np.frombuffer(leaf_prefix, np.uint8)
         tree._pad_prefix = np.frombuffer(pad_prefix + padding_key, np.uint8)
@@ -188,7 +205,7 @@ class SumTree:
             rows = np.zeros(
                 (1 << (height - level - 1) if level < height else 1, NODE_MESSAGE_SIZE), np.uint8
             )
-            rows[:, 0] = TAG_NODE
+            rows[:, 0] = hasher.node_tag
             levels.append(rows)
         tree._attach(levels)
         tree._put_leaves(slot_a, commitment_a, amount_a)
@@ -276,10 +293,11 @@ class SumTree:
             for r in rows
         ]
 
-    def __getstate__(self) -> tuple[str, int, U8, U8, list[U8], tuple[int, I64] | None]:
+    def __getstate__(self) -> _State:
         """Pickle and deepcopy the levels only: the record views are remade over them."""
         return (
             self._asset,
+            self._hasher,
             self._height,
             self._leaf_prefix,
             self._pad_prefix,
@@ -287,10 +305,16 @@ class SumTree:
             self._stale,
         )
 
-    def __setstate__(
-        self, state: tuple[str, int, U8, U8, list[U8], tuple[int, I64] | None]
-    ) -> None:
-        self._asset, self._height, self._leaf_prefix, self._pad_prefix, rows, self._stale = state
+    def __setstate__(self, state: _State) -> None:
+        (
+            self._asset,
+            self._hasher,
+            self._height,
+            self._leaf_prefix,
+            self._pad_prefix,
+            rows,
+            self._stale,
+        ) = state
         self._attach(rows)
 
     # Writing leaves and rehashing levels
@@ -302,6 +326,7 @@ class SumTree:
         message[:, :p] = self._leaf_prefix
         message[:, p + DIGEST_SIZE : p + DIGEST_SIZE + 8] = 0  # amount < 2**64: high half 0
         amount_view = message[:, p + DIGEST_SIZE + 8 :].view(">u8")[:, 0]
+        digest = self._hasher.digest
         for start in range(0, len(slots), HASH_CHUNK):
             stop = min(start + HASH_CHUNK, len(slots))
             k = stop - start
@@ -309,7 +334,7 @@ class SumTree:
             amount_view[:k] = amounts[start:stop]
             where = slots[start:stop]
             self._nodes[0][where >> 1, where & 1] = _records(
-                _digests(message[:k]), 0, amounts[start:stop]
+                _digests(message[:k], digest), 0, amounts[start:stop]
             )
 
     def _put_padding(self, slots: I64) -> None:
@@ -318,12 +343,13 @@ class SumTree:
         message = np.empty((min(len(slots), HASH_CHUNK), p + SLOT_SIZE), np.uint8)
         message[:, :p] = self._pad_prefix
         slot_view = message[:, p:].view(">u8")[:, 0]
+        digest = self._hasher.digest
         for start in range(0, len(slots), HASH_CHUNK):
             stop = min(start + HASH_CHUNK, len(slots))
             k = stop - start
             where = slots[start:stop]
             slot_view[:k] = where
-            self._nodes[0][where >> 1, where & 1] = _records(_digests(message[:k]), 0, 0)
+            self._nodes[0][where >> 1, where & 1] = _records(_digests(message[:k], digest), 0, 0)
 
     def _rehash(self, level: int, parents: I64 | None) -> None:
         """Recompute nodes ``parents`` (sorted, distinct; None: all) of level
@@ -332,6 +358,7 @@ class SumTree:
         pairs = rows.view(f"V{NODE_MESSAGE_SIZE}").ravel()
         count = len(rows) if parents is None else len(parents)
         step = max(2, HASH_CHUNK & ~1)  # even: a contiguous chunk fills whole pairs above
+        digest = self._hasher.digest
         for start in range(0, count, step):
             stop = min(start + step, count)
             if parents is None:  # contiguous rows in, contiguous pairs out
@@ -340,7 +367,7 @@ class SumTree:
                 where = parents[start:stop]
                 messages = pairs[where].view(np.uint8).reshape(-1, NODE_MESSAGE_SIZE)
             hi, lo = _add_sums(messages)
-            records = _records(_digests(messages), hi, lo)
+            records = _records(_digests(messages, digest), hi, lo)
             if parents is not None:
                 above[where >> 1, where & 1] = records
             elif count == 1:  # the root
@@ -360,6 +387,11 @@ class SumTree:
     @property
     def height(self) -> int:
         return self._height
+
+    @property
+    def hasher(self) -> SumTreeHasher:
+        """The hashing rules the tree was built with."""
+        return self._hasher
 
     @property
     def capacity(self) -> int:

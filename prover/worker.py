@@ -2,8 +2,9 @@
 
 hashlib holds the GIL for small messages, so a thread would still take the
 loop's interpreter away for the whole epoch build. The child owns a ``Ledger``;
-the parent sends it commands over a pipe and waits for the answer in a thread
-(``recv`` releases the GIL). Commands are served one at a time, in order.
+the parent sends it requests over a pipe, typed messages in msgpack
+(prover/worker_messages.py), and waits for the answer in a thread
+(``recv_bytes`` releases the GIL). Requests are served one at a time, in order.
 
 Rows of the open epoch are staged as they are acknowledged; once enough wait
 and the pipe is idle, the child hashes them into the trees' lower levels
@@ -27,11 +28,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import msgspec
 
@@ -39,46 +40,73 @@ from prover.errors import NotRetained, ProverError
 from prover.export import proof_file_name, write_new_file
 from prover.ledger import AssetRoot, Ledger, UserProof
 from prover.periods import SaltPeriod
+from prover.worker_messages import (
+    Applied,
+    Apply,
+    Begin,
+    Build,
+    Built,
+    Closed,
+    Done,
+    Export,
+    ExportFailed,
+    Failed,
+    Found,
+    FoundMany,
+    ProofOf,
+    ProofsOf,
+    Release,
+    Reply,
+    Request,
+    Row,
+    Rows,
+    Snapshot,
+    Snapshotted,
+    Stage,
+    Stop,
+    Unretained,
+    WireProof,
+    WireRoot,
+    WriteProofs,
+    Written,
+    decode_reply,
+    decode_request,
+    encode,
+    error_of,
+)
 from verifier.proof import AssetPath, ProofFile
 from verifier.stream import EpochMessage
 
-__all__ = ["Applied", "TreeWorker"]
+__all__ = ["Applied", "Row", "TreeWorker"]
 
-Row = tuple[str, str, int]  # user, asset, amount
-# staged rows cross the pipe as msgpack: pickling them held the GIL 6 times as long
-_staged_rows = msgspec.msgpack.Decoder(list[Row])
 EAGER_ROWS = 5_000  # staged rows the worker hashes ahead of the epoch's close, when idle
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 ORPHAN_CHECK = 0.1  # seconds between two looks at the parent, where prctl is missing
+A = TypeVar("A", bound=Reply)
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """The worker's answer to an epoch: every root, and how long the trees took."""
-
-    roots: tuple[AssetRoot, ...]
-    seconds: float
-
-
-def export_proofs(ledger: Ledger, out: Path, start: int, count: int, epoch: EpochMessage) -> int:
-    """Write one proof file per user holding anything, for users ``start .. start+count``,
-    each a new file (prover/export.py)."""
+def write_proofs(out: Path, proofs: Iterable[UserProof], epoch: EpochMessage) -> int:
+    """Write each proof as a new file in ``out`` (prover/export.py); return their number."""
     written = 0
-    for user in ledger.user_ids[start : start + count]:
-        found = ledger.proof(user)
-        if found is None:
-            continue
+    for found in proofs:
         proof = ProofFile(
-            user=user,
+            user=found.user,
             salt=found.salt,
             assets=tuple(AssetPath(a, s, b, p) for a, s, b, p in found.entries),
             record=epoch.record,
             inclusion=epoch.inclusion,
             checkpoint=epoch.checkpoint,
         )
-        write_new_file(out / proof_file_name(user), proof.to_json().encode())
+        write_new_file(out / proof_file_name(found.user), proof.to_json().encode())
         written += 1
     return written
+
+
+def export_proofs(ledger: Ledger, out: Path, start: int, count: int, epoch: EpochMessage) -> int:
+    """Write one proof file per user holding anything, for users ``start .. start+count``,
+    each a new file (prover/export.py)."""
+    found = (ledger.proof(user) for user in ledger.user_ids[start : start + count])
+    return write_proofs(out, (p for p in found if p is not None), epoch)
 
 
 def _exit_with(parent: int) -> None:
@@ -103,94 +131,136 @@ def _exit_with(parent: int) -> None:
         os._exit(1)
 
 
+@dataclass
+class _Trees:
+    """The child's side: the trees and what leads up to them (module docstring)."""
+
+    ledger: Ledger | None = None
+    snapshot: Ledger | None = None  # frozen for an export
+    begun: Begin | None = None  # the period being built, and its rows
+    rows: list[Row] = field(default_factory=list)
+    failed: str = ""  # a "Stage" that failed, reported by the next "Apply"
+    held: bool = False  # from an "Apply" to the next "Release": no hashing ahead
+
+    def answer(self, request: Request) -> Reply | None:
+        """Serve one request; None for those without an answer (``Stage``, ``Release``)."""
+        match request:
+            case Begin():  # a new period: rows follow in chunks, then "Build"
+                self.begun, self.rows = request, []
+                return Done()
+            case Rows(rows=rows):
+                self.rows.extend(rows)
+                return Done()
+            case Build():
+                begun = self.begun
+                assert begun is not None
+                ledger = Ledger.build(begun.period, begun.assets, self.rows)
+                ledger.retain, ledger.retain_bytes = begun.retain, begun.retain_bytes
+                self.ledger, self.rows = ledger, []
+                return Built(tuple(WireRoot.of(r) for r in ledger.roots()))
+            case Stage(rows=rows):  # rows of the coming epoch, ahead of "Apply"
+                self._trees().stage_rows(rows)
+                return None
+            case Release():  # the parent has handed out the epoch
+                self.held = False
+                return None
+            case Apply(assets=assets, rows=rows):
+                ledger = self._trees()
+                if self.failed:
+                    self.failed, problem = "", self.failed
+                    raise ValueError(f"staging rows failed: {problem}")
+                start = time.perf_counter()
+                for asset in assets:
+                    ledger.add_asset(asset)
+                ledger.stage_rows(rows)
+                roots = tuple(WireRoot.of(r) for r in ledger.close_epoch())
+                self.held = True  # the parent commits and hands out the epoch: leave it the cores
+                return Closed(roots, time.perf_counter() - start)
+            case ProofOf(user=user, age=age):
+                found = self._trees().proof(user, age)
+                return Found(None if found is None else WireProof.of(found))
+            case Snapshot(ids=ids):  # freeze the trees for an export
+                ledger = self._trees()
+                history, ledger.history = ledger.history, deque()
+                self.snapshot = copy.deepcopy(ledger)  # without the retained epochs
+                ledger.history = history
+                users = self.snapshot.user_ids
+                return Snapshotted(len(users), list(users) if ids else [])
+            case Export(out=out, start=start, count=count, epoch=epoch):
+                return Written(export_proofs(self._frozen(), Path(out), start, count, epoch))
+            case ProofsOf(users=users):
+                frozen = self._frozen()
+                return FoundMany(
+                    [None if (p := frozen.proof(u)) is None else WireProof.of(p) for u in users]
+                )
+            case WriteProofs(out=out, proofs=proofs, epoch=epoch):
+                return Written(write_proofs(Path(out), (p.value() for p in proofs), epoch))
+            case Stop():
+                return Done()
+
+    def _trees(self) -> Ledger:
+        assert self.ledger is not None, "no trees built yet"
+        return self.ledger
+
+    def _frozen(self) -> Ledger:
+        assert self.snapshot is not None, "no snapshot taken"
+        return self.snapshot
+
+    def after_stage(self, idle: bool) -> None:
+        """After a ``Stage`` or ``Release``: hash the staged rows ahead if
+        enough wait, the parent is not handing out an epoch and no request
+        is waiting (``idle``)."""
+        ledger = self.ledger
+        if ledger is not None and not self.held and ledger.staged >= EAGER_ROWS and idle:
+            ledger.flush()  # hash now what the close would otherwise wait for
+
+
+def _refusal(request: Request, exc: Exception) -> Reply:
+    if isinstance(exc, NotRetained):
+        return Unretained(str(exc))
+    if isinstance(request, Export | WriteProofs) and isinstance(exc, ProverError):
+        return ExportFailed(str(exc))  # a file not written
+    return Failed(f"{type(exc).__name__}: {exc}")
+
+
 def _serve(conn: Connection, parent: int | None = None) -> None:
-    """Child process main loop: one command in, one answer out, until ``stop``.
+    """Child process main loop: one request in, its answer out, until ``Stop``.
 
     The child ends with its ``parent`` process (``_exit_with``; None: the loop
-    runs in the caller's process). Other signals are the parent's business: a
+    runs in the caller's process), and when the pipe closes or brings
+    something that is no request (answering it could pair a later answer
+    with the wrong request). Other signals are the parent's business: a
     Ctrl-C reaching the whole process group must not kill the trees under an
     epoch the parent is finishing.
     """
     if parent is not None:
         _exit_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    ledger: Ledger | None = None
-    snapshot: Ledger | None = None
-    period: SaltPeriod | None = None
-    assets: list[str] = []
-    rows: list[Row] = []
-    failed = ""  # a "stage" that failed, reported by the next "apply"
-    held = False  # from an "apply" to the next "release": no hashing ahead
+    trees = _Trees()
     while True:
         try:
-            command, args = conn.recv()
-        except EOFError:  # the parent is gone (killed): nothing left to serve
+            request = decode_request(conn.recv_bytes())
+        except (EOFError, msgspec.DecodeError):  # the parent is gone (killed), or not ours
             return
         try:
-            if command == "stop":
-                conn.send(("ok", None))
-                return
-            if command == "begin":  # a new period: rows follow in chunks, then "build"
-                period, assets, retain, retain_bytes = args
-                rows = []
-                conn.send(("ok", None))
-            elif command == "rows":
-                rows.extend(args)
-                conn.send(("ok", None))
-            elif command == "build":
-                assert period is not None
-                ledger = Ledger.build(period, assets, rows)
-                ledger.retain, ledger.retain_bytes = retain, retain_bytes
-                rows = []
-                conn.send(("ok", tuple(ledger.roots())))
-            elif command in ("stage", "release"):  # no answer to either
-                assert ledger is not None
-                if command == "stage":  # rows of the coming epoch, ahead of "apply"
-                    ledger.stage_rows(_staged_rows.decode(args))
-                else:  # the parent has handed out the epoch
-                    held = False
-                if not held and ledger.staged >= EAGER_ROWS and not conn.poll():
-                    ledger.flush()  # hash now what the close would otherwise wait for
-            elif command == "apply":
-                assert ledger is not None
-                if failed:
-                    failed, problem = "", failed
-                    raise ValueError(f"staging rows failed: {problem}")
-                new_assets, updates = args
-                start = time.perf_counter()
-                for asset in new_assets:
-                    ledger.add_asset(asset)
-                ledger.stage_rows(updates)
-                roots = tuple(ledger.close_epoch())
-                conn.send(("ok", Applied(roots, time.perf_counter() - start)))
-                held = True  # the parent commits and hands out the epoch: leave it the cores
-            elif command == "proof":
-                assert ledger is not None
-                conn.send(("ok", ledger.proof(*args)))
-            elif command == "snapshot":  # freeze the trees for an export
-                assert ledger is not None
-                history, ledger.history = ledger.history, deque()
-                snapshot = copy.deepcopy(ledger)  # without the retained epochs
-                ledger.history = history
-                conn.send(("ok", len(snapshot.user_ids)))
-            elif command == "export":
-                assert snapshot is not None
-                conn.send(("ok", export_proofs(snapshot, *args)))
-            else:
-                conn.send(("error", f"unknown command {command!r}"))
+            reply = trees.answer(request)
+            if isinstance(request, Stage | Release):
+                trees.after_stage(idle=not conn.poll())
         except Exception as exc:  # report to the parent, keep serving
-            if command in ("stage", "release"):  # answered at the next "apply", which fails
-                failed = failed or f"{type(exc).__name__}: {exc}"
-            elif isinstance(exc, NotRetained):
-                conn.send(("not-retained", str(exc)))
-            elif command == "export" and isinstance(exc, ProverError):  # a file not written
-                conn.send(("failed", str(exc)))
-            else:
-                conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            if isinstance(request, Stage | Release):  # answered at the next "Apply", which fails
+                trees.failed = trees.failed or f"{type(exc).__name__}: {exc}"
+                continue
+            reply = _refusal(request, exc)
+        if reply is not None:
+            conn.send_bytes(encode(reply))
+        if isinstance(request, Stop):
+            return
 
 
 class TreeWorker:
-    """Handle on the child process that owns the trees."""
+    """Handle on the child process that owns the trees: every exchange with it
+    goes through one thread, in order (rows staged before an ``apply`` reach
+    the child before it)."""
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -200,24 +270,26 @@ class TreeWorker:
         )
         self._process.start()
         child.close()
-        # every exchange with the child goes through this one thread, in order:
-        # rows staged before an "apply" reach the child before it
         self._io = ThreadPoolExecutor(1, thread_name_prefix="tree-worker-io")
 
-    def _call_blocking(self, command: str, args: Any) -> Any:
-        self._conn.send((command, args))
-        status, value = self._conn.recv()
-        if status == "not-retained":
-            raise NotRetained(value)
-        if status == "failed":
-            raise ProverError(value)
-        if status != "ok":
-            raise RuntimeError(f"tree worker: {value}")
-        return value
+    def _exchange(self, request: Request, answer: type[A]) -> A:
+        self._conn.send_bytes(encode(request))
+        try:
+            reply = decode_reply(self._conn.recv_bytes())
+        except EOFError:
+            raise RuntimeError("tree worker: its process is gone") from None
+        if isinstance(reply, answer):
+            return reply
+        raise error_of(reply, answer.__name__)
 
-    async def _call(self, command: str, args: Any = None) -> Any:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._io, self._call_blocking, command, args)
+    def send(self, request: Request, answer: type[A]) -> Future[A]:
+        """Send ``request`` from the worker's thread, after everything sent
+        before; the future gets its ``answer``, or the error it stands for
+        (prover/worker_messages.py)."""
+        return self._io.submit(self._exchange, request, answer)
+
+    async def _call(self, request: Request, answer: type[A]) -> A:
+        return await asyncio.wrap_future(self.send(request, answer))
 
     async def build(
         self,
@@ -235,30 +307,29 @@ class TreeWorker:
         """
 
         def send_all() -> tuple[AssetRoot, ...]:
-            self._call_blocking("begin", (period, list(assets), retain, retain_bytes))
+            self._exchange(Begin(period, list(assets), retain, retain_bytes), Done)
             for chunk in chunks:
-                self._call_blocking("rows", list(chunk))
-            result: tuple[AssetRoot, ...] = self._call_blocking("build", None)
-            return result
+                self._exchange(Rows(list(chunk)), Done)
+            return tuple(r.value() for r in self._exchange(Build(), Built).roots)
 
-        return await asyncio.get_running_loop().run_in_executor(self._io, send_all)
+        return await asyncio.wrap_future(self._io.submit(send_all))
 
     def stage(self, rows: list[Row]) -> None:
         """Send rows for the next ``apply`` now, so that the epoch's close does not
         wait for their transfer (the trees, and so proofs, change only at ``apply``)."""
-        self._io.submit(lambda: self._conn.send(("stage", msgspec.msgpack.encode(rows))))
+        self._io.submit(lambda: self._conn.send_bytes(encode(Stage(rows))))
 
     async def apply(self, assets: Sequence[str], rows: Sequence[Row]) -> Applied:
         """Add new ``assets``, apply the staged rows then ``rows`` in order, and
         return the new roots."""
-        result: Applied = await self._call("apply", (list(assets), list(rows)))
-        return result
+        closed = await self._call(Apply(list(assets), list(rows)), Closed)
+        return closed.value()
 
     def release(self) -> None:
         """Let the child hash ahead again: after an ``apply`` it waits for this,
         so that the epoch's commit and fan-out have the cores to themselves."""
         with contextlib.suppress(RuntimeError):  # closed already: nothing to release
-            self._io.submit(lambda: self._conn.send(("release", None)))
+            self._io.submit(lambda: self._conn.send_bytes(encode(Release())))
 
     async def proof(self, user: str, age: int = 0) -> UserProof | None:
         """``user``'s proof as of the last apply, or ``age`` applies before it.
@@ -266,23 +337,33 @@ class TreeWorker:
         Raises:
             NotRetained: that apply is no longer retained.
         """
-        result: UserProof | None = await self._call("proof", (user, age))
-        return result
+        found = (await self._call(ProofOf(user, age), Found)).proof
+        return None if found is None else found.value()
 
     async def snapshot(self) -> int:
         """Freeze a copy of the trees for ``export``; return its number of users."""
-        count: int = await self._call("snapshot")
-        return count
+        return (await self._call(Snapshot(), Snapshotted)).users
+
+    async def snapshot_ids(self) -> list[str]:
+        """``snapshot``, returning the snapshot's user ids."""
+        return (await self._call(Snapshot(ids=True), Snapshotted)).ids
 
     async def export(self, out: Path, start: int, count: int, epoch: EpochMessage) -> int:
         """Write the proofs of snapshot users ``start .. start+count`` into ``out``."""
-        written: int = await self._call("export", (out, start, count, epoch))
-        return written
+        return (await self._call(Export(str(out), start, count, epoch), Written)).files
+
+    async def snapshot_proofs(self, users: list[str]) -> list[WireProof | None]:
+        """The snapshot's proof of each of ``users`` (None: holds nothing here)."""
+        return (await self._call(ProofsOf(users), FoundMany)).proofs
+
+    async def write_proofs(self, out: Path, proofs: list[WireProof], epoch: EpochMessage) -> int:
+        """Write one proof file per proof into ``out``."""
+        return (await self._call(WriteProofs(str(out), proofs, epoch), Written)).files
 
     async def close(self) -> None:
         if self._process.is_alive():
             with contextlib.suppress(TimeoutError, OSError, EOFError, RuntimeError):
-                await asyncio.wait_for(self._call("stop"), 5)
+                await asyncio.wait_for(self._call(Stop(), Done), 5)
         self._process.join(timeout=5)
         if self._process.is_alive():
             self._process.kill()

@@ -6,8 +6,9 @@ Usage:
 
 Everything is derived from fixed inputs (fixed salts, padding key, Ed25519
 keys of the log and of two witnesses, cosignature times; Ed25519 signatures
-are deterministic), so the output is byte-stable. The trees are built here
-straight from verifier.hashing, independently of prover/.
+are deterministic), so the output is byte-stable. Every sum tree hash is the
+current record version's hasher's (``verifier.hashing.hasher_for(VERSION)``),
+and the trees are built here straight from it, independently of prover/.
 """
 
 from __future__ import annotations
@@ -34,24 +35,14 @@ from verifier.checkpoint import (
 )
 from verifier.cosignature import WitnessKey, cosign, witness_key_for
 from verifier.errors import SolvencyError, VerificationError
-from verifier.hashing import (
-    TAG_COMMITMENT,
-    TAG_LEAF,
-    TAG_NODE,
-    TAG_PADDING,
-    asset_prefix,
-    commitment,
-    encode_sum,
-    leaf_hash,
-    node_hash,
-    padding_hash,
-)
+from verifier.hashing import VERSION, encode_sum, hasher_for
 from verifier.proof import AssetPath, ProofFile, verify_proof
 from verifier.record import AssetState, EpochRecord, ReserveSource, Status
 from verifier.report import ReserveReport, SignedReport, sign_report
 from verifier.sumtree import PathStep
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors"
+HASHER = hasher_for(VERSION)  # the sum tree hashing rules the vectors are of
 
 ORIGIN = "example.com/solvency/test"
 SIGNING_SEED = bytes(range(1, 33))  # test key only: never use a fixed seed for real
@@ -87,25 +78,25 @@ def salt_of(user: str) -> bytes:
 
 def hashing_vectors() -> list[dict[str, Any]]:
     salt = salt_of("alice")
-    c = commitment("alice", salt)
+    c = HASHER.commitment("alice", salt)
     cases = [
         (
             "commitment",
             {"user": "alice", "salt": salt.hex()},
-            bytes((TAG_COMMITMENT, 5)) + b"alice" + salt,
+            bytes((HASHER.commitment_tag, 5)) + b"alice" + salt,
             c,
         ),
         (
             "leaf",
             {"asset": "BTC", "commitment": c.hex(), "amount": "150000000"},
-            asset_prefix(TAG_LEAF, "BTC") + c + encode_sum(150_000_000),
-            leaf_hash("BTC", c, 150_000_000),
+            HASHER.leaf_prefix("BTC") + c + encode_sum(150_000_000),
+            HASHER.leaf_hash("BTC", c, 150_000_000),
         ),
         (
             "padding",
             {"asset": "BTC", "padding_key": PADDING_KEY.hex(), "slot": 6},
-            asset_prefix(TAG_PADDING, "BTC") + PADDING_KEY + (6).to_bytes(8, "big"),
-            padding_hash("BTC", PADDING_KEY, 6),
+            HASHER.padding_prefix("BTC") + PADDING_KEY + (6).to_bytes(8, "big"),
+            HASHER.padding_hash("BTC", PADDING_KEY, 6),
         ),
         (
             "node",
@@ -115,13 +106,13 @@ def hashing_vectors() -> list[dict[str, Any]]:
                 "right": PADDING_KEY.hex(),
                 "right_sum": str(2**64 - 1),
             },
-            bytes((TAG_NODE,)) + c + encode_sum(7) + PADDING_KEY + encode_sum(2**64 - 1),
-            node_hash(c, 7, PADDING_KEY, 2**64 - 1),
+            bytes((HASHER.node_tag,)) + c + encode_sum(7) + PADDING_KEY + encode_sum(2**64 - 1),
+            HASHER.node_hash(c, 7, PADDING_KEY, 2**64 - 1),
         ),
     ]
     out = []
     for name, inputs, message, digest in cases:
-        assert hashlib.sha256(message).digest() == digest, name
+        assert HASHER.digest(message).digest() == digest, name
         out.append(
             {"name": name, "inputs": inputs, "message": message.hex(), "digest": digest.hex()}
         )
@@ -145,13 +136,14 @@ def build_tree(
     for slot in range(1 << height):
         if slot in by_slot:
             user, amount = by_slot[slot]
-            level.append((leaf_hash(asset, commitment(user, salt_of(user)), amount), amount))
+            user_commitment = HASHER.commitment(user, salt_of(user))
+            level.append((HASHER.leaf_hash(asset, user_commitment, amount), amount))
         else:
-            level.append((padding_hash(asset, PADDING_KEY, slot), 0))
+            level.append((HASHER.padding_hash(asset, PADDING_KEY, slot), 0))
     levels = [level]
     while len(level) > 1:
         level = [
-            (node_hash(lh, ls, rh, rs), ls + rs)
+            (HASHER.node_hash(lh, ls, rh, rs), ls + rs)
             for (lh, ls), (rh, rs) in zip(level[0::2], level[1::2], strict=True)
         ]
         levels.append(level)
@@ -185,7 +177,7 @@ def report_vectors() -> dict[str, Any]:
     for key in REPORTS:
         signed = signed_report(key)
         r = signed.report
-        fields = {"source": r.source, "asset": r.asset, "amount": str(r.amount)}
+        fields: dict[str, Any] = {"source": r.source, "asset": r.asset, "amount": str(r.amount)}
         fields |= {"as_of_ms": r.as_of_ms, "chain": r.chain, "block": r.block}
         reports.append(
             {

@@ -5,7 +5,6 @@ the real parsers accept, and its set-up script works outside a container."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -20,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from prover import cli as prover_cli
-from prover.config import Config, load_config
+from prover.config import Settings, load_config
 from prover.metrics import Metrics, render_metrics
 from prover.witness_protocol import WitnessEndpoint
 from prover.witnesses import WitnessStats
@@ -503,7 +502,7 @@ def test_the_compose_commands_parse() -> None:
 
 
 def test_the_compose_environment_names_configuration_keys() -> None:
-    keys = {f"SOLVENCY_{f.name.upper()}" for f in dataclasses.fields(Config)}
+    keys = {f"SOLVENCY_{name.upper()}" for name in Settings.__struct_fields__}
     for name, spec in compose()["services"].items():
         for variable in spec.get("environment", {}):
             if variable.startswith("SOLVENCY_"):
@@ -542,14 +541,14 @@ def test_the_compose_init_script_sets_up_prover_and_witnesses(tmp_path: Path) ->
     config = load_config(data, environ={})
     log_key = VerifierKey.parse((data / "verifier.pub").read_text().strip())
     assert log_key.name == config.origin == "compose.example/solvency"
-    assert [asset for asset, _ in config.assets] == ["BTC", "ETH", "USDT"]
-    urls = [url for _, url in config.witnesses]
+    assert [asset.id for asset in config.assets] == ["BTC", "ETH", "USDT"]
+    urls = [w.url for w in config.witnesses]
     assert urls == ["http://witness1:7380", "http://witness2:7380"]
     assert config.quorum == 2
-    for n, (key, _) in enumerate(config.witnesses, 1):
+    for n, witness in enumerate(config.witnesses, 1):
         volume = tmp_path / "witnesses" / str(n)
         name, private = load_signer_key(str(volume / "witness.key"))  # mode 600
-        assert str(witness_key_for(name, private.public_key())) == key
+        assert str(witness_key_for(name, private.public_key())) == witness.key
         assert VerifierKey.parse((volume / "log.vkey").read_text().strip()) == log_key
         assert (volume.stat().st_mode & 0o777) == 0o700
     assert str(log_key) in done.stdout

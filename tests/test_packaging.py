@@ -62,9 +62,12 @@ def test_verifier_wheel_holds_the_verifier_alone(tmp_path: Path) -> None:
         meta = email.message_from_bytes(zf.read(info + "METADATA"))
         entry_points = zf.read(info + "entry_points.txt").decode()
     sources = {f"verifier/{p.name}" for p in (ROOT / "verifier").glob("*.py")}
-    assert {n for n in names if not n.startswith(info)} == sources
+    web = {p.relative_to(ROOT).as_posix() for p in (ROOT / "verifier" / "web").rglob("*")}
+    assert {n for n in names if not n.startswith(info)} == sources | {
+        n for n in web if not (ROOT / n).is_dir()
+    }
     assert meta["Name"] == VERIFIER_DISTRIBUTION and meta["Version"] == __version__
-    assert sorted(meta.get_all("Requires-Dist") or []) == ["cryptography>=42", "websockets>=13"]
+    assert sorted(meta.get_all("Requires-Dist") or []) == ["cryptography>=42", "websockets>=17"]
     lines = [line.strip() for line in entry_points.splitlines() if line.strip()]
     assert lines == ["[console_scripts]", "solvency-verify = verifier.cli:main"]
 
@@ -76,7 +79,7 @@ def test_one_version_and_the_prover_requires_the_same_verifier() -> None:
         version = config["tool"]["setuptools"]["dynamic"]["version"]
         assert version == {"attr": "verifier.version.__version__"}
     assert f"{VERIFIER_DISTRIBUTION}=={__version__}" in prover["dependencies"]
-    assert verifier["dependencies"] == ["cryptography>=42", "websockets>=13"]
+    assert verifier["dependencies"] == ["cryptography>=42", "websockets>=17"]
     assert prover["scripts"] == {"solvency-prover": "prover.cli:main"}
     assert verifier["scripts"] == {"solvency-verify": "verifier.cli:main"}
     found = pyproject(ROOT)["tool"]["setuptools"]["packages"]["find"]

@@ -1,9 +1,18 @@
 """Byte-exact hashing rules of the Merkle sum trees (docs/PROTOCOL.md §2).
 
 Every function here is pure and defines one message layout. All digests are
-full 32-byte SHA-256; all amounts and sums are unsigned 128-bit big-endian.
+``DIGEST_SIZE`` = 32 bytes; all amounts and sums are unsigned 128-bit big-endian.
 
-Domain-separation tags (one byte, first byte of every hashed message)::
+The rules of a record version are one ``SumTreeHasher``: its digest function,
+its domain-separation tags and the four hashes built from them.
+``hasher_for(version)`` looks them up by record version. ``VERSION`` is the
+version the prover writes and ``HASHER`` its hasher (``SHA256_HASHER``); the
+functions ``commitment``, ``leaf_hash``, ``padding_hash`` and ``node_hash``
+are ``HASHER``'s methods. A new record version with another digest function
+or other tags changes ``VERSION``, ``_HASHERS`` and the vectors in
+tests/vectors only.
+
+Domain-separation tags of version 2 (one byte, first byte of every hashed message)::
 
     0x43 'C'  user commitment   C = H(0x43 || u8 len || user_id || salt[32])
     0x4C 'L'  user leaf         H(0x4C || u8 len || asset || C[32] || amount u128)
@@ -20,33 +29,44 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final, Protocol
 
 from verifier.errors import FormatError
 
 __all__ = [
     "DIGEST_SIZE",
+    "HASHER",
     "MAX_BALANCE",
     "MAX_HEIGHT",
     "NODE_MESSAGE_SIZE",
     "SALT_SIZE",
+    "SHA256_HASHER",
     "SUM_SIZE",
     "TAG_COMMITMENT",
     "TAG_LEAF",
     "TAG_NODE",
     "TAG_PADDING",
+    "VERSION",
+    "HashState",
+    "SumTreeHasher",
     "asset_prefix",
     "check_asset_id",
     "check_user_id",
     "commitment",
     "encode_sum",
     "find_invalid_user_id",
+    "hasher_for",
     "leaf_hash",
     "node_hash",
     "padding_hash",
     "printable_id",
     "subtree_cap",
 ]
+
+VERSION = 2  # the epoch record version the prover writes (PROTOCOL §10)
 
 TAG_COMMITMENT = 0x43
 TAG_LEAF = 0x4C
@@ -174,45 +194,111 @@ def asset_prefix(tag: int, asset: str) -> bytes:
     return bytes((tag, len(raw))) + raw
 
 
-def commitment(user_id: str, salt: bytes) -> bytes:
-    """The per-user commitment ``H(0x43 || u8 len || user_id || salt)``.
+class HashState(Protocol):
+    """What a digest function returns for a message, as ``hashlib``'s objects do."""
 
-    A fresh 32-byte salt each salt period keeps two users (or one user in two
-    periods) from ever sharing a leaf, and hides the user id from neighbours.
+    def digest(self) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SumTreeHasher:
+    """The sum tree hashing rules of a record version (PROTOCOL §2): a digest
+    function, the four domain-separation tags, and the commitment, leaf,
+    padding and node hashes built from them in the layouts of the module
+    docstring.
+
+    Invariants, checked on construction: a digest is ``DIGEST_SIZE`` bytes; the
+    tags are four distinct bytes, none RFC 9162's ``0x00`` or ``0x01``.
     """
-    raw = check_user_id(user_id)
-    if len(salt) != SALT_SIZE:
-        raise FormatError(f"salt must be {SALT_SIZE} bytes, got {len(salt)}")
-    return hashlib.sha256(bytes((TAG_COMMITMENT, len(raw))) + raw + salt).digest()
+
+    digest: Callable[[bytes], HashState]
+    commitment_tag: int = TAG_COMMITMENT
+    leaf_tag: int = TAG_LEAF
+    padding_tag: int = TAG_PADDING
+    node_tag: int = TAG_NODE
+
+    def __post_init__(self) -> None:
+        size = len(self.digest(b"").digest())
+        if size != DIGEST_SIZE:
+            raise ValueError(f"a digest of {size} bytes: the wire format holds {DIGEST_SIZE}")
+        tags = (self.commitment_tag, self.leaf_tag, self.padding_tag, self.node_tag)
+        if len(set(tags)) != len(tags) or not all(0x02 <= tag <= 0xFF for tag in tags):
+            raise ValueError(
+                f"tags {', '.join(map(hex, tags))}: want four distinct bytes, none 0x00 or 0x01"
+            )
+
+    def leaf_prefix(self, asset: str) -> bytes:
+        """The constant head of every user leaf message of ``asset``'s tree."""
+        return asset_prefix(self.leaf_tag, asset)
+
+    def padding_prefix(self, asset: str) -> bytes:
+        """The constant head of every padding leaf message of ``asset``'s tree."""
+        return asset_prefix(self.padding_tag, asset)
+
+    def commitment(self, user_id: str, salt: bytes) -> bytes:
+        """The per-user commitment ``H(tag || u8 len || user_id || salt)``.
+
+        A fresh 32-byte salt each salt period keeps two users (or one user in
+        two periods) from ever sharing a leaf, and hides the user id from
+        neighbours.
+        """
+        raw = check_user_id(user_id)
+        if len(salt) != SALT_SIZE:
+            raise FormatError(f"salt must be {SALT_SIZE} bytes, got {len(salt)}")
+        return self.digest(bytes((self.commitment_tag, len(raw))) + raw + salt).digest()
+
+    def leaf_hash(self, asset: str, user_commitment: bytes, amount: int) -> bytes:
+        """Hash of a user leaf: binds the asset, the user commitment and the balance."""
+        if len(user_commitment) != DIGEST_SIZE:
+            raise FormatError(f"commitment must be {DIGEST_SIZE} bytes")
+        if not 0 <= amount <= MAX_BALANCE:
+            raise FormatError(f"leaf amount {amount} is outside 0..2**64-1")
+        return self.digest(self.leaf_prefix(asset) + user_commitment + encode_sum(amount)).digest()
+
+    def padding_hash(self, asset: str, padding_key: bytes, slot: int) -> bytes:
+        """Hash of an empty slot (sum 0). Only the prover computes it: ``padding_key``
+        is secret, so padding is indistinguishable from a user leaf of balance 0."""
+        if len(padding_key) != DIGEST_SIZE:
+            raise FormatError(f"padding key must be {DIGEST_SIZE} bytes")
+        if not 0 <= slot < 2**64:
+            raise FormatError(f"slot {slot} is outside the u64 range")
+        return self.digest(
+            self.padding_prefix(asset) + padding_key + slot.to_bytes(8, "big")
+        ).digest()
+
+    def node_hash(self, left: bytes, left_sum: int, right: bytes, right_sum: int) -> bytes:
+        """Hash of an internal node: binds both child hashes and both child sums."""
+        if len(left) != DIGEST_SIZE or len(right) != DIGEST_SIZE:
+            raise FormatError(f"child hashes must be {DIGEST_SIZE} bytes")
+        return self.digest(
+            bytes((self.node_tag,)) + left + encode_sum(left_sum) + right + encode_sum(right_sum)
+        ).digest()
 
 
-def leaf_hash(asset: str, user_commitment: bytes, amount: int) -> bytes:
-    """Hash of a user leaf: binds the asset, the user commitment and the balance."""
-    if len(user_commitment) != DIGEST_SIZE:
-        raise FormatError(f"commitment must be {DIGEST_SIZE} bytes")
-    if not 0 <= amount <= MAX_BALANCE:
-        raise FormatError(f"leaf amount {amount} is outside 0..2**64-1")
-    return hashlib.sha256(
-        asset_prefix(TAG_LEAF, asset) + user_commitment + encode_sum(amount)
-    ).digest()
+SHA256_HASHER: Final = SumTreeHasher(hashlib.sha256)
+
+# Every record version this verifier reads, with its hashing rules.
+_HASHERS: Mapping[int, SumTreeHasher] = MappingProxyType({VERSION: SHA256_HASHER})
 
 
-def padding_hash(asset: str, padding_key: bytes, slot: int) -> bytes:
-    """Hash of an empty slot (sum 0). Only the prover computes it: ``padding_key``
-    is secret, so padding is indistinguishable from a user leaf of balance 0."""
-    if len(padding_key) != DIGEST_SIZE:
-        raise FormatError(f"padding key must be {DIGEST_SIZE} bytes")
-    if not 0 <= slot < 2**64:
-        raise FormatError(f"slot {slot} is outside the u64 range")
-    return hashlib.sha256(
-        asset_prefix(TAG_PADDING, asset) + padding_key + slot.to_bytes(8, "big")
-    ).digest()
+def hasher_for(version: int) -> SumTreeHasher:
+    """The sum tree hashing rules of epoch record ``version``.
+
+    Raises:
+        FormatError: this verifier does not read ``version``.
+    """
+    hasher = _HASHERS.get(version)
+    if hasher is None:
+        known = sorted(_HASHERS)
+        raise FormatError(
+            f"unsupported epoch record version {version}: this verifier reads "
+            f"version{'s' if len(known) > 1 else ''} {', '.join(map(str, known))}"
+        )
+    return hasher
 
 
-def node_hash(left: bytes, left_sum: int, right: bytes, right_sum: int) -> bytes:
-    """Hash of an internal node: binds both child hashes and both child sums."""
-    if len(left) != DIGEST_SIZE or len(right) != DIGEST_SIZE:
-        raise FormatError(f"child hashes must be {DIGEST_SIZE} bytes")
-    return hashlib.sha256(
-        bytes((TAG_NODE,)) + left + encode_sum(left_sum) + right + encode_sum(right_sum)
-    ).digest()
+HASHER: Final = hasher_for(VERSION)
+commitment = HASHER.commitment
+leaf_hash = HASHER.leaf_hash
+padding_hash = HASHER.padding_hash
+node_hash = HASHER.node_hash

@@ -30,7 +30,7 @@ from verifier.checkpoint import Checkpoint, VerifierKey, verify_checkpoint
 from verifier.cosignature import Cosignature, WitnessKey
 from verifier.errors import FormatError, VerificationError
 from verifier.fields import b64, decimal, exact_keys, hex32, hex32_list, load_object, natural, text
-from verifier.hashing import DIGEST_SIZE, MAX_BALANCE, check_user_id, commitment, leaf_hash
+from verifier.hashing import DIGEST_SIZE, MAX_BALANCE, check_user_id, hasher_for
 from verifier.quorum import check_quorum
 from verifier.record import AssetState, EpochRecord
 from verifier.sumtree import PathStep, verify_path
@@ -181,7 +181,8 @@ def verify_proof(
     # 4. The proof is for the expected user.
     if user is not None and user != proof.user:
         raise VerificationError("user-mismatch", f"proof is for {proof.user!r}, not {user!r}")
-    user_commitment = commitment(proof.user, proof.salt)
+    hasher = hasher_for(record.version)  # the hashing rules of the signed record's version
+    user_commitment = hasher.commitment(proof.user, proof.salt)
 
     # 5. Each asset path leads from this user's leaf to that asset's signed root.
     reports = []
@@ -195,7 +196,7 @@ def verify_proof(
         # fails leaf-range (or an earlier §3 check) before the leaf is used, so
         # it gets a placeholder rather than a FormatError from encoding.
         if entry.balance <= MAX_BALANCE:
-            leaf = leaf_hash(entry.asset, user_commitment, entry.balance)
+            leaf = hasher.leaf_hash(entry.asset, user_commitment, entry.balance)
         else:
             leaf = bytes(DIGEST_SIZE)
         try:
@@ -207,6 +208,7 @@ def verify_proof(
                 leaf=leaf,
                 amount=entry.balance,
                 path=entry.path,
+                hasher=hasher,
             )
         except VerificationError as exc:
             raise VerificationError(exc.check, f"asset {entry.asset}: {exc.detail}") from exc

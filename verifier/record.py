@@ -2,7 +2,7 @@
 
 Layout (all integers unsigned big-endian)::
 
-    magic "SOLV" | version u8 = 2 | epoch u64 | timestamp_ms u64
+    magic "SOLV" | version u8 (VERSION) | epoch u64 | timestamp_ms u64
     | max_reserve_age_ms u64 | asset_count u16 | asset* (sorted by id, unique)
 
     asset  = id_len u8 | id | decimals u8 | height u8 | root[32]
@@ -15,7 +15,9 @@ Invariants enforced on both encode and decode, so that a record is valid iff it
 round-trips: liabilities <= subtree_cap(height); reserves = sum of the sources'
 amounts; each source amount <= MAX_RESERVE; as_of <= timestamp; an unattested
 source (zero report hash) has key id 0; status is the one ``expected_status``
-derives. Decoding rejects trailing bytes and version 1 (unreleased, dropped).
+derives. Decoding rejects trailing bytes, version 1 (unreleased, dropped) and
+every version ``verifier.hashing.hasher_for`` does not know; a record keeps its
+version, which names the hashing rules of its trees.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ from enum import IntEnum
 from typing import Any
 
 from verifier.errors import FormatError
-from verifier.hashing import DIGEST_SIZE, MAX_HEIGHT, SUM_SIZE, check_asset_id, subtree_cap
+from verifier.hashing import (
+    DIGEST_SIZE,
+    MAX_HEIGHT,
+    SUM_SIZE,
+    VERSION,
+    check_asset_id,
+    hasher_for,
+    subtree_cap,
+)
 
 __all__ = [
     "MAGIC",
@@ -44,7 +54,6 @@ __all__ = [
 ]
 
 MAGIC = b"SOLV"
-VERSION = 2
 UNATTESTED = bytes(DIGEST_SIZE)  # the report hash of a source no signed report backs
 MAX_RESERVE = 2**96 - 1
 MAX_DECIMALS = 36
@@ -154,14 +163,17 @@ def expected_status(
 
 @dataclass(frozen=True, slots=True)
 class EpochRecord:
-    """What the prover states at one epoch; ``epoch`` is also its index in the log."""
+    """What the prover states at one epoch; ``epoch`` is also its index in the log.
+    ``version`` is a record version ``hasher_for`` knows (``VERSION`` unless decoded)."""
 
     epoch: int
     timestamp_ms: int
     max_reserve_age_ms: int
     assets: tuple[AssetState, ...]
+    version: int = VERSION
 
     def __post_init__(self) -> None:
+        hasher_for(self.version)  # FormatError: a version this verifier does not read
         for name in ("epoch", "timestamp_ms", "max_reserve_age_ms"):
             value = getattr(self, name)
             if not 0 <= value < _U64:
@@ -198,7 +210,7 @@ class EpochRecord:
         out = [
             _HEADER.pack(
                 MAGIC,
-                VERSION,
+                self.version,
                 self.epoch,
                 self.timestamp_ms,
                 self.max_reserve_age_ms,
@@ -243,10 +255,9 @@ class EpochRecord:
         if version == 1:
             raise FormatError(
                 "epoch record version 1 (unreleased, without reserve attestations) is no "
-                "longer read: this verifier reads version 2"
+                f"longer read: this verifier reads version {VERSION}"
             )
-        if version != VERSION:
-            raise FormatError(f"unsupported epoch record version {version}")
+        hasher_for(version)  # FormatError: a version this verifier does not read
         assets = []
         for _ in range(count):
             asset = reader.name("asset id")
@@ -273,7 +284,7 @@ class EpochRecord:
                 )
             )
         reader.finish()
-        return cls(epoch, timestamp, max_age, tuple(assets))
+        return cls(epoch, timestamp, max_age, tuple(assets), version)
 
 
 class _Reader:

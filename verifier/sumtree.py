@@ -10,6 +10,9 @@ the slot says on which side our node is (0: left). Checks, in order:
    ``0 .. subtree_cap(l)``, so no negative, wrapped or oversized sum passes;
 4. ``root-mismatch``: the recomputed root equals the signed root;
 5. ``liabilities-mismatch``: the recomputed root sum equals the signed total.
+
+Nodes are hashed by the ``SumTreeHasher`` of the signed record's version
+(``verifier.hashing.hasher_for``); the current version's unless given.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from verifier.errors import FormatError, VerificationError
-from verifier.hashing import DIGEST_SIZE, MAX_BALANCE, node_hash, subtree_cap
+from verifier.hashing import DIGEST_SIZE, HASHER, MAX_BALANCE, SumTreeHasher, subtree_cap
 
 __all__ = ["PathStep", "root_from_path", "verify_path"]
 
@@ -36,7 +39,13 @@ class PathStep:
 
 
 def root_from_path(
-    height: int, slot: int, leaf: bytes, amount: int, path: Sequence[PathStep]
+    height: int,
+    slot: int,
+    leaf: bytes,
+    amount: int,
+    path: Sequence[PathStep],
+    *,
+    hasher: SumTreeHasher = HASHER,
 ) -> tuple[bytes, int]:
     """Recompute ``(root hash, root sum)`` from a leaf and its path (checks 1-3).
 
@@ -52,6 +61,7 @@ def root_from_path(
         raise VerificationError("slot-range", f"slot {slot} is outside a tree of height {height}")
     if not 0 <= amount <= MAX_BALANCE:
         raise VerificationError("leaf-range", f"leaf amount {amount} is outside 0..2**64-1")
+    node_hash = hasher.node_hash
     node, total = leaf, amount
     for level, step in enumerate(path):
         if not 0 <= step.sum <= subtree_cap(level):
@@ -76,6 +86,7 @@ def verify_path(
     leaf: bytes,
     amount: int,
     path: Sequence[PathStep],
+    hasher: SumTreeHasher = HASHER,
 ) -> None:
     """Check that ``leaf`` with ``amount`` sits at ``slot`` under the signed
     ``root`` whose sum is ``liabilities`` (checks 1-5).
@@ -83,7 +94,7 @@ def verify_path(
     Raises:
         VerificationError: naming the first failed check.
     """
-    got_root, got_total = root_from_path(height, slot, leaf, amount, path)
+    got_root, got_total = root_from_path(height, slot, leaf, amount, path, hasher=hasher)
     if got_root != root:
         raise VerificationError("root-mismatch", "the path does not lead to the signed root")
     if got_total != liabilities:

@@ -257,6 +257,7 @@ class Watcher:
     async def _follow(self) -> int:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed
+        from websockets.uri import parse_uri
 
         connector = connect(
             self._roots_url(),
@@ -279,7 +280,10 @@ class Watcher:
                     {"event": "disconnected", "reason": reason, "retry_in": 0},
                     f"{printable_id(reason)}; reconnecting",
                 )
-                connector.uri = self._roots_url()  # resume after the last verified epoch
+                # resume after the last verified epoch: the two attributes
+                # websockets itself moves when it follows a redirect
+                connector.uri = self._roots_url()
+                connector.ws_uri = parse_uri(connector.uri)
         except _Stopped as stopped:
             return stopped.code
         raise AssertionError("unreachable: connect() iterates until an exception")

@@ -12,7 +12,7 @@ import pytest
 
 from prover import demo
 from prover.cli import main
-from prover.config import load_config
+from prover.config import AssetConfig, load_config
 from prover.demo import main as demo_main
 from storage.store import Store
 
@@ -38,7 +38,8 @@ def test_init_import_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert stat.S_IMODE((data / "config.toml").stat().st_mode) == 0o600
     assert stat.S_IMODE((data / "signing.key").stat().st_mode) == 0o600
     config = load_config(data)
-    assert config.assets == (("BTC", 8), ("ETH", 9)) and len(config.proof_secret) == 64
+    assert config.assets == (AssetConfig("BTC", 8), AssetConfig("ETH", 9))
+    assert len(config.proof_secret) == 64
     assert main(["--data-dir", str(data), "init"]) == 2  # never overwrites
 
     (tmp_path / "b.csv").write_text("user,asset,amount\nalice,BTC,5\nbob,ETH,7\n")
@@ -119,7 +120,7 @@ def test_rotate_key_keeps_the_old_key_co_signing(
     assert main(["--data-dir", str(data), "rotate-key"]) == 0
     new = load_config(data)
     assert new.previous_key_file == "signing.key" and new.key_file != old.key_file
-    assert new.assets == (("BTC", 8),) and new.ingest_token == old.ingest_token
+    assert new.assets == (AssetConfig("BTC", 8),) and new.ingest_token == old.ingest_token
     old_key, new_key = load_key(new.data_dir / new.previous_key_file), load_key(new.key_path)
     note = sign_note(
         Checkpoint("r.example/log", 1, bytes(32)).to_note_body(), "r.example/log", new_key, old_key

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from prover.config import Config
+from prover.config import AssetConfig, Config
 from prover.engine import Engine
 from prover.errors import IngestError, NotRetained
 from prover.messages import ack, parse_ingest
@@ -35,7 +35,7 @@ def config(tmp_path: Path, **changes: object) -> Config:
     base: dict[str, object] = dict(
         data_dir=tmp_path,
         origin=ORIGIN,
-        assets=(("BTC", 8), ("ETH", 9)),
+        assets=(AssetConfig("BTC", 8), AssetConfig("ETH", 9)),
         proof_secret="00" * 32,
         ingest_token="secret-token",
         epoch_interval=0.05,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,7 +11,8 @@ from hypothesis import strategies as st
 from prover.errors import ProverError
 from prover.ledger import CLOSE_NODES, MIN_HEIGHT, Ledger, _flush_levels, height_for
 from prover.periods import SaltPeriod
-from verifier.hashing import commitment, leaf_hash
+from verifier.errors import VerificationError
+from verifier.hashing import HASHER, SumTreeHasher
 from verifier.sumtree import verify_path
 
 PERIOD = SaltPeriod(1, 0, bytes(range(32)))
@@ -24,13 +27,13 @@ def balances_of(ledger: Ledger) -> dict[tuple[str, str], int]:
     }
 
 
-def check_all_proofs(ledger: Ledger) -> None:
+def check_all_proofs(ledger: Ledger, hasher: SumTreeHasher = HASHER) -> None:
     roots = {r.asset: r for r in ledger.roots()}
     for user in ledger.users:
         proof = ledger.proof(user)
         if proof is None:
             continue
-        c = commitment(user, proof.salt)
+        c = hasher.commitment(user, proof.salt)
         for asset, slot, amount, path in proof.entries:
             r = roots[asset]
             verify_path(
@@ -38,9 +41,10 @@ def check_all_proofs(ledger: Ledger) -> None:
                 root=r.root,
                 liabilities=r.total,
                 slot=slot,
-                leaf=leaf_hash(asset, c, amount),
+                leaf=hasher.leaf_hash(asset, c, amount),
                 amount=amount,
                 path=path,
+                hasher=hasher,
             )
 
 
@@ -70,6 +74,23 @@ def test_build_stage_and_close() -> None:
     assert ledger.proof("nobody") is None
     with pytest.raises(ProverError):
         ledger.stage("a", "DOGE", 1)
+
+
+def test_a_ledger_hashes_with_its_hasher() -> None:
+    """Commitments and every tree, rebuilt one level higher too, by the ledger's hasher."""
+    other = SumTreeHasher(hashlib.sha3_256, 0x63, 0x6C, 0x70, 0x6E)
+    rows = [("a", "BTC", 5), ("b", "BTC", 7), ("a", "ETH", 1)]
+    ledger = Ledger.build(PERIOD, ["BTC", "ETH"], rows, hasher=other)
+    assert ledger.hasher is other and Ledger.build(PERIOD, ["BTC"], []).hasher is HASHER
+    assert ledger.commitments[0].tobytes() == other.commitment("a", PERIOD.salt("a"))
+    height = ledger.books["BTC"].tree.height
+    ledger.stage_rows([(f"u{i}", "BTC", i + 1) for i in range(1 << height)])  # a rebuild
+    ledger.close_epoch()
+    assert ledger.books["BTC"].tree.height > height
+    assert {book.tree.hasher for book in ledger.books.values()} == {other}
+    check_all_proofs(ledger, other)
+    with pytest.raises(VerificationError, match="root-mismatch"):
+        check_all_proofs(ledger)
 
 
 def test_rows_naming_an_unknown_asset_stage_nothing() -> None:

@@ -25,7 +25,7 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerInfo
 
 from prover.cli import main as prover_main
-from prover.config import Config, load_config
+from prover.config import AssetConfig, Config, load_config
 from prover.engine import Engine
 from prover.errors import ConfigError, IngestError
 from prover.ingest import IngestResult
@@ -118,7 +118,7 @@ def config(tmp_path: Path) -> Config:
     return Config(
         data_dir=tmp_path,
         origin="nats.test/log",
-        assets=(("BTC", 8),),
+        assets=(AssetConfig("BTC", 8),),
         epoch_interval=0.05,
         max_interval=0.5,
     )

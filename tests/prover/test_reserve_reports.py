@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from prover.config import Config, load_config
+from prover.config import AttesterConfig, Config, load_config
 from prover.engine import Engine
 from prover.errors import ConfigError, IngestError
 from prover.messages import ReserveReportBatch, parse_ingest
@@ -24,7 +24,7 @@ from verifier.report import ReserveReport, SignedReport, sign_report
 COLD = Ed25519PrivateKey.from_private_bytes(bytes(range(129, 161)))
 THIEF = Ed25519PrivateKey.from_private_bytes(bytes(range(200, 232)))
 COLD_VKEY = verifier_key_for("cold", COLD.public_key())
-ATTESTED = {"attesters": (("cold", str(COLD_VKEY)),)}
+ATTESTED = {"attesters": (AttesterConfig("cold", str(COLD_VKEY)),)}
 
 
 def note(amount: int, as_of_ms: int, key: Ed25519PrivateKey = COLD, **fields: object) -> str:
@@ -186,7 +186,10 @@ def test_replays_by_seq_are_idempotent(tmp_path: Path) -> None:
 
 def test_two_keys_for_one_source_while_it_is_replaced(tmp_path: Path) -> None:
     new = Ed25519PrivateKey.from_private_bytes(bytes(range(2, 34)))
-    keys = (("cold", str(COLD_VKEY)), ("cold", str(verifier_key_for("cold", new.public_key()))))
+    keys = (
+        AttesterConfig("cold", str(COLD_VKEY)),
+        AttesterConfig("cold", str(verifier_key_for("cold", new.public_key()))),
+    )
 
     async def scenario(engine: Engine, clock: Clock) -> None:
         t = now_ms(clock)
@@ -206,6 +209,6 @@ def test_attester_configuration(tmp_path: Path) -> None:
     env = {"SOLVENCY_ATTESTERS": f"{COLD_VKEY},{verifier_key_for('hot', THIEF.public_key())}"}
     assert set(load_config(tmp_path, environ=env).attester_keys()) == {"cold", "hot"}
     with pytest.raises(ConfigError, match="named 'cold'"):
-        Config(tmp_path, attesters=(("hot", str(COLD_VKEY)),))
+        Config(tmp_path, attesters=(AttesterConfig("hot", str(COLD_VKEY)),))
     with pytest.raises(ConfigError, match="attester cold"):
-        Config(tmp_path, attesters=(("cold", "cold+00000000+AAAA"),))
+        Config(tmp_path, attesters=(AttesterConfig("cold", "cold+00000000+AAAA"),))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from prover.config import Config
+from prover.config import AssetConfig, Config
 from prover.engine import Engine
 from prover.errors import IngestError
 from prover.ingest import IngestResult
@@ -71,7 +71,7 @@ def test_a_stored_outcome_is_acknowledged() -> None:
 
 
 def run(tmp_path: Path, scenario: Scenario) -> None:
-    config = Config(tmp_path, origin="sources.test/log", assets=(("BTC", 8),))
+    config = Config(tmp_path, origin="sources.test/log", assets=(AssetConfig("BTC", 8),))
     run_engine(config, KEY, scenario)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +16,14 @@ from hypothesis import strategies as st
 
 import prover.tree
 from prover.tree import SumTree, TreeError, Undo
-from verifier.hashing import MAX_BALANCE, leaf_hash, node_hash, padding_hash
+from verifier.hashing import (
+    HASHER,
+    MAX_BALANCE,
+    SumTreeHasher,
+    leaf_hash,
+    node_hash,
+    padding_hash,
+)
 
 ASSET = "BTC"
 KEY = bytes(range(32))
@@ -27,21 +35,21 @@ Leaves = dict[int, tuple[bytes, int]]  # slot -> (commitment, amount)
 # The reference: a dict of nodes per level, straight from docs/PROTOCOL.md §2.
 
 
-def reference(height: int, leaves: Leaves) -> list[dict[int, Node]]:
+def reference(height: int, leaves: Leaves, hasher: SumTreeHasher = HASHER) -> list[dict[int, Node]]:
     level: dict[int, Node] = {}
     for slot in range(1 << height):
         if slot in leaves:
             c, amount = leaves[slot]
-            level[slot] = (leaf_hash(ASSET, c, amount), amount)
+            level[slot] = (hasher.leaf_hash(ASSET, c, amount), amount)
         else:
-            level[slot] = (padding_hash(ASSET, KEY, slot), 0)
+            level[slot] = (hasher.padding_hash(ASSET, KEY, slot), 0)
     levels = [level]
     for lvl in range(height):
         below = levels[lvl]
         levels.append(
             {
                 i: (
-                    node_hash(*below[2 * i], *below[2 * i + 1]),
+                    hasher.node_hash(*below[2 * i], *below[2 * i + 1]),
                     below[2 * i][1] + below[2 * i + 1][1],
                 )
                 for i in range(1 << (height - lvl - 1))
@@ -273,6 +281,25 @@ def test_copies_and_pickles_are_independent_and_consistent() -> None:
         assert twin.total == 5
         twin.apply(*change)
         assert (twin.root, twin.total) == (tree.root, tree.total)
+
+
+def test_a_tree_hashes_with_its_hasher() -> None:
+    """Every node, through builds, batches and copies, by the hasher given to build."""
+    other = SumTreeHasher(hashlib.sha3_256, 0x63, 0x6C, 0x70, 0x6E)
+    leaves: Leaves = {1: (bytes(32), 5), 6: (bytes([7]) * 32, MAX_BALANCE)}
+    with chunk(2):
+        tree = SumTree.build(ASSET, 3, KEY, *arrays(leaves), hasher=other)
+        assert tree.hasher is other and build(3, leaves).hasher is HASHER
+        twins = [copy.deepcopy(tree), pickle.loads(pickle.dumps(tree))]
+        leaves[3] = (bytes([9]) * 32, 2)
+        del leaves[1]
+        for t in [tree, *twins]:
+            t.apply([3], np.full((1, 32), 9, np.uint8), [2], [1])
+            expected = reference(3, leaves, other)
+            assert (t.root, t.total) == expected[3][0] != reference(3, leaves)[3][0]
+            for slot in range(8):
+                assert t.leaf(slot) == expected[0][slot]
+                assert t.path(slot) == reference_path(expected, slot)
 
 
 def test_inputs_in_other_integer_dtypes() -> None:

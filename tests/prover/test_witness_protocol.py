@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from prover.config import Config, load_config
+from prover.config import Config, WitnessConfig, load_config
 from prover.errors import ConfigError
 from prover.witness_protocol import (
     MAX_CONFLICTS,
@@ -158,7 +158,9 @@ def test_witnesses_from_toml_and_from_the_environment(tmp_path: Path) -> None:
     assert (config.quorum, config.witness_timeout) == (1, 0.5)
     env = {"SOLVENCY_WITNESSES": f"{K2}@http://127.0.0.1:3", "SOLVENCY_WITNESS_QUORUM": "-1"}
     config = load_config(tmp_path, environ=env)
-    assert config.witnesses == ((str(K2), "http://127.0.0.1:3"),) and config.quorum == 1
+    assert (
+        config.witnesses == (WitnessConfig(str(K2), "http://127.0.0.1:3"),) and config.quorum == 1
+    )
     env = {"SOLVENCY_WITNESSES": "", "SOLVENCY_WITNESS_QUORUM": "0"}
     assert load_config(tmp_path, environ=env).witnesses == ()
     assert Config(tmp_path).quorum == 0  # no witness: nothing to wait for
@@ -168,13 +170,19 @@ def test_witnesses_from_toml_and_from_the_environment(tmp_path: Path) -> None:
     ("changes", "problem"),
     [
         (
-            {"witnesses": ((str(K1), "http://a"),), "witness_quorum": 2},
+            {"witnesses": (WitnessConfig(str(K1), "http://a"),), "witness_quorum": 2},
             "witness_quorum 2: want 0..1",
         ),
         ({"witness_quorum": -2}, "witness_quorum -2"),
-        ({"witnesses": ((str(K1), "http://a"), (str(K1), "http://b"))}, "configured twice"),
-        ({"witnesses": (("nope", "http://a"),)}, r"witnesses\[0\]: witness key must be"),
-        ({"witnesses": ((str(K1), "ws://a"),)}, r"witnesses\[0\]: witness URL"),
+        (
+            {"witnesses": (WitnessConfig(str(K1), "http://a"), WitnessConfig(str(K1), "http://b"))},
+            "configured twice",
+        ),
+        (
+            {"witnesses": (WitnessConfig("nope", "http://a"),)},
+            r"witnesses\[0\]: witness key must be",
+        ),
+        ({"witnesses": (WitnessConfig(str(K1), "ws://a"),)}, r"witnesses\[0\]: witness URL"),
         ({"witness_timeout": 0.0}, "witness_timeout"),
     ],
 )
@@ -183,5 +191,5 @@ def test_bad_witness_configurations_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=problem):
         Config(tmp_path, **changes)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="witnesses: invalid value"):
+    with pytest.raises(ConfigError, match="SOLVENCY_WITNESSES: 'no-at-sign' is not key@url"):
         load_config(tmp_path, environ={"SOLVENCY_WITNESSES": "no-at-sign"})

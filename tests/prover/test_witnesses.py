@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from prover.config import Config
+from prover.config import AssetConfig, Config, WitnessConfig
 from prover.engine import Engine
 from prover.messages import parse_ingest
 from prover.metrics import render_metrics
@@ -113,11 +113,11 @@ def run(
         data_dir=tmp_path,
         origin=ORIGIN,
         database_url=f"sqlite:///{tmp_path / db}.db",
-        assets=(("BTC", 8),),
+        assets=(AssetConfig("BTC", 8),),
         proof_secret="00" * 32,
         epoch_interval=0.05,
         max_interval=0.5,
-        witnesses=tuple((str(w.key), w.url) for w in ws),
+        witnesses=tuple(WitnessConfig(str(w.key), w.url) for w in ws),
         **changes,  # type: ignore[arg-type]
     )
     run_engine(config, KEY, scenario)

@@ -3,16 +3,33 @@
 import asyncio
 import multiprocessing
 import signal
-from typing import Any
+from pathlib import Path
 
 import msgspec
 import pytest
 
+from prover.errors import NotRetained, ProverError
 from prover.ledger import Ledger
 from prover.periods import SaltPeriod
 from prover.worker import EAGER_ROWS, TreeWorker, _serve
+from prover.worker_messages import (
+    Apply,
+    Begin,
+    Build,
+    Failed,
+    Release,
+    Reply,
+    Request,
+    Stage,
+    Stop,
+    decode_reply,
+    encode,
+)
+from verifier.hashing import MAX_BALANCE
+from verifier.stream import EpochMessage
 
 PERIOD = SaltPeriod(1, 0, bytes(range(32)))
+EPOCH = EpochMessage(b"record", b"checkpoint", (bytes(32),), ())
 ROWS = [("a", "BTC", 5), ("b", "BTC", 7), ("a", "ETH", 1)]
 
 
@@ -86,18 +103,48 @@ def test_rows_hashed_ahead_of_the_close_change_no_proof_until_it() -> None:
     asyncio.run(run())
 
 
+def test_sums_past_64_bits_and_refusals_cross_the_pipe(tmp_path: Path) -> None:
+    """Totals and path sums past msgpack's integers arrive whole; a proof no
+    longer retained and a file not written raise as before, same message."""
+    big = [(f"u{i}", "BTC", MAX_BALANCE) for i in range(5)] + [("a", "ETH", 1)]
+
+    async def run() -> None:
+        worker = TreeWorker()
+        try:
+            roots = await worker.build(
+                PERIOD, ["BTC", "ETH"], [big], retain=1, retain_bytes=1 << 20
+            )
+            local = Ledger.build(PERIOD, ["BTC", "ETH"], big)
+            assert list(roots) == local.roots() and roots[0].total == 5 * MAX_BALANCE
+            assert await worker.proof("u0") == local.proof("u0")
+            await worker.apply([], [])
+            with pytest.raises(NotRetained, match=r"^the trees of 2 epochs ago are not retained$"):
+                await worker.proof("u0", 2)
+            assert await worker.snapshot() == 6
+            assert await worker.export(tmp_path, 0, 6, EPOCH) == 6
+            with pytest.raises(ProverError, match=r"u0\.json exists: an export never overwrites"):
+                await worker.export(tmp_path, 0, 6, EPOCH)
+            assert await worker.proof("a") == local.proof("a")  # still serving
+        finally:
+            await worker.close()
+
+    asyncio.run(run())
+
+
 class _Script:
-    """A parent that sends ``commands`` in order and never has more waiting (poll)."""
+    """A parent that sends ``requests`` in order and never has more waiting (poll)."""
 
-    def __init__(self, commands: list[tuple[str, Any]]) -> None:
-        self.commands = commands
-        self.answers: list[tuple[str, Any]] = []
+    def __init__(self, requests: list[Request | bytes]) -> None:
+        self.requests = [r if isinstance(r, bytes) else encode(r) for r in requests]
+        self.answers: list[Reply] = []
 
-    def recv(self) -> tuple[str, Any]:
-        return self.commands.pop(0)
+    def recv_bytes(self) -> bytes:
+        if not self.requests:
+            raise EOFError
+        return self.requests.pop(0)
 
-    def send(self, answer: tuple[str, Any]) -> None:
-        self.answers.append(answer)
+    def send_bytes(self, answer: bytes) -> None:
+        self.answers.append(decode_reply(answer))
 
     def poll(self) -> bool:
         return False
@@ -116,21 +163,21 @@ def test_the_worker_hashes_nothing_ahead_from_an_apply_to_its_release(
 ) -> None:
     flushed: list[int] = []
     monkeypatch.setattr(Ledger, "flush", lambda ledger: flushed.append(ledger.staged))
-    many = msgspec.msgpack.encode([(f"u{i}", "BTC", 1) for i in range(EAGER_ROWS)])
+    many = Stage([(f"u{i}", "BTC", 1) for i in range(EAGER_ROWS)])
     script = _Script(
         [
-            ("begin", (PERIOD, ["BTC"], 0, 0)),
-            ("build", None),
-            ("stage", many),  # idle: hashed ahead at once
-            ("apply", ([], [])),
-            ("stage", many),  # the parent is handing out the epoch: held
-            ("stage", many),
-            ("release", None),  # now
-            ("stop", None),
+            Begin(PERIOD, ["BTC"], 0, 0),
+            Build(),
+            many,  # idle: hashed ahead at once
+            Apply([], []),
+            many,  # the parent is handing out the epoch: held
+            many,
+            Release(),  # now
+            Stop(),
         ]
     )
     script.serve()
-    assert [status for status, _ in script.answers] == ["ok"] * 4
+    assert [type(a).__name__ for a in script.answers] == ["Done", "Built", "Closed", "Done"]
     assert flushed == [EAGER_ROWS, EAGER_ROWS]  # the apply took the first; release the rest
 
 
@@ -144,21 +191,22 @@ def test_a_failed_flush_after_release_is_told_at_the_next_apply(
         raise MemoryError("no room")
 
     monkeypatch.setattr(Ledger, "flush", broken)
-    many = msgspec.msgpack.encode([(f"u{i}", "BTC", 1) for i in range(EAGER_ROWS)])
+    many = Stage([(f"u{i}", "BTC", 1) for i in range(EAGER_ROWS)])
     script = _Script(
         [
-            ("begin", (PERIOD, ["BTC"], 0, 0)),
-            ("build", None),
-            ("apply", ([], [])),
-            ("stage", many),  # held: not flushed
-            ("release", None),  # flushes, and fails
-            ("apply", ([], [])),
-            ("stop", None),
+            Begin(PERIOD, ["BTC"], 0, 0),
+            Build(),
+            Apply([], []),
+            many,  # held: not flushed
+            Release(),  # flushes, and fails
+            Apply([], []),
+            Stop(),
         ]
     )
     script.serve()
-    assert [status for status, _ in script.answers] == ["ok", "ok", "ok", "error", "ok"]
-    assert "MemoryError: no room" in script.answers[3][1]
+    answers = script.answers
+    assert [type(a).__name__ for a in answers] == ["Done", "Built", "Closed", "Failed", "Done"]
+    assert isinstance(answers[3], Failed) and "MemoryError: no room" in answers[3].message
 
 
 def test_worker_ends_quietly_when_its_parent_is_gone() -> None:
@@ -170,3 +218,11 @@ def test_worker_ends_quietly_when_its_parent_is_gone() -> None:
         _serve(ours)  # returns instead of raising EOFError
     finally:
         signal.signal(signal.SIGINT, ctrl_c)
+
+
+def test_a_frame_that_is_no_request_ends_the_worker_unanswered() -> None:
+    """Answering it could pair a later answer with the wrong request."""
+    script = _Script([Begin(PERIOD, ["BTC"], 0, 0), msgspec.msgpack.encode(("stage", b"")), Stop()])
+    script.serve()
+    assert [type(a).__name__ for a in script.answers] == ["Done"]
+    assert len(script.requests) == 1  # the Stop after it was never read

@@ -143,6 +143,28 @@ def test_watch_alarms_when_refused_a_since_it_verified(
     assert alarm["check"] == "log-rolled-back" and Path(alarm["evidence"]).exists()
 
 
+@pytest.mark.timeout(30)
+def test_watch_reconnects_from_the_last_verified_epoch(
+    history: FakeLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A prover that drops every connection after 0.1 s: each reconnect asks for
+    what follows the last verified epoch, so nothing is replayed."""
+    with FakeProver(history.messages[:3], hold=0.1) as prover:
+        argv = ["watch", prover.url, "--key", str(VKEY), "--state", str(tmp_path), "--json"]
+        watcher = Watcher(_parser().parse_args(argv))
+
+        async def for_a_while() -> None:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(watcher.run(), 1.0)
+
+        asyncio.run(for_a_while())
+        assert len(prover.sinces) >= 3 and prover.sinces[0] == 0
+        assert set(prover.sinces[1:]) == {3}
+    found = events(capsys)
+    assert [e["epoch"] for e in found if e["event"] == "epoch"] == [0, 1, 2]
+    assert not [e for e in found if e["event"] == "violation"]
+
+
 def test_watch_catches_a_fork_across_restarts(
     history: FakeLog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
