@@ -50,6 +50,13 @@ def _flush_levels(height: int, epoch_rows: int) -> int | None:
     return max(0, height - shared)
 
 
+def _spare(count: int) -> int:
+    """The length to grow a per-user array to when it must hold ``count``:
+    a quarter more, so that users arriving a few at a time cost amortized
+    constant time instead of a copy of every user's entry each time."""
+    return count + count // 4 + 1024
+
+
 def height_for(holders: int) -> int:
     """Smallest height >= MIN_HEIGHT leaving ~3% + 16 slots of headroom for new holders."""
     need = holders + holders // 32 + 16
@@ -126,6 +133,10 @@ class Ledger:
     epoch_rows: dict[str, int] = field(default_factory=dict)  # per asset, this epoch so far
     last_epoch_rows: dict[str, int] = field(default_factory=dict)  # per asset, the last one
     hasher: SumTreeHasher = HASHER  # commitments' and trees' hashing rules
+    # the buffer ``commitments`` is the start of, so new users append without a copy
+    _commitment_room: npt.NDArray[np.uint8] = field(
+        default_factory=lambda: np.zeros((0, DIGEST_SIZE), np.uint8), repr=False
+    )
 
     @classmethod
     def build(
@@ -246,10 +257,9 @@ class Ledger:
         False if the slot order ran out: then the tree was rebuilt one level
         higher with the changes (``may_rebuild``), or nothing changed."""
         book = self.books[asset]
-        if len(book.slots) < len(self.users):
-            book.slots = np.concatenate(
-                [book.slots, np.full(len(self.users) - len(book.slots), NO_SLOT, np.int64)]
-            )
+        if len(book.slots) < len(self.users):  # room for more users than that: no copy each time
+            spare = np.full(_spare(len(self.users)) - len(book.slots), NO_SLOT, np.int64)
+            book.slots = np.concatenate([book.slots, spare])
         users = np.fromiter(changes.keys(), np.int64, len(changes))
         amounts = np.fromiter(changes.values(), np.uint64, len(changes))
         current = book.slots[users]
@@ -344,7 +354,13 @@ class Ledger:
         fresh = np.frombuffer(
             b"".join(commit(u, salt(u)) for u in self.user_ids[known:]), np.uint8
         ).reshape(-1, DIGEST_SIZE)
-        self.commitments = np.concatenate([self.commitments, fresh])
+        need = known + len(fresh)
+        if need > len(self._commitment_room):  # a bigger buffer, with room to spare
+            room = np.empty((_spare(need), DIGEST_SIZE), np.uint8)
+            room[:known] = self.commitments
+            self._commitment_room = room
+        self._commitment_room[known:need] = fresh
+        self.commitments = self._commitment_room[:need]  # rows past it are never read
 
     # Proofs
 
