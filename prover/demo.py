@@ -333,6 +333,12 @@ async def demo(args: argparse.Namespace) -> int:
     pinned = page_fragment(key, witnessed)
     print(f"[demo] customers verify at http://127.0.0.1:{port}/verify#{pinned}", flush=True)
     print(f"[demo] live dashboard at http://127.0.0.1:{port}/dashboard#{pinned}", flush=True)
+    sample = ledger.users[0]
+    print(
+        f"[demo] on the customers' page, try user {sample} with token"
+        f" {user_token(config.proof_secret, sample)}",
+        flush=True,
+    )
     tasks = [
         asyncio.create_task(produce(url, config.ingest_token, ledger, args.rate, stop)),
         asyncio.create_task(
