@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from prover.ledger import height_for
+from prover.rotation import START_ROOM_SHARE
 
 __all__ = [
     "WORK_MODEL",
@@ -317,7 +318,8 @@ def _untouched(size: int, span: int, leaves: int) -> float:
 
 class Trees:
     """The prover's tree heights (PROTOCOL §2.5) in one salt period that began
-    with ``holders`` per asset: a tree starts at ``height_for(holders)``; a
+    with ``holders`` per asset: a tree starts at ``height_for(holders, room)``
+    with the room for an eighth more holders the daemon leaves at start; a
     slot, once handed out, stays used until the period ends (removals free
     none); when new holders need more slots than ``2**h``, the tree is rebuilt
     at ``max(h + 1, height_for(holders))`` and only the holders use slots."""
@@ -325,7 +327,7 @@ class Trees:
     def __init__(self, holders: Sequence[int]) -> None:
         self.holders = [int(n) for n in holders]
         self.used = list(self.holders)
-        self.heights = [height_for(n) for n in self.holders]
+        self.heights = [height_for(n, math.ceil(n * START_ROOM_SHARE)) for n in self.holders]
         self.growths = 0
         self.updates = self.created = self.removed = 0  # totals so far
 

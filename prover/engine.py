@@ -125,8 +125,8 @@ class Engine:
         return await asyncio.wrap_future(self._db.submit(fn, *args))
 
     def _stage(self, rows: list[Row]) -> None:
-        """Send acknowledged rows to the current trees ahead of the close."""
-        self._rotation.trees.stage(rows)
+        """Send acknowledged rows to the trees ahead of the close (prover/rotation.py)."""
+        self._rotation.stage(rows)
 
     def _tip(self) -> Tip | None:
         if self._latest is None:
@@ -270,7 +270,7 @@ class Engine:
             now = self.clock()  # the epoch closes here: its updates and reserves are cut
             rows, marks, reserves = self._intake.cut()
             try:
-                applied = await self._rotation.apply(rows, lambda: self._intake.pending)
+                applied = await self._rotation.apply()
             except BaseException:  # still staged in the trees: the next apply takes them
                 self._intake.restore(rows)
                 raise

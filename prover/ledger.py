@@ -4,7 +4,15 @@ One ``Ledger`` holds one salt period's view: a user index shared by all assets,
 one commitment per user, and per asset a ``SumTree`` with the slot of each
 holder. Updates are staged, then ``close_epoch`` applies them to the trees in
 one batch per asset. A balance of 0 removes the user's leaf (the slot turns
-back into padding and is not reused within the period).
+back into padding and is not reused within the period). A tree's ``room`` is
+the slots its period has not handed out yet; once an insert finds none left,
+the close rebuilds that tree one level higher.
+
+A ledger built ``ahead`` of its period's first epoch (the next salt period,
+catching up in the background) serves no proof before its first close: until
+then a flush keeps nothing to undo, hashes the wide levels only and grows a
+tree that runs out of room itself, so that nothing of the catching up is left
+to that close but the top levels.
 
 Commitments and trees are hashed by the ledger's ``SumTreeHasher``: the
 hashing rules of the record version its roots go into (the current one's
@@ -17,8 +25,9 @@ balances, and holder ``u``'s leaf sits at ``slots[u]`` with commitment
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,12 +66,15 @@ def _spare(count: int) -> int:
     return count + count // 4 + 1024
 
 
-def height_for(holders: int) -> int:
-    """Smallest height >= MIN_HEIGHT leaving ~3% + 16 slots of headroom for new holders."""
+def height_for(holders: int, room: int = 0) -> int:
+    """Smallest height >= MIN_HEIGHT leaving ~3% + 16 slots of headroom for new
+    holders, and at least ``room`` free slots as far as ``MAX_HEIGHT`` allows."""
     need = holders + holders // 32 + 16
     height = max(MIN_HEIGHT, (need - 1).bit_length())
     if height > MAX_HEIGHT:
         raise ProverError(f"{holders} holders do not fit a tree of height {MAX_HEIGHT}")
+    while height < MAX_HEIGHT and (1 << height) - holders < room:
+        height += 1
     return height
 
 
@@ -133,6 +145,8 @@ class Ledger:
     epoch_rows: dict[str, int] = field(default_factory=dict)  # per asset, this epoch so far
     last_epoch_rows: dict[str, int] = field(default_factory=dict)  # per asset, the last one
     hasher: SumTreeHasher = HASHER  # commitments' and trees' hashing rules
+    ahead: bool = False  # built ahead of its first epoch: see the module docstring
+    grown: tuple[str, ...] = ()  # the assets whose tree the last close rebuilt a level higher
     # the buffer ``commitments`` is the start of, so new users append without a copy
     _commitment_room: npt.NDArray[np.uint8] = field(
         default_factory=lambda: np.zeros((0, DIGEST_SIZE), np.uint8), repr=False
@@ -145,9 +159,13 @@ class Ledger:
         assets: Iterable[str],
         balances: Iterable[tuple[str, str, int]],
         hasher: SumTreeHasher = HASHER,
+        room: Mapping[str, int] | None = None,
+        room_share: float = 0.0,
     ) -> Ledger:
         """Build every tree from ``(user, asset, amount)`` rows (zero amounts skipped),
-        hashed by ``hasher``."""
+        hashed by ``hasher``; each at the smallest height >= ``height_for`` of
+        its holders that leaves at least ``room[asset]`` free slots, and
+        ``room_share`` times its holders."""
         ledger = cls(period, hasher=hasher)
         holdings: dict[str, tuple[list[int], list[int]]] = {a: ([], []) for a in assets}
         for user, asset, amount in balances:
@@ -156,8 +174,12 @@ class Ledger:
                 users.append(ledger._index(user))
                 amounts.append(amount)
         ledger._grow_commitments()
+        wanted = room or {}
         for asset, (users, amounts) in holdings.items():
-            ledger._rebuild(asset, np.array(users, np.int64), np.array(amounts, np.uint64))
+            free = max(wanted.get(asset, 0), math.ceil(len(users) * room_share))
+            ledger._rebuild(
+                asset, np.array(users, np.int64), np.array(amounts, np.uint64), room=free
+            )
         return ledger
 
     # Staging and applying updates
@@ -189,7 +211,8 @@ class Ledger:
         """Apply the staged updates now, ahead of ``close_epoch``, so that the
         close has less left to hash. Proofs still show the last closed epoch:
         what the batch overwrote is kept until then. Updates that would need a
-        tree rebuilt stay staged for ``close_epoch``.
+        tree rebuilt stay staged for ``close_epoch`` (``ahead``: the flush
+        rebuilds it, and keeps nothing to undo).
 
         A flush hashes a tree's lower levels only (``_flush_levels``). The
         levels above, which every batch would rehash again, are hashed once,
@@ -198,10 +221,12 @@ class Ledger:
         204,000 with every level left to it that the epoch's batches share,
         for 27% more hashing in all; flushing every level would leave it
         44,000 but hash 81% more (one run each, a 2-core Xeon VM)."""
-        deferred: dict[str, dict[int, int]] = {}
+        ahead, deferred = self.ahead, {}
+        undo = None if ahead else self.open
         for asset, changes in self._take_pending().items():
-            upto = _flush_levels(self.books[asset].tree.height, self.last_epoch_rows.get(asset, 0))
-            if not self._apply(asset, changes, self.open, may_rebuild=False, upto=upto):
+            rows = CLOSE_NODES if ahead else self.last_epoch_rows.get(asset, 0)
+            upto = _flush_levels(self.books[asset].tree.height, rows)
+            if not self._apply(asset, changes, undo, may_rebuild=ahead, upto=upto) and not ahead:
                 deferred[asset] = changes
         self.pending = deferred
 
@@ -209,16 +234,19 @@ class Ledger:
         """Apply every staged update, one batch per asset; return all roots.
         While ``retain`` > 0, keep what the epoch overwrote for ``proof(user,
         age)``, for at most ``retain`` epochs in at most ``retain_bytes``."""
-        undo, rebuilt = self.open, False
+        undo, grown = self.open, []
         for asset, changes in self._take_pending().items():
-            rebuilt |= not self._apply(asset, changes, undo, may_rebuild=True)
+            if not self._apply(asset, changes, undo, may_rebuild=True):
+                grown.append(asset)
         for asset, book in self.books.items():  # flushed, with nothing staged since
             if book.tree.stale:
                 book.tree.finish(undo.trees.setdefault(asset, []))
         self.last_epoch_rows, self.epoch_rows = self.epoch_rows, {}
         self.open = _EpochUndo()
         self.epochs += 1
-        if rebuilt:  # older paths are gone with the old tree
+        self.ahead = False
+        self.grown = tuple(grown)
+        if grown:  # older paths are gone with the old tree
             self.history.clear()
             self.history_bytes = 0
         elif self.retain:
@@ -241,6 +269,11 @@ class Ledger:
             for asset, b in sorted(self.books.items())
         ]
 
+    def room(self) -> dict[str, int]:
+        """Per asset, the slots of its tree not handed out yet in this period:
+        the new holders it takes before it must be rebuilt one level higher."""
+        return {asset: b.allocator.remaining for asset, b in sorted(self.books.items())}
+
     def add_asset(self, asset: str) -> None:
         if asset not in self.books:
             self._rebuild(asset, np.zeros(0, np.int64), np.zeros(0, np.uint64))
@@ -249,13 +282,13 @@ class Ledger:
         self,
         asset: str,
         changes: dict[int, int],
-        undo: _EpochUndo,
+        undo: _EpochUndo | None,
         may_rebuild: bool,
         upto: int | None = None,
     ) -> bool:
-        """Apply one asset's changes, noting in ``undo`` what they overwrite.
-        False if the slot order ran out: then the tree was rebuilt one level
-        higher with the changes (``may_rebuild``), or nothing changed."""
+        """Apply one asset's changes, noting in ``undo`` (if any) what they
+        overwrite. False if the slot order ran out: then the tree was rebuilt
+        one level higher with the changes (``may_rebuild``), or nothing changed."""
         book = self.books[asset]
         if len(book.slots) < len(self.users):  # room for more users than that: no copy each time
             spare = np.full(_spare(len(self.users)) - len(book.slots), NO_SLOT, np.int64)
@@ -271,8 +304,9 @@ class Ledger:
             if may_rebuild:
                 self._rebuild_with(asset, users, amounts)
             return False
-        moved = users[insert | clear]
-        undo.slots.setdefault(asset, []).append((moved, book.slots[moved]))
+        if undo is not None:
+            moved = users[insert | clear]
+            undo.slots.setdefault(asset, []).append((moved, book.slots[moved]))
         book.slots[users[insert]] = new_slots
         set_mask = update | insert
         set_users = users[set_mask]
@@ -281,7 +315,7 @@ class Ledger:
             self.commitments[set_users],
             amounts[set_mask],
             book.slots[users[clear]],
-            undo.trees.setdefault(asset, []),
+            None if undo is None else undo.trees.setdefault(asset, []),
             upto,
         )
         book.slots[users[clear]] = NO_SLOT
@@ -318,8 +352,9 @@ class Ledger:
         users: npt.NDArray[np.int64],
         amounts: npt.NDArray[np.uint64],
         min_height: int = MIN_HEIGHT,
+        room: int = 0,
     ) -> None:
-        height = max(min_height, height_for(len(users)))
+        height = max(min_height, height_for(len(users), room))
         allocator = SlotAllocator(self.period.slot_order(asset, height))
         taken = allocator.take(len(users))
         assert taken is not None  # height_for leaves room for every holder
@@ -377,8 +412,11 @@ class Ledger:
         None if they held nothing then.
 
         Raises:
-            NotRetained: that epoch is not retained.
+            NotRetained: that epoch is not retained, or the ledger is ``ahead``
+                of its first epoch.
         """
+        if self.ahead:
+            raise NotRetained("these trees have closed no epoch yet")
         if not 0 <= age <= self.retained:
             raise NotRetained(f"the trees of {age} epochs ago are not retained")
         index = self.users.get(user)

@@ -13,6 +13,8 @@ Invariants:
 - An asset's rows reach its worker in the order they came; a lot of rows
   naming an asset no worker holds goes whole to the first worker, which
   refuses it whole, as one worker would.
+- ``apply`` sends its request to every worker before it first awaits, so
+  rows staged once it is called are the next apply's, never this one's.
 - Each worker closes an epoch at each ``apply``, so their retained epochs
   line up; when an apply fails in some workers only, the others closed an
   epoch the pool did not: ``proof`` counts those in when it asks a worker
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -38,9 +40,11 @@ from prover.periods import SaltPeriod
 from prover.worker import TreeWorker
 from prover.worker_messages import (
     Applied,
+    Apply,
     Begin,
     Build,
     Built,
+    Closed,
     Done,
     Row,
     Rows,
@@ -66,11 +70,16 @@ class Trees(Protocol):
         chunks: Iterable[Sequence[Row]],
         retain: int = 0,
         retain_bytes: int = 0,
+        room: Mapping[str, int] | None = None,
+        room_share: float = 0.0,
+        ahead: bool = False,
     ) -> tuple[AssetRoot, ...]: ...
 
     def stage(self, rows: list[Row]) -> None: ...
 
     async def apply(self, assets: Sequence[str], rows: Sequence[Row]) -> Applied: ...
+
+    async def unhashed(self) -> int: ...
 
     def release(self) -> None: ...
 
@@ -144,6 +153,9 @@ class TreePool:
         chunks: Iterable[Sequence[Row]],
         retain: int = 0,
         retain_bytes: int = 0,
+        room: Mapping[str, int] | None = None,
+        room_share: float = 0.0,
+        ahead: bool = False,
     ) -> tuple[AssetRoot, ...]:
         """``TreeWorker.build``, every worker building its trees at once."""
         self._owner.clear()
@@ -151,11 +163,16 @@ class TreePool:
         shares = self._register(assets)
         self._retain, share = retain, retain_bytes // len(self._workers)
         workers = self._workers
+        wanted = room or {}
+
+        def begin(part: list[str]) -> Begin:  # with the room of the worker's own assets
+            own = {a: wanted[a] for a in part if a in wanted}
+            return Begin(period, part, retain, share, own, room_share, ahead)
+
+        begins = [begin(part) for part in shares]
 
         def send_all() -> list[Built]:  # in a thread: chunks may read a database
-            _results(
-                w.send(Begin(period, shares[i], retain, share), Done) for i, w in enumerate(workers)
-            )
+            _results(w.send(begins[i], Done) for i, w in enumerate(workers))
             for chunk in chunks:
                 parts = zip(workers, self._split(chunk), strict=True)
                 _results(w.send(Rows(part), Done) for w, part in parts if part)
@@ -171,13 +188,18 @@ class TreePool:
                 worker.stage(part)
 
     async def apply(self, assets: Sequence[str], rows: Sequence[Row]) -> Applied:
-        """``TreeWorker.apply`` in every worker at once; the roots of all, and
-        the seconds of the slowest."""
+        """``TreeWorker.apply`` in every worker at once: the roots, room,
+        unhashed and grown trees of all, and the seconds of the slowest."""
         shares, parts = self._register(assets), self._split(rows)
-        answers = await asyncio.gather(
-            *(w.apply(shares[i], parts[i]) for i, w in enumerate(self._workers)),
-            return_exceptions=True,
-        )
+        sent = [  # now, before any other task stages rows (module docstring)
+            w.send(Apply(shares[i], list(parts[i])), Closed) for i, w in enumerate(self._workers)
+        ]
+        answers = [
+            a.value() if isinstance(a, Closed) else a
+            for a in await asyncio.gather(
+                *(asyncio.wrap_future(f) for f in sent), return_exceptions=True
+            )
+        ]
         applied = [a for a in answers if isinstance(a, Applied)]
         if len(applied) < len(answers):
             for i, answer in enumerate(answers):
@@ -187,7 +209,18 @@ class TreePool:
         self._applies += 1
         for extra in self._extra:  # older than any epoch proof() may be asked for
             extra[:] = [f for f in extra if f >= self._applies - self._retain - 1]
-        return Applied(_roots(a.roots for a in applied), max(a.seconds for a in applied))
+        room = {asset: n for a in applied for asset, n in a.room.items()}
+        return Applied(
+            _roots(a.roots for a in applied),
+            max(a.seconds for a in applied),
+            dict(sorted(room.items())),
+            sum(a.unhashed for a in applied),
+            tuple(sorted(asset for a in applied for asset in a.grown)),
+        )
+
+    async def unhashed(self) -> int:
+        """``TreeWorker.unhashed`` of every worker, summed."""
+        return sum(await asyncio.gather(*(w.unhashed() for w in self._workers)))
 
     def release(self) -> None:
         for worker in self._workers:

@@ -11,7 +11,9 @@ and the pipe is idle, the child hashes them into the trees' lower levels
 (``Ledger.flush``), so that an epoch's close hashes only the rest. Proofs
 still show the last closed epoch. From an apply until the parent's
 ``release``, the child hashes nothing ahead: the parent is then committing
-the epoch and handing it to subscribers, whose latency counts.
+the epoch and handing it to subscribers, whose latency counts. Trees built
+``ahead`` (the next salt period's) catch up the same way, on rows staged
+before their first apply; ``unhashed`` tells how far behind they are.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -53,6 +55,7 @@ from prover.worker_messages import (
     Failed,
     Found,
     FoundMany,
+    Pending,
     ProofOf,
     ProofsOf,
     Release,
@@ -64,6 +67,7 @@ from prover.worker_messages import (
     Snapshotted,
     Stage,
     Stop,
+    Unhashed,
     Unretained,
     WireProof,
     WireRoot,
@@ -154,8 +158,15 @@ class _Trees:
             case Build():
                 begun = self.begun
                 assert begun is not None
-                ledger = Ledger.build(begun.period, begun.assets, self.rows)
+                ledger = Ledger.build(
+                    begun.period,
+                    begun.assets,
+                    self.rows,
+                    room=begun.room,
+                    room_share=begun.room_share,
+                )
                 ledger.retain, ledger.retain_bytes = begun.retain, begun.retain_bytes
+                ledger.ahead = begun.ahead
                 self.ledger, self.rows = ledger, []
                 return Built(tuple(WireRoot.of(r) for r in ledger.roots()))
             case Stage(rows=rows):  # rows of the coming epoch, ahead of "Apply"
@@ -173,9 +184,13 @@ class _Trees:
                 for asset in assets:
                     ledger.add_asset(asset)
                 ledger.stage_rows(rows)
+                unhashed = ledger.staged
                 roots = tuple(WireRoot.of(r) for r in ledger.close_epoch())
                 self.held = True  # the parent commits and hands out the epoch: leave it the cores
-                return Closed(roots, time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                return Closed(roots, seconds, ledger.room(), unhashed, list(ledger.grown))
+            case Unhashed():
+                return Pending(self._trees().staged)
             case ProofOf(user=user, age=age):
                 found = self._trees().proof(user, age)
                 return Found(None if found is None else WireProof.of(found))
@@ -298,16 +313,24 @@ class TreeWorker:
         chunks: Iterable[Sequence[Row]],
         retain: int = 0,
         retain_bytes: int = 0,
+        room: Mapping[str, int] | None = None,
+        room_share: float = 0.0,
+        ahead: bool = False,
     ) -> tuple[AssetRoot, ...]:
         """Build every tree of ``period`` from balance rows, sent chunk by chunk,
         keeping the proofs of ``retain`` earlier epochs in at most
-        ``retain_bytes`` from then on.
+        ``retain_bytes`` from then on; each tree leaving at least ``room`` and
+        ``room_share`` free (``Ledger.build``); ``ahead`` of its first epoch
+        (``Ledger.ahead``) if so.
 
         ``chunks`` is consumed in a worker thread, so it may read a database.
         """
+        begin = Begin(
+            period, list(assets), retain, retain_bytes, dict(room or {}), room_share, ahead
+        )
 
         def send_all() -> tuple[AssetRoot, ...]:
-            self._exchange(Begin(period, list(assets), retain, retain_bytes), Done)
+            self._exchange(begin, Done)
             for chunk in chunks:
                 self._exchange(Rows(list(chunk)), Done)
             return tuple(r.value() for r in self._exchange(Build(), Built).roots)
@@ -324,6 +347,11 @@ class TreeWorker:
         return the new roots."""
         closed = await self._call(Apply(list(assets), list(rows)), Closed)
         return closed.value()
+
+    async def unhashed(self) -> int:
+        """How many staged updates the child has not hashed yet, once it has
+        received every row staged before."""
+        return (await self._call(Unhashed(), Pending)).updates
 
     def release(self) -> None:
         """Let the child hash ahead again: after an ``apply`` it waits for this,

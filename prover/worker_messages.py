@@ -21,8 +21,8 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -46,6 +46,7 @@ __all__ = [
     "Failed",
     "Found",
     "FoundMany",
+    "Pending",
     "ProofOf",
     "ProofsOf",
     "Release",
@@ -57,6 +58,7 @@ __all__ = [
     "Snapshotted",
     "Stage",
     "Stop",
+    "Unhashed",
     "Unretained",
     "WireProof",
     "WireRoot",
@@ -75,10 +77,16 @@ Row = tuple[str, str, int]  # user, asset, amount
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """The trees' answer to an epoch: every root, and how long the trees took."""
+    """The trees' answer to an epoch: every root and how long the trees took;
+    each asset's room (``Ledger.room``: the new holders its tree takes in
+    this period before it must grow a level); the staged updates the close
+    found not hashed ahead; the assets whose tree grew a level in it."""
 
     roots: tuple[AssetRoot, ...]
     seconds: float
+    room: Mapping[str, int] = field(default_factory=dict)
+    unhashed: int = 0
+    grown: tuple[str, ...] = ()
 
 
 # Values on the wire
@@ -158,12 +166,18 @@ class _Request(msgspec.Struct, frozen=True, tag=True):
 
 class Begin(_Request, frozen=True):
     """A new salt period: ``Rows`` follow, then ``Build``. The proofs of
-    ``retain`` earlier epochs are kept, in at most ``retain_bytes``."""
+    ``retain`` earlier epochs are kept, in at most ``retain_bytes``. Each tree
+    leaves at least ``room[asset]`` free slots and ``room_share`` times its
+    holders (``Ledger.build``); ``ahead``: the trees catch up in the
+    background before their first epoch (``Ledger.ahead``)."""
 
     period: SaltPeriod
     assets: list[str]
     retain: int
     retain_bytes: int
+    room: dict[str, int] = {}
+    room_share: float = 0.0
+    ahead: bool = False
 
 
 class Rows(_Request, frozen=True):
@@ -192,6 +206,10 @@ class Apply(_Request, frozen=True):
 
     assets: list[str]
     rows: list[Row]
+
+
+class Unhashed(_Request, frozen=True):
+    """How many staged updates wait to be hashed: ``Pending``."""
 
 
 class ProofOf(_Request, frozen=True):
@@ -242,6 +260,7 @@ Request = (
     | Stage
     | Release
     | Apply
+    | Unhashed
     | ProofOf
     | Snapshot
     | Export
@@ -269,13 +288,23 @@ class Built(_Reply, frozen=True):
 
 
 class Closed(_Reply, frozen=True):
-    """An epoch applied: every root, and the seconds it took (``Applied``)."""
+    """An epoch applied (``Applied``)."""
 
     roots: tuple[WireRoot, ...]
     seconds: float
+    room: dict[str, int] = {}
+    unhashed: int = 0
+    grown: list[str] = []
 
     def value(self) -> Applied:
-        return Applied(tuple(r.value() for r in self.roots), self.seconds)
+        roots = tuple(r.value() for r in self.roots)
+        return Applied(roots, self.seconds, self.room, self.unhashed, tuple(self.grown))
+
+
+class Pending(_Reply, frozen=True):
+    """The updates staged and not hashed yet (``Unhashed``)."""
+
+    updates: int
 
 
 class Found(_Reply, frozen=True):
@@ -325,6 +354,7 @@ Reply = (
     Done
     | Built
     | Closed
+    | Pending
     | Found
     | FoundMany
     | Snapshotted

@@ -5,12 +5,14 @@ Commands:
     proof --url URL --user ID --token T --key VKEY    fetch one from the prover, verify it
     watch URL --key VKEY --state DIR [--json] [--keep-going] [--max-silence S]
           [--attester VKEY ...]                       and check the signed reserve reports
+    relay --upstream URL --listen HOST:PORT --key VKEY --state DIR
+          [--history N] [--max-subscribers N]         verify a root stream and serve it
     checkpoint FILE --key VKEY                        verify a signed checkpoint
     consistency OLD NEW PROOF --key VKEY              verify that NEW extends OLD
     witness --key-file K --log VKEY --state DIR       run a witness (C2SP tlog-witness)
     witness-key --name NAME --out FILE                make a witness's key file
 
-proof, watch and checkpoint also take ``--witness VKEY`` (repeatable) and
+proof, watch, relay and checkpoint also take ``--witness VKEY`` (repeatable) and
 ``--quorum K``: the checkpoint must be cosigned by K of those witnesses
 (docs/PROTOCOL.md §12.3).
 
@@ -61,10 +63,11 @@ EXIT_TABLE = """\
 exit status (every command):
   0  valid; for proof, every asset of the record is also solvent
   1  invalid: a check failed, or what the custodian signed or sent is malformed
-     (the check is named: "format" for malformed); for watch, an alarm was raised
+     (the check is named: "format" for malformed); for watch and relay, an alarm
+     was raised
   2  usage: bad arguments; a key, URL or --state that does not parse or does not
-     match; an input file that cannot be read; on the first contact of watch, a
-     prover whose checkpoints do not verify with --key and --origin (no evidence
+     match; an input file that cannot be read; on the first contact of watch or
+     relay, a server whose checkpoints do not verify with --key and --origin (no evidence
      is written: that is configuration, not evidence); a 4xx answer to proof --url
   3  operational error: network, a file the command writes (--state, evidence), or
      a bug of ours (SOLVENCY_DEBUG=1 or --debug prints its traceback)
@@ -164,6 +167,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watch(args)
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    from verifier.relay import relay  # here: only the relay serves WebSockets
+
+    return relay(args)
+
+
 def cmd_witness(args: argparse.Namespace) -> int:
     from verifier.witness_cli import cmd_witness  # here: the others need no HTTP server
 
@@ -192,6 +201,12 @@ def _positive(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -235,39 +250,64 @@ def _parser() -> argparse.ArgumentParser:
     witness_options(p)
     p.set_defaults(run=cmd_proof)
 
+    def auditor_options(p: argparse.ArgumentParser) -> None:
+        """What watch and relay verify the root stream with."""
+        p.add_argument("--key", required=True, help="verifier key, or a file holding it")
+        p.add_argument("--state", required=True, help="directory keeping the last verified state")
+        p.add_argument("--origin", help="expected log origin (default: the key's name)")
+        p.add_argument(
+            "--token",
+            default=os.environ.get("SOLVENCY_AUDITOR_TOKEN") or None,
+            help="this auditor's token, for a reserved slot on the root stream"
+            " (default: $SOLVENCY_AUDITOR_TOKEN)",
+        )
+        p.add_argument(
+            "--max-silence",
+            type=_positive,
+            default=30.0,
+            metavar="S",
+            help="alarm (stale-log) once no checkpoint has verified for S seconds, counted from"
+            " the last verified one (or the start) whether or not the prover is reachable, and"
+            " with --keep-going again every further S seconds of silence (default 30)",
+        )
+        p.add_argument(
+            "--attester",
+            action="append",
+            default=[],
+            metavar="VKEY",
+            help="a reserve source's verifier key, or a file of them one per line (repeatable):"
+            " every asset whose reserves rest on a report no such key signed is alarmed as"
+            " unattested, and a record misstating a signed report as report-mismatch"
+            " (PROTOCOL §13)",
+        )
+        witness_options(p)
+
     p = command("watch", "follow and verify every epoch")
     p.add_argument("url", help="the prover, e.g. ws://127.0.0.1:8765")
-    p.add_argument("--key", required=True, help="verifier key, or a file holding it")
-    p.add_argument("--state", required=True, help="directory keeping the last verified state")
-    p.add_argument("--origin", help="expected log origin (default: the key's name)")
-    p.add_argument(
-        "--token",
-        default=os.environ.get("SOLVENCY_AUDITOR_TOKEN") or None,
-        help="this auditor's token, for a reserved slot on the root stream"
-        " (default: $SOLVENCY_AUDITOR_TOKEN)",
-    )
+    auditor_options(p)
     p.add_argument("--keep-going", action="store_true", help="report violations, don't stop")
-    p.add_argument(
-        "--max-silence",
-        type=_positive,
-        default=30.0,
-        metavar="S",
-        help="alarm (stale-log) once no checkpoint has verified for S seconds, counted from "
-        "the last verified one (or the start) whether or not the prover is reachable, and "
-        "with --keep-going again every further S seconds of silence (default 30)",
-    )
     p.add_argument("--max-epochs", type=int, default=0, help="stop after N epochs (0: never)")
-    p.add_argument(
-        "--attester",
-        action="append",
-        default=[],
-        metavar="VKEY",
-        help="a reserve source's verifier key, or a file of them one per line (repeatable): "
-        "every asset whose reserves rest on a report no such key signed is alarmed as "
-        "unattested, and a record misstating a signed report as report-mismatch (PROTOCOL §13)",
-    )
-    witness_options(p)
     p.set_defaults(run=cmd_watch)
+
+    p = command("relay", "verify a root stream and serve it to subscribers of its own")
+    p.add_argument("--upstream", required=True, help="the prover or a relay, e.g. ws://host:8765")
+    p.add_argument("--listen", default="127.0.0.1:8766", help="HOST:PORT (default %(default)s)")
+    auditor_options(p)
+    p.add_argument(
+        "--history",
+        type=_count,
+        default=3600,
+        metavar="N",
+        help="last frames kept for since=N (default 3600)",
+    )
+    p.add_argument(
+        "--max-subscribers",
+        type=_count,
+        default=1000,
+        metavar="N",
+        help="past it: 503 busy (default 1000)",
+    )
+    p.set_defaults(run=cmd_relay)
 
     p = command("checkpoint", "verify a signed checkpoint")
     p.add_argument("file")
@@ -333,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     except UsageError as exc:
         return _fail(EXIT_USAGE, as_json, str(exc))
-    as_json = args.json and ("watch" if args.command == "watch" else True)
+    as_json = args.json and ("watch" if args.command in ("watch", "relay") else True)
     try:
         result: int = args.run(args)
         return result

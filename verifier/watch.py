@@ -8,12 +8,16 @@ and reconnect (websockets' reconnecting ``connect``, with its jittered
 backoff). Silence is measured apart from the connection, on
 the monotonic clock, so a prover that is unreachable, refuses, or accepts and
 says nothing alarms alike.
+
+``Follower`` is that loop without the watch's report of each epoch;
+``verifier.relay`` follows its upstream with it too.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -48,16 +52,24 @@ from verifier.errors import FormatError, SolvencyError
 from verifier.hashing import printable_id
 from verifier.inputs import OperationalError, UsageError, load_key, load_witnesses, read_input
 
-__all__ = ["SilenceAlarm", "Watcher", "watch"]
+__all__ = ["Follower", "SilenceAlarm", "Watcher", "run_until_signalled", "watch"]
 
 MAX_BACKOFF = 30.0
+CLOSE_WAIT = 2.0  # seconds the server gets to answer our close when the watch ends
 
 
-class Watcher:
-    """Connect, read frames, save state and evidence, print; the policy is the Auditor's."""
+class Follower:
+    """Connect, read frames, save state and evidence, print; the policy is the
+    Auditor's. What a frame or a refusal leads to is ``on_frame``'s and
+    ``on_refused``'s, a verified epoch ``_verified``'s: the subclass's to extend."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.url = args.url.rstrip("/")
+    def __init__(
+        self, args: argparse.Namespace, url: str, *, keep_going: bool, max_epochs: int
+    ) -> None:
+        """``args``: the options watch and relay share (``--key``, ``--origin``,
+        ``--witness``, ``--quorum``, ``--attester``, ``--token``, ``--state``,
+        ``--json``, ``--max-silence``); ``url``: the server of ``/roots``."""
+        self.url = url.rstrip("/")
         key = load_key(args.key)
         origin = args.origin or key.name
         witnesses, quorum = load_witnesses(args.witness, args.quorum)
@@ -86,9 +98,9 @@ class Watcher:
             witnesses=witnesses,
             quorum=quorum,
             attesters=attesters,
-            keep_going=args.keep_going,
+            keep_going=keep_going,
             max_silence=args.max_silence,
-            max_epochs=args.max_epochs,
+            max_epochs=max_epochs,
         )
         self.auditor = Auditor(config, state, time.monotonic())
         # the last failure to connect, announced with the delay before the next try
@@ -134,36 +146,8 @@ class Watcher:
             f"ALARM {alarm.check}: {printable_id(alarm.reason)} (evidence in {path})",
         )
 
-    def _report(self, verified: Verified) -> None:
-        audit = verified.audit
-        record = audit.record
-        parts = [
-            f"{printable_id(a.asset)} {verified.status(a.asset)} liabilities "
-            f"{format_amount(a.liabilities, a.decimals)} reserves "
-            f"{format_amount(a.reserves, a.decimals)}"
-            for a in record.assets
-        ]
-        self._say(
-            {
-                "event": "epoch",
-                "epoch": record.epoch,
-                "time": when(record.timestamp_ms),
-                "solvent": record.solvent,
-                "cosigned_by": cosigners(audit.cosignatures),
-                "assets": {
-                    a.asset: {
-                        "status": verified.status(a.asset),
-                        "liabilities": str(a.liabilities),
-                        "reserves": str(a.reserves),
-                    }
-                    for a in record.assets
-                },
-            },
-            f"epoch {record.epoch} {when(record.timestamp_ms)} verified: "
-            + (" | ".join(parts) or "no assets")
-            + (" | cosigned by " if audit.cosignatures else "")
-            + ", ".join(printable_id(c.witness.name) for c in audit.cosignatures),
-        )
+    def _verified(self, verified: Verified) -> None:
+        """An epoch verified (its state saved): nothing more to do here."""
 
     def carry_out(self, decisions: Sequence[Decision]) -> int | None:
         """Act on the Auditor's decisions in order; an exit status to stop with, or None."""
@@ -171,7 +155,7 @@ class Watcher:
             if isinstance(d, SaveState):
                 self._save(d.state)
             elif isinstance(d, Verified):
-                self._report(d)
+                self._verified(d)
             elif isinstance(d, Alarm):
                 self._alarm(d)
             elif isinstance(d, RecoveredAsset):
@@ -189,6 +173,14 @@ class Watcher:
             elif isinstance(d, Stop):
                 return d.code
         return None
+
+    def on_frame(self, frame: str | bytes) -> int | None:
+        """A frame of the stream, as received: an exit status to stop with, or None."""
+        return self.carry_out(self.auditor.handle(Frame(frame, time.monotonic())))
+
+    def on_refused(self, refused: Refused) -> int | None:
+        """A refused subscription: an exit status to stop with, or None to retry."""
+        return self.carry_out(self.auditor.handle(refused))
 
     # the two loops
 
@@ -227,8 +219,7 @@ class Watcher:
             status = exc.response.status_code
             state = self.auditor.state
             bad_since = status == 400 and b"bad-since" in (exc.response.body or b"")
-            refused = Refused(status, state.size if state else 0, bad_since)
-            code = self.carry_out(self.auditor.handle(refused))
+            code = self.on_refused(Refused(status, state.size if state else 0, bad_since))
             if code is not None:
                 return _Stopped(code)
             self._failure = (
@@ -270,8 +261,11 @@ class Watcher:
             async for ws in connector:  # reconnects, with backoff while connecting fails
                 try:
                     async for frame in ws:
-                        code = self.carry_out(self.auditor.handle(Frame(frame, time.monotonic())))
+                        code = self.on_frame(frame)
                         if code is not None:
+                            # now, not when connect()'s generator is collected
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(ws.close(), CLOSE_WAIT)
                             return code
                     reason = "the prover closed the stream"
                 except ConnectionClosed as exc:
@@ -287,6 +281,44 @@ class Watcher:
         except _Stopped as stopped:
             return stopped.code
         raise AssertionError("unreachable: connect() iterates until an exception")
+
+
+class Watcher(Follower):
+    """``solvency-verify watch``: a ``Follower`` that reports each verified epoch."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args, args.url, keep_going=args.keep_going, max_epochs=args.max_epochs)
+
+    def _verified(self, verified: Verified) -> None:
+        audit = verified.audit
+        record = audit.record
+        parts = [
+            f"{printable_id(a.asset)} {verified.status(a.asset)} liabilities "
+            f"{format_amount(a.liabilities, a.decimals)} reserves "
+            f"{format_amount(a.reserves, a.decimals)}"
+            for a in record.assets
+        ]
+        self._say(
+            {
+                "event": "epoch",
+                "epoch": record.epoch,
+                "time": when(record.timestamp_ms),
+                "solvent": record.solvent,
+                "cosigned_by": cosigners(audit.cosignatures),
+                "assets": {
+                    a.asset: {
+                        "status": verified.status(a.asset),
+                        "liabilities": str(a.liabilities),
+                        "reserves": str(a.reserves),
+                    }
+                    for a in record.assets
+                },
+            },
+            f"epoch {record.epoch} {when(record.timestamp_ms)} verified: "
+            + (" | ".join(parts) or "no assets")
+            + (" | cosigned by " if audit.cosignatures else "")
+            + ", ".join(printable_id(c.witness.name) for c in audit.cosignatures),
+        )
 
 
 class _Stopped(Exception):
@@ -313,10 +345,15 @@ def load_attesters(values: Sequence[str]) -> tuple[VerifierKey, ...]:
 
 def watch(args: argparse.Namespace) -> int:
     """Watch until done, or until SIGINT/SIGTERM ends the watch cleanly."""
-    watcher = Watcher(args)
+    return run_until_signalled(Watcher(args))
+
+
+def run_until_signalled(follower: Follower) -> int:
+    """``follower.run()`` until it ends, or until SIGINT/SIGTERM ends it
+    cleanly with its exit status so far."""
 
     async def until_signalled() -> int:
-        task = asyncio.create_task(watcher.run())
+        task = asyncio.create_task(follower.run())
         if threading.current_thread() is threading.main_thread():  # else: embedded, e.g. tests
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -324,6 +361,6 @@ def watch(args: argparse.Namespace) -> int:
         try:
             return await task
         except asyncio.CancelledError:
-            return watcher.exit_code
+            return follower.exit_code
 
     return asyncio.run(until_signalled())

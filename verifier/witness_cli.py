@@ -53,7 +53,7 @@ def load_signer_key(path: str) -> tuple[str, Ed25519PrivateKey]:
         raise UsageError(f"--key-file {path}: {exc}") from None
 
 
-def _listen(text: str) -> tuple[str, int]:
+def listen_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise UsageError(f"--listen must be HOST:PORT, got {text!r}")
@@ -71,7 +71,7 @@ def cmd_witness(args: argparse.Namespace) -> int:
 
     name, private_key = load_signer_key(args.key_file)
     logs = [load_key(text, "--log") for text in args.log]
-    address = _listen(args.listen)
+    address = listen_address(args.listen)
     if not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s witness %(levelname)s %(message)s"))

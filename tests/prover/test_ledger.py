@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prover.errors import ProverError
+from prover.errors import NotRetained, ProverError
 from prover.ledger import CLOSE_NODES, MIN_HEIGHT, Ledger, _flush_levels, height_for
 from prover.periods import SaltPeriod
 from verifier.errors import VerificationError
@@ -295,3 +295,65 @@ def test_an_epoch_flushed_in_part_closes_as_one_batch() -> None:
         assert balances_of(eager) == balances_of(lazy)
         check_all_proofs(eager)
     assert partial == [False] * 3 + [True] * 6  # the first epoch's count is unknown
+
+
+def test_a_tree_built_with_room_leaves_it_free() -> None:
+    assert height_for(1_000_000, room=0) == 20
+    assert height_for(1_000_000, room=48_576) == 20  # exactly the slots 2**20 leaves
+    assert height_for(1_000_000, room=48_577) == 21
+    assert height_for(10, room=2**40) == 32  # as far as the protocol's largest tree
+    rows = [(f"u{i}", "BTC", 1) for i in range(100)] + [(f"u{i}", "ETH", 1) for i in range(100)]
+    plain = Ledger.build(PERIOD, ["BTC", "ETH", "SOL"], rows)
+    assert plain.room() == {"BTC": 128 - 100, "ETH": 128 - 100, "SOL": 16}
+    roomy = Ledger.build(PERIOD, ["BTC", "ETH", "SOL"], rows, room={"BTC": 200}, room_share=0.5)
+    assert {r.asset: r.height for r in roomy.roots()} == {"BTC": 9, "ETH": 8, "SOL": 4}
+    assert roomy.room() == {"BTC": 512 - 100, "ETH": 256 - 100, "SOL": 16}
+    roomy.stage_rows([(f"n{i}", "BTC", 1) for i in range(12)] + [("u0", "BTC", 0)])
+    roomy.close_epoch()
+    assert roomy.room()["BTC"] == 512 - 112  # a holder leaving gives no slot back
+
+
+def _catching_up(ahead: bool, new_holders: int) -> Ledger:
+    """A ledger of 40 BTC holders (a tree of 64 slots) that stages and flushes
+    updates of them and of ``new_holders`` more, then closes."""
+    start = [(f"h{i}", "BTC", 1) for i in range(40)] + [("e", "ETH", 1)]
+    ledger = Ledger.build(PERIOD, ["BTC", "ETH"], start)
+    ledger.ahead = ahead
+    for i in range(60):
+        ledger.stage(f"h{(7 * i) % 40}", "BTC", i + 2)
+        if i < new_holders:
+            ledger.stage(f"n{i}", "BTC", 1)
+        if i % 10 == 9:
+            ledger.flush()
+            if ahead:  # nothing kept to undo, nothing left staged
+                assert ledger.open.nbytes == 0 and ledger.staged == 0
+                with pytest.raises(NotRetained, match="closed no epoch yet"):
+                    ledger.proof("h0")
+    return ledger
+
+
+def test_trees_built_ahead_catch_up_without_undo_and_close_as_any() -> None:
+    """A ledger ``ahead`` of its first epoch keeps nothing to undo while it
+    flushes, and leaves only the levels above CLOSE_NODES nodes to the close;
+    its first close gives the epoch a ledger that serves proofs gives."""
+    ahead, serving = _catching_up(True, 20), _catching_up(False, 20)
+    assert serving.open.nbytes > 0
+    assert ahead.close_epoch() == serving.close_epoch()
+    assert not ahead.ahead and ahead.proof("h0") == serving.proof("h0")
+    assert balances_of(ahead) == balances_of(serving)
+    check_all_proofs(ahead)
+
+
+def test_trees_built_ahead_grow_in_a_flush_not_in_the_close() -> None:
+    ahead = _catching_up(True, 60)  # 100 holders: more than the 64 slots
+    assert ahead.books["BTC"].tree.height == 7 and ahead.staged == 0  # grown before the close
+    deferred = _catching_up(False, 60)
+    assert deferred.books["BTC"].tree.height == 6 and deferred.staged > 0  # left to the close
+    ahead.close_epoch()
+    deferred.close_epoch()
+    assert ahead.grown == () and deferred.grown == ("BTC",)
+    assert balances_of(ahead) == balances_of(deferred)
+    assert {r.asset: (r.height, r.total) for r in ahead.roots()} == {
+        r.asset: (r.height, r.total) for r in deferred.roots()
+    }
+    check_all_proofs(ahead)

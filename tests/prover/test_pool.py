@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from prover.ledger import AssetRoot, Ledger
 from prover.periods import SaltPeriod
 from prover.pool import TreePool
 from prover.worker import EAGER_ROWS
-from prover.worker_messages import Row
+from prover.worker_messages import Applied, Row
 from verifier.hashing import MAX_BALANCE
 from verifier.stream import EpochMessage
 
@@ -231,6 +231,67 @@ def test_a_tree_that_grows_a_level_is_the_same_in_any_pool() -> None:
         rows = [("v", "ADA", 1), ("u", "BTC", 2), ("v", "BTC", 3)]
         await _same(pools, TreePool.build, period, ["ADA", "BTC"], [rows])
         many = [(f"n{i}", "BTC", i + 1) for i in range(2 * FREE_SLOTS)]  # one level higher
-        await _same(pools, _roots, [], many)
+        applied = [await pool.apply([], many) for pool in pools]
+        assert applied[0].roots == applied[1].roots
+        assert [a.grown for a in applied] == [("BTC",), ("BTC",)]  # in the close
+        assert [(await p.apply([], [])).grown for p in pools] == [(), ()]
+
+    _run(main, 1, 2)
+
+
+async def _closed(pool: TreePool) -> tuple[tuple[AssetRoot, ...], Mapping[str, int], int]:
+    """The roots, room and unhashed updates of an apply."""
+    applied = await pool.apply([], [])
+    return applied.roots, applied.room, applied.unhashed
+
+
+def test_trees_built_ahead_with_room_are_the_same_in_any_pool() -> None:
+    """Room asked of a build reaches each asset's worker; each apply tells
+    every asset's room; ``unhashed`` is the most any worker has waiting."""
+
+    async def main(pools: list[TreePool]) -> None:
+        one, two = pools
+        period = SaltPeriod(5, 0, bytes(range(32)))
+        rows = [(f"u{u}", a, u + 1) for u in range(40) for a in ("BTC", "ETH", "SOL")]
+        room = {"BTC": 1_000, "SOL": 100}
+        built = await _same(
+            pools, TreePool.build, period, ["BTC", "ETH", "SOL"], [rows], 0, 0, room, 0.75, True
+        )
+        assert [r.height for r in built] == [11, 7, 8]  # 40 holders and 1,000, 30, 100 free
+        assert two.owner("ETH") == 1
+        staged = [(f"n{i}", "BTC", 1) for i in range(5)] + [("u1", "ETH", 7), ("n0", "ETH", 1)]
+        for pool in pools:
+            pool.stage(staged)
+        assert await one.unhashed() == await two.unhashed() == 7  # 5 + 2 in the pair
+        with pytest.raises(NotRetained):  # no epoch of theirs to prove yet
+            await two.proof("u1")
+        _, room, unhashed = await _same(pools, _closed)  # the same roots too
+        assert room == {"BTC": 2**11 - 45, "ETH": 2**7 - 41, "SOL": 2**8 - 40}
+        assert unhashed == 7  # fewer than EAGER_ROWS: left to the close
+        assert await two.unhashed() == 0
+        await _same(pools, TreePool.proof, "n0")
+
+    _run(main, 1, 2)
+
+
+def test_rows_staged_once_an_apply_is_called_are_the_next_ones() -> None:
+    """The apply's request leaves before any other task runs: a row staged
+    by a task that runs while the apply waits is the next apply's."""
+
+    async def main(pools: list[TreePool]) -> None:
+        for pool in pools:
+            await pool.build(SaltPeriod(1, 0, bytes(32)), ["BTC", "ETH"], [[("a", "BTC", 1)]])
+
+            async def close(pool: TreePool = pool) -> Applied:
+                return await pool.apply([], [])
+
+            async def late(pool: TreePool = pool) -> None:
+                pool.stage([("late", "BTC", 5), ("late", "ETH", 5)])
+
+            closing = asyncio.ensure_future(close())
+            staging = asyncio.ensure_future(late())
+            assert [r.total for r in (await closing).roots] == [1, 0]
+            await staging
+            assert [r.total for r in (await pool.apply([], [])).roots] == [6, 5]
 
     _run(main, 1, 2)

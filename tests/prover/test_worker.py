@@ -16,12 +16,21 @@ from prover.worker_messages import (
     Apply,
     Begin,
     Build,
+    Built,
+    Closed,
+    Done,
     Failed,
+    Found,
+    Pending,
+    ProofOf,
     Release,
     Reply,
     Request,
+    Rows,
     Stage,
     Stop,
+    Unhashed,
+    Unretained,
     decode_reply,
     encode,
 )
@@ -226,3 +235,53 @@ def test_a_frame_that_is_no_request_ends_the_worker_unanswered() -> None:
     script.serve()
     assert [type(a).__name__ for a in script.answers] == ["Done"]
     assert len(script.requests) == 1  # the Stop after it was never read
+
+
+def test_trees_built_ahead_hash_while_idle_and_tell_how_much_waits() -> None:
+    """The next period's trees: built with room, no proof before their first
+    apply, staged rows hashed ahead (a tree outgrowing its room grown there),
+    ``Unhashed`` answered with what waits; each apply tells every room."""
+    few = Stage([(f"u{i}", "BTC", 1) for i in range(10)])
+    many = Stage([(f"v{i}", "BTC", 1) for i in range(EAGER_ROWS)])
+    script = _Script(
+        [
+            Begin(PERIOD, ["BTC", "ETH"], 0, 0, {"BTC": 100}, ahead=True),
+            Rows(ROWS),
+            Build(),
+            ProofOf("a"),
+            few,
+            Unhashed(),  # fewer than EAGER_ROWS: they wait
+            many,
+            Unhashed(),  # idle: hashed, BTC's tree grown past its 126 free slots
+            Apply([], []),
+            ProofOf("a"),
+            Stop(),
+        ]
+    )
+    script.serve()
+    kinds = [type(a) for a in script.answers]
+    assert kinds == [Done, Done, Built, Unretained, Pending, Pending, Closed, Found, Done]
+    built, _, waiting, hashed, closed = script.answers[2:7]
+    assert isinstance(built, Built) and [r.height for r in built.roots] == [7, 5]
+    assert waiting == Pending(10) and hashed == Pending(0)
+    holders = 2 + 10 + EAGER_ROWS
+    assert isinstance(closed, Closed) and [r.height for r in closed.roots] == [13, 5]
+    assert closed.room == {"BTC": 2**13 - holders, "ETH": 2**5 - 1}
+    assert closed.unhashed == 0 and closed.grown == []  # all hashed, and grown, ahead
+    local = Ledger.build(PERIOD, ["BTC", "ETH"], ROWS)
+    local.stage_rows([*few.rows, *many.rows])
+    local.close_epoch()
+    assert [r.value().total for r in closed.roots] == [r.total for r in local.roots()]
+
+
+def test_an_apply_tells_what_its_close_hashed_and_grew() -> None:
+    """Trees serving proofs leave a tree that outgrows its room to the close:
+    ``Closed`` names it, and counts the updates the close found unhashed."""
+    many = Stage([(f"v{i}", "BTC", 1) for i in range(EAGER_ROWS)])
+    script = _Script(
+        [Begin(PERIOD, ["BTC", "ETH"], 0, 0), Rows(ROWS), Build(), many, Apply([], []), Stop()]
+    )
+    script.serve()
+    closed = script.answers[3]
+    assert isinstance(closed, Closed) and [r.height for r in closed.roots] == [13, 5]
+    assert closed.unhashed == EAGER_ROWS and closed.grown == ["BTC"]

@@ -22,6 +22,7 @@ from prover.worker_messages import (
     Failed,
     Found,
     FoundMany,
+    Pending,
     ProofOf,
     ProofsOf,
     Release,
@@ -32,6 +33,7 @@ from prover.worker_messages import (
     Snapshotted,
     Stage,
     Stop,
+    Unhashed,
     Unretained,
     WireProof,
     WireRoot,
@@ -61,11 +63,13 @@ def test_every_request_round_trips() -> None:
     assert proof is not None
     requests: list[Request] = [
         Begin(PERIOD, ["BTC", "ETH"], 3, 1 << 20),
+        Begin(PERIOD, ["BTC"], 0, 0, {"BTC": 1 << 33}, 0.125, ahead=True),
         Rows(BIG),
         Build(),
         Stage(BIG),
         Release(),
         Apply(["SOL"], BIG),
+        Unhashed(),
         ProofOf("a", 2),
         Snapshot(ids=True),
         Export("/tmp/out", 5, 7, EPOCH),
@@ -77,7 +81,7 @@ def test_every_request_round_trips() -> None:
         assert decode_request(encode(request)) == request
     begin = decode_request(encode(requests[0]))
     assert isinstance(begin, Begin) and begin.period == PERIOD  # the secret, whole
-    export = decode_request(encode(requests[8]))
+    export = decode_request(encode(requests[10]))
     assert isinstance(export, Export) and export.epoch == EPOCH
 
 
@@ -91,6 +95,8 @@ def test_every_reply_round_trips_with_sums_past_64_bits() -> None:
         Done(),
         Built(roots),
         Closed(roots, 0.25),
+        Closed(roots, 0.25, {"BTC": 1 << 33, "ETH": 0}, 5_000, ["ETH"]),
+        Pending(12),
         Found(WireProof.of(proof)),
         Found(None),
         FoundMany([WireProof.of(proof), None]),
@@ -103,9 +109,10 @@ def test_every_reply_round_trips_with_sums_past_64_bits() -> None:
     ]
     for reply in replies:
         assert decode_reply(encode(reply)) == reply
-    closed = decode_reply(encode(Closed(roots, 0.25)))
+    closed = decode_reply(encode(Closed(roots, 0.25, ledger.room(), 7, ["BTC"])))
     assert isinstance(closed, Closed)
-    assert closed.value() == Applied(tuple(ledger.roots()), 0.25)
+    room = {"BTC": 32 - 9, "ETH": 32 - 1}
+    assert closed.value() == Applied(tuple(ledger.roots()), 0.25, room, 7, ("BTC",))
     found = decode_reply(encode(Found(WireProof.of(proof))))
     assert isinstance(found, Found) and found.proof is not None
     assert found.proof.value() == proof
