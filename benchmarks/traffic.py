@@ -24,8 +24,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from prover.ledger import height_for
 from prover.rotation import START_ROOM_SHARE
+from prover.sizing import height_for
 
 __all__ = [
     "WORK_MODEL",

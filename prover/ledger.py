@@ -35,47 +35,14 @@ import numpy.typing as npt
 
 from prover.errors import NotRetained, ProverError
 from prover.periods import SaltPeriod, SlotAllocator
+from prover.sizing import CLOSE_NODES, MIN_HEIGHT, flush_levels, height_for, spare
 from prover.tree import SumTree, Undo
-from verifier.hashing import DIGEST_SIZE, HASHER, MAX_HEIGHT, SumTreeHasher
+from verifier.hashing import DIGEST_SIZE, HASHER, SumTreeHasher
 from verifier.sumtree import PathStep
 
-__all__ = ["MIN_HEIGHT", "AssetRoot", "Ledger", "UserProof", "height_for"]
+__all__ = ["AssetRoot", "Ledger", "UserProof"]
 
-MIN_HEIGHT = 4
 NO_SLOT = -1
-CLOSE_NODES = 1 << 15  # a flush hashes every level this wide or wider (see _flush_levels)
-
-
-def _flush_levels(height: int, epoch_rows: int) -> int | None:
-    """How high a flush hashes a tree of ``height`` (``SumTree.apply``'s
-    ``upto``): every level of at least ``CLOSE_NODES`` nodes, so that the
-    levels left to the close hold fewer than ``CLOSE_NODES`` nodes in
-    all; and every level of at least twice ``epoch_rows`` nodes (the last
-    epoch's updates of the asset), where the epoch's batches share few
-    nodes. All levels (None) before an epoch's count is known."""
-    if epoch_rows <= 0:
-        return None
-    shared = min((2 * epoch_rows - 1).bit_length(), (CLOSE_NODES - 1).bit_length())
-    return max(0, height - shared)
-
-
-def _spare(count: int) -> int:
-    """The length to grow a per-user array to when it must hold ``count``:
-    a quarter more, so that users arriving a few at a time cost amortized
-    constant time instead of a copy of every user's entry each time."""
-    return count + count // 4 + 1024
-
-
-def height_for(holders: int, room: int = 0) -> int:
-    """Smallest height >= MIN_HEIGHT leaving ~3% + 16 slots of headroom for new
-    holders, and at least ``room`` free slots as far as ``MAX_HEIGHT`` allows."""
-    need = holders + holders // 32 + 16
-    height = max(MIN_HEIGHT, (need - 1).bit_length())
-    if height > MAX_HEIGHT:
-        raise ProverError(f"{holders} holders do not fit a tree of height {MAX_HEIGHT}")
-    while height < MAX_HEIGHT and (1 << height) - holders < room:
-        height += 1
-    return height
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +192,7 @@ class Ledger:
         undo = None if ahead else self.open
         for asset, changes in self._take_pending().items():
             rows = CLOSE_NODES if ahead else self.last_epoch_rows.get(asset, 0)
-            upto = _flush_levels(self.books[asset].tree.height, rows)
+            upto = flush_levels(self.books[asset].tree.height, rows)
             if not self._apply(asset, changes, undo, may_rebuild=ahead, upto=upto) and not ahead:
                 deferred[asset] = changes
         self.pending = deferred
@@ -291,8 +258,8 @@ class Ledger:
         one level higher with the changes (``may_rebuild``), or nothing changed."""
         book = self.books[asset]
         if len(book.slots) < len(self.users):  # room for more users than that: no copy each time
-            spare = np.full(_spare(len(self.users)) - len(book.slots), NO_SLOT, np.int64)
-            book.slots = np.concatenate([book.slots, spare])
+            more = np.full(spare(len(self.users)) - len(book.slots), NO_SLOT, np.int64)
+            book.slots = np.concatenate([book.slots, more])
         users = np.fromiter(changes.keys(), np.int64, len(changes))
         amounts = np.fromiter(changes.values(), np.uint64, len(changes))
         current = book.slots[users]
@@ -391,7 +358,7 @@ class Ledger:
         ).reshape(-1, DIGEST_SIZE)
         need = known + len(fresh)
         if need > len(self._commitment_room):  # a bigger buffer, with room to spare
-            room = np.empty((_spare(need), DIGEST_SIZE), np.uint8)
+            room = np.empty((spare(need), DIGEST_SIZE), np.uint8)
             room[:known] = self.commitments
             self._commitment_room = room
         self._commitment_room[known:need] = fresh

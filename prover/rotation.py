@@ -53,9 +53,9 @@ from typing import Any
 from prover.config import Config
 from prover.dbthread import DbThread
 from prover.folding import Pacing
-from prover.ledger import MIN_HEIGHT
 from prover.periods import SaltPeriod
 from prover.pool import TreePool, Trees
+from prover.sizing import MIN_HEIGHT
 from prover.worker import EAGER_ROWS
 from prover.worker_messages import Applied, Row
 from storage.store import Store

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prover.errors import NotRetained, ProverError
-from prover.ledger import CLOSE_NODES, MIN_HEIGHT, Ledger, _flush_levels, height_for
+from prover.ledger import Ledger
 from prover.periods import SaltPeriod
+from prover.sizing import CLOSE_NODES, MIN_HEIGHT, flush_levels, height_for
 from verifier.errors import VerificationError
 from verifier.hashing import HASHER, SumTreeHasher
 from verifier.sumtree import verify_path
@@ -268,7 +269,7 @@ def test_flushing_early_gives_the_same_epoch(holders: int) -> None:
 )
 def test_a_flush_hashes_the_wide_levels(height: int, epoch_rows: int, upto: int | None) -> None:
     assert CLOSE_NODES == 2**15
-    assert _flush_levels(height, epoch_rows) == upto
+    assert flush_levels(height, epoch_rows) == upto
 
 
 def test_an_epoch_flushed_in_part_closes_as_one_batch() -> None:

@@ -10,8 +10,9 @@ import hmac
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prover.ledger import Ledger, height_for
+from prover.ledger import Ledger
 from prover.periods import SaltPeriod
+from prover.sizing import height_for
 from prover.tokens import check_user_token, user_token
 
 PERIOD = SaltPeriod(1, 0, bytes(range(32)))
