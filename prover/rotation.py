@@ -12,10 +12,13 @@ taken. The next period's trees leave room for each asset's rate for
 A rotation goes on in the background while epochs close with the current
 trees:
 
-1. the next period's trees are built from the stored balances (paced around
-   epoch closes, prover/folding.py); every row acknowledged meanwhile is
-   kept in a backlog;
-2. once they are built, the backlog is staged into them, then every row
+1. the next period's trees are built from the stored balances, read from
+   one snapshot without a fold (``Store.read_balances``, paced around epoch
+   closes, prover/folding.py): from the ``balances`` table, the journal's
+   lines being kept to stage; every row acknowledged meanwhile is kept in a
+   backlog;
+2. once they are built, the journal's lines, then the backlog, are staged
+   into them in order, then every row
    acknowledged is staged into both the current and the next trees; the
    next trees' workers hash them ahead while idle;
 3. after each apply, the next trees are asked how many staged updates they
@@ -26,8 +29,9 @@ trees:
 
 Invariants:
 
-- The next trees hold the stored balances as read after their load began,
-  then every row acknowledged since it began, in order. A row sets a
+- The next trees hold the stored balances as read after their load began
+  (the table, then the journal's lines over it), then every row
+  acknowledged since it began, in order. A row sets a
   balance (it is no change), so one the read saw as well is set again to
   the same value in its place in the order. The switching apply applies
   what is staged in them, as the current trees' apply would have.
@@ -46,7 +50,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +102,7 @@ class _Growth:
 class _Next:
     """The next period while it is built and catches up (module docstring)."""
 
-    load: asyncio.Task[tuple[TreePool, SaltPeriod]]
+    load: asyncio.Task[tuple[TreePool, SaltPeriod, list[Row]]]
     backlog: list[Row] = field(default_factory=list)  # acknowledged, not yet staged in ``trees``
     trees: TreePool | None = None  # once built
     period: SaltPeriod | None = None
@@ -148,7 +152,7 @@ class Rotation:
     async def start(self, assets: Iterable[str]) -> None:
         """Begin a new salt period with every tree of ``assets``."""
         self._assets = sorted(assets)
-        self._trees, self._period = await self._new_period(room_share=START_ROOM_SHARE)
+        self._trees, self._period, _ = await self._new_period(room_share=START_ROOM_SHARE)
 
     async def close(self) -> None:
         """Stop a rotation under way, and every tree worker."""
@@ -163,19 +167,29 @@ class Rotation:
 
     async def _new_period(
         self, room: dict[str, int] | None = None, room_share: float = 0.0, ahead: bool = False
-    ) -> tuple[TreePool, SaltPeriod]:
-        """Every tree of a new salt period, built from the stored balances
-        (``TreePool.build``'s room and ``ahead``)."""
+    ) -> tuple[TreePool, SaltPeriod, list[Row]]:
+        """Every tree of a new salt period (``TreePool.build``'s room and
+        ``ahead``), and the rows to stage into them before any acknowledged
+        since: at start-up, built from the folded balances, none to stage;
+        ahead, built from the ``balances`` table as read without a fold, the
+        journal's lines of that read to stage (``Store.read_balances``)."""
         began = self._clock()
         started = self._store.start_salt_period
         row = await asyncio.wrap_future(self._db.submit(started, int(began * 1000)))
         period = SaltPeriod(row.number, row.started_ms, row.secret)
         trees = TreePool(self._workers)
+        journal: list[Row] = []
+        if ahead:
+            chunks = self._read_table(journal)
+        else:
+            chunks = self._store.iter_balances(
+                LOAD_CHUNK, self._pacing.on_db_thread, self._pacing.wait
+            )
         try:
             await trees.build(
                 period,
                 self._assets,
-                self._store.iter_balances(LOAD_CHUNK, self._pacing.on_db_thread, self._pacing.wait),
+                chunks,
                 self._config.proof_epochs,
                 self._config.proof_memory_mb << 20,
                 room,
@@ -186,7 +200,16 @@ class Rotation:
             await trees.close()
             raise
         self._build_seconds = max(0.0, self._clock() - began)
-        return trees, period
+        return trees, period, journal
+
+    def _read_table(self, journal: list[Row]) -> Iterator[list[Row]]:
+        """The table's rows of ``Store.read_balances``, its journal lines put in
+        ``journal`` (in order: they go over the table's, last one winning)."""
+        for chunk in self._store.read_balances(LOAD_CHUNK, self._pacing.wait):
+            if chunk.journaled:
+                journal.extend(chunk.rows)
+            else:
+                yield chunk.rows
 
     def stage(self, rows: list[Row]) -> None:
         """Send acknowledged rows to the current trees ahead of the close, and
@@ -225,8 +248,11 @@ class Rotation:
         upcoming = self._next = _Next(load)
         load.add_done_callback(functools.partial(self._built, upcoming))
 
-    def _built(self, upcoming: _Next, load: asyncio.Task[tuple[TreePool, SaltPeriod]]) -> None:
-        """The next period's trees are built: stage the backlog into them."""
+    def _built(
+        self, upcoming: _Next, load: asyncio.Task[tuple[TreePool, SaltPeriod, list[Row]]]
+    ) -> None:
+        """The next period's trees are built: stage the journal's lines of their
+        read, then the backlog, into them."""
         if load.cancelled():
             return
         if (error := load.exception()) is not None:
@@ -239,13 +265,16 @@ class Rotation:
             return
         if self._next is not upcoming:  # dropped meanwhile, its trees closed by ``_drop``
             return
-        upcoming.trees, upcoming.period = load.result()
+        upcoming.trees, upcoming.period, journal = load.result()
         log.info(
-            "salt period %d built in %.1f s; staging the %d updates acknowledged meanwhile",
+            "salt period %d built in %.1f s; staging %d unfolded updates read"
+            " and the %d updates acknowledged meanwhile",
             upcoming.period.number,
             self._build_seconds,
+            len(journal),
             len(upcoming.backlog),
         )
+        upcoming.backlog[:0] = journal  # first: the backlog's rows are as new or newer
         self._spawn(self._feed(upcoming))
 
     async def _feed(self, upcoming: _Next) -> None:
@@ -307,8 +336,7 @@ class Rotation:
         if not load.done():
             load.cancel()  # its trees are closed by ``_new_period``
         elif not load.cancelled() and load.exception() is None:
-            trees, _ = load.result()
-            self._spawn(trees.close())
+            self._spawn(load.result()[0].close())
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

@@ -77,10 +77,24 @@ class Database:
         raises. Database errors become StorageError (ConstraintError for
         integrity violations); storage errors and a callback's own exceptions
         pass through unchanged."""
+        with self._transaction({"solvency_write": True} if write else {}) as conn:
+            yield conn
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """One read transaction whose statements all see one snapshot of the
+        database: any SQLite transaction (WAL) from its first read; REPEATABLE
+        READ on PostgreSQL. Errors as in ``transaction``."""
+        repeatable = {"isolation_level": "REPEATABLE READ"}
+        with self._transaction(repeatable if self.dialect == "postgresql" else {}) as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self, options: dict[str, Any]) -> Iterator[Connection]:
         try:
             with self.engine.connect() as conn:
-                if write:
-                    conn = conn.execution_options(solvency_write=True)
+                if options:
+                    conn = conn.execution_options(**options)
                 with conn.begin():
                     yield conn
         except (SQLAlchemyError, self._dbapi_error) as exc:
@@ -102,17 +116,6 @@ class Database:
     def cursor(conn: Connection) -> Any:
         """The driver's cursor on ``conn`` (inside its transaction), for the bulk paths."""
         return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-
-    def stream(self, query: Any, chunk_size: int) -> Iterator[list[tuple[str, str, int]]]:
-        """The rows of a three-column query, ``chunk_size`` at a time, from one
-        snapshot (a server-side cursor where the driver has one)."""
-        check_chunk_size(chunk_size)
-        with self.transaction() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(
-                query
-            )
-            for partition in result.partitions(chunk_size):
-                yield [(a, b, int(c)) for a, b, c in partition]
 
     @property
     def _dbapi_error(self) -> type[Exception]:

@@ -6,7 +6,9 @@ appends; it does not upsert), so the balances are the ``balances`` table
 overlaid with the journal, a higher journal id winning over a lower one and
 any journal line over the table. ``fold`` moves the journal into the table in
 short transactions, idempotently (amounts are absolute), so a crash at any
-point loses nothing acknowledged; ``iter_balances`` folds before it reads.
+point loses nothing acknowledged; ``iter_balances`` folds before it reads;
+``read_balances`` reads the table and the journal as they are, from one
+snapshot, without folding.
 
 Invariants:
 
@@ -25,6 +27,7 @@ import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import chain, islice
 
 from sqlalchemy import Connection, delete, func, insert, select
@@ -34,12 +37,22 @@ from storage.errors import ConstraintError
 from storage.rows import BalanceUpdate
 from storage.schema import Asset, Balance, BalanceJournal, encode_amount
 
-__all__ = ["JOURNAL_ROWS_PER_READ", "Journal"]
+__all__ = ["JOURNAL_ROWS_PER_READ", "BalanceChunk", "Journal"]
 
 JOURNAL_ROWS_PER_READ = 8  # journal rows (batches) a fold reads per query
 _FOLDING = threading.Lock()  # one fold at a time in this process, whichever the store
 
 Run = Callable[[Callable[[], None]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceChunk:
+    """Rows ``(user, asset, amount)`` of ``Journal.read_balances``: from the
+    ``balances`` table (non-zero, one per (user, asset)) or, if ``journaled``,
+    journal lines, in journal order (zero amounts included: no balance)."""
+
+    rows: list[tuple[str, str, int]]
+    journaled: bool
 
 
 class Journal:
@@ -155,19 +168,71 @@ class Journal:
         one snapshot (a server-side cursor on PostgreSQL)."""
         check_chunk_size(chunk_size)
         self.fold(run=run, pause=pause)
+        with self.db.transaction() as conn:
+            yield from self._table(conn, chunk_size)
+
+    def read_balances(
+        self, chunk_size: int = CHUNK, pause: Callable[[], object] | None = None
+    ) -> Iterator[BalanceChunk]:
+        """The balances as of when iteration begins, without folding or waiting
+        for a fold: the ``balances`` table's non-zero rows, then every journal
+        line in journal order (``journaled`` chunks), all from one snapshot
+        (``Database.snapshot``), in chunks of at most ``chunk_size`` rows.
+        Applied in that order, the last row of a (user, asset) winning, they
+        give ``iter_balances``' balances (a zero amount: none). A fold under
+        way moves lines into the table and deletes them; the snapshot sees
+        either side of each of its transactions, which give the same balances.
+        ``pause``, if given, is called between reads, as in ``fold``.
+
+        Raises:
+            InvalidInputError: ``chunk_size`` is not a positive integer.
+        """
+        check_chunk_size(chunk_size)
+        wait = pause or (lambda: None)
+        with self.db.snapshot() as conn:
+            for rows in self._table(conn, chunk_size):
+                yield BalanceChunk(rows, journaled=False)
+                wait()
+            ids = conn.scalars(select(BalanceJournal.id).order_by(BalanceJournal.id)).all()
+            lines: list[tuple[str, str, int]] = []
+            for start in range(0, len(ids), JOURNAL_ROWS_PER_READ):
+                first, last = ids[start], ids[min(start + JOURNAL_ROWS_PER_READ, len(ids)) - 1]
+                wait()
+                bodies = conn.scalars(
+                    select(BalanceJournal.body)
+                    .where(BalanceJournal.id.between(first, last))
+                    .order_by(BalanceJournal.id)
+                ).all()
+                for body in bodies:
+                    for line in str(body, "utf-8")[:-1].split("\n"):
+                        user, asset, amount = line.split("\t")
+                        lines.append((user, asset, int(amount)))
+                    while len(lines) >= chunk_size:
+                        yield BalanceChunk(lines[:chunk_size], journaled=True)
+                        del lines[:chunk_size]
+            if lines:
+                yield BalanceChunk(lines, journaled=True)
+
+    def _table(self, conn: Connection, chunk_size: int) -> Iterator[list[tuple[str, str, int]]]:
+        """The ``balances`` table's non-zero rows, read in ``conn``'s transaction,
+        ``chunk_size`` at a time (a server-side cursor on PostgreSQL)."""
         if self.db.dialect == "postgresql":
             query = select(Balance.user_id, Balance.asset, Balance.amount)
-            yield from self.db.stream(query.where(Balance.amount != 0), chunk_size)
+            result = conn.execute(
+                query.where(Balance.amount != 0),
+                execution_options={"stream_results": True, "yield_per": chunk_size},
+            )
+            for partition in result.partitions(chunk_size):
+                yield [(user, asset, int(amount)) for user, asset, amount in partition]
             return
         # the driver's cursor, without per-row SQLAlchemy work: a million rows at start-up
-        with self.db.transaction() as conn:
-            cursor = self.db.cursor(conn)
-            cursor.execute(
-                "SELECT user_id, asset, amount FROM balances WHERE amount != ?",
-                (encode_amount(0, self.db.dialect),),
-            )
-            while rows := cursor.fetchmany(chunk_size):
-                yield [(user, asset, int.from_bytes(amount, "big")) for user, asset, amount in rows]
+        cursor = self.db.cursor(conn)
+        cursor.execute(
+            "SELECT user_id, asset, amount FROM balances WHERE amount != ?",
+            (encode_amount(0, self.db.dialect),),
+        )
+        while rows := cursor.fetchmany(chunk_size):
+            yield [(user, asset, int.from_bytes(amount, "big")) for user, asset, amount in rows]
 
     def upsert_chunk(self, rows: Sequence[tuple[str, str, int]]) -> None:
         """One write transaction of a fold: upsert ``rows``."""

@@ -35,7 +35,7 @@ from storage.cosignatures import CosignatureRow, Cosignatures
 from storage.db import CHUNK, MIGRATIONS, Database, open_engine
 from storage.epochs import Epochs
 from storage.ingest import Ingest
-from storage.journal import Journal, Run
+from storage.journal import BalanceChunk, Journal, Run
 from storage.keys import SigningKeys
 from storage.log import EpochLog
 from storage.marks import Marks, SourceMarks
@@ -63,6 +63,7 @@ __all__ = [
     "MIGRATIONS",
     "ApplyResult",
     "AssetRow",
+    "BalanceChunk",
     "BalanceUpdate",
     "EpochRow",
     "KeyRow",
@@ -190,6 +191,12 @@ class Store:
         pause: Callable[[], object] | None = None,
     ) -> Iterator[list[tuple[str, str, int]]]:
         return self._journal.iter_balances(chunk_size, run, pause)
+
+    @_documented_by(Journal.read_balances)
+    def read_balances(
+        self, chunk_size: int = CHUNK, pause: Callable[[], object] | None = None
+    ) -> Iterator[BalanceChunk]:
+        return self._journal.read_balances(chunk_size, pause)
 
     @property
     def _upsert_chunk(self) -> Callable[[Sequence[tuple[str, str, int]]], None]:

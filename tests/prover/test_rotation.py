@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from prover.pool import TreePool
 from prover.rotation import CAUGHT_UP
 from prover.worker import EAGER_ROWS
 from prover.worker_messages import Applied, Row
+from storage import journal
 from storage.store import Store
 from tests.prover.test_engine import Clock, balances, config, ingest, run
 from verifier.proof import ProofFile, verify_proof
@@ -288,3 +290,49 @@ def test_closing_the_engine_mid_rotation_stops_the_next_trees(
     assert len(pools) == 2
     for pool in pools:
         assert not any(w._process.is_alive() for w in pool._workers)
+
+
+def test_a_rotation_reads_the_balances_without_waiting_for_a_fold(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fold under way holds the fold lock throughout: the next trees are
+    built from the table and the unfolded journal all the same, its lines
+    (a removal, an override, a new holder) over the table's rows."""
+    sent = _Ledger()
+    _preload(tmp_path, sent)  # folded into the table by the start-up build below
+    caplog.clear()
+
+    async def scenario(engine: Engine, clock: Clock) -> None:
+        rotation = engine._rotation
+        first = rotation.trees
+        await sent.send(engine, [("b1", "BTC", 0), ("b2", "BTC", 9), ("z", "ETH", 4)])
+        assert engine.store.journal_backlog() == 3
+        assert journal._FOLDING.acquire(timeout=30)  # a fold under way, for the whole rotation
+        try:
+            clock.now += 2  # the period is over: this apply starts the next one
+            for epoch in itertools.count():
+                assert epoch < 400, "no rotation completed"
+                await sent.send(engine, [(f"x{epoch}", "ETH", 3)])
+                clock.now += 0.1
+                message = await engine.close_epoch()
+                if rotation.trees is not first:
+                    break
+                await asyncio.sleep(0.02)
+            assert engine.store.journal_backlog() > 3  # nothing was folded
+        finally:
+            journal._FOLDING.release()
+        record = EpochRecord.decode(message.record)  # the switching epoch's
+        for asset in ("BTC", "ETH"):
+            assert record.asset(asset).liabilities == sent.total(asset)
+        assert await engine.proof("b1") is None
+        for user in ("b2", "z", "b3"):
+            proof = await engine.proof(user)
+            assert proof is not None
+            report = verify_proof(ProofFile.parse(proof.to_json()), engine.verifier_key, user=user)
+            held = {(user, a.asset): a.balance for a in report.assets}
+            assert held == {k: m for k, m in sent.balances.items() if k[0] == user and m}
+
+    with caplog.at_level(logging.INFO, logger="solvency.prover"):
+        run(tmp_path, scenario, salt_period=1.0)
+    read = re.search(r"staging (\d+) unfolded updates read", caplog.text)
+    assert read is not None and int(read[1]) >= 3  # at least those sent before the rotation
