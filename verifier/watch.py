@@ -232,12 +232,18 @@ class Follower:
             return None
         return exc
 
-    def _delays(self) -> Generator[float]:
-        """websockets' ``reconnect_delays``: its backoff (the first delay
-        jittered), each delay announced with the failure it follows."""
+    @staticmethod
+    def _backoff() -> Generator[float]:
+        """websockets' backoff: the first delay jittered in [0, 1) s, then 1 s
+        doubling up to ``MAX_BACKOFF``."""
         from websockets.client import backoff
 
-        for delay in backoff(initial_delay=1.0, min_delay=1.0, max_delay=MAX_BACKOFF, factor=2.0):
+        return backoff(initial_delay=1.0, min_delay=1.0, max_delay=MAX_BACKOFF, factor=2.0)
+
+    def _delays(self) -> Generator[float]:
+        """websockets' ``reconnect_delays``: its backoff, each delay announced
+        with the failure it follows."""
+        for delay in self._backoff():
             event, reason = self._failure
             self._say(
                 {**event, "reason": reason, "retry_in": round(delay, 3)},
@@ -257,10 +263,15 @@ class Follower:
             process_exception=self._connect_failed,
             reconnect_delays=self._delays,
         )
+        # websockets backs off while connecting fails; a server that accepts
+        # and closes without sending a frame is paced the same way here
+        empty: Generator[float] | None = None
         try:
-            async for ws in connector:  # reconnects, with backoff while connecting fails
+            async for ws in connector:
+                received = False
                 try:
                     async for frame in ws:
+                        received = True
                         code = self.on_frame(frame)
                         if code is not None:
                             # now, not when connect()'s generator is collected
@@ -270,10 +281,16 @@ class Follower:
                     reason = "the prover closed the stream"
                 except ConnectionClosed as exc:
                     reason = f"disconnected ({exc})"
+                if received:
+                    empty, delay = None, 0.0
+                else:
+                    empty = empty or self._backoff()
+                    delay = next(empty)
                 self._say(
-                    {"event": "disconnected", "reason": reason, "retry_in": 0},
-                    f"{printable_id(reason)}; reconnecting",
+                    {"event": "disconnected", "reason": reason, "retry_in": round(delay, 3)},
+                    f"{printable_id(reason)}; reconnecting in {delay:.1f} s",
                 )
+                await asyncio.sleep(delay)
                 # resume after the last verified epoch: the two attributes
                 # websockets itself moves when it follows a redirect
                 connector.uri = self._roots_url()
