@@ -30,7 +30,7 @@ from prover.limits import ACCEPT_BACKLOG, ANONYMOUS_MAX_SIZE, descriptor_limit, 
 from prover.metrics import render_metrics
 from prover.roots import serve_roots
 from prover.sources import Disposition, ingest_message, refusal
-from prover.web import SECURITY_HEADERS, WebFiles
+from prover.web import WebFiles
 
 __all__ = ["start_server"]
 
@@ -118,10 +118,7 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
             return None
         page = web.lookup(url.path)
         if page is not None:
-            response = _response(200, page.body, page.content_type)
-            for name, value in SECURITY_HEADERS:
-                response.headers[name] = value
-            return response
+            return Response(200, "OK", Headers(page.headers()), page.body)
         return _error(404, "not-found", f"no route {url.path}")
 
     async def handler(conn: ServerConnection) -> None:

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-__all__ = ["PAGES", "SECURITY_HEADERS", "StaticFile", "WebFiles"]
+__all__ = ["CONTENT_SECURITY_POLICY", "PAGES", "SECURITY_HEADERS", "StaticFile", "WebFiles"]
 
 # a page route -> the file it serves
 PAGES = {"/": "verify.html", "/verify": "verify.html", "/dashboard": "dashboard.html"}
@@ -26,10 +26,7 @@ _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
     ".txt": "text/plain; charset=utf-8",
 }
 CONTENT_SECURITY_POLICY = (
@@ -49,6 +46,16 @@ SECURITY_HEADERS = (
 class StaticFile:
     body: bytes
     content_type: str
+
+    def headers(self, policy: str = CONTENT_SECURITY_POLICY) -> list[tuple[str, str]]:
+        """The answer's headers: its type and length, then ``SECURITY_HEADERS``
+        with ``policy`` as the Content-Security-Policy (a site hosting the
+        pages elsewhere sets its own)."""
+        return [
+            ("Content-Type", self.content_type),
+            ("Content-Length", str(len(self.body))),
+            *((n, policy if n == "Content-Security-Policy" else v) for n, v in SECURITY_HEADERS),
+        ]
 
 
 class WebFiles:

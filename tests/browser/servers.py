@@ -29,7 +29,7 @@ from prover.cli import main as prover_main
 from prover.config import load_config
 from prover.keys import load_key
 from prover.tokens import user_token
-from prover.web import SECURITY_HEADERS, WebFiles
+from prover.web import CONTENT_SECURITY_POLICY, WebFiles
 from tests.prover.daemon import start_daemon
 from verifier.checkpoint import verifier_key_for
 
@@ -163,12 +163,7 @@ class StreamServer:
         if page is None:
             body = b'{"type": "error", "code": "not-found", "message": "no route"}'
             return Response(404, "Not Found", Headers([("Content-Length", str(len(body)))]), body)
-        headers = Headers(
-            [("Content-Type", page.content_type), ("Content-Length", str(len(page.body)))]
-        )
-        for name, value in SECURITY_HEADERS:
-            headers[name] = value
-        return Response(200, http.HTTPStatus(200).phrase, headers, page.body)
+        return Response(200, "OK", Headers(page.headers()), page.body)
 
     async def _roots(self, conn: ServerConnection) -> None:
         assert conn.request is not None
@@ -236,14 +231,11 @@ class StaticPages:
                     self.send_error(404)
                     return
                 ws = pages.connect_to.replace("http://", "ws://")
+                policy = CONTENT_SECURITY_POLICY.replace(
+                    "connect-src 'self'", f"connect-src 'self' {pages.connect_to} {ws}"
+                )
                 self.send_response(200)
-                self.send_header("Content-Type", found.content_type)
-                self.send_header("Content-Length", str(len(found.body)))
-                for name, value in SECURITY_HEADERS:
-                    if name == "Content-Security-Policy":
-                        value = value.replace(
-                            "connect-src 'self'", f"connect-src 'self' {pages.connect_to} {ws}"
-                        )
+                for name, value in found.headers(policy):
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(found.body)
