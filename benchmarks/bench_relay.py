@@ -3,13 +3,15 @@ in a process of its own, following a log served by this script, with
 ``--subscribers`` subscribers (held by another process) reading every frame.
 
     python benchmarks/bench_relay.py [--subscribers 100] [--frames 300] [--rate 30]
-                                     [--assets 4]
+                                     [--assets 4] [--choice assets=A001,A002]
 
 The relay's CPU (user + system, from /proc) is measured over ``--frames``
 frames twice: with no subscriber (what verifying and keeping each frame
 costs), then with the subscribers. It prints both, the whole CPU divided by
 frames x subscribers, and the part the subscribers add, per frame per
 subscriber. The frames carry ``--assets`` assets, as bench_verify.py's.
+With ``--choice`` (``assets=A001,A002`` or ``only=checkpoints``) every
+subscriber asks for it, and the relay builds those frames (once per epoch).
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ def frames(count: int, assets: int) -> list[str]:
             )
             for i in range(assets)
         )
-        record = EpochRecord(n, now, 60_000, states).encode()
-        hashes.append(rfc9162.leaf_hash(record))
+        record = EpochRecord(n, now, 60_000, states)
+        hashes.append(rfc9162.leaf_hash(record.header.encode()))  # the log's leaf: the header
         size = len(hashes)
         root = rfc9162.root_from_leaf_hashes(hashes)
         note = sign_note(Checkpoint(ORIGIN, size, root).to_note_body(), ORIGIN, KEY)
@@ -66,7 +68,8 @@ def frames(count: int, assets: int) -> list[str]:
             rfc9162.inclusion_proof(hashes, n, size),
             rfc9162.consistency_proof(hashes, n, size),
         )
-        out.append(EpochMessage(record, note, tuple(proofs[0]), tuple(proofs[1])).to_json())
+        message = EpochMessage(record.encode(), note, tuple(proofs[0]), tuple(proofs[1]))
+        out.append(message.to_json())
     return out
 
 
@@ -138,6 +141,7 @@ async def run(args: argparse.Namespace) -> None:
                 ctx = get_context("spawn")
                 ready, received = ctx.Event(), ctx.Value("q", 0)
                 url = f"ws://127.0.0.1:{args.port}/roots"
+                url += f"?{args.choice}" if args.choice else ""
                 holder = ctx.Process(
                     target=subscribers, args=(url, args.subscribers, ready, received)
                 )
@@ -155,6 +159,7 @@ async def run(args: argparse.Namespace) -> None:
     per = 1e6 / (args.frames * args.subscribers)
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; SHA-256 {hash_microseconds():.2f} us")
     print(f"frame: {len(stream[-1])} bytes ({args.assets} assets); {args.rate:g} frames/s")
+    print(f"subscribers ask for: {args.choice or 'every asset'}")
     print(f"{'relay CPU per frame, no subscriber (us)':<64} {alone * 1e6 / args.frames:>10.0f}")
     print(f"{f'relay CPU per frame, {args.subscribers} subscribers (us)':<64} "
           f"{shared * 1e6 / args.frames:>10.0f}")  # fmt: skip
@@ -171,6 +176,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=30.0, help="frames per second")
     parser.add_argument("--assets", type=int, default=4)
     parser.add_argument("--port", type=int, default=18766, help="the relay's port")
+    parser.add_argument("--choice", default="", help="e.g. assets=A001,A002 or only=checkpoints")
     asyncio.run(run(parser.parse_args()))
 
 

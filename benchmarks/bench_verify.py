@@ -1,12 +1,14 @@
 """Verifier benchmark: a customer's whole ``solvency-verify proof`` process, and the
 CPU an auditor's ``solvency-verify watch`` uses at one epoch per second.
 
-    python benchmarks/bench_verify.py [--runs 20] [--watch-seconds 30]
+    python benchmarks/bench_verify.py [--runs 20] [--watch-seconds 30] [--holders 1000000]
 
-The proof is a real one: 4 assets, trees of height 20 (2**20 slots each), from
-the prover's own code. The command is the installed ``solvency-verify``, with
-the verifier's bytecode compiled first, as pip compiles an installed
-package's. The watched log is served on 127.0.0.1 by this script.
+The proof is a real one: 4 assets, trees of height 20 (2**20 slots each,
+with the default holders), from the prover's own code (format
+solvency-proof/2: the record's header, each asset's entry and map path).
+The command is the installed ``solvency-verify``, with the verifier's
+bytecode compiled first, as pip compiles an installed package's. The
+watched log is served on 127.0.0.1 by this script.
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from websockets.asyncio.server import ServerConnection, serve
 
 import verifier
 from prover.ledger import Ledger
+from prover.mapped import MappedRecord
 from prover.periods import SaltPeriod
 from verifier import rfc9162
 from verifier.checkpoint import Checkpoint, sign_note, verifier_key_for
-from verifier.proof import AssetPath, ProofFile
+from verifier.proof import ProofFile
 from verifier.record import AssetState, EpochRecord, ReserveSource, Status
 from verifier.stream import EpochMessage
 
@@ -39,9 +42,8 @@ KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
 ASSETS = {"BTC": 8, "ETH": 9, "USDT": 6, "SOL": 9}
 
 
-def make_proof() -> ProofFile:
+def make_proof(holders: int = 1_000_000) -> ProofFile:
     rng = np.random.default_rng(3)
-    holders = 1_000_000
     users = [f"u{i}" for i in range(holders)]
     rows = [
         (users[i], asset, int(a))
@@ -67,21 +69,14 @@ def make_proof() -> ProofFile:
             )
             for r in roots
         ),
-    ).encode()
-    leaf = rfc9162.leaf_hash(record)
+    )
+    leaf = rfc9162.leaf_hash(record.header.encode())
     note = sign_note(
         Checkpoint(ORIGIN, 1, rfc9162.root_from_leaf_hashes([leaf])).to_note_body(), ORIGIN, KEY
     )
-    found = ledger.proof("u12345")
+    found = ledger.proof(users[holders // 2])
     assert found is not None
-    return ProofFile(
-        user="u12345",
-        salt=found.salt,
-        assets=tuple(AssetPath(a, s, b, p) for a, s, b, p in found.entries),
-        record=record,
-        inclusion=(),
-        checkpoint=note,
-    )
+    return MappedRecord(record).basis(EpochMessage(record.encode(), note, (), ())).proof(found)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -144,11 +139,11 @@ async def serve_epochs(seconds: float, key: str, state: Path) -> float:
                     )
                     for a, d in sorted(ASSETS.items())
                 ),
-            ).encode()
-            hashes.append(rfc9162.leaf_hash(record))
+            )
+            hashes.append(rfc9162.leaf_hash(record.header.encode()))
             size = len(hashes)
             message = EpochMessage(
-                record,
+                record.encode(),
                 sign_note(
                     Checkpoint(ORIGIN, size, rfc9162.root_from_leaf_hashes(hashes)).to_note_body(),
                     ORIGIN,
@@ -173,11 +168,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--watch-seconds", type=float, default=30)
+    parser.add_argument("--holders", type=int, default=1_000_000)
     args = parser.parse_args()
     key = str(verifier_key_for(ORIGIN, KEY.public_key()))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "proof.json"
-        path.write_text(make_proof().to_json())
+        path.write_text(make_proof(args.holders).to_json())
         # as a customer runs it: the installed command, its bytecode compiled
         # (pip compiles an installed package's; this checkout's may not be)
         compileall.compile_dir(Path(verifier.__file__).parent, quiet=1)

@@ -7,8 +7,8 @@ directly. Order of work for one epoch (docs/PROTOCOL.md §11):
 1. take the balance updates acknowledged since the last epoch;
 2. the tree worker applies them and returns every asset's root;
 3. build the record (reserves as last reported, stale sources flagged);
-4. append the record to the log, sign the checkpoint, commit all in one
-   transaction; only then
+4. append its header to the log, keeping the whole record in the epoch's
+   row, sign the checkpoint, commit all in one transaction; only then
 5. publish to subscribers (with witnesses: once cosigned, prover/witnesses.py).
 
 Invariants:
@@ -52,20 +52,22 @@ from prover.dbthread import DbThread
 from prover.epoch import Reserve, build_record, record_reports
 from prover.folding import Folder, Pacing
 from prover.ingest import IngestResult, Intake
+from prover.mapped import MappedRecord
 from prover.messages import Batch
 from prover.metrics import Metrics
 from prover.proofs import Proofs, Tip
 from prover.publication import Publication
 from prover.rotation import Rotation
 from prover.runtime import collect_after, collector_off, quick_gil_handoffs
+from prover.stored import stored_record
 from prover.witnesses import WitnessStats
 from prover.worker_messages import Applied, Row
 from storage.errors import StorageError
 from storage.store import ReserveRow, Store
 from verifier.checkpoint import Checkpoint, sign_note, verifier_key_for
 from verifier.proof import ProofFile
-from verifier.record import EpochRecord
 from verifier.stream import EpochMessage
+from verifier.subscription import ALL_ASSETS, Subscription
 
 __all__ = ["Engine", "IngestResult", "Metrics"]
 
@@ -108,6 +110,7 @@ class Engine:
         self._db = DbThread()
         self._epoch_lock = asyncio.Lock()
         self._latest: EpochMessage | None = None  # the last epoch committed in this run
+        self._latest_record: MappedRecord | None = None  # and its record
         self._last_timestamp_ms = 0
         self._cut: _Cut | None = None  # set from an epoch's apply until its commit
         self._retry_at = 0.0  # time.monotonic() of the next attempt at a failing epoch
@@ -129,23 +132,27 @@ class Engine:
         self._rotation.stage(rows)
 
     def _tip(self) -> Tip | None:
-        if self._latest is None:
+        if self._latest is None or self._latest_record is None:
             return None
-        return Tip(self.metrics.epoch, self._latest, self._cut is not None)
+        return Tip(self.metrics.epoch, self._latest, self._latest_record, self._cut is not None)
 
     # Start and stop
 
     async def start(self) -> None:
         """Start the database thread, load state from storage and build every
         tree (a new salt period), with the garbage collector off, then
-        collect once; start the witnesses."""
+        collect once; start the witnesses.
+
+        Raises:
+            UnreadableEpoch: the last stored epoch is of another layout.
+        """
         self._db.start()
         with collector_off():
             await self._intake.load()
             latest = await self._db_call(self.store.latest_epoch)
             if latest is not None:
                 self.metrics.epoch = self.metrics.published_epoch = latest.number
-                self._last_timestamp_ms = EpochRecord.decode(latest.record).timestamp_ms
+                self._last_timestamp_ms = stored_record(latest).timestamp_ms
                 self.metrics.last_epoch_time = self._last_timestamp_ms / 1000
                 await self._db_call(self.store.log_root)  # warm the log's subtree cache
             await self._rotation.start(self._intake.decimals)
@@ -288,7 +295,8 @@ class Engine:
             roots=applied.roots,
             reserves=reserves,
         )
-        record, reports = built.encode(), record_reports(built, reserves)
+        leaf, record = built.header.encode(), built.encode()
+        reports, mapped = record_reports(built, reserves), MappedRecord(built)
         used = [
             ReserveRow(asset, source, r.amount, r.as_of_ms)
             for asset, by_source in reserves.items()
@@ -296,7 +304,15 @@ class Engine:
         ]
         committing = time.perf_counter()
         commit = self._db.submit(
-            self._commit_epoch, number, record, timestamp_ms, cut.marks, used, retry, urgent=True
+            self._commit_epoch,
+            number,
+            leaf,
+            record,
+            timestamp_ms,
+            cut.marks,
+            used,
+            retry,
+            urgent=True,
         )
         with self._db.held():  # from the commit until the epoch is handed out (dbthread)
             message = dataclasses.replace(await asyncio.wrap_future(commit), reports=reports)
@@ -309,8 +325,8 @@ class Engine:
             self.metrics.epoch_build_seconds = time.perf_counter() - started
             self.metrics.epoch_close.observe(committed - started)
             self.metrics.last_epoch_time = now
-            self._latest = message
-            self._publication.committed(number, message, committed)
+            self._latest, self._latest_record = message, mapped
+            self._publication.committed(number, message, mapped, committed)
         published, handing_cpu = time.perf_counter(), time.thread_time() - handing_cpu
         self._folder.when_due()
         log.info(
@@ -333,14 +349,17 @@ class Engine:
     def _commit_epoch(
         self,
         number: int,
+        leaf: bytes,
         record: bytes,
         timestamp_ms: int,
         marks: dict[tuple[str, str], int],
         reserves: list[ReserveRow],
         retry: bool,
     ) -> EpochMessage:
-        """In the db thread: append, sign and commit in one transaction; on a
-        ``retry``, only if the failed attempt did not commit it after all."""
+        """In the db thread: append (the ``leaf``, the record's header, to the
+        log, the whole ``record`` in the epoch's row), sign and commit in one
+        transaction; on a ``retry``, only if the failed attempt did not commit
+        it after all."""
 
         def sign(size: int, root: bytes) -> bytes:
             body = Checkpoint(self.config.origin, size, root).to_note_body()
@@ -351,7 +370,7 @@ class Engine:
             checkpoint = stored.checkpoint  # e.g. the connection failed after the commit
         else:
             checkpoint = self.store.append_epoch(
-                number, record, sign, created_ms=timestamp_ms, marks=marks, reserves=reserves
+                number, leaf, record, sign, created_ms=timestamp_ms, marks=marks, reserves=reserves
             )
         return EpochMessage(
             record=record,
@@ -367,10 +386,14 @@ class Engine:
         return self._publication.witness_stats()
 
     def subscribe(
-        self, since: int | None, offer: Callable[[str], bool] | None = None
+        self,
+        since: int | None,
+        offer: Callable[[str], bool] | None = None,
+        subscription: Subscription = ALL_ASSETS,
     ) -> AsyncIterator[str]:
-        """Frames from epoch ``since`` on, without gap or duplicate (``Fanout.subscribe``)."""
-        return self._publication.fanout.subscribe(since, offer)
+        """Frames of ``subscription`` from epoch ``since`` on, without gap or
+        duplicate (``Fanout.subscribe``)."""
+        return self._publication.fanout.subscribe(since, offer, subscription)
 
     def shed(self, offer: Callable[[str], bool]) -> None:
         """The subscriber fed by ``offer`` stalled: drop it (``Fanout.shed``)."""

@@ -6,7 +6,8 @@
     ├── TreeError             invalid input to a sum tree (slot, amount, shape)
     ├── IngestError           an ingest message is refused; ``code`` goes on the wire
     ├── SubscriberShed        a root stream subscriber fell too far behind
-    └── NotRetained           a proof of an epoch the prover no longer keeps
+    ├── NotRetained           a proof of an epoch the prover no longer keeps
+    └── UnreadableEpoch       a stored epoch of another layout (an earlier database)
 
 Storage failures are storage.errors.StorageError; verification failures are
 verifier.errors.SolvencyError.
@@ -22,6 +23,7 @@ __all__ = [
     "ProverError",
     "SubscriberShed",
     "TreeError",
+    "UnreadableEpoch",
 ]
 
 
@@ -64,3 +66,8 @@ class SubscriberShed(ProverError):
 
 class NotRetained(ProverError):
     """The proofs of that epoch are no longer (or not yet) served."""
+
+
+class UnreadableEpoch(ProverError):
+    """A stored epoch cannot be read: its record, or its log leaf, is not of
+    this prover's layout (a database written by an earlier, unreleased one)."""

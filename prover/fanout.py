@@ -6,6 +6,14 @@ Invariants:
 - ``publish`` runs on the event loop without awaiting: it sets
   ``published_epoch`` and hands the epoch to every subscriber before any
   other task runs.
+- Subscribers are grouped by what they asked for (all assets, chosen
+  assets, checkpoints only: ``Subscription``); each epoch's frame is built
+  once per group (prover/frames.py), never once per subscriber, and the
+  subscribers of one group are handed that one frame in a row.
+- Replays share frames too: the last ``REPLAY_EPOCHS`` epochs' frames are
+  kept, and one is served again while the epoch as stored is the same
+  (its checkpoint gained no cosignature since); a record never changes,
+  so its asset map is kept even then.
 - A subscriber is never waited for: its queue holds ``subscriber_queue``
   epochs at most (plus room for the end marker); one more, or ``offer``
   answering False, sheds it (counted; its stream ends with
@@ -21,18 +29,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from prover.config import Config
 from prover.dbthread import DbThread
 from prover.errors import SubscriberShed
+from prover.frames import EpochFrames
+from prover.mapped import MappedRecord
 from prover.metrics import Metrics
-from prover.stored import stored_frame
+from prover.stored import stored_epoch
 from storage.store import Store
 from verifier.stream import EpochMessage
+from verifier.subscription import ALL_ASSETS, Subscription
 
-__all__ = ["Fanout"]
+__all__ = ["REPLAY_EPOCHS", "Fanout"]
+
+REPLAY_EPOCHS = 32  # epochs whose frames are kept for replays
 
 
 @dataclass(eq=False)
@@ -41,6 +55,7 @@ class _Subscriber:
     as they are published; None in the queue ends the stream."""
 
     queue: asyncio.Queue[tuple[int, str] | None]
+    subscription: Subscription
     offer: Callable[[str], bool] | None = None
     overflowed: bool = False
 
@@ -58,27 +73,55 @@ class Fanout:
     ) -> None:
         self._config, self._store, self._db = config, store, db
         self._metrics, self._clock = metrics, clock
-        self._subscribers: set[_Subscriber] = set()
+        self._groups: dict[Subscription, set[_Subscriber]] = {}
+        self._count = 0  # subscribers in all the groups
+        self._recent: OrderedDict[int, EpochFrames] = OrderedDict()  # for replays
 
-    def publish(self, number: int, message: EpochMessage) -> None:
-        """Hand epoch ``number`` to every subscriber; shed those too far behind."""
+    def publish(self, number: int, message: EpochMessage, mapped: MappedRecord) -> None:
+        """Hand epoch ``number`` (``message``, its record ``mapped``) to every
+        subscriber, each group's frame built once; shed those too far behind."""
         started = time.perf_counter()
-        frame = message.to_json()
+        frames = EpochFrames(message, mapped)
+        self._remember(number, frames)
         self._metrics.published_epoch, self._metrics.last_publish_time = number, self._clock()
-        for sub in list(self._subscribers):
-            if sub.offer is not None:
-                delivered = sub.offer(frame)
-            elif delivered := sub.queue.qsize() < self._config.subscriber_queue:
-                sub.queue.put_nowait((number, frame))
-            if not delivered:
-                self._shed(sub)
-        self._metrics.subscribers = len(self._subscribers)
+        for subscription, group in list(self._groups.items()):
+            frame = frames.frame(subscription)
+            for sub in list(group):
+                if sub.offer is not None:
+                    delivered = sub.offer(frame)
+                elif delivered := sub.queue.qsize() < self._config.subscriber_queue:
+                    sub.queue.put_nowait((number, frame))
+                if not delivered:
+                    self._shed(sub)
+        self._metrics.subscribers = self._count
         self._metrics.fanout.observe(time.perf_counter() - started)
+
+    def _remember(self, number: int, frames: EpochFrames) -> None:
+        """Keep ``frames`` for replays of epoch ``number``, the last ``REPLAY_EPOCHS``."""
+        self._recent[number] = frames
+        self._recent.move_to_end(number)
+        while len(self._recent) > REPLAY_EPOCHS:
+            self._recent.popitem(last=False)
+
+    def _add(self, sub: _Subscriber) -> None:
+        self._groups.setdefault(sub.subscription, set()).add(sub)
+        self._count += 1
+        self._metrics.subscribers = self._count
+
+    def _discard(self, sub: _Subscriber) -> None:
+        group = self._groups.get(sub.subscription)
+        if group is None or sub not in group:
+            return
+        group.discard(sub)
+        if not group:
+            del self._groups[sub.subscription]
+        self._count -= 1
+        self._metrics.subscribers = self._count
 
     def shed(self, offer: Callable[[str], bool]) -> None:
         """The subscriber fed by ``offer`` stalled (the server saw it): drop it
         at once if it is subscribed yet, and count it as shed either way."""
-        subs = [sub for sub in self._subscribers if sub.offer is offer]
+        subs = [sub for group in self._groups.values() for sub in group if sub.offer is offer]
         for sub in subs:
             self._shed(sub)
         if not subs:
@@ -87,20 +130,24 @@ class Fanout:
     def _shed(self, sub: _Subscriber) -> None:
         """Drop ``sub`` now, counted; its stream ends with SubscriberShed."""
         sub.overflowed = True
-        self._subscribers.discard(sub)
+        self._discard(sub)
         self._metrics.shed_subscribers += 1
-        self._metrics.subscribers = len(self._subscribers)
         sub.queue.put_nowait(None)  # room was reserved for this marker
 
     def close(self) -> None:
         """End every subscriber's stream."""
-        for sub in list(self._subscribers):
-            sub.queue.put_nowait(None)
+        for group in list(self._groups.values()):
+            for sub in list(group):
+                sub.queue.put_nowait(None)
 
     async def subscribe(
-        self, since: int | None, offer: Callable[[str], bool] | None = None
+        self,
+        since: int | None,
+        offer: Callable[[str], bool] | None = None,
+        subscription: Subscription = ALL_ASSETS,
     ) -> AsyncIterator[str]:
-        """Frames from epoch ``since`` (or from the next one), without gap or duplicate.
+        """Frames of ``subscription`` from epoch ``since`` (or from the next
+        one), without gap or duplicate.
 
         Stored epochs are yielded; live ones too, or, with ``offer``, handed to
         it as they are published, without a task switch per subscriber (it
@@ -108,22 +155,33 @@ class Fanout:
 
         Raises:
             SubscriberShed: the subscriber fell too far behind and was dropped.
+            UnreadableEpoch: a stored epoch to replay is of another layout.
         """
         next_epoch = self._metrics.published_epoch + 1 if since is None else since
         # Replay from storage until caught up; the check and the registration
         # below run without an await in between, so no epoch falls in a gap.
         while next_epoch <= self._metrics.published_epoch:
-            frame = self._db.submit(stored_frame, self._store, next_epoch)
-            yield await asyncio.wrap_future(frame)
+            frames = await self._replay(next_epoch)
+            yield frames.frame(subscription)
             next_epoch += 1
-        sub = _Subscriber(asyncio.Queue(self._config.subscriber_queue + 1), offer)
-        self._subscribers.add(sub)
-        self._metrics.subscribers = len(self._subscribers)
+        sub = _Subscriber(asyncio.Queue(self._config.subscriber_queue + 1), subscription, offer)
+        self._add(sub)
         try:
             while (item := await sub.queue.get()) is not None:
                 yield item[1]
             if sub.overflowed:
                 raise SubscriberShed(f"more than {self._config.subscriber_queue} epochs behind")
         finally:
-            self._subscribers.discard(sub)
-            self._metrics.subscribers = len(self._subscribers)
+            self._discard(sub)
+
+    async def _replay(self, number: int) -> EpochFrames:
+        """Epoch ``number``'s frames as stored now: those kept if it is unchanged."""
+        kept = self._recent.get(number)
+        read = self._db.submit(
+            stored_epoch, self._store, number, None if kept is None else kept.mapped
+        )
+        message, mapped = await asyncio.wrap_future(read)
+        if kept is None or kept.message != message:  # e.g. a cosignature came since
+            kept = EpochFrames(message, mapped)
+        self._remember(number, kept)
+        return kept

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from prover.errors import NotRetained, ProverError
 from prover.ledger import AssetRoot, UserProof
+from prover.mapped import ProofBasis
 from prover.periods import SaltPeriod
 from prover.worker import TreeWorker
 from prover.worker_messages import (
@@ -52,7 +53,6 @@ from prover.worker_messages import (
     merge_proofs,
     merge_wire_proofs,
 )
-from verifier.stream import EpochMessage
 
 __all__ = ["TreePool", "Trees"]
 
@@ -87,7 +87,7 @@ class Trees(Protocol):
 
     async def snapshot(self) -> int: ...
 
-    async def export(self, out: Path, start: int, count: int, epoch: EpochMessage) -> int: ...
+    async def export(self, out: Path, start: int, count: int, basis: ProofBasis) -> int: ...
 
     async def close(self) -> None: ...
 
@@ -256,15 +256,15 @@ class TreePool:
         self._users = list(dict.fromkeys(u for part in ids for u in part))
         return len(self._users)
 
-    async def export(self, out: Path, start: int, count: int, epoch: EpochMessage) -> int:
+    async def export(self, out: Path, start: int, count: int, basis: ProofBasis) -> int:
         """``TreeWorker.export``: each file with the user's entries of every worker."""
         if len(self._workers) == 1:
-            return await self._workers[0].export(out, start, count, epoch)
+            return await self._workers[0].export(out, start, count, basis)
         users = self._users[start : start + count]
         parts = await asyncio.gather(*(w.snapshot_proofs(users) for w in self._workers))
         merged = (merge_wire_proofs(found) for found in zip(*parts, strict=True))
         proofs: list[WireProof] = [p for p in merged if p is not None]
-        return await self._workers[0].write_proofs(out, proofs, epoch)
+        return await self._workers[0].write_proofs(out, proofs, basis)
 
     async def close(self) -> None:
         await asyncio.gather(*(w.close() for w in self._workers))

@@ -12,6 +12,10 @@ Invariants:
   salt rotation replaced the trees in between.
 - With witnesses, the default epoch is the latest cosigned by a quorum
   (PROTOCOL §11.3), else the latest.
+- Proof files are of format solvency-proof/2: the record's header and, for
+  each asset the user holds, its entry and map path (``ProofBasis``); the
+  latest record's asset map is built once for all its proofs and exports
+  (``MappedRecord``), a stored record's once per proof.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from prover.config import Config
 from prover.dbthread import DbThread
 from prover.errors import NotRetained, ProverError
 from prover.export import create_export_dir
+from prover.mapped import MappedRecord
 from prover.rotation import Rotation
-from prover.stored import stored_message
+from prover.stored import stored_epoch
 from prover.witnesses import Witnesses
 from storage.store import Store
-from verifier.proof import AssetPath, ProofFile
+from verifier.proof import ProofFile
 from verifier.stream import EpochMessage
 
 __all__ = ["EXPORT_CHUNK", "Proofs", "Tip"]
@@ -41,11 +46,12 @@ EXPORT_CHUNK = 5_000  # users whose proofs are written per pause of the trees
 
 @dataclass(frozen=True, slots=True)
 class Tip:
-    """The last committed epoch: its number and message, and whether the
-    trees are one apply ahead of it (cut and applied by a close that failed)."""
+    """The last committed epoch: its number, message and record, and whether
+    the trees are one apply ahead of it (cut and applied by a close that failed)."""
 
     epoch: int
     message: EpochMessage
+    record: MappedRecord
     ahead: bool
 
 
@@ -88,7 +94,7 @@ class Proofs:
                 raise ProverError("no epoch has been published yet")
             if tip.ahead:
                 raise ProverError(f"epoch {tip.epoch + 1} is failing; export later")
-            message, epoch, trees = tip.message, tip.epoch, self._rotation.trees
+            message, record, epoch, trees = tip.message, tip.record, tip.epoch, self._rotation.trees
             out = create_export_dir(self._config.export_path, epoch)
             users = await trees.snapshot()
         written = 0
@@ -97,7 +103,8 @@ class Proofs:
                 if trees is not self._rotation.trees:
                     raise ProverError("the salt period changed during the export; run it again")
                 cosigned = self._cosigned(epoch, message)  # those come in meanwhile too
-                written += await trees.export(out, start, EXPORT_CHUNK, cosigned)
+                basis = record.basis(cosigned)  # the asset map: built once for all
+                written += await trees.export(out, start, EXPORT_CHUNK, basis)
             await progress(min(start + EXPORT_CHUNK, users), users)
         return epoch, out, written
 
@@ -129,25 +136,14 @@ class Proofs:
                 return None
             latest, ahead = tip.epoch, int(tip.ahead)
             if epoch is None or epoch == latest:
-                epoch, message = latest, tip.message
+                epoch, message, record = latest, tip.message, tip.record
                 found = await self._rotation.trees.proof(user, ahead)
             elif not 0 <= epoch < latest:
                 raise NotRetained(f"epoch {epoch} is not published yet (latest: {latest})")
             else:
                 found = await self._rotation.trees.proof(user, latest - epoch + ahead)
-                stored = self._db.submit(stored_message, self._store, epoch)
-                message = await asyncio.wrap_future(stored)
+                stored = self._db.submit(stored_epoch, self._store, epoch)
+                message, record = await asyncio.wrap_future(stored)
         if found is None:
             return None
-        message = self._cosigned(epoch, message)
-        return ProofFile(
-            user=user,
-            salt=found.salt,
-            assets=tuple(
-                AssetPath(asset, slot, balance, path)
-                for asset, slot, balance, path in found.entries
-            ),
-            record=message.record,
-            inclusion=message.inclusion,
-            checkpoint=message.checkpoint,
-        )
+        return record.basis(self._cosigned(epoch, message)).proof(found)

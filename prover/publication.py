@@ -12,6 +12,9 @@ Invariants:
   the witnesses' threads (prover/runtime.py).
 - The delay from each epoch's commit to its hand-out is observed
   (``publication_delay``).
+- Each epoch's record goes with it to the fan-out as the engine built it
+  (``MappedRecord``), kept here while the witnesses hold the epoch: the
+  root stream never decodes what the engine has.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from prover.config import Config
 from prover.dbthread import DbThread
 from prover.fanout import Fanout
+from prover.mapped import MappedRecord
 from prover.metrics import Metrics
 from prover.runtime import collect_after, quick_gil_handoffs
 from prover.witnesses import KEEP_EPOCHS, Witnesses, WitnessStats
@@ -47,6 +51,7 @@ class Publication:
         self._db, self._metrics = db, metrics
         self.fanout = Fanout(config, store, db, metrics, clock)
         self._committed_at: dict[int, float] = {}  # perf_counter() of commits not yet published
+        self._records: dict[int, MappedRecord] = {}  # the records of epochs not yet published
         self.witnesses: Witnesses | None = None  # publication waits for their cosignatures
         if config.witnesses:
             endpoints = config.witness_endpoints()
@@ -75,10 +80,14 @@ class Publication:
             await self.witnesses.close()
         self.fanout.close()
 
-    def committed(self, number: int, message: EpochMessage, at: float) -> None:
-        """Epoch ``number`` was committed at ``time.perf_counter()`` ``at``:
-        hand it out now, or submit it to the witnesses."""
+    def committed(
+        self, number: int, message: EpochMessage, record: MappedRecord, at: float
+    ) -> None:
+        """Epoch ``number`` (``message``, its ``record``) was committed at
+        ``time.perf_counter()`` ``at``: hand it out now, or submit it to the
+        witnesses."""
         self._committed_at[number] = at
+        self._records[number] = record
         if self.witnesses is None:
             self._publish(number, message)
         else:  # published once cosigned, or at the deadline (prover/witnesses.py)
@@ -86,7 +95,7 @@ class Publication:
 
     def _publish(self, number: int, message: EpochMessage) -> None:
         """Hand epoch ``number`` to the subscribers; observe the delay since its commit."""
-        self.fanout.publish(number, message)
+        self.fanout.publish(number, message, self._records.pop(number))
         committed = self._committed_at.pop(number, None)
         if committed is not None:
             self._metrics.publication_delay.observe(time.perf_counter() - committed)

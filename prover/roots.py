@@ -1,5 +1,9 @@
 """The root stream, ``/roots`` (docs/PROTOCOL.md §11.2): send-only, shed when stalled.
 
+Each subscriber gets the frames of its subscription (every asset, chosen
+assets, or checkpoints only), built once per epoch for all who chose the same
+(prover/fanout.py, prover/frames.py).
+
 A subscriber is shed (closed with 1013, counted in ``shed_subscribers``) when
 the bytes written to it and not yet sent would pass ``subscriber_buffer_bytes``
 (the kernel holds at most ``ROOTS_SOCKET_BUFFER`` more), or when it leaves a
@@ -22,6 +26,7 @@ from websockets.protocol import State
 from prover.engine import Engine
 from prover.errors import SubscriberShed
 from prover.gate import GatedConnection
+from verifier.subscription import Subscription
 
 __all__ = ["serve_roots"]
 
@@ -47,8 +52,11 @@ def _text_frame(message: str) -> bytes:
     return Frame(Opcode.TEXT, message.encode()).serialize(mask=False, extensions=[])
 
 
-async def serve_roots(engine: Engine, conn: GatedConnection, since: int | None) -> None:
-    """Send epochs until the subscriber leaves, is shed, or the prover stops."""
+async def serve_roots(
+    engine: Engine, conn: GatedConnection, since: int | None, subscription: Subscription
+) -> None:
+    """Send the epochs of ``subscription`` until the subscriber leaves, is shed,
+    or the prover stops."""
     if conn.early_data:  # it sent a message before the handshake completed
         await conn.close(CLOSE_POLICY, "this route takes no messages")
         return
@@ -81,7 +89,7 @@ async def serve_roots(engine: Engine, conn: GatedConnection, since: int | None) 
 
     async def pump() -> None:
         try:
-            async for frame in engine.subscribe(since, offer):
+            async for frame in engine.subscribe(since, offer, subscription):
                 await conn.send(frame)
             await conn.close(CLOSE_GOING_AWAY, "prover shutting down")
         except SubscriberShed:

@@ -31,6 +31,7 @@ from prover.metrics import render_metrics
 from prover.roots import serve_roots
 from prover.sources import Disposition, ingest_message, refusal
 from prover.web import WebFiles
+from verifier.subscription import parse_subscription
 
 __all__ = ["start_server"]
 
@@ -103,6 +104,7 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
                 return _error(403, "forbidden-origin", f"origin {origin} is not in cors_origins")
             try:
                 since = _since(query)
+                parse_subscription(url.query)
             except ValueError as exc:
                 return _error(400, "bad-request", str(exc))
             if since is not None and since > engine.metrics.published_epoch + 1:
@@ -131,8 +133,9 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
         elif url.path == "/admin/export":
             await _export(engine, conn)
         else:
-            try:
-                await serve_roots(engine, conn, _since(parse_qs(url.query)))
+            try:  # the query was checked in process_request
+                subscription = parse_subscription(url.query)
+                await serve_roots(engine, conn, _since(parse_qs(url.query)), subscription)
             finally:
                 gate.unsubscribe(conn)
 

@@ -8,9 +8,9 @@ from typing import TextIO
 
 from prover.config import Config
 from prover.initdir import redact_url
+from prover.stored import stored_record
 from storage.store import Store
 from verifier.display import format_amount
-from verifier.record import EpochRecord
 
 __all__ = ["write_status"]
 
@@ -20,6 +20,7 @@ def write_status(config: Config, out: TextIO) -> None:
 
     Raises:
         StorageError: the database cannot be read.
+        UnreadableEpoch: its last epoch is of another layout.
     """
     print(f"database {redact_url(config.url)}", file=out)
     store = Store.open(config.url)
@@ -40,7 +41,7 @@ def write_status(config: Config, out: TextIO) -> None:
     if latest is None:
         print("no epoch yet", file=out)
         return
-    record = EpochRecord.decode(latest.record)
+    record = stored_record(latest)
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.timestamp_ms / 1000))
     print(f"epoch {record.epoch} at {when} UTC, log of {record.epoch + 1} epochs", file=out)
     for a in record.assets:

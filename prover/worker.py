@@ -41,6 +41,7 @@ import msgspec
 from prover.errors import NotRetained, ProverError
 from prover.export import proof_file_name, write_new_file
 from prover.ledger import AssetRoot, Ledger, UserProof
+from prover.mapped import ProofBasis
 from prover.periods import SaltPeriod
 from prover.worker_messages import (
     Applied,
@@ -78,8 +79,6 @@ from prover.worker_messages import (
     encode,
     error_of,
 )
-from verifier.proof import AssetPath, ProofFile
-from verifier.stream import EpochMessage
 
 __all__ = ["Applied", "Row", "TreeWorker"]
 
@@ -89,28 +88,22 @@ ORPHAN_CHECK = 0.1  # seconds between two looks at the parent, where prctl is mi
 A = TypeVar("A", bound=Reply)
 
 
-def write_proofs(out: Path, proofs: Iterable[UserProof], epoch: EpochMessage) -> int:
-    """Write each proof as a new file in ``out`` (prover/export.py); return their number."""
+def write_proofs(out: Path, proofs: Iterable[UserProof], basis: ProofBasis) -> int:
+    """Write each proof as a new file in ``out`` (prover/export.py), its record's
+    part from ``basis``; return their number."""
     written = 0
     for found in proofs:
-        proof = ProofFile(
-            user=found.user,
-            salt=found.salt,
-            assets=tuple(AssetPath(a, s, b, p) for a, s, b, p in found.entries),
-            record=epoch.record,
-            inclusion=epoch.inclusion,
-            checkpoint=epoch.checkpoint,
-        )
+        proof = basis.proof(found)
         write_new_file(out / proof_file_name(found.user), proof.to_json().encode())
         written += 1
     return written
 
 
-def export_proofs(ledger: Ledger, out: Path, start: int, count: int, epoch: EpochMessage) -> int:
+def export_proofs(ledger: Ledger, out: Path, start: int, count: int, basis: ProofBasis) -> int:
     """Write one proof file per user holding anything, for users ``start .. start+count``,
     each a new file (prover/export.py)."""
     found = (ledger.proof(user) for user in ledger.user_ids[start : start + count])
-    return write_proofs(out, (p for p in found if p is not None), epoch)
+    return write_proofs(out, (p for p in found if p is not None), basis)
 
 
 def _exit_with(parent: int) -> None:
@@ -201,15 +194,15 @@ class _Trees:
                 ledger.history = history
                 users = self.snapshot.user_ids
                 return Snapshotted(len(users), list(users) if ids else [])
-            case Export(out=out, start=start, count=count, epoch=epoch):
-                return Written(export_proofs(self._frozen(), Path(out), start, count, epoch))
+            case Export(out=out, start=start, count=count, basis=basis):
+                return Written(export_proofs(self._frozen(), Path(out), start, count, basis))
             case ProofsOf(users=users):
                 frozen = self._frozen()
                 return FoundMany(
                     [None if (p := frozen.proof(u)) is None else WireProof.of(p) for u in users]
                 )
-            case WriteProofs(out=out, proofs=proofs, epoch=epoch):
-                return Written(write_proofs(Path(out), (p.value() for p in proofs), epoch))
+            case WriteProofs(out=out, proofs=proofs, basis=basis):
+                return Written(write_proofs(Path(out), (p.value() for p in proofs), basis))
             case Stop():
                 return Done()
 
@@ -376,17 +369,17 @@ class TreeWorker:
         """``snapshot``, returning the snapshot's user ids."""
         return (await self._call(Snapshot(ids=True), Snapshotted)).ids
 
-    async def export(self, out: Path, start: int, count: int, epoch: EpochMessage) -> int:
+    async def export(self, out: Path, start: int, count: int, basis: ProofBasis) -> int:
         """Write the proofs of snapshot users ``start .. start+count`` into ``out``."""
-        return (await self._call(Export(str(out), start, count, epoch), Written)).files
+        return (await self._call(Export(str(out), start, count, basis), Written)).files
 
     async def snapshot_proofs(self, users: list[str]) -> list[WireProof | None]:
         """The snapshot's proof of each of ``users`` (None: holds nothing here)."""
         return (await self._call(ProofsOf(users), FoundMany)).proofs
 
-    async def write_proofs(self, out: Path, proofs: list[WireProof], epoch: EpochMessage) -> int:
+    async def write_proofs(self, out: Path, proofs: list[WireProof], basis: ProofBasis) -> int:
         """Write one proof file per proof into ``out``."""
-        return (await self._call(WriteProofs(str(out), proofs, epoch), Written)).files
+        return (await self._call(WriteProofs(str(out), proofs, basis), Written)).files
 
     async def close(self) -> None:
         if self._process.is_alive():

@@ -28,9 +28,9 @@ import msgspec
 
 from prover.errors import NotRetained, ProverError
 from prover.ledger import AssetRoot, UserProof
+from prover.mapped import ProofBasis
 from prover.periods import SaltPeriod
 from verifier.hashing import encode_sum
-from verifier.stream import EpochMessage
 from verifier.sumtree import PathStep
 
 __all__ = [
@@ -227,12 +227,13 @@ class Snapshot(_Request, frozen=True):
 
 
 class Export(_Request, frozen=True):
-    """Write the proofs of snapshot users ``start .. start+count`` into ``out``: ``Written``."""
+    """Write the proofs of snapshot users ``start .. start+count`` into ``out``,
+    each with ``basis`` (the record's part, the same for all): ``Written``."""
 
     out: str
     start: int
     count: int
-    epoch: EpochMessage
+    basis: ProofBasis
 
 
 class ProofsOf(_Request, frozen=True):
@@ -246,7 +247,7 @@ class WriteProofs(_Request, frozen=True):
 
     out: str
     proofs: list[WireProof]
-    epoch: EpochMessage
+    basis: ProofBasis
 
 
 class Stop(_Request, frozen=True):

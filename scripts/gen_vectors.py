@@ -26,6 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from verifier import rfc9162
+from verifier.assetmap import AssetMap
 from verifier.checkpoint import (
     Checkpoint,
     VerifierKey,
@@ -37,8 +38,9 @@ from verifier.cosignature import WitnessKey, cosign, witness_key_for
 from verifier.errors import SolvencyError, VerificationError
 from verifier.hashing import VERSION, encode_sum, hasher_for
 from verifier.proof import AssetPath, ProofFile, verify_proof
-from verifier.record import AssetState, EpochRecord, ReserveSource, Status
+from verifier.record import AssetState, EpochRecord, RecordHeader, ReserveSource, Status
 from verifier.report import ReserveReport, SignedReport, sign_report
+from verifier.selection import select_entries
 from verifier.sumtree import PathStep
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors"
@@ -67,6 +69,10 @@ WITNESSES = {"witness-a.example": bytes(range(65, 97)), "witness-b.example": byt
 COSIGNED_AT = TIMESTAMP_MS // 1000 + 3
 NOW = TIMESTAMP_MS // 1000 + 100
 WITNESS_CASE = {"witnesses": ["witness-keys.txt"], "quorum": 2, "now": NOW}
+
+
+# An asset entry of no liabilities and no reserve sources (PROTOCOL §4).
+ENTRY_EXAMPLE = bytes((3,)) + b"BTC" + bytes((8, 0)) + bytes(32 + 16 + 16) + bytes((0, 0))
 
 
 def salt_of(user: str) -> bytes:
@@ -109,6 +115,19 @@ def hashing_vectors() -> list[dict[str, Any]]:
             bytes((HASHER.node_tag,)) + c + encode_sum(7) + PADDING_KEY + encode_sum(2**64 - 1),
             HASHER.node_hash(c, 7, PADDING_KEY, 2**64 - 1),
         ),
+        (
+            "asset-map-entry",
+            {"entry": ENTRY_EXAMPLE.hex()},
+            bytes((HASHER.entry_tag,)) + ENTRY_EXAMPLE,
+            HASHER.entry_hash(ENTRY_EXAMPLE),
+        ),
+        (
+            "asset-map-node",
+            {"left": c.hex(), "right": PADDING_KEY.hex()},
+            bytes((HASHER.map_node_tag,)) + c + PADDING_KEY,
+            HASHER.map_node_hash(c, PADDING_KEY),
+        ),
+        ("asset-map-empty", {}, bytes((HASHER.map_node_tag,)), HASHER.empty_map()),
     ]
     out = []
     for name, inputs, message, digest in cases:
@@ -213,13 +232,37 @@ def make_record(epoch: int, trees: dict[str, list[list[tuple[bytes, int]]]]) -> 
     return EpochRecord(epoch, TIMESTAMP_MS + epoch * 1000, MAX_AGE_MS, tuple(assets))
 
 
-def signed_log(records: list[bytes], body: bytes | None = None) -> tuple[list[bytes], bytes]:
-    """Leaf hashes of a log of ``records`` and its checkpoint signed by the test
-    key; ``body`` replaces the checkpoint body (to sign a malformed one)."""
-    hashes = [rfc9162.leaf_hash(r) for r in records]
+def asset_map_vectors() -> dict[str, Any]:
+    """A record of five assets: its header, entries, the map's leaf hashes, root
+    and every entry's map path, and the entries that prove what it says of
+    some chosen asset ids, present or absent (PROTOCOL §4.4, §11.2)."""
+    assets = tuple(
+        AssetState(name, 8, 0, HASHER.padding_hash(name, PADDING_KEY, 0), 0, 0, Status.SOLVENT, ())
+        for name in ("ADA", "BTC", "DOGE", "ETH", "SOL")
+    )
+    record = EpochRecord(7, TIMESTAMP_MS, MAX_AGE_MS, assets)
+    asset_map = AssetMap(HASHER, record.entries)
+    chosen_sets = [["BTC"], ["ETH", "SOL"], ["CAT"], ["AAA"], ["ZZZ"], ["BTC", "CAT", "XRP"]]
+    return {
+        "header": record.header.encode().hex(),
+        "entries": [e.hex() for e in record.entries],
+        "leaf_hashes": [HASHER.entry_hash(e).hex() for e in record.entries],
+        "root": asset_map.root.hex(),
+        "paths": [[h.hex() for h in asset_map.path(i)] for i in range(len(assets))],
+        "selections": [
+            {"chosen": chosen, "indices": [e.index for e in select_entries(record, chosen)]}
+            for chosen in chosen_sets
+        ],
+    }
+
+
+def signed_log(headers: list[bytes], body: bytes | None = None) -> tuple[list[bytes], bytes]:
+    """Leaf hashes of a log of record ``headers`` and its checkpoint signed by
+    the test key; ``body`` replaces the checkpoint body (to sign a malformed one)."""
+    hashes = [rfc9162.leaf_hash(h) for h in headers]
     if body is None:
         body = Checkpoint(
-            ORIGIN, len(records), rfc9162.root_from_leaf_hashes(hashes)
+            ORIGIN, len(headers), rfc9162.root_from_leaf_hashes(hashes)
         ).to_note_body()
     key = Ed25519PrivateKey.from_private_bytes(SIGNING_SEED)
     return hashes, sign_note(body, ORIGIN, key)
@@ -231,22 +274,14 @@ def build_all() -> dict[str, Any]:
     trees = {a: build_tree(a, h, users) for a, (_, h, users) in HOLDINGS.items()}
 
     # A log of three epochs over the same trees; the proof is for epoch 1.
-    records = [make_record(n, trees).encode() for n in range(3)]
-    hashes, note = signed_log(records)
+    records = [make_record(n, trees) for n in range(3)]
+    hashes, note = signed_log([r.header.encode() for r in records])
     size = len(records)
     proof = ProofFile(
         user="alice",
         salt=salt_of("alice"),
-        assets=tuple(
-            AssetPath(
-                asset,
-                users["alice"][0],
-                users["alice"][1],
-                path_of(trees[asset], users["alice"][0]),
-            )
-            for asset, (_, _, users) in HOLDINGS.items()
-        ),
-        record=records[1],
+        header=records[1].header.encode(),
+        assets=alice_paths(records[1], trees),
         inclusion=tuple(rfc9162.inclusion_proof(hashes, 1, size)),
         checkpoint=note,
     )
@@ -258,7 +293,7 @@ def build_all() -> dict[str, Any]:
     public = tuple(witness_key_for(n, k.public_key()) for n, k in witness_keys().items())
     verify_proof(cosigned, vkey, user="alice", witnesses=public, quorum=2, now=NOW)
 
-    record1 = EpochRecord.decode(records[1])
+    record1 = records[1]
     return {
         "key": vkey,
         "witnesses": public,
@@ -266,12 +301,34 @@ def build_all() -> dict[str, Any]:
         "other_key": verifier_key_for(
             ORIGIN, Ed25519PrivateKey.from_private_bytes(OTHER_SEED).public_key()
         ),
-        "record": {"hex": records[1].hex(), "fields": record_fields(record1)},
+        "record": {
+            "hex": record1.encode().hex(),
+            "header": record1.header.encode().hex(),
+            "entries": [e.hex() for e in record1.entries],
+            "asset_map_root": record1.header.asset_map_root.hex(),
+            "fields": record_fields(record1),
+        },
         "proof": proof,
         "checkpoint": note,
         "records": records,
         "trees": trees,
     }
+
+
+def alice_paths(
+    record: EpochRecord, trees: dict[str, list[list[tuple[bytes, int]]]]
+) -> tuple[AssetPath, ...]:
+    """Alice's entries of ``record``, each with its map path, slot, balance and tree path."""
+    out = []
+    for entry in select_entries(record, [a for a, h in HOLDINGS.items() if "alice" in h[2]]):
+        asset = record.assets[entry.index].asset
+        slot, balance = HOLDINGS[asset][2]["alice"]
+        out.append(
+            AssetPath(
+                entry.entry, entry.index, entry.path, slot, balance, path_of(trees[asset], slot)
+            )
+        )
+    return tuple(out)
 
 
 def witness_keys() -> dict[str, Ed25519PrivateKey]:
@@ -336,11 +393,26 @@ def _add_path_sum(asset: int, step: int, delta: int) -> Mutation:
     return mutate
 
 
-def _flip_record_bit(doc: dict[str, Any]) -> None:
-    """Flip the lowest bit of the epoch number (byte 12 of the record)."""
-    record = bytearray(base64.b64decode(doc["record"]))
-    record[12] ^= 1
-    doc["record"] = base64.b64encode(bytes(record)).decode()
+def _flip_b64_byte(encoded: str, index: int) -> str:
+    data = bytearray(base64.b64decode(encoded))
+    data[index] ^= 1
+    return base64.b64encode(bytes(data)).decode()
+
+
+def _flip_header_bit(doc: dict[str, Any]) -> None:
+    """Flip the lowest bit of the epoch number (byte 12 of the header)."""
+    doc["header"] = _flip_b64_byte(doc["header"], 12)
+
+
+def _flip_entry_bit(doc: dict[str, Any]) -> None:
+    """Flip the lowest bit of BTC's liabilities (the last byte of that field)."""
+    doc["assets"][0]["entry"] = _flip_b64_byte(doc["assets"][0]["entry"], 4 + 2 + 32 + 15)
+
+
+def _swap_entries(doc: dict[str, Any]) -> None:
+    """BTC's leaf and path under ETH's (authentic) entry."""
+    btc, eth = doc["assets"]
+    btc.update(entry=eth["entry"], index=eth["index"], map_path=eth["map_path"])
 
 
 def _flip_hex(s: str) -> str:
@@ -375,8 +447,15 @@ MUTATIONS: dict[str, Mutation] = {
     "other-salt": lambda d: d.update(salt=_flip_hex(d["salt"])),
     "other-slot": lambda d: d["assets"][0].update(slot=d["assets"][0]["slot"] ^ 1),
     "slot-beyond-tree": lambda d: d["assets"][0].update(slot=8),
-    "asset-swapped": lambda d: d["assets"][0].update(asset="ETH"),
-    "asset-not-in-record": lambda d: d["assets"][0].update(asset="DOGE"),
+    "entry-swapped": _swap_entries,
+    "entry-altered": _flip_entry_bit,
+    "entry-index-changed": lambda d: d["assets"][0].update(index=1),
+    "entry-index-beyond-map": lambda d: d["assets"][0].update(index=2),
+    "map-path-flipped": lambda d: d["assets"][0]["map_path"].__setitem__(
+        0, _flip_hex(d["assets"][0]["map_path"][0])
+    ),
+    "map-path-dropped": lambda d: d["assets"][0]["map_path"].pop(),
+    "map-path-extended": lambda d: d["assets"][0]["map_path"].append(d["assets"][0]["map_path"][0]),
     "duplicate-asset": lambda d: d["assets"].append(d["assets"][0]),
     "sibling-hash-flipped": lambda d: d["assets"][0]["path"][1].__setitem__(
         0, _flip_hex(d["assets"][0]["path"][1][0])
@@ -390,7 +469,7 @@ MUTATIONS: dict[str, Mutation] = {
     "path-extended": lambda d: d["assets"][0]["path"].append(d["assets"][0]["path"][-1]),
     "inclusion-flipped": lambda d: d["inclusion"].__setitem__(0, _flip_hex(d["inclusion"][0])),
     "inclusion-dropped": lambda d: d["inclusion"].pop(),
-    "record-altered": _flip_record_bit,
+    "header-altered": _flip_header_bit,
     "checkpoint-size-changed": lambda d: d.update(
         checkpoint=d["checkpoint"].replace("\n3\n", "\n4\n", 1)
     ),
@@ -399,7 +478,8 @@ MUTATIONS: dict[str, Mutation] = {
         + ("A" if d["checkpoint"][-6] != "A" else "B")
         + d["checkpoint"][-5:]
     ),
-    "format-version": lambda d: d.update(format="solvency-proof/2"),
+    "format-version": lambda d: d.update(format="solvency-proof/3"),
+    "format-1": lambda d: d.update(format="solvency-proof/1"),
     "unknown-field": lambda d: d.update(note="trust me"),
     "balance-leading-zero": lambda d: d["assets"][0].update(
         balance="0" + d["assets"][0]["balance"]
@@ -418,7 +498,9 @@ MUTATIONS: dict[str, Mutation] = {
     "sibling-sum-40-digits": _set_path_sum(0, 0, str(10**39)),
     # JSON and base64 that two parsers could read differently (PROTOCOL §6.1, §6.2).
     "assets-empty": lambda d: d.update(assets=[]),
-    "record-noncanonical-base64": lambda d: d.update(record=_set_pad_bit(d["record"])),
+    "entry-noncanonical-base64": lambda d: d["assets"][0].update(
+        entry=_set_pad_bit(d["assets"][0]["entry"])
+    ),
     "signature-noncanonical-base64": _noncanonical_signature,
     "checkpoint-lone-surrogate": lambda d: d.update(checkpoint="\ud800" + d["checkpoint"]),
 }
@@ -436,33 +518,44 @@ TEXT_MUTATIONS: dict[str, TextMutation] = {
 def signed_mutations(built: dict[str, Any]) -> dict[str, Mutation]:
     """Mutations that need the test key: a log signed over other records or a
     checkpoint body of another shape, each validly signed."""
-    records: list[bytes] = built["records"]
+    records: list[EpochRecord] = built["records"]
     trees = built["trees"]
 
-    def replace_log(log: list[bytes], index: int, body: bytes | None = None) -> Mutation:
-        hashes, note = signed_log(log, body)
+    def replace_log(log: list[EpochRecord], index: int, body: bytes | None = None) -> Mutation:
+        hashes, note = signed_log([r.header.encode() for r in log], body)
         inclusion = [h.hex() for h in rfc9162.inclusion_proof(hashes, index, len(log))]
+        proven = json.loads(
+            ProofFile(
+                "alice",
+                bytes(32),
+                log[index].header.encode(),
+                alice_paths(log[index], trees),
+                (),
+                b"",
+            ).to_json()
+        )
 
         def mutate(doc: dict[str, Any]) -> None:
             doc.update(
-                record=base64.b64encode(log[index]).decode(),
+                header=proven["header"],
+                assets=proven["assets"],
                 inclusion=inclusion,
                 checkpoint=note.decode(),
             )
 
         return mutate
 
-    def understated(epoch: int) -> bytes:
+    def understated(epoch: int) -> EpochRecord:
         """The record of ``epoch`` stating 1 unit less BTC owed than the tree holds."""
         record = make_record(epoch, trees)
         btc = record.asset("BTC")
         lower = dataclasses.replace(btc, liabilities=btc.liabilities - 1)
-        return dataclasses.replace(record, assets=(lower, *record.assets[1:])).encode()
+        return dataclasses.replace(record, assets=(lower, *record.assets[1:]))
 
-    hashes = [rfc9162.leaf_hash(r) for r in records]
+    hashes = [rfc9162.leaf_hash(r.header.encode()) for r in records]
     root = base64.b64encode(rfc9162.root_from_leaf_hashes(hashes)).decode()
     body = f"{ORIGIN}\n{len(records)}\n{root}\n"
-    later = make_record(len(records), trees).encode()
+    later = make_record(len(records), trees).header.encode()
     return {
         "liabilities-understated": replace_log([understated(n) for n in range(3)], 1),
         "origin-other": replace_log(
@@ -472,7 +565,7 @@ def signed_mutations(built: dict[str, Any]) -> dict[str, Mutation]:
         "checkpoint-root-noncanonical-base64": replace_log(
             records, 1, body.replace(root, _set_pad_bit(root)).encode()
         ),
-        "record-not-in-log": lambda d: d.update(record=base64.b64encode(later).decode()),
+        "record-not-in-log": lambda d: d.update(header=base64.b64encode(later).decode()),
     }
 
 
@@ -481,11 +574,13 @@ def witness_mutations(built: dict[str, Any]) -> dict[str, Mutation]:
     witnesses configured, a quorum of 2 and the clock at ``NOW`` (PROTOCOL §12.3)."""
     note: bytes = built["checkpoint"]
     a, b = WITNESSES
-    record_s = EpochRecord.decode(built["cosigned"].record).timestamp_ms // 1000
+    record_s = RecordHeader.decode(built["cosigned"].header).timestamp_ms // 1000
     size_2 = Checkpoint(
         ORIGIN,
         2,
-        rfc9162.root_from_leaf_hashes([rfc9162.leaf_hash(r) for r in built["records"][:2]]),
+        rfc9162.root_from_leaf_hashes(
+            [rfc9162.leaf_hash(r.header.encode()) for r in built["records"][:2]]
+        ),
     ).to_note_body()
 
     def lines(*stamps: tuple[str, int], other: tuple[str, int] | None = None) -> Mutation:
@@ -542,6 +637,7 @@ def render() -> dict[str, str]:
     files = {
         "hashing.json": _dump(hashing_vectors()),
         "record.json": _dump(built["record"]),
+        "asset-map.json": _dump(asset_map_vectors()),
         "report.json": _dump(report_vectors()),
         "verifier-key.txt": f"{built['key']}\n",
         "other-key.txt": f"{built['other_key']}\n",

@@ -4,7 +4,8 @@
 Invariants:
 
 - epoch ``n`` is leaf ``n`` of the log, and the same row: the log and the
-  epochs cannot diverge;
+  epochs cannot diverge. The caller names the leaf (the record's header,
+  PROTOCOL §5) and the record the row keeps; storage reads neither;
 - ``append`` writes the epoch, its log leaf, its signed checkpoint (over the
   root of the log that includes it), the marks it covers and the reserves it
   used in one transaction, so after a crash the store holds exactly the
@@ -32,7 +33,7 @@ from storage.schema import Epoch, EpochMark, EpochReserve
 
 __all__ = ["Epochs"]
 
-_COLUMNS = select(Epoch.number, Epoch.record, Epoch.checkpoint, Epoch.created_ms)
+_COLUMNS = select(Epoch.number, Epoch.record, Epoch.checkpoint, Epoch.created_ms, Epoch.leaf_hash)
 
 
 class Epochs:
@@ -47,6 +48,7 @@ class Epochs:
     def append(
         self,
         number: int,
+        leaf: bytes,
         record: bytes,
         sign: Callable[[int, bytes], bytes],
         *,
@@ -54,8 +56,9 @@ class Epochs:
         marks: Marks | None = None,
         reserves: Iterable[ReserveReport] | None = None,
     ) -> bytes:
-        """Append epoch ``number``, all in one transaction: its record as log leaf
-        ``number`` (the epoch's own row), the checkpoint ``sign(size, root)``
+        """Append epoch ``number``, all in one transaction: ``leaf`` as log leaf
+        ``number`` in the epoch's own row, which keeps ``record`` (the log
+        hashes the leaf; both are opaque bytes here), the checkpoint ``sign(size, root)``
         returns for the log with that leaf (the root is computed inside the
         transaction, hence a callback), the producer marks the epoch covers
         (``(kind, source) -> seq``) and the reserve reports its record used.
@@ -71,8 +74,8 @@ class Epochs:
         """
         check_int(number, "epoch number")
         check_int(created_ms, "created_ms")
-        if not isinstance(record, bytes):
-            raise InvalidInputError(f"epoch {number}: the record must be bytes")
+        if not isinstance(leaf, bytes) or not isinstance(record, bytes):
+            raise InvalidInputError(f"epoch {number}: the leaf and the record must be bytes")
         mark_rows = check_marks(marks or {})
         reserve_rows = self._check_reserves(reserves or ())
         size: int | None = None
@@ -83,7 +86,7 @@ class Epochs:
                 if number != size:
                     raise EpochConflictError(f"epoch {number} does not extend a log of {size}")
                 self._check_marks_against(conn, number, mark_rows)
-                self.log.append(record, created_ms)
+                self.log.append(leaf, record, created_ms)
                 checkpoint = sign(size + 1, self.log.root(size + 1))
                 if not isinstance(checkpoint, bytes):
                     raise InvalidInputError("sign() must return the checkpoint as bytes")
@@ -234,7 +237,11 @@ def _check_size(size: int, current: int) -> None:
         raise NotFoundError(f"no log of size {size} (the log has {current})")
 
 
-def _epoch_row(row: Row[int, bytes, str, int]) -> EpochRow:
+def _epoch_row(row: Row[int, bytes, str, int, bytes]) -> EpochRow:
     return EpochRow(
-        int(row.number), bytes(row.record), row.checkpoint.encode(), int(row.created_ms)
+        int(row.number),
+        bytes(row.record),
+        row.checkpoint.encode(),
+        int(row.created_ms),
+        bytes(row.leaf_hash),
     )

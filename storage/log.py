@@ -5,10 +5,15 @@ implements them over the ``epochs`` table through a SQLAlchemy connection the
 store binds for one transaction (``bound``), so a leaf is the very row of its
 epoch, written in the same transaction: the log and the epochs cannot diverge.
 
+The log knows nothing of what it logs: each epoch's row holds the bytes the
+caller stored (its record) and the hash of the leaf the caller names for it
+(the record's header, PROTOCOL §5); the leaf itself is not kept, its hash is
+all the log needs.
+
 Pinned options: SHA-256, security prefixes on (leaf hash ``SHA-256(0x00 ||
-record)``, node hash ``SHA-256(0x01 || left || right)``, the empty tree
+leaf)``, node hash ``SHA-256(0x01 || left || right)``, the empty tree
 ``SHA-256()``: exactly RFC 9162 §2.1.1), optimised paths and the subroot
-cache on. The leaf hash is stored in the row, so nothing re-hashes records.
+cache on. The leaf hash is stored in the row, so nothing re-hashes leaves.
 
 pymerkle counts leaves from 1; this module's interface, like RFC 9162, from
 0. Proofs are RFC 9162's PATH and PROOF as verifier/rfc9162.py generates them
@@ -101,14 +106,15 @@ class EpochLog(BaseMerkleTree):  # type: ignore[misc]  # pymerkle ships no type 
 
     # pymerkle's storage interface (indices from 1, offsets from 0)
 
-    def _encode_entry(self, data: bytes) -> bytes:
-        return data
+    def _encode_entry(self, data: tuple[bytes, bytes]) -> bytes:
+        return data[0]  # (leaf, record): pymerkle hashes the leaf
 
-    def _store_leaf(self, data: bytes, digest: bytes) -> int:
-        """Insert the epoch row for ``data`` (leaf and epoch are one row); its
-        checkpoint is filled in by ``set_checkpoint`` in the same transaction."""
+    def _store_leaf(self, data: tuple[bytes, bytes], digest: bytes) -> int:
+        """Insert the epoch row of ``data`` = (leaf, record): the record and the
+        leaf's hash (leaf and epoch are one row); its checkpoint is filled in by
+        ``set_checkpoint`` in the same transaction."""
         number = self._get_size()
-        self._query("insert", number, data, digest, "", self._created_ms)
+        self._query("insert", number, data[1], digest, "", self._created_ms)
         return number + 1
 
     def _get_leaf(self, index: int) -> bytes:
@@ -143,19 +149,19 @@ class EpochLog(BaseMerkleTree):  # type: ignore[misc]  # pymerkle ships no type 
         """The number of leaves (committed, or written by the bound transaction)."""
         return int(self.get_size())
 
-    def append(self, record: bytes, created_ms: int) -> int:
-        """Append ``record`` as the next leaf (a new epoch row with an empty
-        checkpoint); return its index (from 0)."""
+    def append(self, leaf: bytes, record: bytes, created_ms: int) -> int:
+        """Append ``leaf`` as the next leaf, in a new epoch row holding
+        ``record`` and an empty checkpoint; return its index (from 0)."""
         self._created_ms = created_ms
-        return int(self.append_entry(record)) - 1
+        return int(self.append_entry((leaf, record))) - 1
 
     def set_checkpoint(self, number: int, checkpoint: str) -> None:
         """Fill in the signed checkpoint of the epoch row ``number``."""
         self._query("checkpoint", checkpoint, number)
 
-    def leaf_hash(self, record: bytes) -> bytes:
-        """RFC 9162 leaf hash, by pymerkle's hasher: SHA-256(0x00 || record)."""
-        return bytes(self.hash_buff(record))
+    def leaf_hash(self, leaf: bytes) -> bytes:
+        """RFC 9162 leaf hash, by pymerkle's hasher: SHA-256(0x00 || leaf)."""
+        return bytes(self.hash_buff(leaf))
 
     def node_hash(self, left: bytes, right: bytes) -> bytes:
         """RFC 9162 node hash, by pymerkle's hasher: SHA-256(0x01 || left || right)."""

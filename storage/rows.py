@@ -110,12 +110,15 @@ class ReserveRow:
 
 @dataclass(frozen=True, slots=True)
 class EpochRow:
-    """An epoch: its record (log leaf ``number``), signed checkpoint and time."""
+    """An epoch: the record stored, the signed checkpoint and time, and the
+    hash of its log leaf ``number`` (``SHA-256(0x00 || leaf)``, the leaf the
+    appender named: the record's header)."""
 
     number: int
     record: bytes
     checkpoint: bytes
     created_ms: int
+    leaf_hash: bytes
 
 
 @dataclass(frozen=True, slots=True)

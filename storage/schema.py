@@ -11,7 +11,8 @@ storage/migrations/versions create exactly these; a test checks they agree.
     reserve_reports   report_hash -> source, asset, note        every signed report accepted
     salt_periods      number -> started_ms, secret[32]
     epochs            number -> record, leaf_hash, checkpoint, created_ms
-                      (row ``number`` is also leaf ``number`` of the RFC 9162 log)
+                      (row ``number`` is also leaf ``number`` of the RFC 9162 log;
+                      leaf_hash: of the leaf the appender named, not stored)
     epoch_marks       (epoch, kind, source) -> last_seq         what an epoch covers
     epoch_reserves    (epoch, asset, source) -> amount, as_of_ms  reserves it used
     witness_cosignatures  (epoch, witness, key_id) -> line      its checkpoint's cosignatures
@@ -208,7 +209,9 @@ class SaltPeriodRow(Base):
 
 
 class Epoch(Base):
-    """One epoch: also leaf ``number`` of the log (``leaf_hash`` = RFC 9162 leaf hash)."""
+    """One epoch: also leaf ``number`` of the log. ``record`` is what the
+    appender stored; ``leaf_hash`` the RFC 9162 hash of the leaf it named
+    (the record's header), which is not kept."""
 
     __tablename__ = "epochs"
     number: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)

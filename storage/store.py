@@ -244,6 +244,7 @@ class Store:
     def append_epoch(
         self,
         number: int,
+        leaf: bytes,
         record: bytes,
         sign: Callable[[int, bytes], bytes],
         *,
@@ -252,7 +253,7 @@ class Store:
         reserves: Iterable[ReserveReport] | None = None,
     ) -> bytes:
         return self._epochs.append(
-            number, record, sign, created_ms=created_ms, marks=marks, reserves=reserves
+            number, leaf, record, sign, created_ms=created_ms, marks=marks, reserves=reserves
         )
 
     @_documented_by(Epochs.latest)

@@ -67,7 +67,11 @@ def test_verifier_wheel_holds_the_verifier_alone(tmp_path: Path) -> None:
         n for n in web if not (ROOT / n).is_dir()
     }
     assert meta["Name"] == VERIFIER_DISTRIBUTION and meta["Version"] == __version__
-    assert sorted(meta.get_all("Requires-Dist") or []) == ["cryptography>=42", "websockets>=17"]
+    assert sorted(meta.get_all("Requires-Dist") or []) == [
+        "cryptography>=42",
+        'msgspec>=0.18; extra == "binary"',
+        "websockets>=17",
+    ]
     lines = [line.strip() for line in entry_points.splitlines() if line.strip()]
     assert lines == ["[console_scripts]", "solvency-verify = verifier.cli:main"]
 
@@ -80,6 +84,7 @@ def test_one_version_and_the_prover_requires_the_same_verifier() -> None:
         assert version == {"attr": "verifier.version.__version__"}
     assert f"{VERIFIER_DISTRIBUTION}=={__version__}" in prover["dependencies"]
     assert verifier["dependencies"] == ["cryptography>=42", "websockets>=17"]
+    assert verifier["optional-dependencies"] == {"binary": ["msgspec>=0.18"]}
     assert prover["scripts"] == {"solvency-prover": "prover.cli:main"}
     assert verifier["scripts"] == {"solvency-verify": "verifier.cli:main"}
     found = pyproject(ROOT)["tool"]["setuptools"]["packages"]["find"]

@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from verifier.audit import Finding
+from verifier.audit import Finding, RecordView
 from verifier.checkpoint import VerifierKey
 from verifier.errors import FormatError
-from verifier.record import AssetState, EpochRecord, ReserveSource
+from verifier.record import AssetState, ReserveSource
 from verifier.report import SignedReport, report_hash
 
 __all__ = [
@@ -72,7 +72,7 @@ def parse_attester_keys(text: str) -> list[VerifierKey]:
 
 
 def check_attestations(
-    record: EpochRecord, reports: Iterable[bytes], attesters: Sequence[VerifierKey]
+    record: RecordView, reports: Iterable[bytes], attesters: Sequence[VerifierKey]
 ) -> list[SourceFinding]:
     """Every source of ``record`` not attested by a report among ``reports``
     signed by one of ``attesters``, or misstating it (module docstring)."""
@@ -87,7 +87,7 @@ def check_attestations(
 
 
 def _check_source(
-    record: EpochRecord,
+    record: RecordView,
     asset: AssetState,
     source: ReserveSource,
     by_hash: dict[bytes, bytes],
@@ -130,7 +130,7 @@ def _check_source(
 
 
 def attested_findings(
-    record: EpochRecord,
+    record: RecordView,
     findings: Sequence[Finding],
     reports: Iterable[bytes],
     attesters: Sequence[VerifierKey],

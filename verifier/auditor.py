@@ -35,7 +35,8 @@ from verifier.checkpoint import VerifierKey
 from verifier.cosignature import WitnessKey
 from verifier.errors import FormatError, VerificationError
 from verifier.exits import EXIT_INVALID, EXIT_VALID
-from verifier.stream import EpochMessage, parse_message
+from verifier.stream import CheckpointMessage, StreamMessage, parse_message
+from verifier.subscription import ALL_ASSETS, Subscription
 
 __all__ = [
     "FIRST_CONTACT_CHECKS",
@@ -101,6 +102,7 @@ class AuditorConfig:
     keep_going: bool = False
     max_silence: float = 30.0
     max_epochs: int = 0
+    subscription: Subscription = ALL_ASSETS
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +222,7 @@ class Auditor:
             return self.on_refused(event.status, event.since, event.bad_since)
         return self.on_tick(event.now)
 
-    def _alarm(self, check: str, reason: str, message: EpochMessage | None) -> Alarm:
+    def _alarm(self, check: str, reason: str, message: StreamMessage | None) -> Alarm:
         self.violations += 1
         evidence: dict[str, Any] = {
             "check": check,
@@ -264,12 +266,18 @@ class Auditor:
             return self._stop_unless_keep_going([self._alarm("format", f"malformed: {exc}", None)])
         return self.on_message(message, now)
 
-    def on_message(self, message: EpochMessage, now: float) -> list[Decision]:
+    def on_message(self, message: StreamMessage, now: float) -> list[Decision]:
         """Verify one parsed epoch message, received at ``now``."""
         c = self.config
         try:
             audit = check_epoch(
-                self.state, message, c.key, c.origin, witnesses=c.witnesses, quorum=c.quorum
+                self.state,
+                message,
+                c.key,
+                c.origin,
+                witnesses=c.witnesses,
+                quorum=c.quorum,
+                subscription=c.subscription,
             )
         except VerificationError as exc:
             if self.state is None and exc.check in FIRST_CONTACT_CHECKS:
@@ -300,23 +308,24 @@ class Auditor:
             if self.open_findings.get(f.asset) != f.status:
                 out.append(self._alarm(f.status, f"{f.asset}: {f.detail}", message))
         for asset in set(self.open_findings) - set(current):
-            out.append(RecoveredAsset(asset, audit.record.epoch))
+            out.append(RecoveredAsset(asset, audit.epoch))
         self.open_findings = {a: f.status for a, f in current.items()}
         done = bool(c.max_epochs) and self.seen >= c.max_epochs
         if (findings and not c.keep_going) or done:
             out.append(Stop(self.exit_code))
         return out
 
-    def _attested(self, audit: EpochAudit, message: EpochMessage) -> list[Finding]:
+    def _attested(self, audit: EpochAudit, message: StreamMessage) -> list[Finding]:
         """The epoch's findings, with attesters those of its reserve reports too."""
         findings = list(audit.findings)
-        if self.config.attesters:
+        if self.config.attesters and not isinstance(message, CheckpointMessage):
+            assert audit.record is not None  # a frame with a record
             findings = attested_findings(
                 audit.record, findings, message.reports, self.config.attesters
             )
         return findings
 
-    def _witnessed(self, audit: EpochAudit, message: EpochMessage) -> list[Decision]:
+    def _witnessed(self, audit: EpochAudit, message: StreamMessage) -> list[Decision]:
         """With keep_going: alarm when the witness check starts failing (or fails
         otherwise), and say so when a quorum is back."""
         failure = audit.witness_failure
@@ -324,6 +333,6 @@ class Auditor:
         if failure is not None and failure.check != self.witness_alarm:
             out.append(self._alarm(failure.check, failure.detail, message))
         elif failure is None and self.witness_alarm is not None:
-            out.append(RecoveredWitnesses(self.witness_alarm, audit.record.epoch))
+            out.append(RecoveredWitnesses(self.witness_alarm, audit.epoch))
         self.witness_alarm = failure.check if failure is not None else None
         return out

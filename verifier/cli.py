@@ -5,6 +5,7 @@ Commands:
     proof --url URL --user ID --token T --key VKEY    fetch one from the prover, verify it
     watch URL --key VKEY --state DIR [--json] [--keep-going] [--max-silence S]
           [--attester VKEY ...]                       and check the signed reserve reports
+          [--assets A,B | --checkpoints-only]         follow some assets, or the log alone
     relay --upstream URL --listen HOST:PORT --key VKEY --state DIR
           [--history N] [--max-subscribers N]         verify a root stream and serve it
     checkpoint FILE --key VKEY                        verify a signed checkpoint
@@ -44,6 +45,7 @@ from verifier.inputs import OperationalError, UsageError, load_key, load_witness
 from verifier.proof import ProofFile, ProofReport, verify_proof
 from verifier.quorum import check_quorum
 from verifier.record import Status
+from verifier.subscription import parse_chosen
 from verifier.version import VERIFIER_DISTRIBUTION, VersionAction
 
 __all__ = [
@@ -61,7 +63,7 @@ __all__ = [
 
 EXIT_TABLE = """\
 exit status (every command):
-  0  valid; for proof, every asset of the record is also solvent
+  0  valid; for proof, every asset of the proof is also solvent
   1  invalid: a check failed, or what the custodian signed or sent is malformed
      (the check is named: "format" for malformed); for watch and relay, an alarm
      was raised
@@ -71,7 +73,7 @@ exit status (every command):
      is written: that is configuration, not evidence); a 4xx answer to proof --url
   3  operational error: network, a file the command writes (--state, evidence), or
      a bug of ours (SOLVENCY_DEBUG=1 or --debug prints its traceback)
-  4  proof only: the balances are included, but some asset is insolvent or unproven
+  4  proof only: the balances are included, but some asset of the proof is insolvent or unproven
 """
 
 
@@ -114,7 +116,7 @@ def cmd_proof(args: argparse.Namespace) -> int:
             f"liabilities {a['liabilities']:>20}   reserves {a['reserves']:>20}   {a['status']}"
         )
     if code == EXIT_VALID:
-        print("  custodian solvent in every asset")
+        print("  custodian solvent in every asset you hold (the others are not in this proof)")
     else:
         others = [
             f"{printable_id(a.asset)} {a.status.name.lower()}"
@@ -209,6 +211,13 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _chosen(text: str) -> frozenset[str]:
+    try:
+        return parse_chosen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="solvency-verify",
@@ -285,6 +294,20 @@ def _parser() -> argparse.ArgumentParser:
     p = command("watch", "follow and verify every epoch")
     p.add_argument("url", help="the prover, e.g. ws://127.0.0.1:8765")
     auditor_options(p)
+    follow = p.add_mutually_exclusive_group()
+    follow.add_argument(
+        "--assets",
+        type=_chosen,
+        metavar="A,B",
+        help="follow these assets only (1 to 64 ids): each epoch's header and their entries"
+        " are verified, and that the record has them; the other assets are not",
+    )
+    follow.add_argument(
+        "--checkpoints-only",
+        action="store_true",
+        help="follow the log's checkpoints only: signatures, sizes, consistency and"
+        " witnesses are verified, no record",
+    )
     p.add_argument("--keep-going", action="store_true", help="report violations, don't stop")
     p.add_argument("--max-epochs", type=int, default=0, help="stop after N epochs (0: never)")
     p.set_defaults(run=cmd_watch)

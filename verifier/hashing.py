@@ -18,6 +18,8 @@ Domain-separation tags of version 2 (one byte, first byte of every hashed messag
     0x4C 'L'  user leaf         H(0x4C || u8 len || asset || C[32] || amount u128)
     0x50 'P'  padding leaf      H(0x50 || u8 len || asset || key[32] || slot u64)
     0x4E 'N'  internal node     H(0x4E || lh[32] || ls u128 || rh[32] || rs u128)
+    0x45 'E'  asset map entry   H(0x45 || asset entry)          (PROTOCOL §4.4)
+    0x4D 'M'  asset map node    H(0x4D || left[32] || right[32]); the empty map H(0x4D)
 
 Bounds: a leaf amount is at most MAX_BALANCE = 2**64 - 1 and a tree is at most
 MAX_HEIGHT = 32 levels high, so a subtree of height ``l`` sums to at most
@@ -46,7 +48,9 @@ __all__ = [
     "SHA256_HASHER",
     "SUM_SIZE",
     "TAG_COMMITMENT",
+    "TAG_ENTRY",
     "TAG_LEAF",
+    "TAG_MAP_NODE",
     "TAG_NODE",
     "TAG_PADDING",
     "VERSION",
@@ -72,6 +76,8 @@ TAG_COMMITMENT = 0x43
 TAG_LEAF = 0x4C
 TAG_PADDING = 0x50
 TAG_NODE = 0x4E
+TAG_ENTRY = 0x45
+TAG_MAP_NODE = 0x4D
 
 DIGEST_SIZE = 32
 SALT_SIZE = 32
@@ -202,13 +208,13 @@ class HashState(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SumTreeHasher:
-    """The sum tree hashing rules of a record version (PROTOCOL §2): a digest
-    function, the four domain-separation tags, and the commitment, leaf,
-    padding and node hashes built from them in the layouts of the module
-    docstring.
+    """The hashing rules of a record version (PROTOCOL §2): a digest
+    function, the six domain-separation tags, and the commitment, leaf,
+    padding, node and asset map hashes built from them in the layouts of the
+    module docstring.
 
     Invariants, checked on construction: a digest is ``DIGEST_SIZE`` bytes; the
-    tags are four distinct bytes, none RFC 9162's ``0x00`` or ``0x01``.
+    tags are six distinct bytes, none RFC 9162's ``0x00`` or ``0x01``.
     """
 
     digest: Callable[[bytes], HashState]
@@ -216,15 +222,24 @@ class SumTreeHasher:
     leaf_tag: int = TAG_LEAF
     padding_tag: int = TAG_PADDING
     node_tag: int = TAG_NODE
+    entry_tag: int = TAG_ENTRY
+    map_node_tag: int = TAG_MAP_NODE
 
     def __post_init__(self) -> None:
         size = len(self.digest(b"").digest())
         if size != DIGEST_SIZE:
             raise ValueError(f"a digest of {size} bytes: the wire format holds {DIGEST_SIZE}")
-        tags = (self.commitment_tag, self.leaf_tag, self.padding_tag, self.node_tag)
+        tags = (
+            self.commitment_tag,
+            self.leaf_tag,
+            self.padding_tag,
+            self.node_tag,
+            self.entry_tag,
+            self.map_node_tag,
+        )
         if len(set(tags)) != len(tags) or not all(0x02 <= tag <= 0xFF for tag in tags):
             raise ValueError(
-                f"tags {', '.join(map(hex, tags))}: want four distinct bytes, none 0x00 or 0x01"
+                f"tags {', '.join(map(hex, tags))}: want six distinct bytes, none 0x00 or 0x01"
             )
 
     def leaf_prefix(self, asset: str) -> bytes:
@@ -273,6 +288,20 @@ class SumTreeHasher:
         return self.digest(
             bytes((self.node_tag,)) + left + encode_sum(left_sum) + right + encode_sum(right_sum)
         ).digest()
+
+    def entry_hash(self, entry: bytes) -> bytes:
+        """Leaf hash of an asset entry in the record's asset map (PROTOCOL §4.4)."""
+        return self.digest(bytes((self.entry_tag,)) + entry).digest()
+
+    def map_node_hash(self, left: bytes, right: bytes) -> bytes:
+        """Hash of an asset map node over two 32-byte child hashes (PROTOCOL §4.4)."""
+        if len(left) != DIGEST_SIZE or len(right) != DIGEST_SIZE:
+            raise FormatError(f"asset map hashes must be {DIGEST_SIZE} bytes")
+        return self.digest(bytes((self.map_node_tag,)) + left + right).digest()
+
+    def empty_map(self) -> bytes:
+        """The asset map root of a record with no assets."""
+        return self.digest(bytes((self.map_node_tag,))).digest()
 
 
 SHA256_HASHER: Final = SumTreeHasher(hashlib.sha256)

@@ -2,16 +2,19 @@
 
 The file is JSON (UTF-8)::
 
-    {"format": "solvency-proof/1",
+    {"format": "solvency-proof/2",
      "user": "<user id>", "salt": "<64 hex>",
-     "assets": [{"asset": "BTC", "slot": 5, "balance": "<decimal>",
+     "header": "<base64 record header>",
+     "assets": [{"entry": "<base64 asset entry>", "index": 0,
+                 "map_path": ["<64 hex>", ...],
+                 "slot": 5, "balance": "<decimal>",
                  "path": [["<64 hex sibling hash>", "<decimal sibling sum>"], ...]}],
-     "record": "<base64 epoch record>",
      "inclusion": ["<64 hex>", ...],
      "checkpoint": "<signed note text>"}
 
-Nothing in it is taken on trust: the record's log index is its epoch number and
-the log size is the checkpoint's, so every value feeds one of the checks below.
+Nothing in it is taken on trust: the header's log index is its epoch number,
+the log size is the checkpoint's, and each asset entry is proven against the
+header's asset map root, so every value feeds one of the checks below.
 Parsing is strict (``verifier.fields``: UTF-8 without BOM, no duplicate or
 unknown key, canonical base64) but checks syntax only: a balance, slot or
 sibling sum out of range parses, and fails its PROTOCOL §3 check by name.
@@ -26,13 +29,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from verifier import rfc9162
+from verifier.assetmap import verify_map_path
 from verifier.checkpoint import Checkpoint, VerifierKey, verify_checkpoint
 from verifier.cosignature import Cosignature, WitnessKey
 from verifier.errors import FormatError, VerificationError
 from verifier.fields import b64, decimal, exact_keys, hex32, hex32_list, load_object, natural, text
 from verifier.hashing import DIGEST_SIZE, MAX_BALANCE, check_user_id, hasher_for
 from verifier.quorum import check_quorum
-from verifier.record import AssetState, EpochRecord
+from verifier.record import AssetState, RecordHeader, decode_entry
+from verifier.selection import PartialRecord
 from verifier.sumtree import PathStep, verify_path
 
 __all__ = [
@@ -41,19 +46,22 @@ __all__ = [
     "AssetReport",
     "ProofFile",
     "ProofReport",
-    "record_in_log",
+    "header_in_log",
     "verify_proof",
 ]
 
-FORMAT = "solvency-proof/1"
+FORMAT = "solvency-proof/2"
 MAX_PROOF_BYTES = 1 << 22  # 4 MiB: far above 500 assets x 32 levels
 
 
 @dataclass(frozen=True, slots=True)
 class AssetPath:
-    """The user's leaf in one asset's tree and its inclusion path."""
+    """One asset's entry with its map path (``index`` in the asset map), and
+    the user's leaf in that asset's tree with its inclusion path."""
 
-    asset: str
+    entry: bytes
+    index: int
+    map_path: tuple[bytes, ...]
     slot: int
     balance: int
     path: tuple[PathStep, ...]
@@ -65,8 +73,8 @@ class ProofFile:
 
     user: str
     salt: bytes
+    header: bytes
     assets: tuple[AssetPath, ...]
-    record: bytes
     inclusion: tuple[bytes, ...]
     checkpoint: bytes
 
@@ -76,16 +84,18 @@ class ProofFile:
             "format": FORMAT,
             "user": self.user,
             "salt": self.salt.hex(),
+            "header": base64.b64encode(self.header).decode("ascii"),
             "assets": [
                 {
-                    "asset": a.asset,
+                    "entry": base64.b64encode(a.entry).decode("ascii"),
+                    "index": a.index,
+                    "map_path": [h.hex() for h in a.map_path],
                     "slot": a.slot,
                     "balance": str(a.balance),
                     "path": [[s.hash.hex(), str(s.sum)] for s in a.path],
                 }
                 for a in self.assets
             ],
-            "record": base64.b64encode(self.record).decode("ascii"),
             "inclusion": [h.hex() for h in self.inclusion],
             "checkpoint": self.checkpoint.decode("utf-8"),
         }
@@ -98,13 +108,20 @@ class ProofFile:
         Raises:
             FormatError: naming the offending field.
         """
-        doc = exact_keys(
-            load_object(data, MAX_PROOF_BYTES, "proof file"),
-            {"format", "user", "salt", "assets", "record", "inclusion", "checkpoint"},
+        doc = load_object(data, MAX_PROOF_BYTES, "proof file")
+        # The format first: a file of another format has other keys, and says so.
+        if doc.get("format") == "solvency-proof/1":
+            raise FormatError(
+                "proof format solvency-proof/1 (unreleased, with the whole record) is no "
+                f"longer read: ask the prover for a new proof ({FORMAT})"
+            )
+        if doc.get("format") != FORMAT:
+            raise FormatError(f"unsupported proof format {doc.get('format')!r}, want {FORMAT!r}")
+        exact_keys(
+            doc,
+            {"format", "user", "salt", "header", "assets", "inclusion", "checkpoint"},
             "proof file",
         )
-        if doc["format"] != FORMAT:
-            raise FormatError(f"unsupported proof format {doc['format']!r}, want {FORMAT!r}")
         user = text(doc["user"], "user")
         check_user_id(user)
         assets = doc["assets"]
@@ -113,8 +130,8 @@ class ProofFile:
         return cls(
             user=user,
             salt=hex32(doc["salt"], "salt"),
+            header=b64(doc["header"], "header"),
             assets=tuple(_asset_path(a, f"assets[{i}]") for i, a in enumerate(assets)),
-            record=b64(doc["record"], "record"),
             inclusion=hex32_list(doc["inclusion"], "inclusion"),
             checkpoint=text(doc["checkpoint"], "checkpoint").encode("utf-8"),
         )
@@ -142,7 +159,7 @@ class ProofReport:
     timestamp_ms: int
     checkpoint: Checkpoint
     assets: tuple[AssetReport, ...]
-    record: EpochRecord
+    record: PartialRecord
     cosignatures: tuple[Cosignature, ...] = ()
 
 
@@ -170,33 +187,42 @@ def verify_proof(
     # 1. The checkpoint is signed by the custodian's key (and names the expected log).
     checkpoint = verify_checkpoint(proof.checkpoint, key, origin)
 
-    # 2. The epoch record is the leaf at index = its epoch number in that log.
-    record = record_in_log(proof.record, proof.inclusion, checkpoint)
+    # 2. The record's header is the leaf at index = its epoch number in that log.
+    header = header_in_log(proof.header, proof.inclusion, checkpoint)
 
     # 3. A quorum of the configured witnesses cosigned the checkpoint (PROTOCOL §12.3).
     cosignatures = check_quorum(
-        proof.checkpoint, witnesses, quorum, record_ms=record.timestamp_ms, now=now
+        proof.checkpoint, witnesses, quorum, record_ms=header.timestamp_ms, now=now
     )
 
     # 4. The proof is for the expected user.
     if user is not None and user != proof.user:
         raise VerificationError("user-mismatch", f"proof is for {proof.user!r}, not {user!r}")
-    hasher = hasher_for(record.version)  # the hashing rules of the signed record's version
+    hasher = hasher_for(header.version)  # the hashing rules of the signed record's version
     user_commitment = hasher.commitment(proof.user, proof.salt)
 
-    # 5. Each asset path leads from this user's leaf to that asset's signed root.
+    # 5. Each asset's entry is in the record's asset map, and the user's path
+    # leads from their leaf to that asset's signed root.
     reports = []
-    seen: set[str] = set()
+    states: list[AssetState] = []
     for entry in proof.assets:
-        if entry.asset in seen:
-            raise VerificationError("duplicate-asset", f"two paths for asset {entry.asset}")
-        seen.add(entry.asset)
-        state = _asset_state(record, entry.asset)
+        verify_map_path(
+            hasher,
+            entry.entry,
+            entry.index,
+            entry.map_path,
+            header.asset_count,
+            header.asset_map_root,
+        )
+        state = decode_entry(entry.entry, header)
+        if any(s.asset == state.asset for s in states):
+            raise VerificationError("duplicate-asset", f"two paths for asset {state.asset}")
+        states.append(state)
         # A leaf encodes its amount in 128 bits. An amount above MAX_BALANCE
         # fails leaf-range (or an earlier §3 check) before the leaf is used, so
         # it gets a placeholder rather than a FormatError from encoding.
         if entry.balance <= MAX_BALANCE:
-            leaf = hasher.leaf_hash(entry.asset, user_commitment, entry.balance)
+            leaf = hasher.leaf_hash(state.asset, user_commitment, entry.balance)
         else:
             leaf = bytes(DIGEST_SIZE)
         try:
@@ -211,10 +237,10 @@ def verify_proof(
                 hasher=hasher,
             )
         except VerificationError as exc:
-            raise VerificationError(exc.check, f"asset {entry.asset}: {exc.detail}") from exc
+            raise VerificationError(exc.check, f"asset {state.asset}: {exc.detail}") from exc
         reports.append(
             AssetReport(
-                asset=entry.asset,
+                asset=state.asset,
                 decimals=state.decimals,
                 balance=entry.balance,
                 liabilities=state.liabilities,
@@ -224,45 +250,38 @@ def verify_proof(
         )
     return ProofReport(
         user=proof.user,
-        epoch=record.epoch,
-        timestamp_ms=record.timestamp_ms,
+        epoch=header.epoch,
+        timestamp_ms=header.timestamp_ms,
         checkpoint=checkpoint,
         assets=tuple(reports),
-        record=record,
+        record=PartialRecord(header, tuple(sorted(states, key=lambda s: s.asset))),
         cosignatures=cosignatures,
     )
 
 
-def record_in_log(record: bytes, inclusion: Sequence[bytes], checkpoint: Checkpoint) -> EpochRecord:
-    """Decode ``record`` and check it is leaf ``epoch`` of the checkpoint's log.
+def header_in_log(
+    header: bytes, inclusion: Sequence[bytes], checkpoint: Checkpoint
+) -> RecordHeader:
+    """Decode a record ``header`` and check it is leaf ``epoch`` of the checkpoint's log.
 
     Raises:
         VerificationError: ``record-not-in-log`` or an RFC 9162 inclusion check.
-        FormatError: the record is malformed.
+        FormatError: the header is malformed.
     """
-    decoded = EpochRecord.decode(record)
+    decoded = RecordHeader.decode(header)
     if decoded.epoch >= checkpoint.size:
         raise VerificationError(
             "record-not-in-log",
             f"epoch {decoded.epoch} is not in a log of {checkpoint.size} records",
         )
     rfc9162.verify_inclusion(
-        rfc9162.leaf_hash(record), decoded.epoch, checkpoint.size, inclusion, checkpoint.root
+        rfc9162.leaf_hash(header), decoded.epoch, checkpoint.size, inclusion, checkpoint.root
     )
     return decoded
 
 
-def _asset_state(record: EpochRecord, asset: str) -> AssetState:
-    try:
-        return record.asset(asset)
-    except KeyError:
-        raise VerificationError(
-            "asset-not-in-record", f"the epoch record has no asset {asset}"
-        ) from None
-
-
 def _asset_path(doc: Any, where: str) -> AssetPath:
-    doc = exact_keys(doc, {"asset", "slot", "balance", "path"}, where)
+    doc = exact_keys(doc, {"entry", "index", "map_path", "slot", "balance", "path"}, where)
     steps = doc["path"]
     if not isinstance(steps, list):
         raise FormatError(f"{where}.path must be a list")
@@ -276,7 +295,9 @@ def _asset_path(doc: Any, where: str) -> AssetPath:
             )
         )
     return AssetPath(
-        asset=text(doc["asset"], f"{where}.asset"),
+        entry=b64(doc["entry"], f"{where}.entry"),
+        index=natural(doc["index"], f"{where}.index"),
+        map_path=hex32_list(doc["map_path"], f"{where}.map_path"),
         slot=natural(doc["slot"], f"{where}.slot"),
         balance=decimal(doc["balance"], f"{where}.balance"),
         path=tuple(path),

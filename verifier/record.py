@@ -2,22 +2,27 @@
 
 Layout (all integers unsigned big-endian)::
 
-    magic "SOLV" | version u8 (VERSION) | epoch u64 | timestamp_ms u64
-    | max_reserve_age_ms u64 | asset_count u16 | asset* (sorted by id, unique)
-
+    record = header | asset* (asset_count entries, sorted by id, unique)
+    header = magic "SOLV" | version u8 (VERSION) | epoch u64 | timestamp_ms u64
+             | max_reserve_age_ms u64 | asset_count u16 | asset_map_root[32]
     asset  = id_len u8 | id | decimals u8 | height u8 | root[32]
              | liabilities u128 | reserves u128 | status u8
              | source_count u8 | source* (sorted by name, unique)
     source = name_len u8 | name | amount u128 | as_of_ms u64
              | key_id u32 | report_hash[32]   (0 and 32 zero bytes: unattested)
 
+The log commits to the header (``RecordHeader``), and the header to the
+entries by the asset map root (``verifier.assetmap``), so that one entry can be
+proven without the others (``decode_entry`` reads one with its header).
+
 Invariants enforced on both encode and decode, so that a record is valid iff it
 round-trips: liabilities <= subtree_cap(height); reserves = sum of the sources'
 amounts; each source amount <= MAX_RESERVE; as_of <= timestamp; an unattested
 source (zero report hash) has key id 0; status is the one ``expected_status``
-derives. Decoding rejects trailing bytes, version 1 (unreleased, dropped) and
-every version ``verifier.hashing.hasher_for`` does not know; a record keeps its
-version, which names the hashing rules of its trees.
+derives; the header's asset count and map root are those of the entries.
+Decoding rejects trailing bytes, version 1 (unreleased, dropped) and every
+version ``verifier.hashing.hasher_for`` does not know; a record keeps its
+version, which names the hashing rules of its trees and of its asset map.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from verifier.assetmap import map_root
 from verifier.errors import FormatError
 from verifier.hashing import (
     DIGEST_SIZE,
@@ -41,15 +47,19 @@ from verifier.hashing import (
 )
 
 __all__ = [
+    "HEADER_SIZE",
     "MAGIC",
     "MAX_RESERVE",
     "UNATTESTED",
     "VERSION",
     "AssetState",
     "EpochRecord",
+    "RecordHeader",
     "ReserveSource",
     "Status",
     "check_source_name",
+    "decode_entry",
+    "encode_entry",
     "expected_status",
 ]
 
@@ -58,7 +68,8 @@ UNATTESTED = bytes(DIGEST_SIZE)  # the report hash of a source no signed report 
 MAX_RESERVE = 2**96 - 1
 MAX_DECIMALS = 36
 
-_HEADER = struct.Struct(">4sBQQQH")
+_HEADER = struct.Struct(f">4sBQQQH{DIGEST_SIZE}s")
+HEADER_SIZE = _HEADER.size  # 63
 _ASSET_FIXED = struct.Struct(f">BB{DIGEST_SIZE}s{SUM_SIZE}s{SUM_SIZE}sBB")
 _SOURCE_FIXED = struct.Struct(f">{SUM_SIZE}sQI{DIGEST_SIZE}s")
 _SOURCE_NAME = re.compile(r"[!-~]{1,64}")  # printable ASCII, no space
@@ -162,14 +173,16 @@ def expected_status(
 
 
 @dataclass(frozen=True, slots=True)
-class EpochRecord:
-    """What the prover states at one epoch; ``epoch`` is also its index in the log.
-    ``version`` is a record version ``hasher_for`` knows (``VERSION`` unless decoded)."""
+class RecordHeader:
+    """What the log commits to for one epoch (``HEADER_SIZE`` bytes): the
+    epoch, its time, the reserve age policy, and the number of asset entries
+    and their asset map root. ``version`` is one ``hasher_for`` knows."""
 
     epoch: int
     timestamp_ms: int
     max_reserve_age_ms: int
-    assets: tuple[AssetState, ...]
+    asset_count: int
+    asset_map_root: bytes
     version: int = VERSION
 
     def __post_init__(self) -> None:
@@ -178,20 +191,86 @@ class EpochRecord:
             value = getattr(self, name)
             if not 0 <= value < _U64:
                 raise FormatError(f"record {name} {value} outside u64")
+        if not 0 <= self.asset_count < 2**16:
+            raise FormatError(f"record asset count {self.asset_count} outside u16")
+        if not isinstance(self.asset_map_root, bytes) or len(self.asset_map_root) != DIGEST_SIZE:
+            raise FormatError(f"asset map root must be {DIGEST_SIZE} bytes")
+
+    def encode(self) -> bytes:
+        """The header's canonical bytes: the log's leaf for this epoch."""
+        return _HEADER.pack(
+            MAGIC,
+            self.version,
+            self.epoch,
+            self.timestamp_ms,
+            self.max_reserve_age_ms,
+            self.asset_count,
+            self.asset_map_root,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> RecordHeader:
+        """Parse header bytes (exactly ``HEADER_SIZE``).
+
+        Raises:
+            FormatError: on any deviation from the layout.
+        """
+        reader = _Reader(bytes(data))
+        header = _read_header(reader)
+        reader.finish()
+        return header
+
+    def check_asset(self, asset: AssetState) -> None:
+        """Check what an entry must agree on with its header: no source dated
+        after the epoch, and the status the epoch's time and policy derive.
+
+        Raises:
+            FormatError: naming the asset and what is wrong.
+        """
+        for s in asset.sources:
+            if s.as_of_ms > self.timestamp_ms:
+                raise FormatError(f"{asset.asset}: reserve {s.name} is dated after the epoch")
+        want = expected_status(
+            asset.liabilities, asset.sources, self.timestamp_ms, self.max_reserve_age_ms
+        )
+        if asset.status != want:
+            raise FormatError(f"{asset.asset}: status {asset.status.name} contradicts {want.name}")
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """What the prover states at one epoch; ``epoch`` is also its index in the log.
+    ``version`` is a record version ``hasher_for`` knows (``VERSION`` unless
+    decoded). ``entries`` (each asset's canonical bytes) and ``header`` are
+    derived on construction."""
+
+    epoch: int
+    timestamp_ms: int
+    max_reserve_age_ms: int
+    assets: tuple[AssetState, ...]
+    version: int = VERSION
+    entries: tuple[bytes, ...] = field(init=False, repr=False, compare=False)
+    header: RecordHeader = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
         ids = [a.asset for a in self.assets]
         if ids != sorted(set(ids)):
             raise FormatError("record assets must be sorted by id and unique")
         if len(ids) >= 2**16:
             raise FormatError("record has too many assets")
+        entries = tuple(encode_entry(a) for a in self.assets)
+        header = RecordHeader(
+            self.epoch,
+            self.timestamp_ms,
+            self.max_reserve_age_ms,
+            len(entries),
+            map_root(hasher_for(self.version), entries),
+            self.version,
+        )
         for a in self.assets:
-            for s in a.sources:
-                if s.as_of_ms > self.timestamp_ms:
-                    raise FormatError(f"{a.asset}: reserve {s.name} is dated after the epoch")
-            want = expected_status(
-                a.liabilities, a.sources, self.timestamp_ms, self.max_reserve_age_ms
-            )
-            if a.status != want:
-                raise FormatError(f"{a.asset}: status {a.status.name} contradicts {want.name}")
+            header.check_asset(a)
+        object.__setattr__(self, "entries", entries)
+        object.__setattr__(self, "header", header)
 
     def asset(self, asset: str) -> AssetState:
         """The line for ``asset``; KeyError if the record has none."""
@@ -206,97 +285,114 @@ class EpochRecord:
         return all(a.status is Status.SOLVENT for a in self.assets)
 
     def encode(self) -> bytes:
-        """The canonical bytes of the record."""
-        out = [
-            _HEADER.pack(
-                MAGIC,
-                self.version,
-                self.epoch,
-                self.timestamp_ms,
-                self.max_reserve_age_ms,
-                len(self.assets),
-            )
-        ]
-        for a in self.assets:
-            raw = a.asset.encode("ascii")
-            out.append(bytes((len(raw),)) + raw)
-            out.append(
-                _ASSET_FIXED.pack(
-                    a.decimals,
-                    a.height,
-                    a.root,
-                    a.liabilities.to_bytes(SUM_SIZE, "big"),
-                    a.reserves.to_bytes(SUM_SIZE, "big"),
-                    a.status,
-                    len(a.sources),
-                )
-            )
-            for s in a.sources:
-                name = s.name.encode("ascii")
-                out.append(bytes((len(name),)) + name)
-                out.append(
-                    _SOURCE_FIXED.pack(
-                        s.amount.to_bytes(SUM_SIZE, "big"), s.as_of_ms, s.key_id, s.report_hash
-                    )
-                )
-        return b"".join(out)
+        """The canonical bytes of the full record: its header, then every entry."""
+        return self.header.encode() + b"".join(self.entries)
 
     @classmethod
     def decode(cls, data: bytes) -> EpochRecord:
-        """Parse canonical record bytes.
+        """Parse the canonical bytes of a full record.
 
         Raises:
-            FormatError: on any deviation from the layout or its invariants.
+            FormatError: on any deviation from the layout or its invariants,
+                an asset map root that is not the entries' included.
         """
         reader = _Reader(bytes(data))
-        magic, version, epoch, timestamp, max_age, count = reader.unpack(_HEADER)
-        if magic != MAGIC:
-            raise FormatError("not an epoch record (bad magic)")
-        if version == 1:
-            raise FormatError(
-                "epoch record version 1 (unreleased, without reserve attestations) is no "
-                f"longer read: this verifier reads version {VERSION}"
-            )
-        hasher_for(version)  # FormatError: a version this verifier does not read
-        assets = []
-        for _ in range(count):
-            asset = reader.name("asset id")
-            decimals, height, root, liab, res, status, n_sources = reader.unpack(_ASSET_FIXED)
-            sources = []
-            for _ in range(n_sources):
-                name = reader.name("reserve source name")
-                amount, as_of, key_id, digest = reader.unpack(_SOURCE_FIXED)
-                sources.append(
-                    ReserveSource(name, int.from_bytes(amount, "big"), as_of, key_id, digest)
-                )
-            if status not in Status._value2member_map_:
-                raise FormatError(f"{asset}: unknown status {status}")
-            assets.append(
-                AssetState(
-                    asset=asset,
-                    decimals=decimals,
-                    height=height,
-                    root=root,
-                    liabilities=int.from_bytes(liab, "big"),
-                    reserves=int.from_bytes(res, "big"),
-                    status=Status(status),
-                    sources=tuple(sources),
-                )
-            )
+        header = _read_header(reader)
+        assets = tuple(_read_asset(reader) for _ in range(header.asset_count))
         reader.finish()
-        return cls(epoch, timestamp, max_age, tuple(assets), version)
+        record = cls(
+            header.epoch, header.timestamp_ms, header.max_reserve_age_ms, assets, header.version
+        )
+        if record.header.asset_map_root != header.asset_map_root:
+            raise FormatError("the record's asset map root is not that of its entries")
+        return record
+
+
+def encode_entry(a: AssetState) -> bytes:
+    """The canonical bytes of one asset entry (a leaf of the asset map)."""
+    raw = a.asset.encode("ascii")
+    out = [
+        bytes((len(raw),)) + raw,
+        _ASSET_FIXED.pack(
+            a.decimals,
+            a.height,
+            a.root,
+            a.liabilities.to_bytes(SUM_SIZE, "big"),
+            a.reserves.to_bytes(SUM_SIZE, "big"),
+            a.status,
+            len(a.sources),
+        ),
+    ]
+    for s in a.sources:
+        name = s.name.encode("ascii")
+        out.append(bytes((len(name),)) + name)
+        out.append(
+            _SOURCE_FIXED.pack(
+                s.amount.to_bytes(SUM_SIZE, "big"), s.as_of_ms, s.key_id, s.report_hash
+            )
+        )
+    return b"".join(out)
+
+
+def decode_entry(data: bytes, header: RecordHeader) -> AssetState:
+    """Parse one asset entry of the record ``header`` heads.
+
+    Raises:
+        FormatError: on any deviation from the layout, or a disagreement
+            with the header (``RecordHeader.check_asset``).
+    """
+    reader = _Reader(bytes(data), "asset entry")
+    asset = _read_asset(reader)
+    reader.finish()
+    header.check_asset(asset)
+    return asset
+
+
+def _read_header(reader: _Reader) -> RecordHeader:
+    magic, version, epoch, timestamp, max_age, count, root = reader.unpack(_HEADER)
+    if magic != MAGIC:
+        raise FormatError("not an epoch record (bad magic)")
+    if version == 1:
+        raise FormatError(
+            "epoch record version 1 (unreleased, without reserve attestations) is no "
+            f"longer read: this verifier reads version {VERSION}"
+        )
+    return RecordHeader(epoch, timestamp, max_age, count, root, version)
+
+
+def _read_asset(reader: _Reader) -> AssetState:
+    asset = reader.name("asset id")
+    decimals, height, root, liab, res, status, n_sources = reader.unpack(_ASSET_FIXED)
+    sources = []
+    for _ in range(n_sources):
+        name = reader.name("reserve source name")
+        amount, as_of, key_id, digest = reader.unpack(_SOURCE_FIXED)
+        sources.append(ReserveSource(name, int.from_bytes(amount, "big"), as_of, key_id, digest))
+    if status not in Status._value2member_map_:
+        raise FormatError(f"{asset}: unknown status {status}")
+    return AssetState(
+        asset=asset,
+        decimals=decimals,
+        height=height,
+        root=root,
+        liabilities=int.from_bytes(liab, "big"),
+        reserves=int.from_bytes(res, "big"),
+        status=Status(status),
+        sources=tuple(sources),
+    )
 
 
 class _Reader:
     """Cursor over record bytes that turns every short read into FormatError."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, what: str = "epoch record") -> None:
         self.data = data
         self.pos = 0
+        self.what = what
 
     def take(self, n: int) -> bytes:
         if self.pos + n > len(self.data):
-            raise FormatError("epoch record is truncated")
+            raise FormatError(f"{self.what} is truncated")
         chunk = self.data[self.pos : self.pos + n]
         self.pos += n
         return chunk
@@ -313,4 +409,4 @@ class _Reader:
 
     def finish(self) -> None:
         if self.pos != len(self.data):
-            raise FormatError(f"{len(self.data) - self.pos} trailing bytes after epoch record")
+            raise FormatError(f"{len(self.data) - self.pos} trailing bytes after {self.what}")

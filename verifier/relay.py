@@ -1,13 +1,16 @@
 """``solvency-verify relay``: follow a root stream, verify every frame as
 ``watch`` does, and serve the verified frames on a ``/roots`` of its own
-(docs/PROTOCOL.md §11.7). I/O only: the policy is the ``Auditor``'s and
-``verifier.relay_history``'s.
+(docs/PROTOCOL.md §11.7). I/O only: the policy is the ``Auditor``'s,
+``verifier.relay_history``'s and ``verifier.relay_frames``'s.
 
-A relay holds no key and is not trusted. It forwards each frame byte for byte
-as it came upstream (text or binary, the payload untouched), so a subscriber
-verifies the custodian's signatures and the log's proofs itself, and a relay
-that alters, drops, reorders or replays a frame is caught by the auditor
-behind it.
+A relay holds no key and is not trusted. It follows every asset upstream and
+forwards each frame byte for byte as it came (text or binary, the payload
+untouched) to subscribers of every asset; to subscribers of chosen assets
+(``?assets=A,B``) or of checkpoints only (``?only=checkpoints``) it sends
+frames it builds from the verified full frame, once per epoch and choice
+(``verifier.relay_frames``). Either way a subscriber verifies the custodian's
+signatures and the log's proofs itself, and a relay that alters, drops,
+reorders or replays a frame is caught by the auditor behind it.
 
 Policy:
 
@@ -24,8 +27,9 @@ Policy:
   ``/healthz`` answers 503 ``halted`` until it is restarted. Restarted with
   the same ``--state``, it resumes from the last checkpoint it verified, so a
   restart does not accept a fork.
-- A live frame is framed once and the same bytes are written to every
-  subscriber that has at most ``buffer_bytes`` unsent. One that has more
+- A live frame is framed once per choice of subscription and the same bytes
+  are written to every subscriber of that choice that has at most
+  ``buffer_bytes`` unsent. One that has more
   (slow, or a burst after upstream was away) is fed from the history at its
   own pace, a frame at a time once its backlog drained, and joins the live
   frames again when it has caught up; it is shed (closed with 1013) when the
@@ -58,7 +62,10 @@ from websockets.protocol import State
 from verifier.auditor import Alarm, Decision, Frame, Refused, Verified
 from verifier.exits import EXIT_INVALID
 from verifier.hashing import printable_id
+from verifier.record import EpochRecord
+from verifier.relay_frames import Builder
 from verifier.relay_history import History, Refusal, Relayed, admit, parse_since
+from verifier.subscription import ALL_ASSETS, Subscription, parse_subscription
 from verifier.watch import Follower, run_until_signalled
 from verifier.witness_cli import listen_address
 
@@ -86,15 +93,16 @@ class Relay(Follower):
     keep what verified in ``history`` and serve it (module docstring)."""
 
     def __init__(self, args: argparse.Namespace, limits: Limits | None = None) -> None:
-        super().__init__(args, args.upstream, keep_going=True, max_epochs=0)
+        super().__init__(args, args.upstream, keep_going=True, max_epochs=0)  # every asset
         self.address = listen_address(args.listen)
         self.limits = limits or Limits(max_subscribers=args.max_subscribers)
         state = self.auditor.state
         self.history = History(args.history, state.size if state else 0)
+        self.frames = Builder(self.history)  # the frames of chosen assets or checkpoints
         self.halted: Alarm | None = None
         self.port: int | None = None  # where it listens, once it does
         self.shed = 0  # subscribers shed so far
-        self._slots: set[ServerConnection] = set()  # subscribers served
+        self._slots: dict[ServerConnection, Subscription] = {}  # subscribers served
         # those caught up, each live frame written to them; the future, set to
         # the epoch it was not written, hands one back to its pump
         self._live: dict[ServerConnection, asyncio.Future[int]] = {}
@@ -113,7 +121,11 @@ class Relay(Follower):
         for d in decisions:
             if isinstance(d, Verified):  # saved by carry_out: forward it
                 payload = frame.encode() if isinstance(frame, str) else frame
-                self._publish(Relayed(d.audit.record.epoch, payload, isinstance(frame, str)))
+                relayed = Relayed(d.audit.epoch, payload, isinstance(frame, str))
+                self.history.append(relayed)
+                if isinstance(d.audit.record, EpochRecord):  # always: it follows every asset
+                    self.frames.verified(relayed, d.audit.record)
+                self._publish(relayed.epoch)
                 return None
         return self._halt(decisions)
 
@@ -149,20 +161,28 @@ class Relay(Follower):
 
     # downstream
 
-    def _publish(self, frame: Relayed) -> None:
-        """Keep ``frame`` and write it to every live subscriber, framed once;
-        one with more than ``buffer_bytes`` unsent goes back to its pump."""
-        self.history.append(frame)
-        if not self._live:
-            return
-        opcode = Opcode.TEXT if frame.text else Opcode.BINARY
-        # What send() would write: no extension is negotiated and a server does not mask.
-        data = WireFrame(opcode, frame.payload).serialize(mask=False, extensions=[])
+    def _publish(self, epoch: int) -> None:
+        """Write ``epoch``, just kept in the history, to every live subscriber,
+        framed once per choice; one with more than ``buffer_bytes`` unsent goes
+        back to its pump."""
+        wire: dict[Subscription, bytes] = {}
         for conn, behind in list(self._live.items()):
+            choice = self._slots.get(conn)
+            if choice is None:  # dropped, and its pump not yet back
+                continue
+            data = wire.get(choice)
+            if data is None:
+                frame = self.frames.frame(epoch, choice)
+                assert frame is not None  # the newest epoch is in the history
+                opcode = Opcode.TEXT if frame.text else Opcode.BINARY
+                # What send() would write: no extension is negotiated and a server does not mask.
+                data = wire[choice] = WireFrame(opcode, frame.payload).serialize(
+                    mask=False, extensions=[]
+                )
             buffered = conn.transport.get_write_buffer_size()
             if buffered and buffered + len(data) > self.limits.buffer_bytes:
                 del self._live[conn]
-                behind.set_result(frame.epoch)
+                behind.set_result(epoch)
             elif conn.state is State.OPEN:
                 conn.transport.write(data)
 
@@ -172,7 +192,7 @@ class Relay(Follower):
         self._drop(conn, CLOSE_SHED, reason)
 
     def _drop(self, conn: ServerConnection, code: int, reason: str) -> None:
-        self._slots.discard(conn)
+        self._slots.pop(conn, None)
         self._live.pop(conn, None)
 
         async def close() -> None:
@@ -204,33 +224,41 @@ class Relay(Follower):
     async def _handler(self, conn: ServerConnection) -> None:
         """One ``/roots`` subscriber, admitted by ``_process_request``."""
         assert conn.request is not None
-        since = parse_since(urlsplit(conn.request.path).query)
+        query = urlsplit(conn.request.path).query
+        since, choice = parse_since(query), parse_subscription(query)  # admitted: they parse
         # websockets answers the handshake and starts this handler without a
         # task switch after _process_request: no other subscriber came in between.
-        self._slots.add(conn)
+        self._slots[conn] = choice
         sock = conn.transport.get_extra_info("socket")
         if sock is not None:  # keep the kernel's share of a backlog small: ours is seen
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         tasks = [
             asyncio.create_task(c)
-            for c in (self._pump(conn, since), self._refuse_messages(conn), self._keepalive(conn))
+            for c in (
+                self._pump(conn, since, choice),
+                self._refuse_messages(conn),
+                self._keepalive(conn),
+            )
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._slots.discard(conn)
+            self._slots.pop(conn, None)
             self._live.pop(conn, None)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _pump(self, conn: ServerConnection, since: int | None) -> None:
-        """Send the history from ``since`` at the subscriber's pace, then join
-        the live subscribers until ``_publish`` hands it back, behind."""
+    async def _pump(
+        self, conn: ServerConnection, since: int | None, choice: Subscription = ALL_ASSETS
+    ) -> None:
+        """Send the history from ``since`` at the subscriber's pace, each
+        epoch's frame for its ``choice``, then join the live subscribers until
+        ``_publish`` hands it back, behind."""
         epoch = self.history.next if since is None else since
         while True:
             while epoch < self.history.next:
-                frame = self.history.get(epoch)
+                frame = self.frames.frame(epoch, choice)
                 if frame is None:
                     self._shed(conn, f"more than {self.history.capacity} epochs behind")
                     await conn.wait_closed()

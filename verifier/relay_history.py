@@ -1,5 +1,6 @@
 """A relay's bounded history of verified frames, and what it answers a
-subscriber asking for ``/roots?since=N`` (docs/PROTOCOL.md §11.7), pure.
+subscriber asking for ``/roots?since=N[&assets=A,B|&only=checkpoints]``
+(docs/PROTOCOL.md §11.2, §11.7), pure.
 
 Invariants:
 
@@ -12,6 +13,9 @@ Invariants:
   relay that has not verified that far is behind, which is no evidence
   against the log, unlike the prover's 400 ``bad-since``), and ``since``
   below ``first`` is 404 ``not-retained`` naming ``first``.
+- The subscription is read by the prover's rules
+  (``verifier.audit.parse_subscription``); a malformed one is 400
+  ``bad-request``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from collections import deque
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-__all__ = ["History", "Refusal", "Relayed", "admit", "parse_since"]
+from verifier.subscription import ALL_ASSETS, Subscription, parse_subscription
+
+__all__ = [
+    "Admission",
+    "History",
+    "Refusal",
+    "Relayed",
+    "admit",
+    "parse_since",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +114,22 @@ def parse_since(query: str) -> int | None:
     return int(values[0])
 
 
-def admit(history: History, query: str, subscribers: int, max_subscribers: int) -> int | Refusal:
-    """The first epoch to send a new subscriber asking ``/roots?<query>``, or
-    why it is refused; ``subscribers``: how many the relay serves now."""
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A subscription admitted: the first epoch to send, and what to send of each."""
+
+    since: int
+    subscription: Subscription = ALL_ASSETS
+
+
+def admit(
+    history: History, query: str, subscribers: int, max_subscribers: int
+) -> Admission | Refusal:
+    """What to send a new subscriber asking ``/roots?<query>`` and from which
+    epoch, or why it is refused; ``subscribers``: how many the relay serves now."""
     try:
         since = parse_since(query)
+        subscription = parse_subscription(query)
     except ValueError as exc:
         return Refusal(400, "bad-request", str(exc))
     if since is not None and since > history.next:
@@ -124,4 +148,4 @@ def admit(history: History, query: str, subscribers: int, max_subscribers: int) 
         )
     if subscribers >= max_subscribers:
         return Refusal(503, "busy", "too many subscribers")
-    return history.next if since is None else since
+    return Admission(history.next if since is None else since, subscription)

@@ -10,6 +10,10 @@ function giving the root of any range of leaves, so a log that caches its
 subtree roots (storage/log.py) proves in O(log n) range roots;
 ``inclusion_proof`` and ``consistency_proof`` apply them to a list of leaf
 hashes (tests and small logs).
+
+The tree shape is also that of a record's asset map (PROTOCOL §4.4), which
+has its own hashes: ``root_from_leaf_hashes``, ``inclusion_proof`` and
+``verify_inclusion`` take the node hash (and the empty root) as arguments.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from verifier.errors import FormatError, VerificationError
 
 __all__ = [
     "EMPTY_ROOT",
+    "NodeHash",
     "RangeRoot",
     "consistency_path",
     "consistency_proof",
@@ -28,6 +33,7 @@ __all__ = [
     "inclusion_proof",
     "leaf_hash",
     "node_hash",
+    "prefix_root",
     "root_from_leaf_hashes",
     "verify_consistency",
     "verify_inclusion",
@@ -35,6 +41,7 @@ __all__ = [
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
+NodeHash = Callable[[bytes, bytes], bytes]
 RangeRoot = Callable[[int, int], bytes]
 """``range_root(start, end)`` is MTH(D[start:end]), for 0 <= start < end <= size."""
 
@@ -52,15 +59,17 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
-def root_from_leaf_hashes(hashes: Sequence[bytes]) -> bytes:
+def root_from_leaf_hashes(
+    hashes: Sequence[bytes], node: NodeHash = node_hash, empty: bytes = EMPTY_ROOT
+) -> bytes:
     """MTH of a list of leaf hashes (§2.1.1)."""
     if not hashes:
-        return EMPTY_ROOT
+        return empty
     level = list(hashes)
     # Fold pairs left to right; an odd last node moves up unchanged. This gives
     # the same tree as the recursive split at the largest power of two.
     while len(level) > 1:
-        nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        nxt = [node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             nxt.append(level[-1])
         level = nxt
@@ -110,11 +119,13 @@ def consistency_path(old_size: int, new_size: int, range_root: RangeRoot) -> lis
     return proof
 
 
-def inclusion_proof(hashes: Sequence[bytes], index: int, size: int) -> list[bytes]:
+def inclusion_proof(
+    hashes: Sequence[bytes], index: int, size: int, node: NodeHash = node_hash
+) -> list[bytes]:
     """PATH(index, D[0:size]) of §2.1.3.1 over the list of leaf hashes."""
     if not 0 <= index < size <= len(hashes):
         raise ValueError(f"no leaf {index} in a tree of {size}")
-    return inclusion_path(index, size, lambda a, b: root_from_leaf_hashes(hashes[a:b]))
+    return inclusion_path(index, size, lambda a, b: root_from_leaf_hashes(hashes[a:b], node))
 
 
 def consistency_proof(hashes: Sequence[bytes], old_size: int, new_size: int) -> list[bytes]:
@@ -125,6 +136,21 @@ def consistency_proof(hashes: Sequence[bytes], old_size: int, new_size: int) -> 
     return consistency_path(old_size, new_size, lambda a, b: root_from_leaf_hashes(hashes[a:b]))
 
 
+def prefix_root(last_path: Sequence[bytes]) -> bytes:
+    """MTH(D[0:n]) from PATH(n, D[0:n+1]), the inclusion path of the last of
+    n + 1 leaves: that path is, leaf side first, the roots of the complete
+    subtrees that make up the first n leaves, so folding it gives their root.
+    Once the path is verified against the root of n + 1 leaves, comparing this
+    with a known root of n leaves is the consistency check from n to n + 1."""
+    _check_hashes(last_path)
+    if not last_path:
+        return EMPTY_ROOT
+    root = last_path[0]
+    for h in last_path[1:]:
+        root = node_hash(h, root)
+    return root
+
+
 def _check_hashes(proof: Sequence[bytes], *roots: bytes) -> None:
     for h in (*proof, *roots):
         if not isinstance(h, bytes) or len(h) != 32:
@@ -132,7 +158,12 @@ def _check_hashes(proof: Sequence[bytes], *roots: bytes) -> None:
 
 
 def verify_inclusion(
-    leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
+    leaf: bytes,
+    index: int,
+    size: int,
+    proof: Sequence[bytes],
+    root: bytes,
+    node: NodeHash = node_hash,
 ) -> None:
     """Check that ``leaf`` (a leaf hash) is at ``index`` in the tree of ``size`` with
     ``root`` (§2.1.3.2).
@@ -157,12 +188,12 @@ def verify_inclusion(
         if sn == 0:
             raise VerificationError("inclusion-proof-size", "proof is too long")
         if fn % 2 == 1 or fn == sn:
-            r = node_hash(p, r)
+            r = node(p, r)
             while fn % 2 == 0 and fn != 0:
                 fn >>= 1
                 sn >>= 1
         else:
-            r = node_hash(r, p)
+            r = node(r, p)
         fn >>= 1
         sn >>= 1
     if sn != 0:

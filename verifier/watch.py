@@ -10,7 +10,9 @@ the monotonic clock, so a prover that is unreachable, refuses, or accepts and
 says nothing alarms alike.
 
 ``Follower`` is that loop without the watch's report of each epoch;
-``verifier.relay`` follows its upstream with it too.
+``verifier.relay`` follows its upstream with it too. It asks for what its
+``Subscription`` names (every asset, chosen assets, or checkpoints only) in
+every URL it connects to, and the Auditor refuses frames of another kind.
 """
 
 from __future__ import annotations
@@ -47,10 +49,11 @@ from verifier.auditor import (
     Verified,
 )
 from verifier.checkpoint import VerifierKey
-from verifier.display import cosigners, format_amount, when
+from verifier.display import epoch_event
 from verifier.errors import FormatError, SolvencyError
 from verifier.hashing import printable_id
 from verifier.inputs import OperationalError, UsageError, load_key, load_witnesses, read_input
+from verifier.subscription import ALL_ASSETS, Subscription
 
 __all__ = ["Follower", "SilenceAlarm", "Watcher", "run_until_signalled", "watch"]
 
@@ -64,12 +67,20 @@ class Follower:
     ``on_refused``'s, a verified epoch ``_verified``'s: the subclass's to extend."""
 
     def __init__(
-        self, args: argparse.Namespace, url: str, *, keep_going: bool, max_epochs: int
+        self,
+        args: argparse.Namespace,
+        url: str,
+        *,
+        keep_going: bool,
+        max_epochs: int,
+        subscription: Subscription = ALL_ASSETS,
     ) -> None:
         """``args``: the options watch and relay share (``--key``, ``--origin``,
         ``--witness``, ``--quorum``, ``--attester``, ``--token``, ``--state``,
-        ``--json``, ``--max-silence``); ``url``: the server of ``/roots``."""
+        ``--json``, ``--max-silence``); ``url``: the server of ``/roots``;
+        ``subscription``: what to ask it for."""
         self.url = url.rstrip("/")
+        self.subscription = subscription
         key = load_key(args.key)
         origin = args.origin or key.name
         witnesses, quorum = load_witnesses(args.witness, args.quorum)
@@ -101,6 +112,7 @@ class Follower:
             keep_going=keep_going,
             max_silence=args.max_silence,
             max_epochs=max_epochs,
+            subscription=subscription,
         )
         self.auditor = Auditor(config, state, time.monotonic())
         # the last failure to connect, announced with the delay before the next try
@@ -203,20 +215,25 @@ class Follower:
                 return code
 
     def _roots_url(self) -> str:
-        """``/roots`` from the first epoch not yet verified."""
+        """``/roots`` from the first epoch not yet verified, as subscribed."""
         state = self.auditor.state
-        return f"{self.url}/roots?since={state.size if state else 0}"
+        since = state.size if state else 0
+        return f"{self.url}/roots?since={since}{self.subscription.query()}"
 
     def _connect_failed(self, exc: Exception) -> Exception | None:
         """websockets' ``process_exception``: None to retry after a backoff
         delay, or the exception that ends the watch. A refusal is the
-        Auditor's to judge: 400 bad-since is evidence of a shrunken log."""
+        Auditor's to judge: 400 bad-since is evidence of a shrunken log; a
+        400 bad-request refuses what this follower asks for (configuration)."""
         from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
         if isinstance(exc, InvalidURI):
             return UsageError(str(exc))
         if isinstance(exc, InvalidStatus):
             status = exc.response.status_code
+            if status == 400 and b"bad-request" in (exc.response.body or b""):
+                body = (exc.response.body or b"").decode("utf-8", "replace")
+                return UsageError(f"{self.url} refused the subscription: {body.strip()}")
             state = self.auditor.state
             bad_since = status == 400 and b"bad-since" in (exc.response.body or b"")
             code = self.on_refused(Refused(status, state.size if state else 0, bad_since))
@@ -301,41 +318,28 @@ class Follower:
 
 
 class Watcher(Follower):
-    """``solvency-verify watch``: a ``Follower`` that reports each verified epoch."""
+    """``solvency-verify watch``: a ``Follower`` that reports each verified
+    epoch, and what it did not verify of it (``verifier.display.epoch_event``)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args, args.url, keep_going=args.keep_going, max_epochs=args.max_epochs)
+        if args.checkpoints_only:
+            if args.attester:
+                raise UsageError("--attester checks records: not with --checkpoints-only")
+            subscription = Subscription(checkpoints=True)
+        elif args.assets is not None:
+            subscription = Subscription(assets=args.assets)
+        else:
+            subscription = ALL_ASSETS
+        super().__init__(
+            args,
+            args.url,
+            keep_going=args.keep_going,
+            max_epochs=args.max_epochs,
+            subscription=subscription,
+        )
 
     def _verified(self, verified: Verified) -> None:
-        audit = verified.audit
-        record = audit.record
-        parts = [
-            f"{printable_id(a.asset)} {verified.status(a.asset)} liabilities "
-            f"{format_amount(a.liabilities, a.decimals)} reserves "
-            f"{format_amount(a.reserves, a.decimals)}"
-            for a in record.assets
-        ]
-        self._say(
-            {
-                "event": "epoch",
-                "epoch": record.epoch,
-                "time": when(record.timestamp_ms),
-                "solvent": record.solvent,
-                "cosigned_by": cosigners(audit.cosignatures),
-                "assets": {
-                    a.asset: {
-                        "status": verified.status(a.asset),
-                        "liabilities": str(a.liabilities),
-                        "reserves": str(a.reserves),
-                    }
-                    for a in record.assets
-                },
-            },
-            f"epoch {record.epoch} {when(record.timestamp_ms)} verified: "
-            + (" | ".join(parts) or "no assets")
-            + (" | cosigned by " if audit.cosignatures else "")
-            + ", ".join(printable_id(c.witness.name) for c in audit.cosignatures),
-        )
+        self._say(*epoch_event(verified))
 
 
 class _Stopped(Exception):

@@ -138,13 +138,15 @@ class StreamServer:
     """The pages (prover.web's files, with its security headers) and a scripted
     ``/roots``: a subscriber from ``since=N`` (none: 0) gets ``frames[N:]``,
     then the connection stays open; the first connection is closed after
-    ``drop_after`` frames, if set. ``subscriptions`` lists each one's ``since``."""
+    ``drop_after`` frames, if set. ``subscriptions`` lists each one's ``since``,
+    ``queries`` each one's query string."""
 
     def __init__(self) -> None:
         self.web = WebFiles()
         self.frames: list[str] = []
         self.drop_after: int | None = None
         self.subscriptions: list[int | None] = []
+        self.queries: list[str] = []
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Future[None] | None = None
@@ -167,7 +169,9 @@ class StreamServer:
 
     async def _roots(self, conn: ServerConnection) -> None:
         assert conn.request is not None
-        since = parse_qs(urlsplit(conn.request.path).query).get("since")
+        query = urlsplit(conn.request.path).query
+        self.queries.append(query)
+        since = parse_qs(query).get("since")
         start = int(since[0]) if since else None
         self.subscriptions.append(start)
         drop, self.drop_after = self.drop_after, None

@@ -1,8 +1,9 @@
 """The live dashboard (verifier/web/dashboard.html) in Chromium: epochs from a
 real daemon verified as they arrive, an asset turning unproven when its
 reserve source goes stale, an alarm with downloadable evidence for a forked
-log, resuming from the last verified size, the auditor's rules (audit.js) one
-by one, and 500 assets at a rate above one epoch per second."""
+log, resuming from the last verified size, chosen assets followed (present,
+absent, and the frames that fail to prove them), the auditor's rules
+(audit.js) one by one, and 500 assets at a rate above one epoch per second."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from urllib.parse import quote
 from playwright.sync_api import expect
 
 from tests.browser.servers import MAX_RESERVE_AGE, Daemon, StreamServer
-from tests.verifier.fakelog import VKEY, FakeLog, record
+from tests.verifier.fakelog import VKEY, FakeLog, many, record
 from tests.verifier.witnesses import K1, witnessed
 from verifier import rfc9162
 from verifier.checkpoint import verifier_key_for
@@ -23,7 +24,7 @@ from verifier.record import AssetState, EpochRecord, ReserveSource, Status
 from verifier.stream import EpochMessage
 
 KEY = quote(str(VKEY), safe="")
-STATUS_BYTE = 31 + 70  # of fakelog's one asset, BTC: after the header and its fields
+STATUS_BYTE = 63 + 70  # of fakelog's one asset, BTC: after the header and its fields
 
 
 def verified(page: Any) -> int:
@@ -55,6 +56,24 @@ def test_live_epochs_and_a_stale_source(page: Any, daemon: Daemon) -> None:
     alarm = page.locator("#alarm-list li[data-check=unproven]").filter(has_text="BTC")
     expect(alarm.first).to_contain_text("BTC: stale reserve sources: cold")
     assert btc.locator(".u-wrap").count() == 1  # its chart
+    assert page.locator("#alarm-list li.violation").count() == 0
+    assert page.problems == []
+
+
+def test_live_chosen_assets(page: Any, daemon: Daemon) -> None:
+    """The daemon's ``/roots?assets=``: BTC proven present, DOGE absent, ETH not followed."""
+    page.goto(f"{daemon.url}/dashboard#key={quote(daemon.key, safe='')}&assets=DOGE,BTC")
+    wait_verified(page, 2)
+    expect(page.locator("#connection")).to_have_text("connected")
+    expect(page.locator("#followed")).to_have_text(
+        "BTC, DOGE only: 1 other asset(s) of the record not followed"
+    )
+    expect(page.locator("article.asset[data-asset=BTC] .figures")).to_contain_text("liabilities ")
+    expect(page.locator("article.asset[data-asset=DOGE] .pill")).to_have_text("absent")
+    alarm = page.locator("#alarm-list li[data-check=absent]")
+    expect(alarm).to_have_count(1)
+    expect(alarm).to_contain_text("absent: DOGE: the record has no entry for it")
+    assert page.locator("article.asset[data-asset=ETH]").count() == 0
     assert page.locator("#alarm-list li.violation").count() == 0
     assert page.problems == []
 
@@ -118,6 +137,64 @@ def test_a_missing_quorum_alarms_once(page: Any, stream_server: StreamServer) ->
     assert page.problems == []
 
 
+def test_chosen_assets_present_and_absent(page: Any, stream_server: StreamServer) -> None:
+    log = FakeLog()
+    for epoch in range(5):  # BTC short of reserves in epoch 2
+        overrides = {"BTC": {"liabilities": 200}} if epoch == 2 else {}
+        log.append(many(epoch, ("ADA", "BTC", "ETH", "SOL"), **overrides))
+    stream_server.frames = [log.assets_frame(e, ("BTC", "CAT")).to_json() for e in range(5)]
+    stream_server.drop_after = 3
+    page.goto(f"{stream_server.url}/dashboard#key={KEY}&assets=CAT,BTC")
+    expect(page.locator("#epoch")).to_have_text("4", timeout=10_000)
+    assert stream_server.queries == ["assets=BTC,CAT", "since=3&assets=BTC,CAT"]
+    assert verified(page) == 5
+    expect(page.locator("#followed")).to_have_text(
+        "BTC, CAT only: 3 other asset(s) of the record not followed"
+    )
+    expect(page.locator("#solvent")).to_have_text("1 of 1 followed assets")
+    btc, cat = (page.locator(f"article.asset[data-asset={a}]") for a in ("BTC", "CAT"))
+    expect(btc.locator(".pill")).to_have_text("solvent")
+    expect(btc.locator(".figures")).to_have_text("liabilities 0.000001 · reserves 0.0000015")
+    expect(cat.locator(".pill")).to_have_text("absent")
+    expect(cat.locator(".figures")).to_have_text("not in this epoch's record")
+    assert page.locator("article.asset").count() == 2  # ADA, ETH, SOL: not followed
+    absent = page.locator("#alarm-list li[data-check=absent]")
+    expect(absent).to_have_count(1)  # raised once, while CAT stays absent
+    expect(absent).to_contain_text("epoch 0 absent: CAT: the record has no entry for it")
+    insolvent = page.locator("#alarm-list li[data-check=insolvent]")
+    expect(insolvent).to_contain_text("BTC: reserves 0.0000015 < liabilities 0.000002")
+    assert page.locator("#alarm-list li.violation").count() == 0
+    assert page.problems == []
+
+
+def test_chosen_assets_not_proven(page: Any, stream_server: StreamServer) -> None:
+    log = FakeLog()
+    for epoch in range(3):
+        log.append(many(epoch, ("ADA", "BTC", "ETH")))
+    frames = [log.assets_frame(e, ("BTC", "CAT")).to_json() for e in range(3)]
+    incomplete = json.loads(frames[1])
+    del incomplete["entries"][-1]  # ETH's entry, which shows that CAT sorts before it
+    cases = {
+        "asset-map-incomplete": json.dumps(incomplete),
+        "format": log.messages[1].to_json(),  # a whole record: CAT would go unchecked
+    }
+    for check, frame in cases.items():
+        stream_server.frames = [frames[0], frame, frames[2]]
+        page.goto("about:blank")
+        page.goto(f"{stream_server.url}/dashboard#key={KEY}&assets=BTC,CAT")
+        alarm = page.locator(f"#alarm-list li.violation[data-check={check}]")
+        expect(alarm).to_have_count(1)
+        expect(page.locator("#connection")).to_have_text(f"stopped: {check}")
+        expect(page.locator("#epoch")).to_have_text("0")  # the last verified one
+        with page.expect_download() as download:
+            alarm.locator("a").click()
+        assert json.loads(Path(download.value.path()).read_text())["frame"] == frame
+
+    page.goto(f"{stream_server.url}/dashboard#key={KEY}&assets=BTC,btc")
+    expect(page.locator("#connection")).to_contain_text("cannot watch: assets: invalid asset id")
+    assert page.problems == []
+
+
 def _message(log: FakeLog, data: bytes, epoch: int, size: int) -> str:
     """A frame of ``log`` whose record is ``data`` at ``epoch``, for a log of ``size``."""
     return EpochMessage(
@@ -129,41 +206,55 @@ def _message(log: FakeLog, data: bytes, epoch: int, size: int) -> str:
 
 
 def test_the_auditors_rules_in_the_browser(page: Any, stream_server: StreamServer) -> None:
-    log, other, late = FakeLog(), FakeLog(), FakeLog()
+    log, other, late, wide = FakeLog(), FakeLog(), FakeLog(), FakeLog()
     for epoch in range(4):
         log.append()
         other.append(record(epoch, liabilities=99 if epoch == 1 else 100))
+        wide.append(many(epoch, ("ADA", "BTC", "ETH")))
     late.append(record(0, timestamp=1_790_000_005_000))
     late.append(record(1, timestamp=1_790_000_004_000))
     a = [m.to_json() for m in log.messages]
     lying = bytearray(record(0))
     lying[STATUS_BYTE] = Status.INSOLVENT  # reserves 150 >= liabilities 100: it is SOLVENT
+    chosen = [wide.assets_frame(e, ("BTC", "CAT")).to_json() for e in range(4)]
+    moved = json.loads(chosen[1])
+    moved["entries"][0]["index"] = 0  # BTC's entry is at 1
+    every, some, bare = None, ["BTC", "CAT"], "checkpoints"
     cases = {
-        "chain": a,
-        "replayed": [a[0], a[1], a[1]],
-        "gap": [a[0], a[2]],
-        "same-size": [a[0], a[1], other.messages[1].to_json()],
-        "split-view": [a[0], a[1], a[2], other.messages[3].to_json()],
-        "time": [m.to_json() for m in late.messages],
-        "not-newest": [a[0], _message(log, log.messages[0].record, 0, 2)],
-        "status": [FakeLog().append(bytes(lying)).to_json()],
-        "stale": [FakeLog().append(record(0, stale=True)).to_json()],
-        "other-key": [FakeLog(origin="other.example/log").append().to_json()],
+        "chain": (a, every),
+        "replayed": ([a[0], a[1], a[1]], every),
+        "gap": ([a[0], a[2]], every),
+        "same-size": ([a[0], a[1], other.messages[1].to_json()], every),
+        "split-view": ([a[0], a[1], a[2], other.messages[3].to_json()], every),
+        "time": ([m.to_json() for m in late.messages], every),
+        "not-newest": ([a[0], _message(log, log.messages[0].record, 0, 2)], every),
+        "status": ([FakeLog().append(bytes(lying)).to_json()], every),
+        "stale": ([FakeLog().append(record(0, stale=True)).to_json()], every),
+        "other-key": ([FakeLog(origin="other.example/log").append().to_json()], every),
+        "chosen": (chosen, some),
+        "chosen-moved": ([chosen[0], json.dumps(moved)], some),
+        "chosen-but-all": ([chosen[0]], every),
+        "checkpoints": ([wide.checkpoint_frame(e).to_json() for e in range(4)], bare),
+        "checkpoints-but-a-record": ([a[0]], bare),
     }
     page.goto(f"{stream_server.url}/dashboard")
     outcome = page.evaluate(
         """async ([key, cases]) => {
           const { checkEpoch } = await import("/web/audit.js");
-          const { loadVerifierKey, parseEpochMessage } = await import("/web/solvency.js");
+          const { loadVerifierKey, parseMessage } = await import("/web/solvency.js");
           const pinned = await loadVerifierKey(key);
           const out = {};
-          for (const [name, frames] of Object.entries(cases)) {
+          for (const [name, [frames, asked]] of Object.entries(cases)) {
+            const subscription = {
+              assets: Array.isArray(asked) ? asked : null, checkpoints: asked === "checkpoints",
+            };
             let state = null, findings = [];
             try {
               for (const frame of frames) {
-                ({ state, findings } = await checkEpoch(state, parseEpochMessage(frame), pinned));
+                ({ state, findings } = await checkEpoch(
+                  state, parseMessage(frame), pinned, { subscription }));
               }
-              const found = findings.map((f) => `${f.status} ${f.detail}`);
+              const found = findings.map((f) => `${f.status} ${f.asset}: ${f.detail}`);
               out[name] = ["ok", String(state.size), found];
             } catch (error) {
               out[name] = [error.check ?? error.name, error.message];
@@ -181,8 +272,13 @@ def test_the_auditors_rules_in_the_browser(page: Any, stream_server: StreamServe
     assert outcome["time"][0] == "time-went-back"
     assert outcome["not-newest"][0] == "epoch-size-mismatch"
     assert outcome["status"] == ["FormatError", "BTC: status INSOLVENT contradicts SOLVENT"]
-    assert outcome["stale"] == ["ok", "1", ["unproven stale reserve sources: cold"]]
+    assert outcome["stale"] == ["ok", "1", ["unproven BTC: stale reserve sources: cold"]]
     assert outcome["other-key"][0] == "unknown-key"
+    assert outcome["chosen"] == ["ok", "4", ["absent CAT: the record has no entry for it"]]
+    assert outcome["chosen-moved"][0] == "asset-map-mismatch"
+    assert outcome["chosen-but-all"][0] == "FormatError"
+    assert outcome["checkpoints"] == ["ok", "4", []]
+    assert outcome["checkpoints-but-a-record"][0] == "FormatError"
     assert page.problems == []
 
 

@@ -37,9 +37,12 @@ def test_headers_origin_and_weight(page: Any, daemon: Daemon, path: str) -> None
     weight = sum(loaded.values())
     print(f"\n{path}: {len(loaded)} files, {weight:,} bytes")
     assert weight <= MAX_PAGE_BYTES, loaded
-    assert "/web/solvency.js" in loaded
-    if path == "/dashboard":
+    if path == "/dashboard":  # the auditor's modules; no proof file's
+        assert "/web/audit.js" in loaded and "/web/selection.js" in loaded
         assert "/web/vendor/uplot-1.6.32.iife.min.js" in loaded
+        assert "/web/proof.js" not in loaded
+    else:
+        assert "/web/solvency.js" in loaded and "/web/proof.js" in loaded
     assert page.problems == []
 
 

@@ -17,6 +17,7 @@ from playwright.sync_api import expect
 
 from tests.browser.servers import Daemon
 from tests.verifier.fakelog import ORIGIN, VKEY, FakeLog, record
+from verifier.assetmap import AssetMap
 from verifier.hashing import HASHER, MAX_BALANCE
 from verifier.proof import AssetPath, ProofFile
 from verifier.record import AssetState, EpochRecord, ReserveSource, Status
@@ -132,7 +133,8 @@ def test_a_proof_fetched_with_id_and_token(page: Any, daemon: Daemon) -> None:
 
 
 def deep_proof(height: int = 20) -> str:
-    """A proof of 4 assets, each in a tree ``height`` high, for FakeLog's key."""
+    """A proof of 4 assets of a record of 64, each in a tree ``height`` high, for
+    FakeLog's key."""
     rng = random.Random(20)
     user, salt = "alice", bytes(range(32))
     commitment = HASHER.commitment(user, salt)
@@ -140,7 +142,7 @@ def deep_proof(height: int = 20) -> str:
     for epoch in range(1000):
         log.append(record(epoch))
     timestamp = 1_790_001_000_000
-    paths, states = [], []
+    paths, states = {}, []
     for asset in ("ADA", "BTC", "ETH", "SOL"):
         balance, slot = rng.randrange(10**9), rng.randrange(1 << height)
         path = tuple(PathStep(rng.randbytes(32), rng.randrange(MAX_BALANCE)) for _ in range(height))
@@ -150,11 +152,21 @@ def deep_proof(height: int = 20) -> str:
         states.append(
             AssetState(asset, 8, height, root, total, total + 1, Status.SOLVENT, (source,))
         )
-        paths.append(AssetPath(asset, slot, balance, path))
-    message = log.append(EpochRecord(1000, timestamp, 60_000, tuple(states)).encode())
-    proof = ProofFile(
-        user, salt, tuple(paths), message.record, message.inclusion, message.checkpoint
-    )
+        paths[asset] = (slot, balance, path)
+    for i in range(60):  # the user holds none of these
+        source = ReserveSource("cold", 1, timestamp)
+        states.append(AssetState(f"X{i:02d}", 8, 0, bytes(32), 0, 1, Status.SOLVENT, (source,)))
+    rec = EpochRecord(1000, timestamp, 60_000, tuple(sorted(states, key=lambda a: a.asset)))
+    message = log.append(rec.encode())
+    asset_map = AssetMap(HASHER, rec.entries)
+    items = []
+    for i, state in enumerate(rec.assets):
+        if state.asset in paths:
+            slot, balance, path = paths[state.asset]
+            map_path = tuple(asset_map.path(i))
+            items.append(AssetPath(rec.entries[i], i, map_path, slot, balance, path))
+    header = rec.header.encode()
+    proof = ProofFile(user, salt, header, tuple(items), message.inclusion, message.checkpoint)
     return proof.to_json()
 
 

@@ -3,26 +3,60 @@
 //
 //   node tests/js/differential.mjs CASES.json   ->   a JSON list of answers
 //
-// A case is {"kind": "proof", "data": <base64 of the file's bytes>, "options":
-// {verifierKey, user, witnessKeys, quorum, now}}, answered by the check name
-// ("valid" if it verifies, "format" if malformed); {"kind": "record", "hex"},
-// answered "format" or "ok " and the record's fields; {"kind": "user", "id"},
-// answered "ok" or "format". Not a test file of its own (node --test skips it).
+// A case is
+//   {"kind": "proof", "data": <base64 of the file's bytes>, "options": {verifierKey,
+//    user, witnessKeys, quorum, now}}: the check name ("valid" if it verifies);
+//   {"kind": "record", "hex"}: a full record, "ok " and its fields;
+//   {"kind": "header", "hex"}: a record header, "ok " and its fields;
+//   {"kind": "entry", "header": hex, "entry": hex}: an entry read with its header,
+//    "ok " and its fields;
+//   {"kind": "frames", "frames": [text, ...], "key": verifier key, "assets": [id, ...]
+//    or null, "checkpoints": bool}: the frames verified in order under that
+//    subscription, the check name of the first that fails, else "ok " and what
+//    the last one proves;
+//   {"kind": "user", "id"}: "ok";
+// or "format" for malformed input. Not a test file of its own (node --test skips it).
 
 import { readFileSync } from "node:fs";
 
 import { checkUserId } from "../../verifier/web/hashing.js";
 import { fromHex, toHex } from "../../verifier/web/fields.js";
-import { decodeRecord, verifyProofFile } from "../../verifier/web/solvency.js";
+import {
+  checkEpoch,
+  decodeEntry,
+  decodeHeader,
+  decodeRecord,
+  parseMessage,
+  parseVerifierKey,
+  verifyProofFile,
+} from "../../verifier/web/solvency.js";
 
-/** A decoded record in the form the Python side writes it. */
-export function recordFields(r) {
-  const sources = (a) =>
-    a.sources.map((s) => `${s.name}:${s.amount}:${s.asOfMs}:${s.keyId}:${toHex(s.reportHash)}`).join("|");
-  const assets = r.assets.map(
-    (a) => `${a.asset},${a.decimals},${a.height},${toHex(a.root)},${a.liabilities},${a.reserves},${a.status},${sources(a)}`,
-  );
-  return `${r.epoch}/${r.timestampMs}/${r.maxReserveAgeMs}/${assets.join(";")}`;
+/** A header in the form the Python side writes it. */
+export const headerFields = (h) => `${h.version}/${h.epoch}/${h.timestampMs}/${h.maxReserveAgeMs}/${h.assetCount}/${toHex(h.assetMapRoot)}`;
+
+/** An asset entry in the form the Python side writes it. */
+export function assetFields(a) {
+  const sources = a.sources.map((s) => `${s.name}:${s.amount}:${s.asOfMs}:${s.keyId}:${toHex(s.reportHash)}`).join("|");
+  return `${a.asset},${a.decimals},${a.height},${toHex(a.root)},${a.liabilities},${a.reserves},${a.status},${sources}`;
+}
+
+/** A decoded full record in the form the Python side writes it. */
+export const recordFields = (r) => `${headerFields(r.header)}/${r.assets.map(assetFields).join(";")}`;
+
+async function frames(c) {
+  const key = await parseVerifierKey(c.key);
+  const subscription = { assets: c.assets, checkpoints: c.checkpoints };
+  let state = null;
+  let audit;
+  for (const frame of c.frames) {
+    audit = await checkEpoch(state, parseMessage(frame), key, { subscription });
+    state = audit.state;
+  }
+  const record = audit.record;
+  const assets = record === null ? "-" : record.assets.map((a) => a.asset).join(",");
+  const absent = (record?.absent ?? []).join(",");
+  const findings = audit.findings.map((f) => `${f.asset}:${f.status}`).join(",");
+  return `ok ${audit.epoch}/${state.timestampMs}/${assets}/${absent}/${findings}`;
 }
 
 async function answer(c) {
@@ -32,10 +66,14 @@ async function answer(c) {
     return result.valid ? "valid" : result.check;
   }
   try {
-    if (c.kind === "record") return `ok ${recordFields(decodeRecord(fromHex(c.hex)))}`;
+    if (c.kind === "record") return `ok ${recordFields(await decodeRecord(fromHex(c.hex)))}`;
+    if (c.kind === "header") return `ok ${headerFields(decodeHeader(fromHex(c.hex)))}`;
+    if (c.kind === "entry") return `ok ${assetFields(decodeEntry(fromHex(c.entry), decodeHeader(fromHex(c.header))))}`;
+    if (c.kind === "frames") return await frames(c);
     checkUserId(c.id);
     return "ok";
   } catch (error) {
+    if (error.check !== undefined) return error.check;
     if (error.name !== "FormatError") throw error;
     return "format";
   }

@@ -1,25 +1,21 @@
 // The log's side in the browser verifier: RFC 9162 proofs against a reference
-// written here from the RFC's recursive definitions, C2SP signed notes and
-// checkpoints (the published Go vector, and notes signed here with Node's own
-// crypto), witness cosignatures, the checkpoint and consistency results an
-// auditor's page uses, and root stream frames.
+// written from the RFC's recursive definitions (builders.mjs), C2SP signed notes
+// and checkpoints (the published Go vector, and notes signed with Node's own
+// crypto), witness cosignatures, and the checkpoint and consistency results an
+// auditor's page uses. Root stream frames: stream.test.mjs.
 
 import assert from "node:assert/strict";
-import { createHash, createPrivateKey, createPublicKey, sign } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
+import { b64root, body, cosignature, LOG, mth, note, ORIGIN, path, sha, signature, signer, subproof } from "./builders.mjs";
 import {
   checkConsistency,
-  decodeRecord,
   EMPTY_ROOT,
   openCheckpoint,
   openNote,
   parseCheckpoint,
-  parseEpochMessage,
-  parseProofFile,
   parseVerifierKey,
-  recordInLog,
   verifyCheckpoint,
   verifyConsistency,
   verifyInclusion,
@@ -27,68 +23,14 @@ import {
 
 const VECTORS = new URL("../vectors/", import.meta.url);
 const read = (name) => readFileSync(new URL(name, VECTORS), "utf8");
-const ORIGIN = "example.com/solvency/test";
 const KEY = read("verifier-key.txt");
 const WITNESSES = read("witness-keys.txt");
 const COSIGNED = JSON.parse(read("proof-cosigned.json"));
 const NOW = 1790000100;
 
-// References, from the RFC 9162 and C2SP texts, with node:crypto.
-
-const sha = (...parts) => createHash("sha256").update(Buffer.concat(parts)).digest();
 const leaf = (i) => sha(Buffer.of(0), Buffer.from(`leaf ${i}`));
-const split = (n) => 2 ** Math.floor(Math.log2(n - 1));
-
-function mth(leaves) {
-  if (leaves.length === 0) return sha(Buffer.alloc(0));
-  if (leaves.length === 1) return leaves[0];
-  const k = split(leaves.length);
-  return sha(Buffer.of(1), mth(leaves.slice(0, k)), mth(leaves.slice(k)));
-}
-
-function path(m, leaves) {
-  if (leaves.length === 1) return [];
-  const k = split(leaves.length);
-  return m < k
-    ? [...path(m, leaves.slice(0, k)), mth(leaves.slice(k))]
-    : [...path(m - k, leaves.slice(k)), mth(leaves.slice(0, k))];
-}
-
-function subproof(m, leaves, complete) {
-  const n = leaves.length;
-  if (m === n) return complete ? [] : [mth(leaves)];
-  const k = split(n);
-  return m <= k
-    ? [...subproof(m, leaves.slice(0, k), complete), mth(leaves.slice(k))]
-    : [...subproof(m - k, leaves.slice(k), false), mth(leaves.slice(0, k))];
-}
-
-function signer(first, name, alg) {
-  const seed = Buffer.from(Array.from({ length: 32 }, (_, i) => first + i));
-  const der = Buffer.concat([Buffer.from("302e020100300506032b657004220420", "hex"), seed]);
-  const key = createPrivateKey({ key: der, format: "der", type: "pkcs8" });
-  const pub = createPublicKey(key).export({ format: "der", type: "spki" }).subarray(12);
-  const id = sha(Buffer.from(`${name}\n`), Buffer.of(alg), pub).subarray(0, 4);
-  const text = `${name}+${id.toString("hex")}+${Buffer.concat([Buffer.of(alg), pub]).toString("base64")}`;
-  return { name, key, id, text };
-}
-
-const LOG = signer(1, ORIGIN, 0x01); // tests/vectors' log key
 const OTHER = signer(33, ORIGIN, 0x01);
 const WITNESS_A = signer(0x41, "witness-a.example", 0x04);
-
-const signature = (body, s) => `\u2014 ${s.name} ${Buffer.concat([s.id, sign(null, Buffer.from(body), s.key)]).toString("base64")}\n`;
-const note = (body, ...signers) => `${body}\n${signers.map((s) => signature(body, s)).join("")}`;
-const b64root = (root) => Buffer.from(root).toString("base64");
-const body = (size, root, origin = ORIGIN) => `${origin}\n${size}\n${b64root(root)}\n`;
-
-function cosignature(checkpointBody, s, time, size = 76) {
-  const message = Buffer.from(`cosignature/v1\ntime ${time}\n${checkpointBody}`);
-  const stamp = Buffer.alloc(8);
-  stamp.writeBigUInt64BE(time);
-  const raw = Buffer.concat([s.id, stamp, sign(null, message, s.key)]).subarray(0, size);
-  return `\u2014 ${s.name} ${raw.toString("base64")}\n`;
-}
 
 async function fails(promise) {
   try {
@@ -260,30 +202,4 @@ test("consistency between two signed checkpoints, as the auditor's page checks i
   assert.equal(await check(signed(3), signed(7), ["00"]), "format");
   assert.equal(await check(signed(3), note(body(7, mth(leaves), "example.com/other"), LOG), proof), "origin-mismatch");
   assert.equal(await check(signed(3), note(body(7, mth(leaves)), OTHER), proof), "unknown-key");
-});
-
-test("root stream frames: read strictly, and the auditor's steps on one", async () => {
-  const proof = JSON.parse(read("proof-valid.json"));
-  const frame = { type: "epoch", record: proof.record, checkpoint: proof.checkpoint, inclusion: proof.inclusion, consistency: [], reports: [] };
-  const text = JSON.stringify(frame);
-  const message = parseEpochMessage(text);
-  const checkpoint = await openCheckpoint(message.checkpoint, await parseVerifierKey(KEY));
-  const record = await recordInLog(message.record, message.inclusion, checkpoint);
-  assert.deepEqual(record, decodeRecord(parseProofFile(read("proof-valid.json")).record));
-  assert.equal(record.epoch, 1n);
-  const report = "solvency-reserve/v1\nsource hot\n";
-  assert.equal(parseEpochMessage(JSON.stringify({ ...frame, reports: [report] })).reports.length, 1);
-  for (const bad of [
-    text.replace('"type":"epoch",', '"type":"epoch","type":"epoch",'),
-    "\ufeff" + text,
-    JSON.stringify({ ...frame, type: "other" }),
-    JSON.stringify({ ...frame, extra: 1 }),
-    JSON.stringify({ ...frame, reports: [report, report] }),
-    JSON.stringify({ ...frame, reports: "none" }),
-    JSON.stringify({ ...frame, consistency: ["00"] }),
-    JSON.stringify({ ...frame, record: proof.record.replace(/A==$/, "B==") }),
-    `{"type": "epoch", "record": "${"A".repeat(1 << 20)}"}`,
-  ]) {
-    assert.throws(() => parseEpochMessage(bad), { name: "FormatError" }, bad.slice(0, 60));
-  }
 });

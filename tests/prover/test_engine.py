@@ -24,7 +24,7 @@ from prover.runtime import CLOSE_SWITCH_INTERVAL, quick_gil_handoffs
 from storage.store import ReserveRow, Store
 from verifier.audit import audit_epoch
 from verifier.proof import ProofFile, verify_proof
-from verifier.record import EpochRecord, Status
+from verifier.record import EpochRecord, RecordHeader, Status
 from verifier.stream import EpochMessage, parse_message
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
@@ -307,7 +307,7 @@ def test_proofs_of_retained_earlier_epochs(tmp_path: Path) -> None:
         report = verify_proof(ProofFile.parse(carol.to_json()), engine.verifier_key, user="carol")
         assert report.epoch == 1 and {a.asset: a.balance for a in report.assets} == {"ETH": 9}
         bob = await engine.proof("bob", 1)
-        assert bob is not None and EpochRecord.decode(bob.record).epoch == 1
+        assert bob is not None and RecordHeader.decode(bob.header).epoch == 1
         report = verify_proof(ProofFile.parse(bob.to_json()), engine.verifier_key, user="bob")
         assert {a.asset: a.balance for a in report.assets} == {"BTC": 5}
         for epoch in (0, 3):

@@ -12,15 +12,21 @@ import pytest
 
 from prover.errors import NotRetained, ProverError
 from prover.ledger import AssetRoot, Ledger
+from prover.mapped import ProofBasis
 from prover.periods import SaltPeriod
 from prover.pool import TreePool
 from prover.worker import EAGER_ROWS
 from prover.worker_messages import Applied, Row
 from verifier.hashing import MAX_BALANCE
-from verifier.stream import EpochMessage
+from verifier.selection import MapEntry
 
 ASSETS = ["ADA", "BTC", "ETH", "SOL", "XRP"]
-EPOCH = EpochMessage(b"record", b"checkpoint", (bytes(32),), ())
+BASIS = ProofBasis(  # the record's part of the proof files: stand-ins
+    b"header",
+    {a: MapEntry(a.encode(), i, (bytes(32),)) for i, a in enumerate([*ASSETS, "DOGE"])},
+    (bytes(32),),
+    b"checkpoint",
+)
 FREE_SLOTS = 16  # height_for leaves at least this many: fewer inserts rebuild no tree
 
 
@@ -122,7 +128,7 @@ def test_pools_of_one_two_and_three_workers_give_the_same_roots_proofs_and_files
                 out.mkdir()
                 users = await pool.snapshot()
                 written.append(
-                    sum([await pool.export(out, s, 7, EPOCH) for s in range(0, users, 7)])
+                    sum([await pool.export(out, s, 7, BASIS) for s in range(0, users, 7)])
                 )
             files = [
                 {f.name: f.read_bytes() for f in (tmp_path / f"{seed}-{n}").iterdir()}

@@ -1,6 +1,7 @@
 """The prover's sum trees reproduce the roots of the known-answer vectors
 (tests/vectors/record.json), built from the generator's own inputs."""
 
+import base64
 import importlib.util
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from prover.tree import SumTree
 from verifier.hashing import commitment
+from verifier.record import RecordHeader, decode_entry
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("gen_vectors", ROOT / "scripts" / "gen_vectors.py")
@@ -52,7 +54,8 @@ def test_prover_paths_match_the_vector_proof(name: str) -> None:
     """The prover's tree hands out exactly the paths of the valid proofs of
     tests/vectors/ (the plain one, and the one whose checkpoint is cosigned)."""
     proof = json.loads((ROOT / "tests" / "vectors" / name).read_text())
+    header = RecordHeader.decode(base64.b64decode(proof["header"]))
     for entry in proof["assets"]:
-        tree = prover_tree(entry["asset"])
+        tree = prover_tree(decode_entry(base64.b64decode(entry["entry"]), header).asset)
         assert tree.leaf(entry["slot"])[1] == int(entry["balance"])
         assert [[h.hex(), str(s)] for h, s in tree.path(entry["slot"])] == entry["path"]

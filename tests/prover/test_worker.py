@@ -10,6 +10,7 @@ import pytest
 
 from prover.errors import NotRetained, ProverError
 from prover.ledger import Ledger
+from prover.mapped import ProofBasis
 from prover.periods import SaltPeriod
 from prover.worker import EAGER_ROWS, TreeWorker, _serve
 from prover.worker_messages import (
@@ -35,10 +36,15 @@ from prover.worker_messages import (
     encode,
 )
 from verifier.hashing import MAX_BALANCE
-from verifier.stream import EpochMessage
+from verifier.selection import MapEntry
 
 PERIOD = SaltPeriod(1, 0, bytes(range(32)))
-EPOCH = EpochMessage(b"record", b"checkpoint", (bytes(32),), ())
+BASIS = ProofBasis(  # the record's part of the proof files: stand-ins
+    b"header",
+    {a: MapEntry(a.encode(), i, (bytes(32),)) for i, a in enumerate(["BTC", "ETH"])},
+    (bytes(32),),
+    b"checkpoint",
+)
 ROWS = [("a", "BTC", 5), ("b", "BTC", 7), ("a", "ETH", 1)]
 
 
@@ -130,9 +136,9 @@ def test_sums_past_64_bits_and_refusals_cross_the_pipe(tmp_path: Path) -> None:
             with pytest.raises(NotRetained, match=r"^the trees of 2 epochs ago are not retained$"):
                 await worker.proof("u0", 2)
             assert await worker.snapshot() == 6
-            assert await worker.export(tmp_path, 0, 6, EPOCH) == 6
+            assert await worker.export(tmp_path, 0, 6, BASIS) == 6
             with pytest.raises(ProverError, match=r"u0\.json exists: an export never overwrites"):
-                await worker.export(tmp_path, 0, 6, EPOCH)
+                await worker.export(tmp_path, 0, 6, BASIS)
             assert await worker.proof("a") == local.proof("a")  # still serving
         finally:
             await worker.close()

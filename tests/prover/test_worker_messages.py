@@ -8,6 +8,7 @@ import pytest
 
 from prover.errors import NotRetained, ProverError
 from prover.ledger import Ledger
+from prover.mapped import ProofBasis
 from prover.periods import SaltPeriod
 from prover.worker_messages import (
     Applied,
@@ -47,10 +48,15 @@ from prover.worker_messages import (
     merge_wire_proofs,
 )
 from verifier.hashing import MAX_BALANCE
-from verifier.stream import EpochMessage
+from verifier.selection import MapEntry
 
 PERIOD = SaltPeriod(4, 1_700_000_000_000, bytes(range(32)))
-EPOCH = EpochMessage(b"record", b"note\n", (bytes(32), bytes(range(32))), (), (b"report",))
+BASIS = ProofBasis(
+    b"header",
+    {"BTC": MapEntry(b"btc entry", 0, (bytes(range(32)),)), "ETH": MapEntry(b"eth", 1, ())},
+    (bytes(32), bytes(range(32))),
+    b"note\n",
+)
 BIG = [(f"u{i}", "BTC", MAX_BALANCE) for i in range(8)] + [("a", "BTC", 1), ("a", "ETH", 3)]
 
 
@@ -72,9 +78,9 @@ def test_every_request_round_trips() -> None:
         Unhashed(),
         ProofOf("a", 2),
         Snapshot(ids=True),
-        Export("/tmp/out", 5, 7, EPOCH),
+        Export("/tmp/out", 5, 7, BASIS),
         ProofsOf(["a", "u1"]),
-        WriteProofs("/tmp/out", [WireProof.of(proof)], EPOCH),
+        WriteProofs("/tmp/out", [WireProof.of(proof)], BASIS),
         Stop(),
     ]
     for request in requests:
@@ -82,7 +88,7 @@ def test_every_request_round_trips() -> None:
     begin = decode_request(encode(requests[0]))
     assert isinstance(begin, Begin) and begin.period == PERIOD  # the secret, whole
     export = decode_request(encode(requests[10]))
-    assert isinstance(export, Export) and export.epoch == EPOCH
+    assert isinstance(export, Export) and export.basis == BASIS
 
 
 def test_every_reply_round_trips_with_sums_past_64_bits() -> None:

@@ -37,6 +37,12 @@ def sign(size: int, root: bytes) -> bytes:
     return f"test.example/log\n{size}\n{root.hex()}\n".encode()
 
 
+def body(leaf: bytes) -> bytes:
+    """What an epoch row keeps beside its log leaf: a stand-in for the record
+    the prover stores, its header (the leaf) and more."""
+    return leaf + b" and its asset entries"
+
+
 def balances(store: Store) -> dict[tuple[str, str], int]:
     return {(u, a): m for chunk in store.iter_balances(7) for u, a, m in chunk}
 

@@ -7,7 +7,7 @@ import pytest
 from storage.cosignatures import CosignatureRow
 from storage.errors import ConstraintError, InvalidInputError
 from storage.store import Store
-from tests.storage.conftest import sign
+from tests.storage.conftest import body, sign
 
 
 def line(name: str, tag: str = "AAAA") -> str:
@@ -16,7 +16,7 @@ def line(name: str, tag: str = "AAAA") -> str:
 
 def test_cosignatures_are_stored_once_per_epoch_and_witness(store: Store) -> None:
     for n in range(3):
-        store.append_epoch(n, b"r%d" % n, sign, created_ms=n)
+        store.append_epoch(n, b"r%d" % n, body(b"r%d" % n), sign, created_ms=n)
     store.add_cosignatures(
         [
             CosignatureRow(0, "w1", 7, line("w1")),
@@ -40,7 +40,7 @@ def test_cosignatures_are_stored_once_per_epoch_and_witness(store: Store) -> Non
 
 
 def test_cosignatures_need_their_epoch_and_one_signature_line(store: Store) -> None:
-    store.append_epoch(0, b"r0", sign, created_ms=0)
+    store.append_epoch(0, b"r0", body(b"r0"), sign, created_ms=0)
     with pytest.raises(ConstraintError):
         store.add_cosignatures([CosignatureRow(1, "w1", 7, line("w1"))])
     for row, problem in [

@@ -26,7 +26,7 @@ from storage.log import EpochLog
 from storage.rows import ReserveRow
 from storage.store import MAX_RESERVE, Store
 from tests.storage import rfc9162_reference as ref
-from tests.storage.conftest import B, R, balances, sign
+from tests.storage.conftest import B, R, balances, body, sign
 
 CORE = ("balances", "core")
 COLD = ("reserves", "cold")
@@ -35,30 +35,51 @@ COLD = ("reserves", "cold")
 def test_epochs_are_contiguous_from_zero(store: Store) -> None:
     assert store.latest_epoch() is None and store.log_size() == 0
     with pytest.raises(EpochConflictError, match="epoch 1 does not extend a log of 0"):
-        store.append_epoch(1, b"gap", sign, created_ms=0)
+        store.append_epoch(1, b"gap", body(b"gap"), sign, created_ms=0)
     records = [b"record %d" % n for n in range(9)]
     for n, r in enumerate(records):
-        cp = store.append_epoch(n, r, sign, created_ms=1000 + n)
+        cp = store.append_epoch(n, r, body(r), sign, created_ms=1000 + n)
         assert cp == sign(n + 1, ref.mth([ref.leaf_hash(x) for x in records[: n + 1]]))
     for bad in (3, 8, 10):
         with pytest.raises(EpochConflictError):
-            store.append_epoch(bad, b"rewrite", sign, created_ms=0)
+            store.append_epoch(bad, b"rewrite", body(b"rewrite"), sign, created_ms=0)
     latest = store.latest_epoch()
     assert latest is not None
-    assert (latest.number, latest.record, latest.created_ms) == (8, records[8], 1008)
+    assert (latest.number, latest.record, latest.created_ms) == (8, body(records[8]), 1008)
+    assert latest.leaf_hash == ref.leaf_hash(records[8])
     assert store.epoch(4).checkpoint == sign(5, store.log_root(5))
     assert store.log_size() == 9
     with pytest.raises(NotFoundError):
         store.epoch(9)
 
 
+def test_the_log_hashes_the_leaf_and_the_row_keeps_the_record(store: Store) -> None:
+    """The caller names the leaf (a record's header) and what the row keeps (the
+    whole record): the log's root, proofs and stored leaf hash are of the leaf
+    only, so changing the rest of the record changes none of them."""
+    store.append_epoch(0, b"header 0", b"header 0, entries", sign, created_ms=0)
+    store.append_epoch(1, b"header 1", b"header 1, other entries", sign, created_ms=1)
+    hashes = [ref.leaf_hash(b"header 0"), ref.leaf_hash(b"header 1")]
+    assert store.log_root() == ref.mth(hashes)
+    assert ref.verify_inclusion(1, 2, store.inclusion_proof(1, 2), hashes[1], store.log_root())
+    row = store.epoch(1)
+    assert (row.record, row.leaf_hash) == (b"header 1, other entries", hashes[1])
+    assert row.leaf_hash != ref.leaf_hash(row.record)
+    for leaf, record in [("header", b"record"), (b"header", "record"), (None, b"record")]:
+        with pytest.raises(InvalidInputError, match="must be bytes"):
+            store.append_epoch(2, leaf, record, sign, created_ms=2)  # type: ignore[arg-type]
+    assert store.log_size() == 2
+
+
 def test_an_epoch_records_its_marks_and_reserves(store: Store) -> None:
     store.apply_balances("core", [B(1, "a", "BTC", 5), B(2, "b", "ETH", 6)])
     store.apply_reserves("cold", [R(7, "BTC", MAX_RESERVE, 100)])
     snapshot = [ReserveRow("BTC", "cold", MAX_RESERVE, 100), ReserveRow("ETH", "hot", 0, 90)]
-    store.append_epoch(0, b"r0", sign, created_ms=1, marks={CORE: 2, COLD: 7}, reserves=snapshot)
+    store.append_epoch(
+        0, b"r0", body(b"r0"), sign, created_ms=1, marks={CORE: 2, COLD: 7}, reserves=snapshot
+    )
     store.apply_balances("core", [B(3, "a", "BTC", 9)])  # acknowledged after epoch 0
-    store.append_epoch(1, b"r1", sign, created_ms=2, marks={CORE: 2, COLD: 7})
+    store.append_epoch(1, b"r1", body(b"r1"), sign, created_ms=2, marks={CORE: 2, COLD: 7})
     assert store.epoch_marks(0) == {CORE: 2, COLD: 7} == store.epoch_marks(1)
     assert store.epoch_reserves(0) == snapshot and store.epoch_reserves(1) == []
     assert store.source_marks() == {CORE: 3, COLD: 7}  # epoch 2 will cover seq 3
@@ -77,9 +98,9 @@ def test_marks_cover_only_acknowledged_updates_and_never_go_back(
     store: Store, marks: dict[tuple[str, str], int], message: str
 ) -> None:
     store.apply_balances("core", [B(1, "a", "BTC", 5), B(2, "b", "ETH", 6)])
-    store.append_epoch(0, b"r0", sign, created_ms=1, marks={CORE: 2})
+    store.append_epoch(0, b"r0", body(b"r0"), sign, created_ms=1, marks={CORE: 2})
     with pytest.raises(SequenceError, match=message):
-        store.append_epoch(1, b"r1", sign, created_ms=2, marks=marks)
+        store.append_epoch(1, b"r1", body(b"r1"), sign, created_ms=2, marks=marks)
     assert store.log_size() == 1
 
 
@@ -99,13 +120,13 @@ def test_bad_epoch_arguments_write_nothing(
     store: Store, kwargs: dict[str, Any], error: type[Exception]
 ) -> None:
     with pytest.raises(error):
-        store.append_epoch(0, b"r0", sign, **{"created_ms": 0, **kwargs})
+        store.append_epoch(0, b"r0", body(b"r0"), sign, **{"created_ms": 0, **kwargs})
     assert store.log_size() == 0 and store.latest_epoch() is None
 
 
 def test_a_checkpoint_must_be_text(store: Store) -> None:
     with pytest.raises(InvalidInputError, match="UTF-8"):
-        store.append_epoch(0, b"r0", lambda size, root: b"\xff", created_ms=0)
+        store.append_epoch(0, b"r0", body(b"r0"), lambda size, root: b"\xff", created_ms=0)
     assert store.log_size() == 0
 
 
@@ -158,7 +179,7 @@ def test_a_failure_at_any_statement_of_append_epoch_writes_nothing(
     afterwards the log still extends correctly."""
     records = [b"r%d" % n for n in range(127)]
     for n, r in enumerate(records):
-        store.append_epoch(n, r, sign, created_ms=n)
+        store.append_epoch(n, r, body(r), sign, created_ms=n)
     store.apply_balances("core", [B(1, "a", "BTC", 5)])
     store.apply_reserves("cold", [R(1, "BTC", 7, 1)])
     before = snapshot(store)
@@ -169,6 +190,7 @@ def test_a_failure_at_any_statement_of_append_epoch_writes_nothing(
             store.append_epoch(
                 127,
                 b"the real one",
+                body(b"the real one"),
                 sign,
                 created_ms=127,
                 marks={CORE: 1, COLD: 1},
@@ -190,15 +212,15 @@ def test_a_failure_at_any_statement_of_append_epoch_writes_nothing(
 
 def test_a_failing_signer_writes_nothing(store: Store) -> None:
     for n in range(63):
-        store.append_epoch(n, b"r%d" % n, sign, created_ms=n)
+        store.append_epoch(n, b"r%d" % n, body(b"r%d" % n), sign, created_ms=n)
 
     def broken(size: int, root: bytes) -> bytes:
         raise RuntimeError("signer crashed")
 
     with pytest.raises(RuntimeError, match="signer crashed"):  # passes through unchanged
-        store.append_epoch(63, b"doomed", broken, created_ms=0)
+        store.append_epoch(63, b"doomed", body(b"doomed"), broken, created_ms=0)
     assert store.log_size() == 63 and store.latest_epoch().number == 62  # type: ignore[union-attr]
-    store.append_epoch(63, b"r63", sign, created_ms=0)
+    store.append_epoch(63, b"r63", body(b"r63"), sign, created_ms=0)
     assert store.log_root() == ref.mth([ref.leaf_hash(b"r%d" % n) for n in range(64)])
 
 
@@ -206,14 +228,14 @@ def test_reopen_sees_the_last_committed_epoch(db_url: str) -> None:
     with Store.open(db_url) as store:
         store.ensure_asset("BTC", 8)
         store.apply_balances("core", [B(1, "a", "BTC", 5)])
-        store.append_epoch(0, b"r0", sign, created_ms=0, marks={CORE: 1})
+        store.append_epoch(0, b"r0", body(b"r0"), sign, created_ms=0, marks={CORE: 1})
         store.apply_balances("core", [B(2, "a", "BTC", 6)])
     with Store.open(db_url) as again:
         latest = again.latest_epoch()
         assert latest is not None and latest.number == 0 and again.log_size() == 1
         assert again.epoch_marks(0) == {CORE: 1} and again.source_marks() == {CORE: 2}
         assert balances(again) == {("a", "BTC"): 6}
-        again.append_epoch(1, b"r1", sign, created_ms=1, marks={CORE: 2})
+        again.append_epoch(1, b"r1", body(b"r1"), sign, created_ms=1, marks={CORE: 2})
         assert again.log_root() == ref.mth([ref.leaf_hash(b"r0"), ref.leaf_hash(b"r1")])
 
 
@@ -225,7 +247,7 @@ import sys
 from storage.log import EpochLog
 from storage.rows import ReserveRow
 from storage.store import Store
-from tests.storage.conftest import B, R, sign
+from tests.storage.conftest import B, R, body, sign
 
 store = Store.open(sys.argv[1])
 store.ensure_asset("BTC", 8)
@@ -237,7 +259,7 @@ for n in range(1_000_000):
     store.apply_balances("core", batch)
     store.apply_reserves("cold", [R(n + 1, "BTC", n + 1, n)])
     store.append_epoch(
-        n, b"epoch %d" % n, sign, created_ms=n,
+        n, b"epoch %d" % n, body(b"epoch %d" % n), sign, created_ms=n,
         marks={("balances", "core"): seq, ("reserves", "cold"): n + 1},
         reserves=[ReserveRow("BTC", "cold", n + 1, n)],
     )
@@ -275,4 +297,4 @@ def test_sigkill_mid_write_leaves_whole_batches_and_epochs(db_url: str) -> None:
         assert set(balances(store).values()) == {mark // 200}
         # the next start carries on from exactly there
         marks = store.source_marks()
-        store.append_epoch(n + 1, b"after", sign, created_ms=0, marks=marks)
+        store.append_epoch(n + 1, b"after", body(b"after"), sign, created_ms=0, marks=marks)

@@ -17,13 +17,13 @@ from storage.log import CACHE_THRESHOLD, EpochLog
 from storage.store import Store
 from tests.databases import BACKENDS, backend_url
 from tests.storage import rfc9162_reference as ref
-from tests.storage.conftest import sign
+from tests.storage.conftest import body, sign
 
 LOG_SIZE = 300  # leaves in the shared log below: crosses 256, and the 64-leaf cache threshold
 
 
-def record(n: int) -> bytes:
-    return b"epoch record %d" % n
+def leaf(n: int) -> bytes:
+    return b"epoch header %d" % n
 
 
 # Known answers: the published RFC 6962 test tree (the same hashing as RFC 9162)
@@ -92,7 +92,7 @@ def test_pymerkle_is_pinned_to_rfc9162_hashing() -> None:
 def test_the_log_has_the_known_roots(store: Store) -> None:
     assert store.log_root() == ref.mth([])  # the empty log
     for n, entry in enumerate(KAT_ENTRIES):
-        store.append_epoch(n, entry, sign, created_ms=n)
+        store.append_epoch(n, entry, body(entry), sign, created_ms=n)
         assert store.log_root().hex() == KAT_ROOTS[n]
     assert [store.log_root(n).hex() for n in range(1, 9)] == KAT_ROOTS
 
@@ -107,12 +107,12 @@ def log_store(
     with backend_url(request.param, tmp_path_factory.mktemp("log")) as url:
         store = Store.open(url)
         for n in range(LOG_SIZE):
-            store.append_epoch(n, record(n), sign, created_ms=n)
+            store.append_epoch(n, leaf(n), body(leaf(n)), sign, created_ms=n)
         yield store
         store.close()
 
 
-HASHES = [ref.leaf_hash(record(n)) for n in range(LOG_SIZE)]
+HASHES = [ref.leaf_hash(leaf(n)) for n in range(LOG_SIZE)]
 
 
 def test_every_proof_of_small_logs_matches_the_reference(log_store: Store) -> None:
@@ -189,6 +189,6 @@ def test_many_sizes_have_consistent_checkpoints(tmp_path: Path) -> None:
     """Each epoch's checkpoint signs the root of the log that includes it."""
     with backend_url("sqlite", tmp_path) as url, Store.open(url) as store:
         for n in range(70):
-            checkpoint = store.append_epoch(n, record(n), sign, created_ms=n)
+            checkpoint = store.append_epoch(n, leaf(n), body(leaf(n)), sign, created_ms=n)
             assert checkpoint == sign(n + 1, ref.mth(HASHES[: n + 1]))
             assert store.epoch(n).checkpoint == checkpoint

@@ -246,12 +246,13 @@ def split_view() -> tuple[list[EpochMessage], ProofFile, bytes]:
     fork_a.append(record_a)
     message_b = fork_b.append(record_b)
     seen_by_witnesses = [witnessed(m, "w1.example", "w2.example") for m in fork_a.messages]
-    path = AssetPath("BTC", 1, 150, tuple(reference.path(levels_b, 1)))
+    full_b = EpochRecord.decode(record_b)
+    path = AssetPath(full_b.entries[0], 0, (), 1, 150, tuple(reference.path(levels_b, 1)))
     proof = ProofFile(
         "alice",
         reference.salt("alice"),
+        full_b.header.encode(),
         (path,),
-        record_b,
         message_b.inclusion,
         message_b.checkpoint,
     )

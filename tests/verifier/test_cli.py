@@ -12,13 +12,12 @@ from typing import Any
 import pytest
 
 from tests import reference
-from tests.verifier.fakelog import KEY, VKEY, FakeLog
+from tests.verifier.fakelog import KEY, VKEY, FakeLog, user_proof
 from tests.verifier.witnesses import K1, K2, NOW, cosigned
 from verifier import cli, quorum, rfc9162
 from verifier.checkpoint import verifier_key_for
 from verifier.cli import main
 from verifier.display import format_amount
-from verifier.proof import AssetPath, ProofFile
 from verifier.record import AssetState, EpochRecord, ReserveSource, Status
 from verifier.version import __version__
 
@@ -50,10 +49,8 @@ def solvent_proof(tmp_path: Path) -> str:
     asset = AssetState("BTC", 8, 2, root, total, 1000, Status.SOLVENT, sources)
     data = EpochRecord(0, timestamp, 60_000, (asset,)).encode()
     message = FakeLog().append(data)
-    path = AssetPath("BTC", 1, 150, tuple(reference.path(levels, 1)))
-    proof = ProofFile(
-        "alice", reference.salt("alice"), (path,), data, message.inclusion, message.checkpoint
-    )
+    leaf = (1, 150, tuple(reference.path(levels, 1)))
+    proof = user_proof(message, "alice", reference.salt("alice"), {"BTC": leaf})
     (tmp_path / "alice.json").write_text(proof.to_json())
     return str(tmp_path / "alice.json")
 

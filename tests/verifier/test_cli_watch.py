@@ -20,20 +20,24 @@ from tests.verifier.fakelog import VKEY, FakeLog, record
 from tests.verifier.witnesses import K1, K2, NOW, witnessed
 from verifier import quorum
 from verifier.cli import _parser, main
-from verifier.stream import EpochMessage
+from verifier.stream import EpochMessage, StreamMessage
 from verifier.watch import SilenceAlarm, Watcher
 
 
 class FakeProver:
-    """Serves /roots on 127.0.0.1 from a list of messages, in its own thread."""
+    """Serves /roots on 127.0.0.1 from a list of messages, in its own thread;
+    with ``log``, ``?assets=`` and ``?only=checkpoints`` as the prover does."""
 
     def __init__(
         self,
         messages: list[EpochMessage],
         hold: float | None = None,
         refusals: Sequence[tuple[int, bytes]] = (),
+        log: FakeLog | None = None,
     ) -> None:
         self.messages = messages
+        self.log = log
+        self.queries: list[str] = []
         self.hold = hold
         self.refusals = list(refusals)  # (status, body) answered to the first handshakes
         self.sinces: list[int] = []
@@ -45,9 +49,17 @@ class FakeProver:
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None
-        since = int(parse_qs(urlsplit(ws.request.path).query).get("since", ["0"])[0])
+        query = urlsplit(ws.request.path).query
+        self.queries.append(query)
+        params = parse_qs(query)
+        since = int(params.get("since", ["0"])[0])
         self.sinces.append(since)
-        for m in self.messages[since:]:
+        for epoch in range(since, len(self.messages)):
+            m: StreamMessage = self.messages[epoch]
+            if self.log is not None and "assets" in params:
+                m = self.log.assets_frame(epoch, params["assets"][0].split(","))
+            elif self.log is not None and "only" in params:
+                m = self.log.checkpoint_frame(epoch)
             await ws.send(m.to_json())
         if self.hold is not None:  # a flapping prover: it closes after a while
             await asyncio.sleep(self.hold)

@@ -5,6 +5,7 @@ import base64
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,7 +13,14 @@ from hypothesis import strategies as st
 from tests.verifier.fakelog import FakeLog
 from verifier.errors import FormatError
 from verifier.fields import b64, load_object
-from verifier.stream import parse_message
+from verifier.record import EpochRecord
+from verifier.selection import MapEntry
+from verifier.stream import (
+    AssetsMessage,
+    CheckpointMessage,
+    parse_message,
+)
+from verifier.stream_binary import parse_msgpack, to_msgpack
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 
@@ -86,8 +94,8 @@ def test_b64_refusals(text: str) -> None:
 
 
 def test_stream_messages_are_read_as_strictly_as_proofs() -> None:
-    vector = json.loads((VECTORS / "proof-valid.json").read_text())
-    message = FakeLog().append(base64.b64decode(vector["record"]))  # 262 bytes: padded
+    message = FakeLog().append()
+    assert len(message.record) % 3  # its base64 is padded
     text = message.to_json()
     assert parse_message(text) == message
     record = base64.b64encode(message.record).decode()
@@ -103,3 +111,68 @@ def test_stream_messages_are_read_as_strictly_as_proofs() -> None:
         assert bad != text
         with pytest.raises(FormatError):
             parse_message(bad)
+
+
+def test_chosen_asset_and_checkpoint_frames_are_read_strictly() -> None:
+    full = EpochRecord.decode(FakeLog().append().record)
+    entry = MapEntry(full.entries[0], 0, ())
+    message = AssetsMessage(full.header.encode(), (entry,), b"note\n", (), ())
+    text = message.to_json()
+    assert parse_message(text) == message
+    two = AssetsMessage(full.header.encode(), (entry, entry), b"note\n", (), ())
+    for bad in (
+        two.to_json(),  # an index twice
+        text.replace('"index":0', '"index":"0"'),
+        text.replace('"map_path":[]', '"map_path":[],"path":[]'),
+        text.replace('"type":"epoch-assets"', '"type":"epoch-some"'),
+        text.replace('"header":', '"record":'),
+    ):
+        with pytest.raises(FormatError):
+            parse_message(bad)
+    checkpoint = CheckpointMessage(b"note\n", (bytes(32),))
+    assert parse_message(checkpoint.to_json()) == checkpoint
+    with pytest.raises(FormatError, match="unknown keys"):
+        parse_message(checkpoint.to_json().replace('"consistency"', '"inclusion":[],"consistency"'))
+
+
+def test_the_binary_encoding_is_read_in_its_canonical_form_only() -> None:
+    full = FakeLog().append()
+    record = EpochRecord.decode(full.record)
+    chosen = AssetsMessage(
+        record.header.encode(),
+        (MapEntry(record.entries[0], 0, ()),),
+        full.checkpoint,
+        full.inclusion,
+        full.consistency,
+        (b"report\n",),
+    )
+    checkpoint = CheckpointMessage(full.checkpoint, (bytes(32),))
+    for message in (full, chosen, checkpoint):
+        data = to_msgpack(message)
+        assert parse_msgpack(data) == message
+        assert len(data) < len(message.to_json())
+    data = to_msgpack(checkpoint)
+    # The same map with a key twice, in another order, or an integer in more bytes.
+    pack = msgspec.msgpack.encode
+    twice = b"\x84" + b"".join(
+        pack(x)
+        for x in ("type", "checkpoint", "checkpoint", "a", "consistency", [], "checkpoint", "b")
+    )
+    reordered = msgspec.msgpack.encode(
+        {
+            "consistency": [bytes(32)],
+            "type": "checkpoint",
+            "checkpoint": checkpoint.checkpoint.decode(),
+        }
+    )
+    wide = to_msgpack(chosen).replace(b"\xa5index\x00", b"\xa5index\xcd\x00\x00")
+    assert wide != to_msgpack(chosen)
+    for bad in (twice, reordered, wide, data[:-1], data + b"\x00", b"\x80"):
+        with pytest.raises(FormatError):
+            parse_msgpack(bad)
+    for short in (
+        {"type": "checkpoint", "checkpoint": "a", "consistency": [bytes(31)]},
+        {"type": "checkpoint", "checkpoint": "a", "consistency": [], "extra": 1},
+    ):
+        with pytest.raises(FormatError):
+            parse_msgpack(msgspec.msgpack.encode(short))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from verifier.errors import FormatError
 from verifier.hashing import (
+    HASHER,
     MAX_BALANCE,
     check_asset_id,
     check_user_id,
@@ -34,6 +35,12 @@ def compute(name: str, i: dict[str, str]) -> bytes:
         return leaf_hash(i["asset"], bytes.fromhex(i["commitment"]), int(i["amount"]))
     if name == "padding":
         return padding_hash(i["asset"], bytes.fromhex(i["padding_key"]), int(i["slot"]))
+    if name == "asset-map-entry":
+        return HASHER.entry_hash(bytes.fromhex(i["entry"]))
+    if name == "asset-map-node":
+        return HASHER.map_node_hash(bytes.fromhex(i["left"]), bytes.fromhex(i["right"]))
+    if name == "asset-map-empty":
+        return HASHER.empty_map()
     assert name == "node"
     return node_hash(
         bytes.fromhex(i["left"]), int(i["left_sum"]), bytes.fromhex(i["right"]), int(i["right_sum"])
@@ -48,13 +55,21 @@ def test_known_answers(case: dict) -> None:
 
 
 def test_every_vector_kind_is_present() -> None:
-    assert {c["name"] for c in VECTORS} == {"commitment", "leaf", "padding", "node"}
+    assert {c["name"] for c in VECTORS} == {
+        "commitment",
+        "leaf",
+        "padding",
+        "node",
+        "asset-map-entry",
+        "asset-map-node",
+        "asset-map-empty",
+    }
 
 
 def test_tags_separate_domains() -> None:
     """Same payload under two tags never gives the same digest."""
     first_bytes = {bytes.fromhex(c["message"])[0] for c in VECTORS}
-    assert len(first_bytes) == 4 and not first_bytes & {0x00, 0x01}
+    assert len(first_bytes) == 6 and not first_bytes & {0x00, 0x01}
 
 
 def test_node_message_is_97_bytes() -> None:

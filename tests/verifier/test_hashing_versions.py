@@ -27,7 +27,7 @@ from verifier.sumtree import PathStep, root_from_path, verify_path
 VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "hashing.json").read_text())
 
 # Another hasher: another digest function and other tags than version 2's.
-OTHER = SumTreeHasher(hashlib.sha3_256, 0x63, 0x6C, 0x70, 0x6E)
+OTHER = SumTreeHasher(hashlib.sha3_256, 0x63, 0x6C, 0x70, 0x6E, 0x65, 0x6D)
 
 
 def compute(hasher: SumTreeHasher, name: str, i: dict[str, str]) -> bytes:
@@ -37,6 +37,12 @@ def compute(hasher: SumTreeHasher, name: str, i: dict[str, str]) -> bytes:
         return hasher.leaf_hash(i["asset"], bytes.fromhex(i["commitment"]), int(i["amount"]))
     if name == "padding":
         return hasher.padding_hash(i["asset"], bytes.fromhex(i["padding_key"]), int(i["slot"]))
+    if name == "asset-map-entry":
+        return hasher.entry_hash(bytes.fromhex(i["entry"]))
+    if name == "asset-map-node":
+        return hasher.map_node_hash(bytes.fromhex(i["left"]), bytes.fromhex(i["right"]))
+    if name == "asset-map-empty":
+        return hasher.empty_map()
     assert name == "node"
     return hasher.node_hash(
         bytes.fromhex(i["left"]), int(i["left_sum"]), bytes.fromhex(i["right"]), int(i["right_sum"])
@@ -49,6 +55,9 @@ def tag_of(hasher: SumTreeHasher, name: str) -> int:
         "leaf": hasher.leaf_tag,
         "padding": hasher.padding_tag,
         "node": hasher.node_tag,
+        "asset-map-entry": hasher.entry_tag,
+        "asset-map-node": hasher.map_node_tag,
+        "asset-map-empty": hasher.map_node_tag,
     }[name]
 
 
@@ -59,8 +68,9 @@ def test_the_current_version_is_read_with_sha256() -> None:
     assert VERSION == 2
     assert hasher_for(VERSION) is SHA256_HASHER is HASHER
     assert SHA256_HASHER.digest is hashlib.sha256
-    tags = (0x43, 0x4C, 0x50, 0x4E)
-    assert tags == tuple(tag_of(HASHER, n) for n in ("commitment", "leaf", "padding", "node"))
+    tags = (0x43, 0x4C, 0x50, 0x4E, 0x45, 0x4D)
+    names = ("commitment", "leaf", "padding", "node", "asset-map-entry", "asset-map-node")
+    assert tags == tuple(tag_of(HASHER, n) for n in names)
 
 
 @pytest.mark.parametrize("version", [0, 1, 3, 255])
@@ -112,7 +122,8 @@ def test_prefixes_carry_the_tags() -> None:
     [
         ({"digest": hashlib.sha512}, "a digest of 64 bytes: the wire format holds 32"),
         ({"digest": hashlib.sha1}, "a digest of 20 bytes"),
-        ({"node_tag": 0x4C}, "four distinct bytes"),
+        ({"node_tag": 0x4C}, "six distinct bytes"),
+        ({"map_node_tag": 0x4E}, "six distinct bytes"),
         ({"leaf_tag": 0x00}, "none 0x00 or 0x01"),
         ({"padding_tag": 0x01}, "none 0x00 or 0x01"),
         ({"commitment_tag": 0x100}, "0x100"),
@@ -166,12 +177,13 @@ def test_a_record_keeps_its_version(monkeypatch: pytest.MonkeyPatch) -> None:
 def proof_of(version: int, hasher: SumTreeHasher) -> ProofFile:
     """alice's proof in a log of one record of ``version`` over a tree ``hasher`` built."""
     _, step, root, total = two_leaves(hasher, 5)
-    message = FakeLog().append(record(version, root, total).encode())
+    full = record(version, root, total)
+    message = FakeLog().append(full.encode())
     return ProofFile(
         user="alice",
         salt=bytes(32),
-        assets=(AssetPath("BTC", 0, 5, (step,)),),
-        record=message.record,
+        header=full.header.encode(),
+        assets=(AssetPath(full.entries[0], 0, (), 0, 5, (step,)),),
         inclusion=message.inclusion,
         checkpoint=message.checkpoint,
     )

@@ -1,7 +1,9 @@
 """The browser verifier (verifier/web/, JavaScript) is held to the Python verifier's
 contract: its own suite under Node (tests/js/: every vector of tests/vectors/, valid
 and invalid, with the same check names), and the same answers as the Python
-verifier to a few hundred mutated proof files, records and user ids made here."""
+verifier to a few hundred mutated proof files, records, headers, asset entries,
+root stream frames of chosen assets (their entries, indices and map paths) and
+user ids made here."""
 
 from __future__ import annotations
 
@@ -17,12 +19,17 @@ from typing import Any
 
 import pytest
 
+from tests.verifier.fakelog import ORIGIN, VKEY, FakeLog, many
+from verifier.assetmap import map_root
+from verifier.audit import AuditState, check_epoch
 from verifier.checkpoint import VerifierKey
 from verifier.cosignature import WitnessKey
 from verifier.errors import FormatError, VerificationError
-from verifier.hashing import check_user_id
+from verifier.hashing import HASHER, check_user_id
 from verifier.proof import ProofFile, verify_proof
-from verifier.record import EpochRecord
+from verifier.record import HEADER_SIZE, AssetState, EpochRecord, RecordHeader, decode_entry
+from verifier.stream import parse_message
+from verifier.subscription import Subscription
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTS = ROOT / "tests" / "js"
@@ -97,11 +104,43 @@ def js_options(case: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def flip(text: str, rng: random.Random) -> str:
+    """Base64 ``text`` with one bit of its bytes flipped, re-encoded (canonical)."""
+    raw = bytearray(base64.b64decode(text))
+    raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
+    return base64.b64encode(raw).decode()
+
+
+def mutated_asset(doc: dict[str, Any], rng: random.Random) -> None:
+    """One change to an item of a proof's ``assets``: its entry's bytes, its index,
+    its map path, or the list itself."""
+    assets = doc["assets"]
+    item = rng.choice(assets)
+    kind = rng.randrange(8)
+    if kind == 0:
+        item["entry"] = flip(item["entry"], rng)
+    elif kind == 1:
+        item["index"] = rng.choice([0, 1, 2, item["index"] + 1, 2**64, 10**20 - 1])
+    elif kind == 2 and item["map_path"]:
+        item["map_path"][rng.randrange(len(item["map_path"]))] = rng.randbytes(32).hex()
+    elif kind == 3:
+        item["map_path"] = item["map_path"][1:] if rng.random() < 0.5 else item["map_path"] * 2
+    elif kind == 4:
+        other = rng.choice(assets)
+        item["entry"], item["map_path"] = other["entry"], other["map_path"]
+    elif kind == 5:
+        assets.append(dict(item))
+    elif kind == 6:
+        assets.reverse()
+    else:
+        doc["header"] = flip(doc["header"], rng)
+
+
 def mutated(data: bytes, rng: random.Random) -> bytes:
     """``data`` with one random change: a byte replaced, dropped, doubled or
-    inserted; a character of a string replaced; or a bit of the record flipped
-    (re-encoded, so the base64 stays canonical)."""
-    kind = rng.randrange(6)
+    inserted; a character of a string replaced; or a change to an asset's entry,
+    index or map path, or to the header (re-encoded: the base64 stays canonical)."""
+    kind = rng.randrange(7)
     at = rng.randrange(len(data))
     byte = bytes([rng.choice(b'0159aefAZ+/="\\{}[],: -\x00\x0a\x7f\x80\xc3\xe2\xef\xff')])
     if kind == 0:
@@ -119,9 +158,7 @@ def mutated(data: bytes, rng: random.Random) -> bytes:
         i = rng.randrange(len(value))
         doc[field] = value[:i] + rng.choice("0a/\n+=\u2014 \u00e9\ud800\u200b") + value[i + 1 :]
     else:
-        record = bytearray(base64.b64decode(doc["record"]))
-        record[rng.randrange(len(record))] ^= 1 << rng.randrange(8)
-        doc["record"] = base64.b64encode(record).decode()
+        mutated_asset(doc, rng)
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=rng.random() < 0.5).encode(
         "utf-8", "surrogatepass"
     )
@@ -131,7 +168,7 @@ def test_mutated_proofs_fail_alike(tmp_path: Path) -> None:
     rng = random.Random(20)
     bases = [({"file": MANIFEST["valid"], "user": "alice"}), MANIFEST["cosigned"]]
     cases, expected = [], []
-    for i in range(400):
+    for i in range(600):
         case = bases[i % 2]
         data = mutated((VECTORS / case["file"]).read_bytes(), rng)
         cases.append(
@@ -142,47 +179,206 @@ def test_mutated_proofs_fail_alike(tmp_path: Path) -> None:
     differ = [(i, e, g) for i, (e, g) in enumerate(zip(expected, got, strict=True)) if e != g]
     assert not differ, differ[:10]
     assert len(set(expected)) >= 8  # the mutations reach many checks, not only "format"
+    assert expected.count("asset-map-mismatch") >= 20
 
 
-def record_fields(record: EpochRecord) -> str:
-    """A decoded record as tests/js/differential.mjs writes it."""
-    assets = []
-    for a in record.assets:
-        sources = "|".join(
-            f"{s.name}:{s.amount}:{s.as_of_ms}:{s.key_id}:{s.report_hash.hex()}" for s in a.sources
-        )
-        assets.append(
-            f"{a.asset},{a.decimals},{a.height},{a.root.hex()},{a.liabilities},{a.reserves},"
-            f"{a.status.name},{sources}"
-        )
-    return f"{record.epoch}/{record.timestamp_ms}/{record.max_reserve_age_ms}/{';'.join(assets)}"
+def header_fields(h: RecordHeader) -> str:
+    return (
+        f"{h.version}/{h.epoch}/{h.timestamp_ms}/{h.max_reserve_age_ms}/{h.asset_count}/"
+        f"{h.asset_map_root.hex()}"
+    )
 
 
-def test_mutated_records_decode_alike(tmp_path: Path) -> None:
+def asset_fields(a: AssetState) -> str:
+    """An asset entry as tests/js/differential.mjs writes it."""
+    sources = "|".join(
+        f"{s.name}:{s.amount}:{s.as_of_ms}:{s.key_id}:{s.report_hash.hex()}" for s in a.sources
+    )
+    return (
+        f"{a.asset},{a.decimals},{a.height},{a.root.hex()},{a.liabilities},{a.reserves},"
+        f"{a.status.name},{sources}"
+    )
+
+
+def decoded(kind: str, *hexes: str) -> str:
+    """The Python verifier's answer to a ``record``, ``header`` or ``entry`` case."""
+    try:
+        if kind == "record":
+            record = EpochRecord.decode(bytes.fromhex(hexes[0]))
+            assets = ";".join(asset_fields(a) for a in record.assets)
+            return f"ok {header_fields(record.header)}/{assets}"
+        if kind == "header":
+            return f"ok {header_fields(RecordHeader.decode(bytes.fromhex(hexes[0])))}"
+        header = RecordHeader.decode(bytes.fromhex(hexes[0]))
+        return f"ok {asset_fields(decode_entry(bytes.fromhex(hexes[1]), header))}"
+    except FormatError:
+        return "format"
+
+
+def changed(raw: bytes, rng: random.Random) -> bytes:
+    """``raw`` with a byte or two replaced by values that matter to a record, or
+    truncated, or lengthened."""
+    out = bytearray(raw)
+    for _ in range(rng.choice((1, 1, 2))):
+        out[rng.randrange(len(out))] = rng.choice((0, 1, 2, 3, 0x20, 0x2D, 0x41, 0x7F, 0xFF))
+    if rng.random() < 0.1:
+        out = out[: rng.randrange(len(out))] if rng.random() < 0.5 else out + b"\x00"
+    return bytes(out)
+
+
+def test_mutated_records_headers_and_entries_decode_alike(tmp_path: Path) -> None:
+    """Full records whose entries change with the header's map root made to match
+    (so that the entries' own rules are reached), headers, and entries read with a
+    header, each changed in a byte or two."""
     rng = random.Random(21)
-    vector = bytes.fromhex(json.loads((VECTORS / "record.json").read_text())["hex"])
-    records = []
-    for _ in range(600):
-        raw = bytearray(vector)
-        for _ in range(rng.choice((1, 1, 2))):
-            raw[rng.randrange(len(raw))] = rng.choice((0, 1, 2, 3, 0x20, 0x2D, 0x41, 0x7F, 0xFF))
-        if rng.random() < 0.1:
-            raw = raw[: rng.randrange(len(raw))] if rng.random() < 0.5 else raw + b"\x00"
-        records.append(bytes(raw))
-    expected = []
-    for raw in records:
-        try:
-            expected.append(f"ok {record_fields(EpochRecord.decode(raw))}")
-        except FormatError:
-            expected.append("format")
-    got = answers([{"kind": "record", "hex": raw.hex()} for raw in records], tmp_path)
+    vector = json.loads((VECTORS / "record.json").read_text())
+    header = bytes.fromhex(vector["header"])
+    entries = [bytes.fromhex(e) for e in vector["entries"]]
+    cases: list[dict[str, Any]] = []
+    for _ in range(500):
+        kind = rng.choice(("record", "record", "header", "entry", "entry"))
+        if kind == "header":
+            cases.append({"kind": kind, "hex": changed(header, rng).hex()})
+        elif kind == "entry":
+            head = changed(header, rng) if rng.random() < 0.2 else header
+            cases.append(
+                {
+                    "kind": kind,
+                    "header": head.hex(),
+                    "entry": changed(rng.choice(entries), rng).hex(),
+                }
+            )
+        elif rng.random() < 0.2:  # the header changed, its entries not
+            cases.append({"kind": kind, "hex": (changed(header, rng) + b"".join(entries)).hex()})
+        else:
+            new = list(entries)
+            i = rng.randrange(len(new))
+            new[i] = changed(new[i], rng)
+            root = map_root(HASHER, new)
+            head = header[: HEADER_SIZE - 32] + root
+            cases.append({"kind": kind, "hex": (head + b"".join(new)).hex()})
+    expected = [
+        decoded(c["kind"], c["hex"]) if "hex" in c else decoded("entry", c["header"], c["entry"])
+        for c in cases
+    ]
+    got = answers(cases, tmp_path)
     differ = [
-        (records[i].hex(), e, g)
-        for i, (e, g) in enumerate(zip(expected, got, strict=True))
-        if e != g
+        (cases[i], e, g) for i, (e, g) in enumerate(zip(expected, got, strict=True)) if e != g
     ]
     assert not differ, differ[:5]
-    assert 50 < sum(e != "format" for e in expected) < 550
+    for kind in ("record", "header", "entry"):
+        answered = [e for c, e in zip(cases, expected, strict=True) if c["kind"] == kind]
+        assert 10 < sum(e != "format" for e in answered) < len(answered) - 10, kind
+
+
+ASSETS = ("ADA", "BTC", "DOGE", "ETH", "SOL", "XRP")
+CHOICES = (("BTC",), ("CAT",), ("AAA", "ZZZ"), ("BTC", "CAT", "ETH"), ("SOL", "TRX", "XRP"))
+
+
+def python_frames(frames: list[str], assets: list[str] | None, checkpoints: bool) -> str:
+    """The Python auditor's answer to a ``frames`` case (differential.mjs)."""
+    subscription = Subscription(None if assets is None else frozenset(assets), checkpoints)
+    state: AuditState | None = None
+    try:
+        for frame in frames:
+            audit = check_epoch(
+                state, parse_message(frame), VKEY, ORIGIN, subscription=subscription
+            )
+            state = audit.state
+    except VerificationError as exc:
+        return exc.check
+    except FormatError:
+        return "format"
+    assert state is not None
+    record = audit.record
+    ids = "-" if record is None else ",".join(a.asset for a in record.assets)
+    absent = ",".join(getattr(record, "absent", ()))
+    findings = ",".join(f"{f.asset}:{f.status}" for f in audit.findings)
+    return f"ok {audit.epoch}/{state.timestamp_ms}/{ids}/{absent}/{findings}"
+
+
+def mutated_frame(doc: dict[str, Any], rng: random.Random, full: dict[str, Any]) -> None:
+    """One change to an epoch-assets frame: its entries list, an entry's index,
+    bytes or map path, or its header; ``full``: the same epoch's entries, all of
+    them with their map paths, for entries that are valid but not asked for."""
+    entries = doc["entries"]
+    kind = rng.randrange(9)
+    if kind == 0 and entries:
+        del entries[rng.randrange(len(entries))]
+    elif kind == 1 and entries:
+        entries.insert(rng.randrange(len(entries) + 1), dict(rng.choice(entries)))
+    elif kind == 2:
+        extra = rng.choice(full["entries"])
+        if all(e["index"] != extra["index"] for e in entries):
+            entries.append(extra)
+            entries.sort(key=lambda e: e["index"])
+    elif kind == 3 and entries:
+        e = rng.choice(entries)
+        e["index"] = rng.choice([e["index"] - 1, e["index"] + 1, len(ASSETS), 2**64, 0])
+    elif kind == 4 and entries:
+        e = rng.choice(entries)
+        path = e["map_path"]
+        how = rng.randrange(4)
+        if how == 0 and path:
+            path[rng.randrange(len(path))] = rng.randbytes(32).hex()
+        elif how == 1:
+            e["map_path"] = path[:-1]
+        elif how == 2:
+            e["map_path"] = [*path, rng.randbytes(32).hex()]
+        else:
+            e["map_path"] = rng.choice(full["entries"])["map_path"]
+    elif kind == 5 and entries:
+        rng.choice(entries)["entry"] = rng.choice(full["entries"])["entry"]
+    elif kind == 6 and entries:
+        e = rng.choice(entries)
+        e["entry"] = flip(e["entry"], rng)
+    elif kind == 7:
+        doc["header"] = flip(doc["header"], rng)
+    elif len(entries) > 1:
+        i = rng.randrange(len(entries) - 1)
+        entries[i], entries[i + 1] = entries[i + 1], entries[i]
+
+
+def test_frames_of_chosen_assets_are_judged_alike(tmp_path: Path) -> None:
+    """Epoch-assets frames (PROTOCOL §11.2) after a verified one, changed in their
+    entries list, indices, entry bytes, map paths or header, verified under their
+    own choice or another; and frames of another kind than subscribed to."""
+    rng = random.Random(23)
+    log = FakeLog()
+    for epoch in range(3):
+        overrides = {"ETH": {"liabilities": 151}} if epoch == 2 else {}
+        log.append(many(epoch, ASSETS, **overrides))
+    everything = json.loads(log.assets_frame(2, ASSETS).to_json())
+    cases, expected = [], []
+    for i in range(500):
+        chosen = list(rng.choice(CHOICES))
+        asked = chosen if rng.random() < 0.8 else list(rng.choice(CHOICES))
+        first = log.assets_frame(1, asked).to_json()
+        doc = json.loads(log.assets_frame(2, chosen).to_json())
+        if i % 10:
+            mutated_frame(doc, rng, everything)
+        last = json.dumps(doc)
+        checkpoints = False
+        if i % 25 == 0:
+            last = rng.choice((log.messages[2].to_json(), log.checkpoint_frame(2).to_json()))
+            checkpoints = rng.random() < 0.5
+        assets = None if rng.random() < 0.05 else asked
+        frames = [first, last]
+        case: dict[str, Any] = {
+            "kind": "frames",
+            "frames": frames,
+            "key": str(VKEY),
+            "assets": assets,
+            "checkpoints": checkpoints,
+        }
+        cases.append(case)
+        expected.append(python_frames(frames, assets, checkpoints))
+    got = answers(cases, tmp_path)
+    differ = [(i, e, g) for i, (e, g) in enumerate(zip(expected, got, strict=True)) if e != g]
+    assert not differ, differ[:10]
+    kinds = {e.split(" ")[0] for e in expected}
+    assert {"ok", "format", "asset-map-mismatch", "asset-map-incomplete"} <= kinds, kinds
+    assert any("absent" in e for e in expected) and any("insolvent" in e for e in expected)
 
 
 def test_user_ids_are_refused_alike(tmp_path: Path) -> None:

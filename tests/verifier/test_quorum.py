@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests import reference
-from tests.verifier.fakelog import ORIGIN, VKEY, FakeLog, record
+from tests.verifier.fakelog import ORIGIN, VKEY, FakeLog, record, user_proof
 from tests.verifier.witnesses import K1, K2, NOW, cosigned, witnessed
 from verifier import fetch, quorum
 from verifier.audit import audit_epoch, check_epoch
 from verifier.cli import main
 from verifier.errors import VerificationError
-from verifier.proof import AssetPath, ProofFile
 from verifier.quorum import MAX_SKEW, check_quorum
 from verifier.record import AssetState, EpochRecord, ReserveSource, Status
 
@@ -117,9 +116,8 @@ def proof_file(cosigners: tuple[str, ...]) -> bytes:
     asset = AssetState("BTC", 8, 2, root, total, 1000, Status.SOLVENT, sources)
     data = EpochRecord(0, timestamp, 60_000, (asset,)).encode()
     message = witnessed(FakeLog().append(data), *cosigners)
-    path = AssetPath("BTC", 1, 150, tuple(reference.path(levels, 1)))
-    salt = reference.salt("alice")
-    proof = ProofFile("alice", salt, (path,), data, message.inclusion, message.checkpoint)
+    leaf = (1, 150, tuple(reference.path(levels, 1)))
+    proof = user_proof(message, "alice", reference.salt("alice"), {"BTC": leaf})
     return proof.to_json().encode()
 
 

@@ -11,11 +11,14 @@ from hypothesis import strategies as st
 from verifier.errors import FormatError
 from verifier.hashing import subtree_cap
 from verifier.record import (
+    HEADER_SIZE,
     MAX_RESERVE,
     AssetState,
     EpochRecord,
+    RecordHeader,
     ReserveSource,
     Status,
+    decode_entry,
     expected_status,
 )
 
@@ -80,6 +83,10 @@ def test_vector_decodes_to_its_fields() -> None:
             for s in want["sources"]
         ]
     assert record.encode().hex() == VECTOR["hex"]
+    assert record.header.encode().hex() == VECTOR["header"] == VECTOR["hex"][: 2 * HEADER_SIZE]
+    assert [e.hex() for e in record.entries] == VECTOR["entries"]
+    assert record.header.asset_map_root.hex() == VECTOR["asset_map_root"]
+    assert record.header.asset_count == len(fields["assets"])
 
 
 @given(records())
@@ -194,3 +201,43 @@ def test_vector_binds_the_vector_reports() -> None:
     bound = {s.report_hash.hex() for a in record.assets for s in a.sources if s.attested}
     assert bound == {r["hash"] for r in reports["reports"]}
     assert not any(s.attested for s in record.asset("ETH").sources)
+
+
+def test_header_round_trips_and_is_exactly_63_bytes() -> None:
+    record = EpochRecord(7, 100, 1000, (_btc(),))
+    header = record.header.encode()
+    assert len(header) == HEADER_SIZE == 63
+    assert RecordHeader.decode(header) == record.header
+    for bad in (header[:-1], header + b"\x00"):
+        with pytest.raises(FormatError):
+            RecordHeader.decode(bad)
+
+
+def test_a_full_record_must_match_its_asset_map() -> None:
+    """A header whose map root or asset count is not its entries' is refused:
+    entries proven against that root must be the ones the record shows."""
+    record = EpochRecord(7, 100, 1000, (_btc(), _btc(asset="ETH")))
+    header, entries = record.header.encode(), b"".join(record.entries)
+    other_root = header[:-32] + bytes(32)
+    with pytest.raises(FormatError, match="asset map root"):
+        EpochRecord.decode(other_root + entries)
+    fewer = header[:29] + (1).to_bytes(2, "big") + header[31:]  # asset_count 1, two entries
+    with pytest.raises(FormatError, match="trailing"):
+        EpochRecord.decode(fewer + entries)
+
+
+def test_an_entry_is_read_with_its_header() -> None:
+    """An entry alone is checked against the header's time and policy."""
+    record = EpochRecord(7, 100, 1000, (_btc(),))
+    assert decode_entry(record.entries[0], record.header) == record.assets[0]
+    later = EpochRecord(7, 100_000, 10, (_btc(status=Status.UNPROVEN),))  # stale at 100,000
+    with pytest.raises(FormatError, match="contradicts"):
+        decode_entry(record.entries[0], later.header)
+    earlier = RecordHeader(7, 0, 1000, 1, record.header.asset_map_root)
+    with pytest.raises(FormatError, match="dated after"):
+        decode_entry(
+            EpochRecord(7, 100, 1000, (_btc(sources=(ReserveSource("cold", 20, 50),)),)).entries[0],
+            earlier,
+        )
+    with pytest.raises(FormatError, match="trailing"):
+        decode_entry(record.entries[0] + b"\x00", record.header)

@@ -33,7 +33,7 @@ from tests.verifier.witnesses import K1, K2, NOW, witnessed
 from verifier import quorum
 from verifier.cli import main
 from verifier.relay import Limits
-from verifier.stream import parse_message
+from verifier.stream import EpochMessage, parse_message
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -125,17 +125,20 @@ def test_a_chain_of_relays_serves_every_epoch_in_order(
     assert just_in_time.wait_for(1) == upstream.frames[7:]
 
 
-def _altered_record(frame: str) -> str:
-    """One byte of the record changed (in an asset's root: it still decodes)."""
+def _altered_record(frame: str, at: int | None = None) -> str:
+    """One byte of the record changed: in an asset's root (its entry no longer
+    has the header's asset map root), or at ``at``."""
     message = parse_message(frame)
+    assert isinstance(message, EpochMessage)
     data = bytearray(message.record)
-    data[data.find(bytes([3]) * 32)] ^= 1
+    data[data.find(bytes([3]) * 32) if at is None else at] ^= 1
     return dataclasses.replace(message, record=bytes(data)).to_json()
 
 
 def _altered_signature(frame: str) -> str:
     """The last byte of the custodian's signature changed."""
     message = parse_message(frame)
+    assert isinstance(message, EpochMessage)
     body, _, line = message.checkpoint.decode().rstrip("\n").rpartition("\n")
     name, _, sig = line.removeprefix("— ").rpartition(" ")
     raw = bytearray(base64.b64decode(sig))
@@ -188,7 +191,8 @@ def _replaying() -> Tamper:
 
 TWIN = _twin()
 LIES: dict[str, tuple[Callable[[], Tamper], str]] = {
-    "altered-record": (_at_3(lambda f: [_altered_record(f)]), "inclusion-root-mismatch"),
+    "altered-record": (_at_3(lambda f: [_altered_record(f)]), "format"),
+    "altered-header": (_at_3(lambda f: [_altered_record(f, 20)]), "inclusion-root-mismatch"),
     "altered-signature": (_at_3(lambda f: [_altered_signature(f)]), "signature-invalid"),
     "dropped": (_at_3(lambda f: []), "epoch-gap"),
     "swapped": (_swapping, "epoch-gap"),

@@ -1,4 +1,5 @@
-"""The relay's history and its answers to /roots?since=N, without sockets."""
+"""The relay's history and its answers to /roots?since=N[&assets=A,B|&only=checkpoints],
+without sockets."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import json
 
 import pytest
 
-from verifier.relay_history import History, Refusal, Relayed, admit, parse_since
+from verifier.relay_history import Admission, History, Refusal, Relayed, admit, parse_since
+from verifier.subscription import ALL_ASSETS, Subscription, parse_subscription
 
 
 def filled(capacity: int, first: int, count: int) -> History:
@@ -54,7 +56,43 @@ def test_admit_answers_as_the_prover_does(query: str, answer: int | tuple[int, s
     if isinstance(found, Refusal):
         assert (found.status, found.code) == answer
     else:
-        assert found == answer
+        assert found == Admission(answer, ALL_ASSETS)
+
+
+SIXTY_FOUR = ",".join(f"A{i}" for i in range(64))
+
+
+@pytest.mark.parametrize(
+    ("query", "answer"),
+    [
+        ("since=12", ALL_ASSETS),
+        ("since=12&assets=BTC", Subscription(assets=frozenset({"BTC"}))),
+        ("assets=ETH,BTC&since=12", Subscription(assets=frozenset({"BTC", "ETH"}))),
+        ("assets=USDT.E%2CBTC", Subscription(assets=frozenset({"BTC", "USDT.E"}))),
+        ("assets=" + SIXTY_FOUR, Subscription(assets=frozenset(SIXTY_FOUR.split(",")))),
+        ("since=12&only=checkpoints", Subscription(checkpoints=True)),
+        ("assets=", "invalid asset id"),
+        ("assets=BTC,", "invalid asset id"),
+        ("assets=btc", "invalid asset id"),
+        ("assets=BTC,BTC", "twice"),
+        ("assets=" + SIXTY_FOUR + ",B", "1 to 64 asset ids, not 65"),
+        ("assets=BTC&assets=ETH", "once"),
+        ("only=records", "only=checkpoints"),
+        ("only=", "only=checkpoints"),
+        ("only=checkpoints&only=checkpoints", "only=checkpoints"),
+        ("assets=BTC&only=checkpoints", "exclude each other"),
+    ],
+)
+def test_what_a_subscriber_may_choose(query: str, answer: Subscription | str) -> None:
+    """The prover's rules for assets= and only= (PROTOCOL §11.2): 400 bad-request."""
+    found = admit(filled(3, 10, 5), query, subscribers=0, max_subscribers=1)
+    if isinstance(answer, Subscription):
+        assert found == Admission(12 if "since" in query else 15, answer)
+        assert parse_subscription(query) == answer
+        assert parse_subscription(answer.query().lstrip("&")) == answer  # its own inverse
+    else:
+        assert isinstance(found, Refusal) and (found.status, found.code) == (400, "bad-request")
+        assert answer in found.message
 
 
 def test_refusals_say_why() -> None:

@@ -1,6 +1,7 @@
 """A real prover daemon -> ``solvency-verify relay`` (its own process) -> a
 relay -> ``solvency-verify watch``: every epoch the prover publishes reaches
-the auditor, verified, in order."""
+the auditor, verified, in order; a subscriber of chosen assets or of
+checkpoints gets from a relay the very frames the prover sends it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ from prover.cli import main as prover_main
 from prover.config import load_config
 from prover.keys import load_key
 from tests.prover.daemon import start_daemon
-from tests.verifier.test_relay_support import Background, http_get, start_relay, until
+from tests.verifier.test_relay_support import (
+    Background,
+    Subscriber,
+    http_get,
+    start_relay,
+    until,
+)
 from verifier.checkpoint import verifier_key_for
 from verifier.cli import main
 
@@ -34,7 +41,7 @@ def test_prover_relay_relay_watch(
     bg: Background, tmp_path: Path, unused_port: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = tmp_path / "data"
-    init = ["init", "--origin", "relay.test/log", "--assets", "BTC:8"]
+    init = ["init", "--origin", "relay.test/log", "--assets", "BTC:8,ETH:9"]
     assert prover_main(["--data-dir", str(data), *init]) == 0
     capsys.readouterr()
     config = load_config(data)
@@ -58,6 +65,14 @@ def test_prover_relay_relay_watch(
             epochs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
             assert [e["epoch"] for e in epochs if e["event"] == "epoch"] == [0, 1, 2]
             assert second.checks() == [] and http_get(second.port, "/healthz") == (200, b"ok\n")
+            chosen = ["--state", str(tmp_path / "chosen"), "--json", "--max-epochs", "3"]
+            assert main(["watch", second.downstream, "--key", key, *chosen, "--assets", "ETH"]) == 0
+            epochs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+            assert [(e["followed"], e["other_assets"]) for e in epochs] == [(["ETH"], 1)] * 3
+            for choice in ("assets=ETH,XRP", "only=checkpoints"):
+                direct = Subscriber(bg, f"ws://127.0.0.1:{unused_port}", 0, choice).wait_for(3)
+                relayed = Subscriber(bg, second.downstream, 0, choice).wait_for(3)
+                assert relayed[:3] == direct[:3]  # built by the relay as by the prover
         finally:
             first.send_signal(signal.SIGTERM)
             assert first.wait(20) == 0

@@ -73,6 +73,7 @@ class Upstream:
         self.bg = bg
         self.frames: list[str | bytes] = [m.to_json() for m in messages]
         self.sinces: list[int] = []
+        self.queries: list[str] = []  # each subscription's query string
         self.closes: list[int | None] = []  # the close code of each subscriber gone
         self.port = 0
         self._server: Server | None = None
@@ -84,8 +85,10 @@ class Upstream:
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None and self._grew is not None
-        since = int(parse_qs(urlsplit(ws.request.path).query).get("since", ["0"])[0])
+        query = urlsplit(ws.request.path).query
+        since = int(parse_qs(query).get("since", ["0"])[0])
         self.sinces.append(since)
+        self.queries.append(query)
         grew = self._grew
 
         async def pump() -> None:
@@ -180,14 +183,18 @@ def stop_relay(bg: Background, relay: RecordingRelay) -> None:
 
 
 class Subscriber:
-    """A ``/roots`` subscriber that keeps every frame it gets, on one connection."""
+    """A ``/roots`` subscriber that keeps every frame it gets, on one connection;
+    ``choice``: more of the query, e.g. ``assets=BTC`` or ``only=checkpoints``."""
 
-    def __init__(self, bg: Background, url: str, since: int | None = None) -> None:
+    def __init__(
+        self, bg: Background, url: str, since: int | None = None, choice: str = ""
+    ) -> None:
         self.frames: list[str | bytes] = []
         self.close_code: int | None = None
         self.extensions: str | None = None  # what the handshake negotiated
         self.connected = threading.Event()
-        query = "" if since is None else f"?since={since}"
+        params = ([] if since is None else [f"since={since}"]) + ([choice] if choice else [])
+        query = f"?{'&'.join(params)}" if params else ""
         self.future = bg.spawn(self._run(f"{url}/roots{query}"))
         assert self.connected.wait(5), "the subscriber did not connect"
 

@@ -169,3 +169,14 @@ def test_consistency_edge_cases() -> None:
     assert _check(lambda: rfc9162.verify_consistency(6, 5, root5, root5, [])) == "consistency-sizes"
     with pytest.raises(FormatError):
         rfc9162.verify_consistency(1, 5, bytes(31), root5, [])
+
+
+@given(st.integers(0, 300))
+def test_the_last_leafs_path_gives_the_root_before_it(n: int) -> None:
+    """PATH(n, D[0:n+1]) folds to MTH(D[0:n]), as the consistency proof n -> n + 1 shows."""
+    hashes = [rfc9162.leaf_hash(i.to_bytes(4, "big")) for i in range(n + 1)]
+    path = rfc9162.inclusion_proof(hashes, n, n + 1)
+    assert rfc9162.prefix_root(path) == rfc9162.root_from_leaf_hashes(hashes[:n])
+    if n:  # the same hashes as the consistency proof carries (less the new leaf)
+        consistency = rfc9162.consistency_proof(hashes, n, n + 1)
+        assert set(path) <= set(consistency) | {rfc9162.root_from_leaf_hashes(hashes[:n])}

@@ -6,10 +6,16 @@
 // with its evidence (the frame as received and the last verified checkpoint) and
 // stops the watch, as `solvency-verify watch` does; an asset turning insolvent or
 // unproven is an alarm too, once per turn. After a disconnect the watch resumes
-// from the last verified size (`since`), after a capped, jittered backoff.
+// from the last verified size (`since`), after a capped, jittered backoff. With
+// `assets=A,B` in the fragment it follows those assets only (`/roots?assets=`),
+// each proven present or absent (an absent one is an alarm), and says that the
+// record's other assets are not followed: neither received nor verified.
 
-import { FormatError, formatAmount, formatTime, loadVerifierKey, loadWitnessKeys, parseEpochMessage, UsageError, VerificationError } from "./solvency.js";
-import { checkEpoch, FIRST_CONTACT_CHECKS, staleSources } from "./audit.js";
+import { FormatError, UsageError, VerificationError } from "./errors.js";
+import { formatAmount, formatTime } from "./display.js";
+import { loadAssets, loadVerifierKey, loadWitnessKeys } from "./inputs.js";
+import { parseMessage } from "./stream.js";
+import { ALL_ASSETS, checkEpoch, FIRST_CONTACT_CHECKS, staleSources, subscriptionQuery } from "./audit.js";
 import { Charts } from "./charts.js";
 import { $, downloadLink, el, fragmentOptions, proverUrl, setText } from "./page.js";
 
@@ -19,7 +25,7 @@ const CADENCE_EPOCHS = 60;
 const MAX_ALARMS = 200; // shown; the oldest go
 
 const watch = {
-  config: null, // {key, witnesses, quorum, since}
+  config: null, // {key, witnesses, quorum, since, subscription}
   state: null, // the last verified state (audit.js)
   record: null, // its record
   socket: null,
@@ -87,7 +93,8 @@ function connect() {
   const since = watch.state?.size ?? watch.config.since;
   const prover = proverUrl();
   const scheme = prover.protocol === "https:" ? "wss:" : "ws:";
-  const socket = new WebSocket(`${scheme}//${prover.host}/roots${since === null ? "" : `?since=${since}`}`);
+  const query = `${since === null ? "" : `&since=${since}`}${subscriptionQuery(watch.config.subscription)}`;
+  const socket = new WebSocket(`${scheme}//${prover.host}/roots${query.replace("&", "?")}`);
   watch.socket = socket;
   connection("connecting", "connecting");
   socket.onopen = () => connection("connected", "connected");
@@ -119,13 +126,15 @@ async function start() {
   try {
     const key = await loadVerifierKey($("key").value);
     const { witnesses, quorum } = await loadWitnessKeys(pinned.witnesses, pinned.quorum ?? undefined);
-    config = { key, witnesses, quorum, since: pinned.since };
+    const assets = pinned.assets === null ? null : loadAssets(pinned.assets);
+    config = { key, witnesses, quorum, since: pinned.since, subscription: { ...ALL_ASSETS, assets } };
   } catch (error) {
     if (!(error instanceof UsageError)) throw error;
     return stop(`cannot watch: ${error.message}`, "failed");
   }
   stop("starting", "connecting");
-  if (watch.config?.key.text !== config.key.text) forget(); // another log
+  const asked = (c) => `${c?.key.text} ${c?.subscription.assets}`;
+  if (asked(watch.config) !== asked(config)) forget(); // another log, or other assets
   watch.config = config;
   watch.stopped = false;
   watch.retries = 0;
@@ -147,10 +156,10 @@ async function pump() {
 
 async function verify(frame) {
   const began = performance.now();
-  const { key, witnesses, quorum } = watch.config;
+  const { key, witnesses, quorum, subscription } = watch.config;
   let audit;
   try {
-    audit = await checkEpoch(watch.state, parseEpochMessage(frame), key, { witnesses, quorum });
+    audit = await checkEpoch(watch.state, parseMessage(frame), key, { witnesses, quorum, subscription });
   } catch (error) {
     if (error instanceof VerificationError) {
       if (watch.state === null && FIRST_CONTACT_CHECKS.has(error.check)) {
@@ -182,13 +191,14 @@ function track(audit, frame) {
     if (!views.has(a.asset)) card(a.asset);
     values.set(a.asset, a);
   }
+  for (const asset of record.absent ?? []) if (!views.has(asset)) card(asset);
   charts.push(record.timestampMs, values);
   const now = new Map(audit.findings.map((f) => [f.asset, f]));
   for (const f of audit.findings) {
     if (watch.statuses.get(f.asset) === f.status) continue;
     const a = values.get(f.asset);
-    const [l, r] = [formatAmount(a.liabilities, a.decimals), formatAmount(a.reserves, a.decimals)];
-    const detail = f.status === "insolvent" ? `reserves ${r} < liabilities ${l}` : f.detail;
+    const money = (v) => formatAmount(v, a.decimals);
+    const detail = f.status === "insolvent" ? `reserves ${money(a.reserves)} < liabilities ${money(a.liabilities)}` : f.detail;
     alarm("finding", f.status, `${f.asset}: ${detail}`, frame, record.epoch);
   }
   watch.statuses = new Map([...now].map(([asset, f]) => [asset, f.status]));
@@ -225,11 +235,14 @@ function draw() {
   const began = performance.now();
   const mean = intervals.length ? intervals.reduce((a, b) => a + b, 0n) / BigInt(intervals.length) : null;
   const solvent = record.assets.filter((a) => a.status === "SOLVENT").length;
+  const chosen = watch.config.subscription.assets;
   setText($("epoch"), String(record.epoch));
   setText($("epoch-time"), formatTime(record.timestampMs));
   setText($("log-size"), String(state.size));
   setText($("cadence"), mean === null ? "—" : `${ms(intervals.at(-1))} (mean ${ms(mean)} over ${intervals.length})`);
-  setText($("solvent"), `${solvent} of ${record.assets.length} assets`);
+  setText($("solvent"), `${solvent} of ${record.assets.length} ${chosen ? "followed " : ""}assets`);
+  const others = record.assetCount - record.assets.length;
+  setText($("followed"), chosen ? `${chosen.join(", ")} only: ${others} other asset(s) of the record not followed` : "every asset");
   setText($("verified"), `${stats.count} epochs, ${stats.lastMs.toFixed(1)} ms the last (mean ${(stats.totalMs / stats.count).toFixed(1)} ms)`);
   Object.assign($("verified").dataset, { count: stats.count, meanMs: stats.totalMs / stats.count, maxMs: stats.maxMs });
   for (const a of record.assets) {
@@ -240,6 +253,13 @@ function draw() {
     setText(view.figures, `liabilities ${formatAmount(a.liabilities, a.decimals)} · reserves ${formatAmount(a.reserves, a.decimals)}`);
     const stale = staleSources(record, a);
     setText(view.stale, stale.length ? `stale reserve sources: ${stale.join(", ")}` : "");
+  }
+  for (const asset of record.absent ?? []) {
+    const view = views.get(asset);
+    setText(view.status, "absent");
+    view.status.className = "pill status-absent";
+    setText(view.figures, "not in this epoch's record");
+    setText(view.stale, "");
   }
   charts.draw();
   $("verified").dataset.drawMs = performance.now() - began;

@@ -1,22 +1,26 @@
-// Sum tree hashing and inclusion paths, byte for byte as docs/PROTOCOL.md §2-3
-// (verifier/hashing.py, verifier/sumtree.py). Digests are full SHA-256 from
+// Sum tree and asset map hashing, byte for byte as docs/PROTOCOL.md §2
+// (verifier/hashing.py); user and asset ids. Digests are full SHA-256 from
 // WebCrypto; amounts and sums are BigInt, encoded as u128 big-endian.
 //
 //   0x43 'C'  commitment   H(0x43 || u8 len || user || salt[32])
 //   0x4C 'L'  user leaf    H(0x4C || u8 len || asset || commitment[32] || u128 amount)
 //   0x50 'P'  padding      H(0x50 || u8 len || asset || padding_key[32] || u64 slot)
 //   0x4E 'N'  node         H(0x4E || left[32] || u128 left_sum || right[32] || u128 right_sum)
+//   0x45 'E'  map entry    H(0x45 || asset entry)               (the asset map, §4.4)
+//   0x4D 'M'  map node     H(0x4D || left[32] || right[32]); the empty map H(0x4D)
 //
 // A leaf amount is at most MAX_BALANCE = 2^64 - 1, a tree at most 32 high, so a
 // subtree of height l sums to at most subtreeCap(l) = 2^l * MAX_BALANCE < 2^96.
 
-import { FormatError, VerificationError } from "./errors.js";
-import { bigEndian, concat, equal, show, utf8 } from "./fields.js";
+import { FormatError } from "./errors.js";
+import { bigEndian, concat, show, utf8 } from "./fields.js";
 
 export const TAG_COMMITMENT = 0x43;
 export const TAG_LEAF = 0x4c;
 export const TAG_PADDING = 0x50;
 export const TAG_NODE = 0x4e;
+export const TAG_ENTRY = 0x45;
+export const TAG_MAP_NODE = 0x4d;
 export const MAX_BALANCE = (1n << 64n) - 1n;
 export const MAX_HEIGHT = 32;
 
@@ -131,47 +135,14 @@ export async function nodeHash(left, leftSum, right, rightSum) {
   return sha256(Uint8Array.of(TAG_NODE), left, encodeSum(leftSum), right, encodeSum(rightSum));
 }
 
-/** Recompute [root hash, root sum] from a leaf and its path of {hash, sum} siblings,
- * leaf level first (PROTOCOL §3 checks 1-4: path-length, slot-range, leaf-range,
- * sibling-sum-range). */
-export async function rootFromPath(height, slot, leaf, amount, path) {
-  if (path.length !== height) {
-    throw new VerificationError("path-length", `path has ${path.length} steps, the tree is ${height} high`);
-  }
-  if (slot < 0n || slot >= 1n << BigInt(height)) {
-    throw new VerificationError("slot-range", `slot ${slot} is outside a tree of height ${height}`);
-  }
-  if (amount < 0n || amount > MAX_BALANCE) {
-    throw new VerificationError("leaf-range", `leaf amount ${amount} is outside 0..2**64-1`);
-  }
-  let node = leaf;
-  let total = amount;
-  for (const [level, step] of path.entries()) {
-    if (step.sum < 0n || step.sum > subtreeCap(level)) {
-      throw new VerificationError(
-        "sibling-sum-range",
-        `sibling sum ${step.sum} at level ${level} is outside 0..2**64-1 times 2**${level}`,
-      );
-    }
-    node = (slot >> BigInt(level)) & 1n
-      ? await nodeHash(step.hash, step.sum, node, total)
-      : await nodeHash(node, total, step.hash, step.sum);
-    total += step.sum;
-  }
-  return [node, total];
+/** An asset entry's leaf hash in its record's asset map. */
+export const entryHash = (entry) => sha256(Uint8Array.of(TAG_ENTRY), entry);
+
+/** An asset map node's hash over two 32-byte child hashes. */
+export async function mapNodeHash(left, right) {
+  if (left.length !== 32 || right.length !== 32) throw new FormatError("asset map hashes must be 32 bytes");
+  return sha256(Uint8Array.of(TAG_MAP_NODE), left, right);
 }
 
-/** Check that `leaf` with `amount` sits at `slot` under `root`, whose sum is
- * `liabilities` (PROTOCOL §3, checks 1-6; the first that fails is thrown). */
-export async function verifyPath({ height, root, liabilities, slot, leaf, amount, path }) {
-  const [gotRoot, gotTotal] = await rootFromPath(height, slot, leaf, amount, path);
-  if (!equal(gotRoot, root)) {
-    throw new VerificationError("root-mismatch", "the path does not lead to the signed root");
-  }
-  if (gotTotal !== liabilities) {
-    throw new VerificationError(
-      "liabilities-mismatch",
-      `the path sums to ${gotTotal}, the record states ${liabilities}`,
-    );
-  }
-}
+/** The asset map root of a record with no assets. */
+export const emptyMap = () => sha256(Uint8Array.of(TAG_MAP_NODE));

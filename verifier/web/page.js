@@ -9,14 +9,15 @@ export const proverUrl = () => new URL(fragmentOptions().prover ?? location.orig
 export const $ = (id) => document.getElementById(id);
 
 /**
- * The URL fragment `#key=K&witness=W&witness=W2&quorum=Q&since=N&prover=URL` as
- * `{key, witnesses, quorum, since, prover}` (null or [] when absent). Values are
- * percent-decoded; a `+` stays a `+` (keys hold them). `quorum` and `since` are
- * kept only when decimal: `quorum` a Number, `since` a BigInt; `prover` only when
- * an http(s) origin: the daemon serving /proof and /roots to a page hosted elsewhere.
+ * The URL fragment `#key=K&witness=W&witness=W2&quorum=Q&since=N&prover=URL&assets=A,B`
+ * as `{key, witnesses, quorum, since, prover, assets}` (null or [] when absent).
+ * Values are percent-decoded; a `+` stays a `+` (keys hold them). `quorum` and
+ * `since` are kept only when decimal: `quorum` a Number, `since` a BigInt; `prover`
+ * only when an http(s) origin: the daemon serving /proof and /roots to a page hosted
+ * elsewhere; `assets` as written (the dashboard checks it: inputs.js's loadAssets).
  */
 export function fragmentOptions(hash = location.hash) {
-  const out = { key: null, witnesses: [], quorum: null, since: null, prover: null };
+  const out = { key: null, witnesses: [], quorum: null, since: null, prover: null, assets: null };
   for (const part of hash.replace(/^#/, "").split("&")) {
     const cut = part.indexOf("=");
     if (cut < 0) continue;
@@ -31,6 +32,7 @@ export function fragmentOptions(hash = location.hash) {
     else if (name === "quorum" && /^\d{1,3}$/.test(value)) out.quorum = Number(value);
     else if (name === "since" && /^\d{1,19}$/.test(value)) out.since = BigInt(value);
     else if (name === "prover" && /^https?:\/\/[A-Za-z0-9.-]+(:\d{1,5})?$/.test(value)) out.prover = value;
+    else if (name === "assets") out.assets = value;
   }
   return out;
 }

@@ -1,23 +1,28 @@
 // The epoch record in canonical bytes (docs/PROTOCOL.md §4; verifier/record.py).
 //
-//   magic "SOLV" | version u8 = 2 | epoch u64 | timestamp_ms u64
-//   | max_reserve_age_ms u64 | asset_count u16 | asset* (sorted by id, unique)
+//   record = header | asset* (asset_count entries, sorted by id, unique)
+//   header = magic "SOLV" | version u8 = 2 | epoch u64 | timestamp_ms u64
+//            | max_reserve_age_ms u64 | asset_count u16 | asset_map_root[32]
 //   asset  = id_len u8 | id | decimals u8 | height u8 | root[32]
 //            | liabilities u128 | reserves u128 | status u8
 //            | source_count u8 | source* (sorted by name, unique)
 //   source = name_len u8 | name | amount u128 | as_of_ms u64
 //            | key_id u32 | report_hash[32]   (0 and 32 zero bytes: unattested)
 //
-// `decodeRecord` refuses (FormatError) whatever does not round-trip: trailing
-// bytes, version 1 or another, an unknown status, unsorted or repeated assets or
-// sources, liabilities above subtreeCap(height), reserves other than the sum of
-// the sources, a source amount above 2^96 - 1 or dated after the epoch, a key id
-// without a report hash, a status other than the one §4.3 derives.
-// Integers of 64 bits and more are BigInt; the result is frozen.
+// The log commits to the header, the header to the entries by the asset map
+// (assetmap.js), so one entry is read with its header (`decodeEntry`). Decoders
+// refuse (FormatError) whatever does not round-trip: trailing bytes, version 1 or
+// another, an unknown status, unsorted or repeated assets or sources, liabilities
+// above subtreeCap(height), reserves other than the sum of the sources, a source
+// amount above 2^96 - 1 or dated after the epoch, a key id without a report hash,
+// a status other than the one §4.3 derives, a full record whose entries' map root
+// is not its header's. Integers of 64 bits and more are BigInt; results are frozen.
 
-import { FormatError } from "./errors.js";
+import { mapRoot } from "./assetmap.js";
+import { FormatError, VerificationError } from "./errors.js";
 import { checkAssetId, MAX_HEIGHT, subtreeCap } from "./hashing.js";
-import { readBigEndian } from "./fields.js";
+import { equal, readBigEndian } from "./fields.js";
+import { leafHash, verifyInclusion } from "./rfc9162.js";
 
 export const VERSION = 2;
 export const MAX_RESERVE = (1n << 96n) - 1n;
@@ -37,13 +42,14 @@ export function expectedStatus(liabilities, sources, timestampMs, maxAgeMs) {
 }
 
 class Cursor {
-  constructor(bytes) {
+  constructor(bytes, what = "epoch record") {
     this.bytes = bytes;
     this.pos = 0;
+    this.what = what;
   }
 
   take(n) {
-    if (this.pos + n > this.bytes.length) throw new FormatError("epoch record is truncated");
+    if (this.pos + n > this.bytes.length) throw new FormatError(`${this.what} is truncated`);
     this.pos += n;
     return this.bytes.subarray(this.pos - n, this.pos);
   }
@@ -60,6 +66,11 @@ class Cursor {
     const raw = this.take(this.byte());
     if (raw.some((b) => b > 0x7f)) throw new FormatError(`${what} is not ASCII`);
     return String.fromCharCode(...raw);
+  }
+
+  finish() {
+    const left = this.bytes.length - this.pos;
+    if (left) throw new FormatError(`${left} trailing bytes after ${this.what}`);
   }
 }
 
@@ -127,21 +138,18 @@ function readAsset(cursor) {
   };
 }
 
-/**
- * Decode canonical record bytes into
- * `{epoch, timestampMs, maxReserveAgeMs, assets: [{asset, decimals, height, root,
- * liabilities, reserves, status, sources: [{name, amount, asOfMs, keyId,
- * reportHash, attested}]}], solvent}` (status: "SOLVENT", "INSOLVENT" or "UNPROVEN";
- * solvent: every asset SOLVENT). Throws FormatError as the module comment says.
- */
-export function decodeRecord(bytes) {
-  const cursor = new Cursor(bytes);
+function readHeader(cursor) {
+  const start = cursor.pos;
   const magic = cursor.take(4);
   const version = cursor.byte();
-  const epoch = cursor.uint(8);
-  const timestampMs = cursor.uint(8);
-  const maxReserveAgeMs = cursor.uint(8);
-  const count = Number(cursor.uint(2));
+  const header = {
+    version,
+    epoch: cursor.uint(8),
+    timestampMs: cursor.uint(8),
+    maxReserveAgeMs: cursor.uint(8),
+    assetCount: Number(cursor.uint(2)),
+    assetMapRoot: cursor.take(32).slice(),
+  };
   if (String.fromCharCode(...magic) !== "SOLV") throw new FormatError("not an epoch record (bad magic)");
   if (version === 1) {
     throw new FormatError(
@@ -150,26 +158,88 @@ export function decodeRecord(bytes) {
     );
   }
   if (version !== VERSION) throw new FormatError(`unsupported epoch record version ${version}`);
-  const assets = Array.from({ length: count }, () => readAsset(cursor));
-  if (cursor.pos !== bytes.length) {
-    throw new FormatError(`${bytes.length - cursor.pos} trailing bytes after epoch record`);
+  header.bytes = cursor.bytes.slice(start, cursor.pos);
+  return Object.freeze(header);
+}
+
+/** What an entry must agree on with its header: no source dated after the epoch,
+ * and the status the epoch's time and policy derive. */
+function checkAsset(header, a) {
+  for (const s of a.sources) {
+    if (s.asOfMs > header.timestampMs) throw new FormatError(`${a.asset}: reserve ${s.name} is dated after the epoch`);
   }
+  const want = expectedStatus(a.liabilities, a.sources, header.timestampMs, header.maxReserveAgeMs);
+  if (a.status !== want) throw new FormatError(`${a.asset}: status ${a.status} contradicts ${want}`);
+  return Object.freeze(a);
+}
+
+/** Decode a record header (exactly HEADER_SIZE bytes) into `{version, epoch,
+ * timestampMs, maxReserveAgeMs, assetCount, assetMapRoot, bytes}`. */
+export function decodeHeader(bytes) {
+  const cursor = new Cursor(bytes);
+  const header = readHeader(cursor);
+  cursor.finish();
+  return header;
+}
+
+/** Decode one asset entry of the record `header` heads (module comment). */
+export function decodeEntry(bytes, header) {
+  const cursor = new Cursor(bytes, "asset entry");
+  const asset = readAsset(cursor);
+  cursor.finish();
+  return checkAsset(header, asset);
+}
+
+/**
+ * Decode a full record (its header, then every entry) into `{header, epoch,
+ * timestampMs, maxReserveAgeMs, assetCount, entries (bytes), assets: [{asset,
+ * decimals, height, root, liabilities, reserves, status, sources: [{name, amount,
+ * asOfMs, keyId, reportHash, attested}]}], solvent}` (status: "SOLVENT",
+ * "INSOLVENT" or "UNPROVEN"; solvent: every asset SOLVENT). Throws FormatError as
+ * the module comment says, and if the entries' map root is not the header's.
+ */
+export async function decodeRecord(bytes) {
+  const cursor = new Cursor(bytes);
+  const header = readHeader(cursor);
+  const entries = [];
+  const assets = [];
+  for (let i = 0; i < header.assetCount; i++) {
+    const start = cursor.pos;
+    assets.push(readAsset(cursor));
+    entries.push(bytes.slice(start, cursor.pos));
+  }
+  cursor.finish();
   if (!strictlySorted(assets.map((a) => a.asset))) {
     throw new FormatError("record assets must be sorted by id and unique");
   }
-  for (const a of assets) {
-    for (const s of a.sources) {
-      if (s.asOfMs > timestampMs) throw new FormatError(`${a.asset}: reserve ${s.name} is dated after the epoch`);
-    }
-    const want = expectedStatus(a.liabilities, a.sources, timestampMs, maxReserveAgeMs);
-    if (a.status !== want) throw new FormatError(`${a.asset}: status ${a.status} contradicts ${want}`);
-    Object.freeze(a);
+  assets.forEach((a) => checkAsset(header, a));
+  if (!equal(await mapRoot(entries), header.assetMapRoot)) {
+    throw new FormatError("the record's asset map root is not that of its entries");
   }
+  const { epoch, timestampMs, maxReserveAgeMs, assetCount } = header;
   return Object.freeze({
+    header,
     epoch,
     timestampMs,
     maxReserveAgeMs,
+    assetCount,
+    entries: Object.freeze(entries),
     assets: Object.freeze(assets),
     solvent: assets.every((a) => a.status === "SOLVENT"),
   });
+}
+
+/** Decode a record `header` (bytes) and check it is leaf `epoch` of the
+ * checkpoint's log (§7 step 2): VerificationError `record-not-in-log` or an RFC
+ * 9162 inclusion check. */
+export async function headerInLog(bytes, inclusion, checkpoint) {
+  const header = decodeHeader(bytes);
+  if (header.epoch >= checkpoint.size) {
+    throw new VerificationError(
+      "record-not-in-log",
+      `epoch ${header.epoch} is not in a log of ${checkpoint.size} records`,
+    );
+  }
+  await verifyInclusion(await leafHash(bytes), header.epoch, checkpoint.size, inclusion, checkpoint.root);
+  return header;
 }

@@ -2,7 +2,8 @@
 // (docs/PROTOCOL.md §5; verifier/rfc9162.py). Leaf hash H(0x00 || data), node hash
 // H(0x01 || left || right). Indices and sizes are BigInt (a Number is converted),
 // counting from 0. Each verifier computes the proof length it expects from the
-// index and sizes and refuses any other length.
+// index and sizes and refuses any other length. The tree shape is also a record's
+// asset map's (§4.4), with its own hashes: `node` and `empty` are then arguments.
 
 import { FormatError, VerificationError } from "./errors.js";
 import { equal, fromHex } from "./fields.js";
@@ -33,10 +34,24 @@ function checkHashes(...hashes) {
   }
 }
 
+/** MTH of a list of leaf hashes (§2.1.1): pairs folded left to right, an odd
+ * last node moving up unchanged, which gives the tree split at powers of two. */
+export async function rootFromLeafHashes(hashes, node = nodeHash, empty = EMPTY_ROOT) {
+  let level = [...hashes];
+  if (level.length === 0) return empty;
+  while (level.length > 1) {
+    const next = [];
+    for (let i = 0; i + 1 < level.length; i += 2) next.push(await node(level[i], level[i + 1]));
+    if (level.length % 2) next.push(level.at(-1));
+    level = next;
+  }
+  return level[0];
+}
+
 /** Check that `leaf` (a leaf hash) is at `index` in the tree of `size` with `root`
  * (§2.1.3.2). Throws VerificationError `inclusion-index`, `inclusion-proof-size` or
  * `inclusion-root-mismatch`. */
-export async function verifyInclusion(leaf, index, size, proof, root) {
+export async function verifyInclusion(leaf, index, size, proof, root, node = nodeHash) {
   [index, size] = [BigInt(index), BigInt(size)];
   checkHashes(...proof, leaf, root);
   if (index < 0n || index >= size) {
@@ -53,10 +68,10 @@ export async function verifyInclusion(leaf, index, size, proof, root) {
   for (const p of proof) {
     if (sn === 0n) throw new VerificationError("inclusion-proof-size", "proof is too long");
     if (fn % 2n === 1n || fn === sn) {
-      r = await nodeHash(p, r);
+      r = await node(p, r);
       while (fn % 2n === 0n && fn !== 0n) [fn, sn] = [fn >> 1n, sn >> 1n];
     } else {
-      r = await nodeHash(r, p);
+      r = await node(r, p);
     }
     [fn, sn] = [fn >> 1n, sn >> 1n];
   }

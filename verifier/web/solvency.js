@@ -10,7 +10,7 @@
 // key names:
 //
 //   valid    {valid: true, exit: 0, ...what was verified}  (proof: exit 4 when some
-//            asset of the record is not SOLVENT, as the CLI)
+//            asset of the proof is not SOLVENT, as the CLI)
 //   invalid  {valid: false, exit: 1, check, reason}   check: a check name of
 //            PROTOCOL §3, §5, §7, §12.3, or "format" for malformed input
 //            (reason then begins "malformed: ")
@@ -19,101 +19,33 @@
 // Integers of the protocol (epochs, sizes, times in ms, amounts) are BigInt, so a
 // result is not JSON.stringify-able as it is; the amounts are also given as the
 // CLI prints them (`formatAmount`). The modules below are exported for an auditor's
-// page: a frame of the root stream (stream.js), checkpoints (checkpoint.js),
-// RFC 9162 proofs (rfc9162.js), records (record.js), cosignatures (cosignature.js).
+// page: frames of the root stream (stream.js) and the auditor's rules (audit.js),
+// checkpoints (checkpoint.js), RFC 9162 proofs (rfc9162.js), records (record.js),
+// asset maps and chosen assets (assetmap.js, selection.js), cosignatures
+// (cosignature.js). A page that verifies no proof file imports those directly.
 
 import { FormatError, UsageError, VerificationError } from "./errors.js";
 import { fromHex, toHex } from "./fields.js";
-import { openCheckpoint, parseVerifierKey } from "./checkpoint.js";
-import { checkQuorum, parseWitnessKey } from "./cosignature.js";
+import { openCheckpoint } from "./checkpoint.js";
+import { checkQuorum } from "./cosignature.js";
+import { formatTime, formatAmount } from "./display.js";
+import { loadVerifierKey, loadWitnessKeys } from "./inputs.js";
 import { parseProofFile, verifyProof } from "./proof.js";
 import { verifyConsistency } from "./rfc9162.js";
 
 export * from "./errors.js";
+export * from "./display.js";
+export * from "./inputs.js";
 export { printableId } from "./hashing.js";
-export { decodeRecord, expectedStatus, isStale } from "./record.js";
-export { EMPTY_ROOT, verifyConsistency, verifyInclusion } from "./rfc9162.js";
+export { decodeEntry, decodeHeader, decodeRecord, expectedStatus, headerInLog, isStale } from "./record.js";
+export { mapRoot, verifyMapPath } from "./assetmap.js";
+export { checkSelection, partialRecord } from "./selection.js";
+export { EMPTY_ROOT, rootFromLeafHashes, verifyConsistency, verifyInclusion } from "./rfc9162.js";
 export { openCheckpoint, openNote, parseCheckpoint, parseVerifierKey, splitNote } from "./checkpoint.js";
 export { checkQuorum, parseWitnessKey, verifyCosignatures } from "./cosignature.js";
-export { parseProofFile, recordInLog, verifyProof } from "./proof.js";
-export { parseEpochMessage } from "./stream.js";
-
-const LINES = /\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]/; // Python's str.splitlines()
-
-/** `value` smallest units as an exact decimal number of `decimals` places, trailing
- * zeros dropped (verifier/cli.py's format_amount). */
-export function formatAmount(value, decimals) {
-  if (decimals === 0) return String(value);
-  const unit = 10n ** BigInt(decimals);
-  const fraction = String(value % unit).padStart(decimals, "0");
-  return `${value / unit}.${fraction}`.replace(/0+$/, "").replace(/\.$/, "");
-}
-
-/** A Unix time in milliseconds (BigInt) as `YYYY-MM-DDTHH:MM:SSZ`, UTC, for any u64. */
-export function formatTime(ms) {
-  const seconds = BigInt(ms) / 1000n;
-  const z = seconds / 86400n + 719468n; // days since 0000-03-01 (H. Hinnant's civil_from_days)
-  const era = z / 146097n;
-  const doe = z - era * 146097n;
-  const yoe = (doe - doe / 1460n + doe / 36524n - doe / 146096n) / 365n;
-  const doy = doe - (365n * yoe + yoe / 4n - yoe / 100n);
-  const mp = (5n * doy + 2n) / 153n;
-  const day = doy - (153n * mp + 2n) / 5n + 1n;
-  const month = mp < 10n ? mp + 3n : mp - 9n;
-  const year = yoe + era * 400n + (month <= 2n ? 1n : 0n);
-  const rest = seconds % 86400n;
-  const two = (n) => String(n).padStart(2, "0");
-  return (
-    `${String(year).padStart(4, "0")}-${two(month)}-${two(day)}` +
-    `T${two(rest / 3600n)}:${two((rest / 60n) % 60n)}:${two(rest % 60n)}Z`
-  );
-}
-
-/** The log's verifier key text (`<name>+<key id>+<base64>`, surrounding white space
- * ignored), parsed; UsageError if it does not parse. */
-export async function loadVerifierKey(text) {
-  try {
-    return await parseVerifierKey(text);
-  } catch (error) {
-    if (error instanceof FormatError) throw new UsageError(`verifierKey: ${error.message}`);
-    throw error;
-  }
-}
-
-/**
- * The witnesses and quorum of the options (verifier/inputs.py's load_witnesses):
- * `witnessKeys` is a list of texts, each a witness key or several, one per line
- * (a file's content); no two of one name. `quorum` is 0 .. their number, by
- * default all of them. UsageError otherwise.
- */
-export async function loadWitnessKeys(witnessKeys = [], quorum = undefined) {
-  if (typeof witnessKeys === "string" || !Array.isArray(witnessKeys)) {
-    throw new UsageError("witnessKeys must be a list of key texts");
-  }
-  const keys = [];
-  for (const value of witnessKeys) {
-    const lines = String(value).split(LINES).filter((line) => line.trim());
-    if (lines.length === 0) throw new UsageError(`witnessKeys: no key in ${JSON.stringify(value)}`);
-    for (const line of lines) {
-      let key;
-      try {
-        key = await parseWitnessKey(line);
-      } catch (error) {
-        if (error instanceof FormatError) throw new UsageError(`witnessKeys: ${error.message}`);
-        throw error;
-      }
-      if (keys.some((k) => k.name === key.name)) {
-        throw new UsageError(`witnessKeys: two keys of ${key.name}: a quorum counts witnesses`);
-      }
-      keys.push(key);
-    }
-  }
-  const required = quorum ?? keys.length;
-  if (!Number.isInteger(required) || required < 0 || required > keys.length) {
-    throw new UsageError(`quorum ${String(quorum)}: give 0 to ${keys.length} (the witness keys)`);
-  }
-  return { witnesses: keys, quorum: required };
-}
+export { parseProofFile, verifyProof } from "./proof.js";
+export { parseMessage } from "./stream.js";
+export { ALL_ASSETS, checkEpoch, subscriptionQuery } from "./audit.js";
 
 async function readInput(input) {
   if (typeof input === "string" || input instanceof Uint8Array) return input;
@@ -172,11 +104,13 @@ function cosigners(cosignatures) {
  * default the system clock).
  *
  * A valid result also holds: `user`, `epoch`, `time` (the record's), `log_size`,
- * `cosigned_by` ([{name, time, timestamp}]), `solvent` (every asset of the record),
+ * `cosigned_by` ([{name, time, timestamp}]), `solvent` (every asset of the proof:
+ * the record's other assets are not in it),
  * `assets` ([{asset, decimals, balance, liabilities, reserves, status, units:
  * {balance, liabilities, reserves}}]: the amounts formatted, and in BigInt units),
- * and beyond the CLI's JSON `origin`, `root` (hex), `timestamp_ms` and `record`
- * (record.js's decoded record: every asset's status, reserve sources).
+ * and beyond the CLI's JSON `origin`, `root` (hex), `timestamp_ms`, `asset_count`
+ * (the record's) and `record` (selection.js's partialRecord of the proof's
+ * entries: their statuses, reserve sources).
  */
 export async function verifyProofFile(input, options = {}) {
   return outcome(async () => {
@@ -210,6 +144,7 @@ export async function verifyProofFile(input, options = {}) {
       origin: report.checkpoint.origin,
       root: toHex(report.checkpoint.root),
       timestamp_ms: report.timestampMs,
+      asset_count: report.record.assetCount,
       record: report.record,
     };
   });

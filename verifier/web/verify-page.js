@@ -84,7 +84,8 @@ function show(result, opts, from) {
     ["Time", result.time],
     ["Log", `${printableId(result.origin)}, ${result.log_size} epochs, signed by the verifier key`],
     ["Cosigned by", cosigned(result, opts)],
-    ["Checked", "the log's signature, the record's place in the log, your path to each asset's root and total"],
+    ["Record", `${result.asset_count} asset(s); your proof holds the entries of yours`],
+    ["Checked", "the log's signature, the record's place in the log, each of your assets' entry in it, your path to that asset's root and total"],
     ["Proof", from],
   ]);
   const rows = result.assets.map((a) =>
@@ -103,7 +104,7 @@ function show(result, opts, from) {
   const others = result.record.assets.filter((a) => a.status !== "SOLVENT");
   $("solvency").className = solvent ? "valid" : "warning";
   $("solvency").textContent = solvent
-    ? "The custodian is solvent in every asset of this epoch."
+    ? "The custodian is solvent in each of your assets in this epoch (the record's other assets are not in your proof)."
     : `WARNING: not every asset is proven solvent: ${others.map((a) => `${a.asset} ${a.status.toLowerCase()}`).join(", ")}`;
 }
 
