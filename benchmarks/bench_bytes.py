@@ -15,7 +15,9 @@ the previous epoch) before it is measured. Sizes are WebSocket payloads
 ``solvency-msgpack`` binary frames.
 
 Subscriptions: all assets (a full record), one asset (``assets=A000``), and
-checkpoints only. Proof files: a user holding four assets, at ``--height``
+checkpoints only; for the first two, a connection's first frame (every
+signed report its entries bind) and a later one (the reports new since the
+previous epoch: none, as in most epochs). Proof files: a user holding four assets, at ``--height``
 and at height 8 (500 assets, 20,000 users holding 5 each: about 200
 holders an asset).
 """
@@ -77,7 +79,7 @@ def record_of(epoch: int, assets: int, height: int) -> tuple[EpochRecord, list[b
 def frames(
     assets: int, epochs: int, witnesses: int, height: int
 ) -> tuple[AuditState, EpochRecord, dict[str, StreamMessage]]:
-    """The state after epoch ``epochs - 2`` and the three frames of the last epoch."""
+    """The state after epoch ``epochs - 2`` and the frames of the last epoch."""
     record, reports = record_of(epochs - 1, assets, height)
     last = rfc9162.leaf_hash(record.header.encode())
 
@@ -94,7 +96,7 @@ def frames(
         witness = Ed25519PrivateKey.from_private_bytes(fake("witness", w))
         note += cosign(body, f"witness-{w}.example", witness, NOW_MS // 1000 + 1)
     inclusion = tuple(rfc9162.inclusion_path(epochs - 1, epochs, range_root))
-    consistency = tuple(rfc9162.consistency_path(epochs - 1, epochs, range_root))
+    consistency = tuple(rfc9162.last_consistency(epochs, inclusion, last))
     old = Checkpoint(ORIGIN, epochs - 1, range_root(0, epochs - 1)).to_note_body()
     state = AuditState(ORIGIN, epochs - 1, range_root(0, epochs - 1), NOW_MS - 1000, old.decode())
     one = select_entries(record, ["A000"], AssetMap(HASHER, record.entries))
@@ -102,21 +104,21 @@ def frames(
         state,
         record,
         {
-            "all assets": EpochMessage(
-                record.encode(), note, inclusion, consistency, tuple(reports)
+            "all assets, first": EpochMessage(record.encode(), note, inclusion, tuple(reports)),
+            "all assets, later": EpochMessage(record.encode(), note, inclusion),
+            "one asset, first": AssetsMessage(
+                record.header.encode(), one, note, inclusion, (reports[0],)
             ),
-            "one asset": AssetsMessage(
-                record.header.encode(), one, note, inclusion, consistency, (reports[0],)
-            ),
+            "one asset, later": AssetsMessage(record.header.encode(), one, note, inclusion),
             "checkpoints only": CheckpointMessage(note, consistency),
         },
     )
 
 
 SUBSCRIPTIONS = {
-    "all assets": Subscription(),
-    "one asset": Subscription(assets=frozenset({"A000"})),
-    "checkpoints only": Subscription(checkpoints=True),
+    "all": Subscription(),
+    "one": Subscription(assets=frozenset({"A000"})),
+    "checkpoints": Subscription(checkpoints=True),
 }
 
 
@@ -152,11 +154,13 @@ def main() -> None:
         f"log of {args.epochs} epochs, {args.witnesses} witness cosignatures, trees of height "
         f"{args.height}, 2 reserve sources an asset (1 attested)\n"
     )
-    print(f"{'assets':>6} | {'subscription':<16} | {'JSON':>9} | {'msgpack':>9} | of all, JSON")
+    print(
+        f"{'assets':>6} | {'subscription, frame':<19} | {'JSON':>9} | {'msgpack':>9} | of all, JSON"
+    )
     proofs = []
     for count in (int(n) for n in args.assets.split(",")):
         state, record, messages = frames(count, args.epochs, args.witnesses, args.height)
-        full = len(messages["all assets"].to_json().encode())
+        full = len(messages["all assets, later"].to_json().encode())
         for name, message in messages.items():
             check_epoch(
                 state,
@@ -166,12 +170,12 @@ def main() -> None:
                 witnesses=witness_keys,
                 quorum=args.witnesses,
                 now=NOW_MS / 1000 + 5,
-                subscription=SUBSCRIPTIONS[name],
+                subscription=SUBSCRIPTIONS[name.split()[0]],
             )
             text, binary = len(message.to_json().encode()), len(to_msgpack(message))
-            print(f"{count:>6} | {name:<16} | {text:>9,} | {binary:>9,} | {text / full:.3f}")
-        assert isinstance(messages["all assets"], EpochMessage)
-        inclusion = messages["all assets"].inclusion
+            print(f"{count:>6} | {name:<19} | {text:>9,} | {binary:>9,} | {text / full:.3f}")
+        assert isinstance(messages["all assets, later"], EpochMessage)
+        inclusion = messages["all assets, later"].inclusion
         proofs.append(
             (count, proof_bytes(record, args.height, inclusion), proof_bytes(record, 8, inclusion))
         )

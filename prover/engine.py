@@ -51,6 +51,7 @@ from prover.config import Config
 from prover.dbthread import DbThread
 from prover.epoch import Reserve, build_record, record_reports
 from prover.folding import Folder, Pacing
+from prover.frames import Encoding, Frame
 from prover.ingest import IngestResult, Intake
 from prover.mapped import MappedRecord
 from prover.messages import Batch
@@ -150,14 +151,16 @@ class Engine:
         with collector_off():
             await self._intake.load()
             latest = await self._db_call(self.store.latest_epoch)
+            last: MappedRecord | None = None  # its record: the one before the next epoch's
             if latest is not None:
                 self.metrics.epoch = self.metrics.published_epoch = latest.number
-                self._last_timestamp_ms = stored_record(latest).timestamp_ms
+                last = MappedRecord(stored_record(latest))
+                self._last_timestamp_ms = last.record.timestamp_ms
                 self.metrics.last_epoch_time = self._last_timestamp_ms / 1000
                 await self._db_call(self.store.log_root)  # warm the log's subtree cache
             await self._rotation.start(self._intake.decimals)
             self.metrics.unfolded_updates = await self._db_call(self.store.journal_backlog)
-            await self._publication.start(self.metrics.epoch)
+            await self._publication.start(self.metrics.epoch, last)
         gc.collect()
 
     async def close(self) -> None:
@@ -376,7 +379,6 @@ class Engine:
             record=record,
             checkpoint=checkpoint,
             inclusion=tuple(self.store.inclusion_proof(number, number + 1)),
-            consistency=tuple(self.store.consistency_proof(number, number + 1)),
         )
 
     # Publication (prover/publication.py): the root stream and the witnesses
@@ -388,14 +390,15 @@ class Engine:
     def subscribe(
         self,
         since: int | None,
-        offer: Callable[[str], bool] | None = None,
+        offer: Callable[[Frame], bool] | None = None,
         subscription: Subscription = ALL_ASSETS,
-    ) -> AsyncIterator[str]:
-        """Frames of ``subscription`` from epoch ``since`` on, without gap or
-        duplicate (``Fanout.subscribe``)."""
-        return self._publication.fanout.subscribe(since, offer, subscription)
+        encoding: Encoding = Encoding.JSON,
+    ) -> AsyncIterator[Frame]:
+        """Frames of ``subscription`` in ``encoding`` from epoch ``since`` on,
+        without gap or duplicate (``Fanout.subscribe``)."""
+        return self._publication.fanout.subscribe(since, offer, subscription, encoding)
 
-    def shed(self, offer: Callable[[str], bool]) -> None:
+    def shed(self, offer: Callable[[Frame], bool]) -> None:
         """The subscriber fed by ``offer`` stalled: drop it (``Fanout.shed``)."""
         self._publication.fanout.shed(offer)
 

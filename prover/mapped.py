@@ -8,6 +8,9 @@ Invariants:
   epoch nobody asks about never builds it. A ``MappedRecord`` may be made
   anywhere, but its map and paths are asked for on one thread only (the
   event loop's): they are built without a lock.
+- ``consistency`` needs no read of the log: the inclusion path of the
+  record's header, the log's last leaf, holds the roots of the complete
+  subtrees of the log before it (``verifier.rfc9162.last_consistency``).
 - A ``ProofBasis`` holds every asset's entry with its index and map path,
   computed once per epoch: the proof files of many users (an export) are
   assembled from it without hashing. It travels to the tree workers as it is
@@ -16,11 +19,12 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from prover.errors import ProverError
 from prover.ledger import UserProof
+from verifier import rfc9162
 from verifier.assetmap import AssetMap
 from verifier.hashing import hasher_for
 from verifier.proof import AssetPath, ProofFile
@@ -96,6 +100,13 @@ class MappedRecord:
                 )
             }
         return self._entries
+
+    def consistency(self, inclusion: Sequence[bytes]) -> tuple[bytes, ...]:
+        """The RFC 9162 consistency proof from the log of ``epoch`` records to
+        the log of ``epoch + 1``, given ``inclusion``, the inclusion path of
+        this record's header at index ``epoch`` in the latter."""
+        leaf = rfc9162.leaf_hash(self.record.header.encode())
+        return tuple(rfc9162.last_consistency(self.record.epoch + 1, inclusion, leaf))
 
     def select(self, chosen: Iterable[str]) -> tuple[MapEntry, ...]:
         """The entries that prove what the record says of the ``chosen`` asset

@@ -69,8 +69,10 @@ class Publication:
                 observe=metrics.observe_witness,
             )
 
-    async def start(self, committed: int) -> None:
-        """Start the witnesses, if any; ``committed`` is the last epoch stored."""
+    async def start(self, committed: int, record: MappedRecord | None) -> None:
+        """Start the witnesses, if any; ``committed`` is the last epoch stored
+        (-1: none), ``record`` its record (published before this run)."""
+        self.fanout.start(committed, record)
         if self.witnesses is not None:
             await self.witnesses.start(committed)
 
@@ -91,7 +93,7 @@ class Publication:
         if self.witnesses is None:
             self._publish(number, message)
         else:  # published once cosigned, or at the deadline (prover/witnesses.py)
-            self.witnesses.submit(number, message)
+            self.witnesses.submit(number, message, record.consistency(message.inclusion))
 
     def _publish(self, number: int, message: EpochMessage) -> None:
         """Hand epoch ``number`` to the subscribers; observe the delay since its commit."""

@@ -1,8 +1,10 @@
 """The root stream, ``/roots`` (docs/PROTOCOL.md §11.2): send-only, shed when stalled.
 
 Each subscriber gets the frames of its subscription (every asset, chosen
-assets, or checkpoints only), built once per epoch for all who chose the same
-(prover/fanout.py, prover/frames.py).
+assets, or checkpoints only) in its encoding (JSON text frames, or binary
+MessagePack frames if it negotiated the ``solvency-msgpack`` subprotocol),
+built once per epoch for all who chose the same (prover/fanout.py,
+prover/frames.py), and framed for the wire once too (``_wire_frame``).
 
 A subscriber is shed (closed with 1013, counted in ``shed_subscribers``) when
 the bytes written to it and not yet sent would pass ``subscriber_buffer_bytes``
@@ -20,11 +22,13 @@ import functools
 import socket
 
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Frame, Opcode
+from websockets.frames import Frame as WireFrame
+from websockets.frames import Opcode
 from websockets.protocol import State
 
 from prover.engine import Engine
 from prover.errors import SubscriberShed
+from prover.frames import Encoding, Frame
 from prover.gate import GatedConnection
 from verifier.subscription import Subscription
 
@@ -39,24 +43,33 @@ PING_TIMEOUT = 10.0  # seconds it has to answer before it is shed
 SHED_GRACE = 2.0  # seconds a shed subscriber's close frame gets before the socket is cut
 
 
-@functools.lru_cache(maxsize=4)
-def _text_frame(message: str) -> bytes:
-    """``message`` as the bytes of one WebSocket text frame from this server,
-    serialized once for all the subscribers of an epoch: what ``send`` would
-    write, as no extension is negotiated (``compression=None``) and a server
-    does not mask (RFC 6455 §5.1). Writing it straight to each transport skips
-    ``broadcast``'s framing per connection: handing a frame to 1,000
-    connections on loopback took 17-26 ms instead of 30-35. The frame is whole
-    and only the loop's thread writes, so it cannot interleave with
-    websockets' own frames (pings, close)."""
-    return Frame(Opcode.TEXT, message.encode()).serialize(mask=False, extensions=[])
+@functools.lru_cache(maxsize=8)
+def _wire_frame(message: str | bytes) -> bytes:
+    """``message`` as the bytes of one WebSocket frame from this server (text
+    for a str, binary for bytes), serialized once for all the subscribers of
+    an epoch that get it: what ``send`` would write, as no extension is
+    negotiated (``compression=None``) and a server does not mask (RFC 6455
+    §5.1). Writing it straight to each transport skips ``broadcast``'s
+    framing per connection: handing a frame to 1,000 connections on loopback
+    took 17-26 ms instead of 30-35. The fan-out hands each frame to its
+    subscribers in a row, so the cache holds the few frames of an epoch in
+    use (each variant and encoding is another entry). The frame is whole and
+    only the loop's thread writes, so it cannot interleave with websockets'
+    own frames (pings, close)."""
+    if isinstance(message, str):
+        return WireFrame(Opcode.TEXT, message.encode()).serialize(mask=False, extensions=[])
+    return WireFrame(Opcode.BINARY, message).serialize(mask=False, extensions=[])
 
 
 async def serve_roots(
-    engine: Engine, conn: GatedConnection, since: int | None, subscription: Subscription
+    engine: Engine,
+    conn: GatedConnection,
+    since: int | None,
+    subscription: Subscription,
+    encoding: Encoding = Encoding.JSON,
 ) -> None:
-    """Send the epochs of ``subscription`` until the subscriber leaves, is shed,
-    or the prover stops."""
+    """Send the epochs of ``subscription`` in ``encoding`` until the subscriber
+    leaves, is shed, or the prover stops."""
     if conn.early_data:  # it sent a message before the handshake completed
         await conn.close(CLOSE_POLICY, "this route takes no messages")
         return
@@ -75,10 +88,10 @@ async def serve_roots(
             conn.send_data()
         asyncio.get_running_loop().call_later(SHED_GRACE, conn.transport.abort)
 
-    def offer(frame: str) -> bool:
+    def offer(frame: Frame) -> bool:
         """Send a live epoch now, unless it would put more than ``limit`` bytes
         in wait for this subscriber: then shed it (False)."""
-        data, transport = _text_frame(frame), conn.transport
+        data, transport = _wire_frame(frame), conn.transport
         buffered = transport.get_write_buffer_size()
         if buffered and buffered + len(data) > limit:
             shed(f"{buffered} bytes unsent: more than subscriber_buffer_bytes behind")
@@ -89,7 +102,7 @@ async def serve_roots(
 
     async def pump() -> None:
         try:
-            async for frame in engine.subscribe(since, offer, subscription):
+            async for frame in engine.subscribe(since, offer, subscription, encoding):
                 await conn.send(frame)
             await conn.close(CLOSE_GOING_AWAY, "prover shutting down")
         except SubscriberShed:

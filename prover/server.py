@@ -6,6 +6,10 @@ of prover/web.py) and refusals (400,
 handshake; ``/ingest`` and ``/roots`` (prover/roots.py) continue as
 WebSockets. All the work is the engine's. Every connection is admitted and
 bounded by prover/gate.py, within the limits of prover/limits.py.
+
+A ``/roots`` subscriber that offers the ``solvency-msgpack`` subprotocol
+gets it selected, and its frames in MessagePack (PROTOCOL §11.2); any
+other offer, and every other route, continue without a subprotocol (JSON).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import http
 import json
 import logging
+from collections.abc import Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -20,17 +25,20 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 from prover.auth import BadAuthorization, auditor_table, bearer_token, token_ok
 from prover.cors import allow_headers, origin_allowed, preflight_headers
 from prover.engine import Engine
 from prover.errors import IngestError, NotRetained, ProverError
+from prover.frames import Encoding
 from prover.gate import Gate, GatedConnection
 from prover.limits import ACCEPT_BACKLOG, ANONYMOUS_MAX_SIZE, descriptor_limit, plan_limits
 from prover.metrics import render_metrics
 from prover.roots import serve_roots
 from prover.sources import Disposition, ingest_message, refusal
 from prover.web import WebFiles
+from verifier.stream_binary import SUBPROTOCOL
 from verifier.subscription import parse_subscription
 
 __all__ = ["start_server"]
@@ -135,7 +143,8 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
         else:
             try:  # the query was checked in process_request
                 subscription = parse_subscription(url.query)
-                await serve_roots(engine, conn, _since(parse_qs(url.query)), subscription)
+                since, encoding = _since(parse_qs(url.query)), Encoding.of(conn.subprotocol)
+                await serve_roots(engine, conn, since, subscription, encoding)
             finally:
                 gate.unsubscribe(conn)
 
@@ -144,6 +153,7 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
         host,
         port,
         process_request=process_request,
+        select_subprotocol=_select_subprotocol,
         create_connection=gate.connection_class,
         # what anyone may send; raised for authenticated /ingest and /admin/export
         max_size=ANONYMOUS_MAX_SIZE,
@@ -164,6 +174,17 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
         limits.memory_bound >> 20,
     )
     return server
+
+
+def _select_subprotocol(
+    conn: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """``solvency-msgpack`` for a ``/roots`` subscriber that offers it; else
+    none, whatever was offered (JSON, the default)."""
+    assert conn.request is not None  # process_request admitted it
+    if SUBPROTOCOL in offered and urlsplit(conn.request.path).path == "/roots":
+        return Subprotocol(SUBPROTOCOL)
+    return None
 
 
 def _since(query: dict[str, list[str]]) -> int | None:

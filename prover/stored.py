@@ -1,7 +1,8 @@
 """Epochs rebuilt from storage, for the root stream's replays and the proofs
 of earlier epochs: the record, the checkpoint with the witnesses'
-cosignatures stored for it (PROTOCOL §12.4), the log proofs, and the signed
-reserve reports the record binds (those kept).
+cosignatures stored for it (PROTOCOL §12.4), the inclusion proof of its
+header in the log, and the signed reserve reports the record binds (those
+kept).
 
 A stored record is read only if its log leaf is its header (PROTOCOL §5):
 a database written before the asset map (record version 2 unreleased, when
@@ -65,7 +66,6 @@ def stored_epoch(
         record=stored.record,
         checkpoint=stored.checkpoint + _cosignatures(store, epoch),
         inclusion=tuple(store.inclusion_proof(epoch, epoch + 1)),
-        consistency=tuple(store.consistency_proof(epoch, epoch + 1)),
         reports=_reports(store, mapped.record),
     )
     return message, mapped

@@ -164,12 +164,13 @@ class Witnesses:
 
         await asyncio.to_thread(join)
 
-    def submit(self, epoch: int, message: EpochMessage) -> None:
-        """Epoch ``epoch`` committed: offer its checkpoint to every witness and
-        queue its publication."""
+    def submit(self, epoch: int, message: EpochMessage, consistency: Sequence[bytes]) -> None:
+        """Epoch ``epoch`` committed: offer its checkpoint to every witness
+        (``consistency``: the proof from the log one epoch shorter) and queue
+        its publication."""
         self._committed = epoch
         body, _ = split_note(message.checkpoint)
-        job = Job(epoch, message.checkpoint, body, message.consistency)
+        job = Job(epoch, message.checkpoint, body, tuple(consistency))
         for client in self._clients:
             client.offer(job)
         hurry = contextlib.ExitStack()

@@ -10,8 +10,10 @@ either returns the new state or raises. In order:
    (``verifier.selection``: ``asset-map-mismatch``, ``asset-map-incomplete``);
 3. ``epoch-size-mismatch``: it is the newest record: its epoch is the size - 1;
 4. history only grows: ``replayed-checkpoint`` (a size not above the last),
-   ``epoch-gap`` (a size skipped), ``fork`` (same size, other root), and the
-   consistency proof from the last verified size (RFC 9162);
+   ``epoch-gap`` (a size skipped), ``fork`` (same size, other root, or a log
+   that does not extend the last verified one: the root of its first ``size
+   - 1`` leaves, from the inclusion path of the last, is not the last
+   verified root; for a checkpoint alone, its RFC 9162 consistency proof);
 5. ``time-went-back``: record times never decrease;
 6. with witnesses configured, the checkpoint is witnessed (PROTOCOL §12.3):
    ``witness-signature-invalid``, ``witness-time``, ``witness-quorum``, with
@@ -204,12 +206,7 @@ def check_epoch(
             raise VerificationError(
                 "epoch-gap", f"epochs {state.size} to {checkpoint.size - 2} were skipped"
             )
-        try:
-            rfc9162.verify_consistency(
-                state.size, checkpoint.size, state.root, checkpoint.root, message.consistency
-            )
-        except VerificationError as exc:
-            raise VerificationError("fork", f"not an extension of the last log: {exc}") from exc
+        _check_extends(state, checkpoint, message)
         # 5. Time runs forward.
         if record is not None and record.timestamp_ms < state.timestamp_ms:
             raise VerificationError("time-went-back", "record is older than the previous one")
@@ -242,6 +239,24 @@ def check_epoch(
         checkpoint=message.checkpoint.decode("utf-8"),
     )
     return EpochAudit(new_state, record, findings, cosignatures, failure)
+
+
+def _check_extends(state: AuditState, checkpoint: Checkpoint, message: StreamMessage) -> None:
+    """``fork`` unless the checkpoint's log (one record longer) extends ``state``'s.
+
+    A frame with a record has had its inclusion proof verified as that of the
+    last leaf, so its hashes are the complete subtrees of the older log."""
+    if isinstance(message, CheckpointMessage):
+        try:
+            rfc9162.verify_consistency(
+                state.size, checkpoint.size, state.root, checkpoint.root, message.consistency
+            )
+        except VerificationError as exc:
+            raise VerificationError("fork", f"not an extension of the last log: {exc}") from exc
+    elif rfc9162.prefix_root(message.inclusion) != state.root:
+        raise VerificationError(
+            "fork", f"its first {state.size} records are not the log last verified"
+        )
 
 
 def _check_kind(message: StreamMessage, subscription: Subscription) -> None:

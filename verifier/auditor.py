@@ -35,6 +35,7 @@ from verifier.checkpoint import VerifierKey
 from verifier.cosignature import WitnessKey
 from verifier.errors import FormatError, VerificationError
 from verifier.exits import EXIT_INVALID, EXIT_VALID
+from verifier.report import report_hash
 from verifier.stream import CheckpointMessage, StreamMessage, parse_message
 from verifier.subscription import ALL_ASSETS, Subscription
 
@@ -107,10 +108,13 @@ class AuditorConfig:
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """A frame of the root stream, received at ``now`` (monotonic seconds)."""
+    """A frame of the root stream, received at ``now`` (monotonic seconds);
+    ``msgpack``: its connection negotiated ``solvency-msgpack``, so it is
+    canonical MessagePack in a binary frame (else JSON)."""
 
     data: str | bytes
     now: float
+    msgpack: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,10 +149,13 @@ class SaveState:
 
 @dataclass(frozen=True, slots=True)
 class Verified:
-    """An epoch verified; ``statuses`` names its assets not solvent and attested."""
+    """An epoch verified; ``statuses`` names its assets not solvent and attested;
+    ``reports``: the signed reports its record binds that the auditor holds
+    (from this frame or earlier ones), in record order."""
 
     audit: EpochAudit
     statuses: Mapping[str, str] = field(default_factory=dict)
+    reports: tuple[bytes, ...] = ()
 
     def status(self, asset: str) -> str:
         return self.statuses.get(asset, "solvent")
@@ -210,6 +217,7 @@ class Auditor:
         self.violations = 0  # alarms raised by this auditor
         self.open_findings: dict[str, str] = {}  # asset -> status alarmed and not recovered
         self.witness_alarm: str | None = None  # the witness check failing since it alarmed
+        self.reports: dict[bytes, bytes] = {}  # by hash, the reports the last record binds
 
     @property
     def exit_code(self) -> int:
@@ -217,7 +225,7 @@ class Auditor:
 
     def handle(self, event: Event) -> list[Decision]:
         if isinstance(event, Frame):
-            return self.on_frame(event.data, event.now)
+            return self.on_frame(event.data, event.now, event.msgpack)
         if isinstance(event, Refused):
             return self.on_refused(event.status, event.since, event.bad_since)
         return self.on_tick(event.now)
@@ -258,10 +266,11 @@ class Auditor:
             return self._stop_unless_keep_going([alarm])
         return []
 
-    def on_frame(self, data: str | bytes, now: float) -> list[Decision]:
-        """Verify one frame of the root stream, received at ``now``."""
+    def on_frame(self, data: str | bytes, now: float, msgpack: bool = False) -> list[Decision]:
+        """Verify one frame of the root stream, received at ``now``, in JSON or
+        (``msgpack``) in MessagePack."""
         try:
-            message = parse_message(data)
+            message = _parse_msgpack(data) if msgpack else parse_message(data)
         except FormatError as exc:
             return self._stop_unless_keep_going([self._alarm("format", f"malformed: {exc}", None)])
         return self.on_message(message, now)
@@ -300,7 +309,8 @@ class Auditor:
         self.silence.verified(now)
         self.seen += 1
         findings = self._attested(audit, message)
-        out.append(Verified(audit, {f.asset: f.status for f in findings}))
+        reports = tuple(self.reports.values())
+        out.append(Verified(audit, {f.asset: f.status for f in findings}, reports))
         out += self._witnessed(audit, message)
         # Alarm when an asset turns insolvent or unproven, not again each epoch it stays so.
         current = {f.asset: f for f in findings}
@@ -316,12 +326,21 @@ class Auditor:
         return out
 
     def _attested(self, audit: EpochAudit, message: StreamMessage) -> list[Finding]:
-        """The epoch's findings, with attesters those of its reserve reports too."""
+        """The epoch's findings, with attesters those of its reserve reports too.
+
+        A frame carries the reports new since the previous epoch (all of them
+        on a connection's first frame, PROTOCOL §11.2): ``reports`` keeps, by
+        hash, those the last verified record binds, so that each record is
+        checked against every report it binds."""
         findings = list(audit.findings)
-        if self.config.attesters and not isinstance(message, CheckpointMessage):
-            assert audit.record is not None  # a frame with a record
+        if isinstance(message, CheckpointMessage) or audit.record is None:
+            return findings
+        known = self.reports | {report_hash(note): note for note in message.reports}
+        bound = [s.report_hash for a in audit.record.assets for s in a.sources if s.attested]
+        self.reports = {h: known[h] for h in bound if h in known}
+        if self.config.attesters:
             findings = attested_findings(
-                audit.record, findings, message.reports, self.config.attesters
+                audit.record, findings, self.reports.values(), self.config.attesters
             )
         return findings
 
@@ -336,3 +355,12 @@ class Auditor:
             out.append(RecoveredWitnesses(self.witness_alarm, audit.epoch))
         self.witness_alarm = failure.check if failure is not None else None
         return out
+
+
+def _parse_msgpack(data: str | bytes) -> StreamMessage:
+    """A frame of a ``solvency-msgpack`` connection: binary, canonical MessagePack."""
+    if isinstance(data, str):
+        raise FormatError("a text frame on a solvency-msgpack connection")
+    from verifier.stream_binary import parse_msgpack  # msgspec: only when it was negotiated
+
+    return parse_msgpack(data)

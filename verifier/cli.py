@@ -6,8 +6,10 @@ Commands:
     watch URL --key VKEY --state DIR [--json] [--keep-going] [--max-silence S]
           [--attester VKEY ...]                       and check the signed reserve reports
           [--assets A,B | --checkpoints-only]         follow some assets, or the log alone
+          [--binary]                                  in MessagePack (the binary extra)
     relay --upstream URL --listen HOST:PORT --key VKEY --state DIR
           [--history N] [--max-subscribers N]         verify a root stream and serve it
+          [--binary]                                  follow it in MessagePack
     checkpoint FILE --key VKEY                        verify a signed checkpoint
     consistency OLD NEW PROOF --key VKEY              verify that NEW extends OLD
     witness --key-file K --log VKEY --state DIR       run a witness (C2SP tlog-witness)
@@ -288,6 +290,14 @@ def _parser() -> argparse.ArgumentParser:
             " every asset whose reserves rest on a report no such key signed is alarmed as"
             " unattested, and a record misstating a signed report as report-mismatch"
             " (PROTOCOL §13)",
+        )
+        p.add_argument(
+            "--binary",
+            action="store_true",
+            help="offer the solvency-msgpack subprotocol: frames in canonical MessagePack,"
+            " smaller and quicker to read than JSON (needs msgspec: install"
+            " solvency-stream-verifier[binary]); a server that does not select it is"
+            " followed in JSON",
         )
         witness_options(p)
 

@@ -3,14 +3,18 @@
 (docs/PROTOCOL.md §11.7). I/O only: the policy is the ``Auditor``'s,
 ``verifier.relay_history``'s and ``verifier.relay_frames``'s.
 
-A relay holds no key and is not trusted. It follows every asset upstream and
-forwards each frame byte for byte as it came (text or binary, the payload
-untouched) to subscribers of every asset; to subscribers of chosen assets
-(``?assets=A,B``) or of checkpoints only (``?only=checkpoints``) it sends
-frames it builds from the verified full frame, once per epoch and choice
-(``verifier.relay_frames``). Either way a subscriber verifies the custodian's
-signatures and the log's proofs itself, and a relay that alters, drops,
-reorders or replays a frame is caught by the auditor behind it.
+A relay holds no key and is not trusted. It follows every asset upstream
+(in MessagePack with ``--binary``) and forwards each frame byte for byte as
+it came (text or binary, the payload untouched) to subscribers of every
+asset in the same encoding, except each connection's first frame, which
+carries every report its record binds (PROTOCOL §11.2). Every other frame
+it builds from the verified full frame (``verifier.relay_frames``): a
+subscriber's first, a frame of chosen assets (``?assets=A,B``) or of
+checkpoints only (``?only=checkpoints``), or one in the other encoding (a
+subscriber that offers the ``solvency-msgpack`` subprotocol gets it, and
+binary frames). Either way a subscriber verifies the custodian's signatures
+and the log's proofs itself, and a relay that alters, drops, reorders or
+replays a frame is caught by the auditor behind it.
 
 Policy:
 
@@ -27,9 +31,10 @@ Policy:
   ``/healthz`` answers 503 ``halted`` until it is restarted. Restarted with
   the same ``--state``, it resumes from the last checkpoint it verified, so a
   restart does not accept a fork.
-- A live frame is framed once per choice of subscription and the same bytes
-  are written to every subscriber of that choice that has at most
-  ``buffer_bytes`` unsent. One that has more
+- A live frame is framed once per kind of subscriber (choice of
+  subscription, encoding, first frame or not) and the same bytes are written
+  to every subscriber of that kind that has at most ``buffer_bytes`` unsent.
+  One that has more
   (slow, or a burst after upstream was away) is fed from the history at its
   own pace, a frame at a time once its backlog drained, and joins the live
   frames again when it has caught up; it is shed (closed with 1013) when the
@@ -49,6 +54,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -58,6 +64,7 @@ from websockets.frames import Frame as WireFrame
 from websockets.frames import Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
+from websockets.typing import Subprotocol
 
 from verifier.auditor import Alarm, Decision, Frame, Refused, Verified
 from verifier.exits import EXIT_INVALID
@@ -65,7 +72,7 @@ from verifier.hashing import printable_id
 from verifier.record import EpochRecord
 from verifier.relay_frames import Builder
 from verifier.relay_history import History, Refusal, Relayed, admit, parse_since
-from verifier.subscription import ALL_ASSETS, Subscription, parse_subscription
+from verifier.subscription import Subscription, parse_subscription
 from verifier.watch import Follower, run_until_signalled
 from verifier.witness_cli import listen_address
 
@@ -88,6 +95,16 @@ class Limits:
     ping_timeout: float = 10.0
 
 
+@dataclass(slots=True)
+class _Slot:
+    """A subscriber served: what it chose, whether it gets MessagePack, and
+    whether any frame went to it yet (the next is its first, else)."""
+
+    choice: Subscription
+    msgpack: bool
+    started: bool = False
+
+
 class Relay(Follower):
     """Follow ``--upstream`` (a ``Follower`` that keeps going past findings),
     keep what verified in ``history`` and serve it (module docstring)."""
@@ -102,7 +119,7 @@ class Relay(Follower):
         self.halted: Alarm | None = None
         self.port: int | None = None  # where it listens, once it does
         self.shed = 0  # subscribers shed so far
-        self._slots: dict[ServerConnection, Subscription] = {}  # subscribers served
+        self._slots: dict[ServerConnection, _Slot] = {}  # subscribers served
         # those caught up, each live frame written to them; the future, set to
         # the epoch it was not written, hands one back to its pump
         self._live: dict[ServerConnection, asyncio.Future[int]] = {}
@@ -115,17 +132,17 @@ class Relay(Follower):
 
     # upstream
 
-    def on_frame(self, frame: str | bytes) -> int | None:
-        decisions = self.auditor.handle(Frame(frame, time.monotonic()))
+    def on_frame(self, frame: str | bytes, msgpack: bool = False) -> int | None:
+        decisions = self.auditor.handle(Frame(frame, time.monotonic(), msgpack))
         self.carry_out(decisions)
         for d in decisions:
             if isinstance(d, Verified):  # saved by carry_out: forward it
+                record = d.audit.record
+                assert isinstance(record, EpochRecord)  # it follows every asset
                 payload = frame.encode() if isinstance(frame, str) else frame
-                relayed = Relayed(d.audit.epoch, payload, isinstance(frame, str))
-                self.history.append(relayed)
-                if isinstance(d.audit.record, EpochRecord):  # always: it follows every asset
-                    self.frames.verified(relayed, d.audit.record)
-                self._publish(relayed.epoch)
+                text = isinstance(frame, str)
+                received = Relayed(d.audit.epoch, payload, text, msgpack, d.reports)
+                self._publish(self.frames.append(received, record).epoch)
                 return None
         return self._halt(decisions)
 
@@ -163,20 +180,22 @@ class Relay(Follower):
 
     def _publish(self, epoch: int) -> None:
         """Write ``epoch``, just kept in the history, to every live subscriber,
-        framed once per choice; one with more than ``buffer_bytes`` unsent goes
-        back to its pump."""
-        wire: dict[Subscription, bytes] = {}
+        framed once per kind (choice, encoding, first or not); one with more
+        than ``buffer_bytes`` unsent goes back to its pump."""
+        wire: dict[tuple[Subscription, bool, bool], bytes] = {}
         for conn, behind in list(self._live.items()):
-            choice = self._slots.get(conn)
-            if choice is None:  # dropped, and its pump not yet back
+            slot = self._slots.get(conn)
+            if slot is None:  # dropped, and its pump not yet back
                 continue
-            data = wire.get(choice)
+            first = not slot.started
+            kind = (slot.choice, slot.msgpack, first)
+            data = wire.get(kind)
             if data is None:
-                frame = self.frames.frame(epoch, choice)
+                frame = self.frames.frame(epoch, slot.choice, msgpack=slot.msgpack, first=first)
                 assert frame is not None  # the newest epoch is in the history
                 opcode = Opcode.TEXT if frame.text else Opcode.BINARY
                 # What send() would write: no extension is negotiated and a server does not mask.
-                data = wire[choice] = WireFrame(opcode, frame.payload).serialize(
+                data = wire[kind] = WireFrame(opcode, frame.payload).serialize(
                     mask=False, extensions=[]
                 )
             buffered = conn.transport.get_write_buffer_size()
@@ -185,6 +204,7 @@ class Relay(Follower):
                 behind.set_result(epoch)
             elif conn.state is State.OPEN:
                 conn.transport.write(data)
+                slot.started = True
 
     def _shed(self, conn: ServerConnection, reason: str) -> None:
         """Free ``conn``'s slot now; close it with 1013, cut it if that stalls."""
@@ -228,14 +248,14 @@ class Relay(Follower):
         since, choice = parse_since(query), parse_subscription(query)  # admitted: they parse
         # websockets answers the handshake and starts this handler without a
         # task switch after _process_request: no other subscriber came in between.
-        self._slots[conn] = choice
+        slot = self._slots[conn] = _Slot(choice, conn.subprotocol is not None)  # the one we select
         sock = conn.transport.get_extra_info("socket")
         if sock is not None:  # keep the kernel's share of a backlog small: ours is seen
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         tasks = [
             asyncio.create_task(c)
             for c in (
-                self._pump(conn, since, choice),
+                self._pump(conn, since, slot),
                 self._refuse_messages(conn),
                 self._keepalive(conn),
             )
@@ -249,20 +269,20 @@ class Relay(Follower):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _pump(
-        self, conn: ServerConnection, since: int | None, choice: Subscription = ALL_ASSETS
-    ) -> None:
+    async def _pump(self, conn: ServerConnection, since: int | None, slot: _Slot) -> None:
         """Send the history from ``since`` at the subscriber's pace, each
-        epoch's frame for its ``choice``, then join the live subscribers until
-        ``_publish`` hands it back, behind."""
+        epoch's frame of its ``slot``'s kind, then join the live subscribers
+        until ``_publish`` hands it back, behind."""
         epoch = self.history.next if since is None else since
         while True:
             while epoch < self.history.next:
-                frame = self.frames.frame(epoch, choice)
+                first = not slot.started
+                frame = self.frames.frame(epoch, slot.choice, msgpack=slot.msgpack, first=first)
                 if frame is None:
                     self._shed(conn, f"more than {self.history.capacity} epochs behind")
                     await conn.wait_closed()
                     return
+                slot.started = True
                 await conn.send(frame.payload, text=frame.text)  # waits while it has not drained
                 epoch += 1
             # No await since the check above: an epoch published meanwhile is not missed.
@@ -295,6 +315,7 @@ class Relay(Follower):
             host,
             port,
             process_request=self._process_request,
+            select_subprotocol=_select_subprotocol,
             compression=None,  # frames are framed once for all: no per-connection deflate
             max_size=MAX_INBOUND,
             max_queue=1,
@@ -315,6 +336,29 @@ class Relay(Follower):
 def relay(args: argparse.Namespace) -> int:
     """Relay until SIGINT/SIGTERM: 1 once any alarm was raised, else 0."""
     return run_until_signalled(Relay(args))
+
+
+def _select_subprotocol(
+    conn: ServerConnection, offered: Sequence[Subprotocol]
+) -> Subprotocol | None:
+    """``solvency-msgpack`` for a ``/roots`` subscriber that offers it, if
+    msgspec is installed; else none, whatever was offered (JSON)."""
+    assert conn.request is not None  # _process_request admitted it
+    if not offered or urlsplit(conn.request.path).path != "/roots":
+        return None
+    binary = _binary_subprotocol()
+    return binary if binary in offered else None
+
+
+@cache
+def _binary_subprotocol() -> Subprotocol | None:
+    """The MessagePack subprotocol, or None without msgspec (the ``binary``
+    extra): imported when a subscriber first offers a subprotocol."""
+    try:
+        from verifier.stream_binary import SUBPROTOCOL
+    except ImportError:
+        return None
+    return Subprotocol(SUBPROTOCOL)
 
 
 def _response(status: int, body: str | bytes, content_type: str = "application/json") -> Response:

@@ -14,7 +14,7 @@ Invariants:
   against the log, unlike the prover's 400 ``bad-since``), and ``since``
   below ``first`` is 404 ``not-retained`` naming ``first``.
 - The subscription is read by the prover's rules
-  (``verifier.audit.parse_subscription``); a malformed one is 400
+  (``verifier.subscription.parse_subscription``); a malformed one is 400
   ``bad-request``.
 """
 
@@ -39,12 +39,22 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Relayed:
-    """The frame of ``epoch`` as received upstream: its payload, and whether it
-    came as a text frame (else binary). Forwarded as such, byte for byte."""
+    """A frame of ``epoch``: its payload, whether it goes as a text frame
+    (else binary), and whether the payload is MessagePack (``msgpack``, the
+    ``solvency-msgpack`` subprotocol's encoding) or JSON.
+
+    A frame verified upstream is kept as received, forwarded byte for byte,
+    with what the relay's auditor holds of it: ``reports``, the signed
+    reports its record binds (record order, none twice), and ``fresh``, the
+    attested (asset, source) pairs whose report its record binds anew, not
+    bound so by the epoch before (None: that epoch is unknown, all are)."""
 
     epoch: int
     payload: bytes
     text: bool = True
+    msgpack: bool = False
+    reports: tuple[bytes, ...] = ()
+    fresh: frozenset[tuple[str, str]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

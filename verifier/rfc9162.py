@@ -31,6 +31,7 @@ __all__ = [
     "consistency_proof",
     "inclusion_path",
     "inclusion_proof",
+    "last_consistency",
     "leaf_hash",
     "node_hash",
     "prefix_root",
@@ -149,6 +150,24 @@ def prefix_root(last_path: Sequence[bytes]) -> bytes:
     for h in last_path[1:]:
         root = node_hash(h, root)
     return root
+
+
+def last_consistency(size: int, last_path: Sequence[bytes], leaf: bytes) -> list[bytes]:
+    """PROOF(size - 1, D[0:size]) of §2.1.4.1 from the inclusion path of the
+    last leaf, PATH(size - 1, D[0:size]), and that leaf's hash: the proof
+    needs no hash but the complete subtrees of the first size - 1 leaves
+    (the path, smallest and rightmost first) and the new leaf."""
+    _check_hashes(last_path, leaf)
+    n = size - 1
+    widths = [1 << i for i in range(n.bit_length()) if n >> i & 1]  # ascending
+    if n < 0 or len(widths) != len(last_path):
+        raise ValueError(f"not the path of the last of {size} leaves")
+    roots = {(n, size): leaf}
+    end = n
+    for width, h in zip(widths, last_path, strict=True):
+        roots[end - width, end] = h
+        end -= width
+    return consistency_path(n, size, lambda a, b: roots[a, b])
 
 
 def _check_hashes(proof: Sequence[bytes], *roots: bytes) -> None:

@@ -7,19 +7,22 @@ three types, by what the subscriber asked for::
      "record": "<base64 full epoch record>",
      "checkpoint": "<signed note text of the log after this epoch>",
      "inclusion": ["<64 hex>", ...],     # the record's header at index epoch, RFC 9162
-     "consistency": ["<64 hex>", ...],   # from size epoch to size epoch + 1
      "reports": ["<signed reserve report>", ...]}  # PROTOCOL §13
 
     {"type": "epoch-assets",               # ?assets=A,B: the header, chosen entries
      "header": "<base64 record header>",
      "entries": [{"entry": "<base64>", "index": 0, "map_path": ["<64 hex>", ...]}, ...],
-     "checkpoint": ..., "inclusion": ..., "consistency": ..., "reports": ...}
+     "checkpoint": ..., "inclusion": ..., "reports": ...}
 
     {"type": "checkpoint", "checkpoint": ..., "consistency": ...}   # ?only=checkpoints
 
-``reports`` holds the signed reports the sent entries' attested sources rest
-on (none twice); an auditor finds each by the hash the record binds
-(``verifier.attestation``). ``entries`` are sorted by index, each once.
+``inclusion`` is also the proof that the log extends the log of ``epoch``
+records (``rfc9162.prefix_root``); a checkpoint frame carries the RFC 9162
+consistency proof instead. ``reports`` holds signed reports the sent entries'
+attested sources rest on (none twice): all of them in a connection's first
+frame, then those new since the previous epoch; an auditor finds each by the
+hash the record binds (``verifier.attestation``). ``entries`` are sorted by
+index, each once.
 
 The record's epoch number is its log index, and the checkpoint's size must be
 ``epoch + 1``: the stream carries each checkpoint right after its epoch. A frame
@@ -70,7 +73,6 @@ class EpochMessage:
     record: bytes
     checkpoint: bytes
     inclusion: tuple[bytes, ...]
-    consistency: tuple[bytes, ...]
     reports: tuple[bytes, ...] = ()
 
     def to_json(self) -> str:
@@ -80,7 +82,6 @@ class EpochMessage:
                 "record": _b64(self.record),
                 "checkpoint": self.checkpoint.decode("utf-8"),
                 "inclusion": [h.hex() for h in self.inclusion],
-                "consistency": [h.hex() for h in self.consistency],
                 "reports": [r.decode("utf-8") for r in self.reports],
             }
         )
@@ -95,7 +96,6 @@ class AssetsMessage:
     entries: tuple[MapEntry, ...]
     checkpoint: bytes
     inclusion: tuple[bytes, ...]
-    consistency: tuple[bytes, ...]
     reports: tuple[bytes, ...] = ()
 
     def to_json(self) -> str:
@@ -113,7 +113,6 @@ class AssetsMessage:
                 ],
                 "checkpoint": self.checkpoint.decode("utf-8"),
                 "inclusion": [h.hex() for h in self.inclusion],
-                "consistency": [h.hex() for h in self.consistency],
                 "reports": [r.decode("utf-8") for r in self.reports],
             }
         )
@@ -153,14 +152,13 @@ def parse_message(data: str | bytes) -> StreamMessage:
             checkpoint=text(doc["checkpoint"], "checkpoint").encode("utf-8"),
             consistency=hex32_list(doc["consistency"], "consistency"),
         )
-    common = {"type", "checkpoint", "inclusion", "consistency", "reports"}
+    common = {"type", "checkpoint", "inclusion", "reports"}
     if kind == "epoch":
         exact_keys(doc, common | {"record"}, "epoch message")
         return EpochMessage(
             record=b64(doc["record"], "record"),
             checkpoint=text(doc["checkpoint"], "checkpoint").encode("utf-8"),
             inclusion=hex32_list(doc["inclusion"], "inclusion"),
-            consistency=hex32_list(doc["consistency"], "consistency"),
             reports=reports_of(doc["reports"]),
         )
     if kind == "epoch-assets":
@@ -170,7 +168,6 @@ def parse_message(data: str | bytes) -> StreamMessage:
             entries=_entries(doc["entries"]),
             checkpoint=text(doc["checkpoint"], "checkpoint").encode("utf-8"),
             inclusion=hex32_list(doc["inclusion"], "inclusion"),
-            consistency=hex32_list(doc["consistency"], "consistency"),
             reports=reports_of(doc["reports"]),
         )
     raise FormatError(f"unknown stream message type {kind!r}")

@@ -47,7 +47,6 @@ class _Epoch(msgspec.Struct, tag_field="type", tag="epoch", forbid_unknown_field
     record: bytes
     checkpoint: str
     inclusion: list[bytes]
-    consistency: list[bytes]
     reports: list[str]
 
 
@@ -56,7 +55,6 @@ class _Assets(msgspec.Struct, tag_field="type", tag="epoch-assets", forbid_unkno
     entries: list[_Entry]
     checkpoint: str
     inclusion: list[bytes]
-    consistency: list[bytes]
     reports: list[str]
 
 
@@ -78,7 +76,6 @@ def to_msgpack(message: StreamMessage) -> bytes:
             message.record,
             message.checkpoint.decode("utf-8"),
             list(message.inclusion),
-            list(message.consistency),
             [r.decode("utf-8") for r in message.reports],
         )
     else:
@@ -87,7 +84,6 @@ def to_msgpack(message: StreamMessage) -> bytes:
             [_Entry(e.entry, e.index, list(e.path)) for e in message.entries],
             message.checkpoint.decode("utf-8"),
             list(message.inclusion),
-            list(message.consistency),
             [r.decode("utf-8") for r in message.reports],
         )
     return msgspec.msgpack.encode(wire)
@@ -114,7 +110,6 @@ def parse_msgpack(data: bytes) -> StreamMessage:
             wire.record,
             _note(wire.checkpoint),
             _hashes(wire.inclusion, "inclusion"),
-            _hashes(wire.consistency, "consistency"),
             reports_of(wire.reports),
         )
     else:
@@ -126,7 +121,6 @@ def parse_msgpack(data: bytes) -> StreamMessage:
             sorted_entries(entries),
             _note(wire.checkpoint),
             _hashes(wire.inclusion, "inclusion"),
-            _hashes(wire.consistency, "consistency"),
             reports_of(wire.reports),
         )
     if to_msgpack(message) != data:

@@ -13,6 +13,9 @@ says nothing alarms alike.
 ``verifier.relay`` follows its upstream with it too. It asks for what its
 ``Subscription`` names (every asset, chosen assets, or checkpoints only) in
 every URL it connects to, and the Auditor refuses frames of another kind.
+With ``--binary`` it offers the ``solvency-msgpack`` subprotocol (msgspec,
+the ``binary`` extra, is imported then only): a connection that selected it
+is read as MessagePack, one that did not (a server without it) as JSON.
 """
 
 from __future__ import annotations
@@ -77,10 +80,11 @@ class Follower:
     ) -> None:
         """``args``: the options watch and relay share (``--key``, ``--origin``,
         ``--witness``, ``--quorum``, ``--attester``, ``--token``, ``--state``,
-        ``--json``, ``--max-silence``); ``url``: the server of ``/roots``;
-        ``subscription``: what to ask it for."""
+        ``--json``, ``--max-silence``, ``--binary``); ``url``: the server of
+        ``/roots``; ``subscription``: what to ask it for."""
         self.url = url.rstrip("/")
         self.subscription = subscription
+        self.subprotocols = [binary_subprotocol()] if getattr(args, "binary", False) else []
         key = load_key(args.key)
         origin = args.origin or key.name
         witnesses, quorum = load_witnesses(args.witness, args.quorum)
@@ -117,6 +121,7 @@ class Follower:
         self.auditor = Auditor(config, state, time.monotonic())
         # the last failure to connect, announced with the delay before the next try
         self._failure: tuple[dict[str, Any], str] = ({"event": "disconnected"}, "disconnected")
+        self._warned_json = False  # said once that --binary was not selected
 
     @property
     def exit_code(self) -> int:
@@ -186,9 +191,19 @@ class Follower:
                 return d.code
         return None
 
-    def on_frame(self, frame: str | bytes) -> int | None:
-        """A frame of the stream, as received: an exit status to stop with, or None."""
-        return self.carry_out(self.auditor.handle(Frame(frame, time.monotonic())))
+    def on_frame(self, frame: str | bytes, msgpack: bool = False) -> int | None:
+        """A frame of the stream, as received (in MessagePack if ``msgpack``):
+        an exit status to stop with, or None."""
+        return self.carry_out(self.auditor.handle(Frame(frame, time.monotonic(), msgpack)))
+
+    def _encoding(self, subprotocol: str | None) -> bool:
+        """Whether a connection that selected ``subprotocol`` is MessagePack;
+        says once that the server did not select the one offered."""
+        if self.subprotocols and subprotocol is None and not self._warned_json:
+            self._warned_json = True
+            reason = f"{self.url} did not select {self.subprotocols[0]}: following it in JSON"
+            self._say({"event": "warning", "reason": reason}, f"WARNING: {printable_id(reason)}")
+        return subprotocol is not None  # the only one offered
 
     def on_refused(self, refused: Refused) -> int | None:
         """A refused subscription: an exit status to stop with, or None to retry."""
@@ -271,12 +286,14 @@ class Follower:
     async def _follow(self) -> int:
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed
+        from websockets.typing import Subprotocol
         from websockets.uri import parse_uri
 
         connector = connect(
             self._roots_url(),
             additional_headers=self.headers,
             max_size=1 << 20,
+            subprotocols=[Subprotocol(p) for p in self.subprotocols] or None,
             process_exception=self._connect_failed,
             reconnect_delays=self._delays,
         )
@@ -286,10 +303,11 @@ class Follower:
         try:
             async for ws in connector:
                 received = False
+                msgpack = self._encoding(ws.subprotocol)
                 try:
                     async for frame in ws:
                         received = True
-                        code = self.on_frame(frame)
+                        code = self.on_frame(frame, msgpack)
                         if code is not None:
                             # now, not when connect()'s generator is collected
                             with contextlib.suppress(TimeoutError):
@@ -348,6 +366,21 @@ class _Stopped(Exception):
     def __init__(self, code: int) -> None:
         super().__init__(f"watch ended with status {code}")
         self.code = code
+
+
+def binary_subprotocol() -> str:
+    """``solvency-msgpack``, for ``--binary``.
+
+    Raises:
+        UsageError: msgspec, which reads it, is not installed.
+    """
+    try:
+        from verifier.stream_binary import SUBPROTOCOL
+    except ImportError:
+        raise UsageError(
+            "--binary needs msgspec: install solvency-stream-verifier[binary]"
+        ) from None
+    return SUBPROTOCOL
 
 
 def load_attesters(values: Sequence[str]) -> tuple[VerifierKey, ...]:

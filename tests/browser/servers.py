@@ -137,13 +137,16 @@ def running_daemon(data: Path, cors_origins: tuple[str, ...] = ()) -> Iterator[D
 class StreamServer:
     """The pages (prover.web's files, with its security headers) and a scripted
     ``/roots``: a subscriber from ``since=N`` (none: 0) gets ``frames[N:]``,
-    then the connection stays open; the first connection is closed after
-    ``drop_after`` frames, if set. ``subscriptions`` lists each one's ``since``,
-    ``queries`` each one's query string."""
+    its first frame ``opening[N]`` instead if set (a connection's first frame
+    carries every signed report its entries bind, PROTOCOL §11.2), then the
+    connection stays open; the first connection is closed after ``drop_after``
+    frames, if set. ``subscriptions`` lists each one's ``since``, ``queries``
+    each one's query string."""
 
     def __init__(self) -> None:
         self.web = WebFiles()
         self.frames: list[str] = []
+        self.opening: dict[int, str] = {}
         self.drop_after: int | None = None
         self.subscriptions: list[int | None] = []
         self.queries: list[str] = []
@@ -175,8 +178,11 @@ class StreamServer:
         start = int(since[0]) if since else None
         self.subscriptions.append(start)
         drop, self.drop_after = self.drop_after, None
+        frames = self.frames[start or 0 :]
+        if frames and (start or 0) in self.opening:
+            frames[0] = self.opening[start or 0]
         try:
-            for i, frame in enumerate(self.frames[start or 0 :]):
+            for i, frame in enumerate(frames):
                 if drop is not None and i == drop:
                     await conn.close(1001, "going away")
                     return

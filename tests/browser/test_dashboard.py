@@ -1,18 +1,21 @@
 """The live dashboard (verifier/web/dashboard.html) in Chromium: epochs from a
 real daemon verified as they arrive, an asset turning unproven when its
 reserve source goes stale, an alarm with downloadable evidence for a forked
-log, resuming from the last verified size, chosen assets followed (present,
-absent, and the frames that fail to prove them), the auditor's rules
-(audit.js) one by one, and 500 assets at a rate above one epoch per second."""
+log, resuming from the last verified size, signed reports sent once and kept
+across frames and connections, chosen assets followed (present, absent, and
+the frames that fail to prove them), the auditor's rules (audit.js) one by
+one, and 500 assets at a rate above one epoch per second."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from playwright.sync_api import expect
 
 from tests.browser.servers import MAX_RESERVE_AGE, Daemon, StreamServer
@@ -21,6 +24,7 @@ from tests.verifier.witnesses import K1, witnessed
 from verifier import rfc9162
 from verifier.checkpoint import verifier_key_for
 from verifier.record import AssetState, EpochRecord, ReserveSource, Status
+from verifier.report import ReserveReport, SignedReport, sign_report
 from verifier.stream import EpochMessage
 
 KEY = quote(str(VKEY), safe="")
@@ -92,7 +96,7 @@ def test_a_forked_log_raises_an_alarm_with_evidence(
     assert "connect-src 'self'" in response.headers["content-security-policy"]
 
     alarm = page.locator("#alarm-list li[data-check=fork]")
-    expect(alarm).to_contain_text("fork: not an extension of the last log")
+    expect(alarm).to_contain_text("fork: its first 5 records are not the log last verified")
     expect(page.locator("#connection")).to_have_text("stopped: fork")
     expect(page.locator("#epoch")).to_have_text("4")  # the last verified one
     with page.expect_download() as download:
@@ -101,6 +105,7 @@ def test_a_forked_log_raises_an_alarm_with_evidence(
     assert evidence["check"] == "fork"
     assert evidence["frame"] == forked
     assert evidence["last_verified_checkpoint"] == log.messages[4].checkpoint.decode()
+    assert "reports" not in evidence  # of a frame that did not verify
     assert page.problems == []
 
 
@@ -118,6 +123,48 @@ def test_it_resumes_from_the_last_verified_size(page: Any, stream_server: Stream
     expect(alarms).to_have_count(1)  # raised when BTC turned insolvent, not again
     expect(alarms).to_contain_text("insolvent: BTC: reserves 0.0000015 < liabilities 0.000002")
     expect(page.locator("article.asset[data-asset=BTC] .pill")).to_have_text("solvent")
+    assert page.problems == []
+
+
+COLD = Ed25519PrivateKey.from_private_bytes(bytes(range(129, 161)))
+
+
+def attested(epoch: int, note: bytes, liabilities: int = 100) -> bytes:
+    """A record of BTC whose source ``cold`` binds the signed report ``note``."""
+    signed = SignedReport.parse(note)
+    r = signed.report
+    source = ReserveSource("cold", r.amount, r.as_of_ms, signed.key_id, signed.hash)
+    status = Status.SOLVENT if r.amount >= liabilities else Status.INSOLVENT
+    btc = AssetState("BTC", 8, 4, bytes(32), liabilities, r.amount, status, (source,))
+    return EpochRecord(epoch, 1_790_000_000_000 + epoch * 1000, 60_000, (btc,)).encode()
+
+
+def test_reports_sent_once_are_kept_as_evidence(page: Any, stream_server: StreamServer) -> None:
+    """Each frame carries only the reports new since the previous epoch; the page
+    keeps those the last record binds, across a reconnection (whose first frame
+    carries them all), and gives them with a finding's evidence."""
+    as_of = 1_790_000_000_000 - 500
+    notes = [sign_report(ReserveReport("cold", "BTC", 150, as_of + e * 1000), COLD) for e in (0, 3)]
+    log = FakeLog()
+    for e in range(6):  # notes[0] bound by epochs 0-2, notes[1] by 3-5; 4 insolvent
+        note = notes[e >= 3]
+        log.append(attested(e, note, 200 if e == 4 else 100), (note,))
+    stream_server.frames = [  # a report is sent when it is new: in epochs 0 and 3
+        (m if e in (0, 3) else dataclasses.replace(m, reports=())).to_json()
+        for e, m in enumerate(log.messages)
+    ]
+    stream_server.opening = {2: log.messages[2].to_json()}  # every report, on reconnecting
+    stream_server.drop_after = 2
+    page.goto(f"{stream_server.url}/dashboard#key={KEY}")
+    expect(page.locator("#epoch")).to_have_text("5", timeout=10_000)
+    assert stream_server.subscriptions == [None, 2]
+    alarm = page.locator("#alarm-list li[data-check=insolvent]")
+    expect(alarm).to_have_count(1)
+    with page.expect_download() as download:
+        alarm.locator("a").click()
+    evidence = json.loads(Path(download.value.path()).read_text())
+    assert json.loads(evidence["frame"])["reports"] == []  # epoch 4's frame: none new
+    assert evidence["reports"] == [notes[1].decode()]  # kept from epoch 3's
     assert page.problems == []
 
 
@@ -201,7 +248,6 @@ def _message(log: FakeLog, data: bytes, epoch: int, size: int) -> str:
         record=data,
         checkpoint=log.checkpoint(size),
         inclusion=tuple(rfc9162.inclusion_proof(log.hashes, epoch, size)),
-        consistency=tuple(rfc9162.consistency_proof(log.hashes, size - 1, size)),
     ).to_json()
 
 

@@ -1,8 +1,9 @@
 // What the tests of tests/js/ build, from the protocol text and node:crypto alone
 // (nothing of verifier/web/): RFC 9162 trees from their recursive definitions, C2SP
-// signed notes and cosignatures, records of docs/PROTOCOL.md §4 with their asset
-// maps (§4.4), and a custodian's log publishing the root stream's three kinds of
-// frame (§11.2). Not a test file of its own (node --test skips it).
+// signed notes and cosignatures, signed reserve reports (§13.1), records of
+// docs/PROTOCOL.md §4 with their asset maps (§4.4), and a custodian's log
+// publishing the root stream's three kinds of frame (§11.2). Not a test file of its
+// own (node --test skips it).
 
 import { createHash, createPrivateKey, createPublicKey, sign } from "node:crypto";
 
@@ -78,14 +79,22 @@ export function u(value, size) {
 const named = (name) => Buffer.concat([Buffer.of(name.length), Buffer.from(name, "ascii")]);
 const T0 = 1_790_000_000_000n;
 
+export const COLD = signer(129, "cold", 0x01); // a reserve source's key
+
+/** The signed report (§13.1, note text) of `COLD` holding `amount` of `asset` as of `asOf`. */
+export const report = (asset, amount, asOf, s = COLD) =>
+  note(`solvency-reserve/v1\nsource ${s.name}\nasset ${asset}\namount ${amount}\nas-of ${asOf}\n`, s);
+
 /** One asset's entry at `epoch` with one reserve source, `cold`, as the Python
- * tests' fakelog.asset; `status` overrides the one §4.3 derives. */
-export function entry(asset, epoch, { liabilities = 100n, reserves = 150n, stale = false, timestamp = T0 + BigInt(epoch) * 1000n, status = null } = {}) {
+ * tests' fakelog.asset; `status` overrides the one §4.3 derives; `report` (a
+ * signed report's text) is bound by its key id and hash: the entry's last 32 bytes. */
+export function entry(asset, epoch, { liabilities = 100n, reserves = 150n, stale = false, timestamp = T0 + BigInt(epoch) * 1000n, status = null, report = null } = {}) {
   const asOf = timestamp - (stale ? 120_000n : 500n);
   const derived = stale ? 2 : reserves >= liabilities ? 0 : 1;
+  const binding = report === null ? [u(0, 4), Buffer.alloc(32)] : [COLD.id, sha(Buffer.from(report))];
   return Buffer.concat([
     named(asset), Buffer.of(8, 4), Buffer.alloc(32, epoch % 256), u(liabilities, 16), u(reserves, 16),
-    Buffer.of(status ?? derived, 1), named("cold"), u(reserves, 16), u(asOf, 8), u(0, 4), Buffer.alloc(32),
+    Buffer.of(status ?? derived, 1), named("cold"), u(reserves, 16), u(asOf, 8), ...binding,
   ]);
 }
 
@@ -109,29 +118,27 @@ const hex = (hashes) => hashes.map((h) => h.toString("hex"));
 /** A custodian's log of epochs, signed by `s`, and the frames it publishes. */
 export class Log {
   constructor(s = LOG, origin = ORIGIN) {
-    Object.assign(this, { s, origin, leaves: [], records: [] });
+    Object.assign(this, { s, origin, leaves: [], records: [], reports: [] });
   }
 
   checkpoint(size) {
     return note(body(size, mth(this.leaves.slice(0, size)), this.origin), this.s);
   }
 
-  /** Log `rec` (`record`, `many`; default one asset, BTC) and return its full frame. */
-  append(rec = many(this.leaves.length, ["BTC"])) {
+  /** Log `rec` (`record`, `many`; default one asset, BTC), its full frame to carry
+   * the signed `reports` (texts), and return that frame. */
+  append(rec = many(this.leaves.length, ["BTC"]), reports = []) {
     this.leaves.push(LOG_HASHES.leaf(rec.header));
     this.records.push(rec);
+    this.reports.push(reports);
     return this.frame(this.leaves.length - 1);
   }
 
-  /** The parts every frame of `epoch` shares (for a log of epoch + 1 leaves). */
+  /** The parts every frame of `epoch` shares (for a log of epoch + 1 leaves); no
+   * consistency proof: the inclusion path of the last leaf is one (§11.2). */
   common(epoch) {
     const leaves = this.leaves.slice(0, epoch + 1);
-    return {
-      checkpoint: this.checkpoint(epoch + 1),
-      inclusion: hex(path(epoch, leaves)),
-      consistency: epoch === 0 ? [] : hex(subproof(epoch, leaves, true)),
-      reports: [],
-    };
+    return { checkpoint: this.checkpoint(epoch + 1), inclusion: hex(path(epoch, leaves)), reports: this.reports[epoch] };
   }
 
   frame(epoch) {
@@ -159,12 +166,14 @@ export class Log {
       index: i,
       map_path: hex(path(i, leaves, MAP_HASHES)),
     }));
-    const { checkpoint, inclusion, consistency, reports } = this.common(epoch);
-    return { type: "epoch-assets", header: header.toString("base64"), entries: sent, checkpoint, inclusion, consistency, reports };
+    const bound = new Set(entries.filter((_, i) => chosen.includes(ids[i])).map((e) => e.subarray(-32).toString("hex")));
+    const { checkpoint, inclusion, reports } = this.common(epoch);
+    const theirs = reports.filter((r) => bound.has(sha(Buffer.from(r)).toString("hex"))); // the chosen assets' reports
+    return { type: "epoch-assets", header: header.toString("base64"), entries: sent, checkpoint, inclusion, reports: theirs };
   }
 
   checkpointFrame(epoch) {
-    const { checkpoint, consistency } = this.common(epoch);
-    return { type: "checkpoint", checkpoint, consistency };
+    const consistency = epoch === 0 ? [] : hex(subproof(epoch, this.leaves.slice(0, epoch + 1), true));
+    return { type: "checkpoint", checkpoint: this.checkpoint(epoch + 1), consistency };
   }
 }

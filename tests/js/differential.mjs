@@ -13,7 +13,7 @@
 //   {"kind": "frames", "frames": [text, ...], "key": verifier key, "assets": [id, ...]
 //    or null, "checkpoints": bool}: the frames verified in order under that
 //    subscription, the check name of the first that fails, else "ok " and what
-//    the last one proves;
+//    the last one proves, with the hashes of the signed reports then held;
 //   {"kind": "user", "id"}: "ok";
 // or "format" for malformed input. Not a test file of its own (node --test skips it).
 
@@ -22,6 +22,7 @@ import { readFileSync } from "node:fs";
 import { checkUserId } from "../../verifier/web/hashing.js";
 import { fromHex, toHex } from "../../verifier/web/fields.js";
 import {
+  boundReports,
   checkEpoch,
   decodeEntry,
   decodeHeader,
@@ -47,16 +48,19 @@ async function frames(c) {
   const key = await parseVerifierKey(c.key);
   const subscription = { assets: c.assets, checkpoints: c.checkpoints };
   let state = null;
+  let held = new Map();
   let audit;
   for (const frame of c.frames) {
-    audit = await checkEpoch(state, parseMessage(frame), key, { subscription });
+    const message = parseMessage(frame);
+    audit = await checkEpoch(state, message, key, { subscription });
     state = audit.state;
+    held = await boundReports(held, audit.record, message.reports);
   }
   const record = audit.record;
   const assets = record === null ? "-" : record.assets.map((a) => a.asset).join(",");
   const absent = (record?.absent ?? []).join(",");
   const findings = audit.findings.map((f) => `${f.asset}:${f.status}`).join(",");
-  return `ok ${audit.epoch}/${state.timestampMs}/${assets}/${absent}/${findings}`;
+  return `ok ${audit.epoch}/${state.timestampMs}/${assets}/${absent}/${findings}/${[...held.keys()].join(",")}`;
 }
 
 async function answer(c) {

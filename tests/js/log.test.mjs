@@ -16,6 +16,7 @@ import {
   openNote,
   parseCheckpoint,
   parseVerifierKey,
+  prefixRoot,
   verifyCheckpoint,
   verifyConsistency,
   verifyInclusion,
@@ -86,6 +87,25 @@ test("consistency proofs: the reference's verify, any change fails", async () =>
       assert.equal(await fails(verifyConsistency(m, n, oldRoot, sha(newRoot), proof)), "consistency-root-mismatch");
     }
   }
+});
+
+test("the last leaf's inclusion path folds to the root before it: a consistency proof", async () => {
+  const leaves = Array.from({ length: 40 }, (_, i) => leaf(i));
+  for (let n = 0; n < 40; n++) {
+    const last = path(n, leaves.slice(0, n + 1));
+    const before = mth(leaves.slice(0, n));
+    assert.deepEqual(Buffer.from(await prefixRoot(last)), before, `${n} leaves`);
+    if (n === 0) continue;
+    // what the consistency proof from n to n + 1 proves, and it holds no other hash
+    const proof = subproof(n, leaves.slice(0, n + 1), true);
+    assert.equal(await fails(verifyConsistency(n, n + 1, before, mth(leaves.slice(0, n + 1)), proof)), "ok");
+    const hashes = new Set([...proof, before].map((h) => h.toString("hex")));
+    assert.ok(last.every((h) => hashes.has(h.toString("hex"))), `${n} leaves`);
+    // a log whose first n leaves differ folds to another root
+    const other = leaves.slice(0, n + 1).map((h, i) => (i === n - 1 ? sha(h) : h));
+    assert.notDeepEqual(Buffer.from(await prefixRoot(path(n, other))), before);
+  }
+  assert.equal(await fails(prefixRoot([Buffer.alloc(31)])), "format");
 });
 
 test("the Go signed-note vector, and the test vectors' checkpoint", async () => {

@@ -6,9 +6,10 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { cosignature, entry, Log, many, record, signer } from "./builders.mjs";
+import { cosignature, entry, Log, many, record, report, sha, signer } from "./builders.mjs";
 import {
   ALL_ASSETS,
+  boundReports,
   checkEpoch,
   loadAssets,
   parseMessage,
@@ -57,6 +58,8 @@ test("frames of the three kinds are read strictly", () => {
   assert.deepEqual(some.entries.map((e) => e.index), [1n, 2n]);
   assert.equal(some.header.length, 63);
   assert.deepEqual(Object.keys(bare).sort(), ["checkpoint", "consistency", "type"]);
+  assert.deepEqual(Object.keys(full).sort(), ["checkpoint", "inclusion", "record", "reports", "type"]);
+  assert.deepEqual(Object.keys(some).sort(), ["checkpoint", "entries", "header", "inclusion", "reports", "type"]);
   const report = "solvency-reserve/v1\nsource hot\n";
   assert.equal(parseMessage(JSON.stringify({ ...kinds[0], reports: [report] })).reports.length, 1);
   const text = JSON.stringify(kinds[0]);
@@ -66,7 +69,9 @@ test("frames of the three kinds are read strictly", () => {
     "\ufeff" + text,
     `{"type": "epoch", "record": "${"A".repeat(1 << 20)}"}`,
     ...[{ ...kinds[0], type: "other" }, { ...kinds[0], extra: 1 }, { ...kinds[0], reports: [report, report] }],
-    ...[{ ...kinds[0], reports: "none" }, { ...kinds[0], consistency: ["00"] }, { ...kinds[0], record: kinds[0].record.slice(0, -4) + "AAB=" }],
+    ...[{ ...kinds[0], reports: "none" }, { ...kinds[0], record: kinds[0].record.slice(0, -4) + "AAB=" }],
+    // a consistency proof beside the inclusion path: no longer part of these frames
+    ...[{ ...kinds[0], consistency: [] }, { ...kinds[1], consistency: [] }, { ...kinds[2], consistency: undefined }],
     ...[{ ...kinds[1], record: kinds[0].record }, { ...kinds[1], entries: [e1, e0] }, { ...kinds[1], entries: [e0, e0] }],
     ...[{ ...kinds[1], entries: {} }, { ...kinds[1], entries: [{ ...e0, path: [] }] }, { ...kinds[1], entries: [{ ...e0, index: -1 }] }],
     ...[{ ...kinds[1], entries: [{ ...e0, index: "1" }] }, { ...kinds[1], entries: [{ ...e0, map_path: ["00"] }] }],
@@ -99,6 +104,65 @@ test("every asset: the chain of custody, and the record's findings", async () =>
   assert.equal(await audit([new Log().append(swapped)]), "format");
   const other = new Log(signer(33, "other.example/log", 1), "other.example/log");
   assert.equal(await audit([other.append()]), "unknown-key");
+});
+
+test("a log that does not extend the last verified one is a fork, by the inclusion path alone", async () => {
+  const log = fiveAssetLog(6);
+  const frames = log.records.map((_, e) => log.frame(e));
+  const chosen = log.records.map((_, e) => log.assetsFrame(e, ["BTC", "CAT"]));
+  // the same key signs a log whose first n leaves differ from the one verified
+  for (const [n, at] of [[1, 0], [2, 1], [4, 0], [4, 3], [5, 2]]) {
+    const twin = fiveAssetLog(6, { [at]: { ETH: { liabilities: 7n } } });
+    const what = `a log of ${n} then one whose leaf ${at} differs`;
+    assert.equal((await audit(frames.slice(0, n + 1))).epoch, BigInt(n), what);
+    assert.equal(await audit([...frames.slice(0, n), twin.frame(n)]), "fork", what);
+    assert.equal(await audit([...chosen.slice(0, n), twin.assetsFrame(n, ["BTC", "CAT"])], chose("BTC", "CAT")), "fork", what);
+    const bare = [...log.records.slice(0, n).map((_, e) => log.checkpointFrame(e)), twin.checkpointFrame(n)];
+    assert.equal(await audit(bare, CHECKPOINTS), "fork", what);
+  }
+  // the fork is named with the size whose root differs; the checks before it come first
+  const twin = fiveAssetLog(6, { 0: { BTC: { reserves: 1n } } });
+  const state = (await audit(frames.slice(0, 3))).state;
+  const fork = await checkEpoch(state, parseMessage(JSON.stringify(twin.frame(3))), KEY).catch((e) => e);
+  assert.deepEqual([fork.check, fork.detail], ["fork", "its first 3 records are not the log last verified"]);
+  assert.equal(await audit([...frames.slice(0, 3), twin.frame(4)]), "epoch-gap");
+  assert.equal(await audit([...frames.slice(0, 3), twin.frame(2)]), "fork"); // same size, other root
+  const bent = structuredClone(twin.frame(3));
+  bent.inclusion[1] = frames[3].inclusion[1]; // the verified log's leaves 0-1: not this log's path
+  assert.equal(await audit([...frames.slice(0, 3), bent]), "inclusion-root-mismatch");
+});
+
+test("reserve reports: each record's kept across frames that carry only the new ones", async () => {
+  const T = (e) => 1_790_000_000_000n + BigInt(e) * 1000n - 500n;
+  const btc = [0, 1, 2].map((e) => report("BTC", 150n, T(e)));
+  const eth = [0, 1, 2].map((e) => report("ETH", 150n, T(e)));
+  const hash = (r) => sha(Buffer.from(r)).toString("hex");
+  const log = new Log();
+  // epoch 0 binds btc[0] and eth[0]; 1: btc[0] again, eth[1]; 2: btc[1], ETH unattested;
+  // 3: btc[1] again, eth[1] again (dropped by epoch 2, not sent again: not held)
+  const binds = [[btc[0], eth[0]], [btc[0], eth[1]], [btc[1], null], [btc[1], eth[1]]];
+  const sent = [[btc[0], eth[0]], [eth[1]], [btc[1], report("SOL", 1n, T(2))], []]; // an extra report is ignored
+  binds.forEach(([b, e], epoch) => log.append(many(epoch, ["BTC", "ETH"], { BTC: { report: b }, ETH: { report: e } }), sent[epoch]));
+  let state = null;
+  let held = new Map();
+  const kept = [];
+  for (let e = 0; e < 4; e++) {
+    const message = parseMessage(JSON.stringify(log.frame(e)));
+    const audit = await checkEpoch(state, message, KEY);
+    [state, held] = [audit.state, await boundReports(held, audit.record, message.reports)];
+    kept.push([...held.keys()]);
+    assert.ok([...held].every(([h, r]) => hash(r) === h));
+  }
+  assert.deepEqual(kept, [[hash(btc[0]), hash(eth[0])], [hash(btc[0]), hash(eth[1])], [hash(btc[1])], [hash(btc[1])]]);
+  // a connection's first frame carries them all: resuming at epoch 3
+  const resumed = { ...log.frame(3), reports: [btc[1], eth[1]] };
+  assert.deepEqual([...(await boundReports(new Map(), (await audit([resumed])).record, parseMessage(JSON.stringify(resumed)).reports)).keys()], [hash(btc[1]), hash(eth[1])]);
+  // chosen assets: only theirs are sent and kept; a checkpoint frame keeps what was held
+  const some = parseMessage(JSON.stringify(log.assetsFrame(1, ["ETH"])));
+  assert.deepEqual(some.reports.map((r) => hash(r)), [hash(eth[1])]);
+  const partial = (await audit([log.assetsFrame(0, ["ETH"]), log.assetsFrame(1, ["ETH"])], chose("ETH"))).record;
+  assert.deepEqual([...(await boundReports(new Map([[hash(eth[0]), eth[0]]]), partial, some.reports)).keys()], [hash(eth[1])]);
+  assert.equal(await boundReports(held, null, undefined), held);
 });
 
 test("chosen assets: present, absent, and each way the entries can fail to prove it", async () => {

@@ -21,7 +21,7 @@ from websockets.exceptions import InvalidStatus
 from prover.config import AssetConfig, AttesterConfig
 from prover.engine import Engine
 from prover.errors import UnreadableEpoch
-from prover.frames import EpochFrames
+from prover.frames import Encoding, EpochFrames, Frame
 from prover.mapped import MappedRecord
 from prover.status import write_status
 from storage.store import Store
@@ -161,9 +161,11 @@ def test_frames_are_built_once_per_epoch_and_distinct_subscription(
     maps: list[int] = []
     build, asset_map = EpochFrames._build, MappedRecord.asset_map
 
-    def counted_build(self: EpochFrames, subscription: Subscription) -> str:
+    def counted_build(
+        self: EpochFrames, subscription: Subscription, encoding: Encoding, first: bool
+    ) -> Frame:
         builds.append((self.mapped.record.epoch, subscription))
-        return build(self, subscription)
+        return build(self, subscription, encoding, first)
 
     def counted_map(self: MappedRecord) -> object:
         if self._map is None:

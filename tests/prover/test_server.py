@@ -19,7 +19,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from prover.engine import Engine
-from prover.roots import _text_frame
+from prover.roots import _wire_frame
 from prover.server import start_server
 from storage.store import Store
 from tests.prover.test_engine import KEY, ORIGIN, balances, config, reserves
@@ -469,9 +469,13 @@ def test_a_slow_subscriber_is_shed_without_delaying_others(tmp_path: Path) -> No
 @pytest.mark.parametrize("size", [0, 125, 126, 65_535, 65_536, 300_000])
 def test_a_live_frame_is_what_websockets_would_send(size: int) -> None:
     """Live epochs are written as bytes framed once per epoch: the same bytes
-    as websockets' own server protocol sends for that text, with every length
-    encoding of RFC 6455 §5.2 (7-bit, 16-bit, 64-bit)."""
+    as websockets' own server protocol sends for that text (JSON) or those
+    bytes (MessagePack, a binary frame), with every length encoding of RFC
+    6455 §5.2 (7-bit, 16-bit, 64-bit)."""
     message = "é" * (size // 2) + "x" * (size % 2)
     protocol = ServerProtocol(state=State.OPEN)
     protocol.send_text(message.encode())
-    assert b"".join(protocol.data_to_send()) == _text_frame(message)
+    assert b"".join(protocol.data_to_send()) == _wire_frame(message)
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    protocol.send_binary(data)
+    assert b"".join(protocol.data_to_send()) == _wire_frame(data)

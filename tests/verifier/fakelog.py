@@ -95,7 +95,6 @@ class FakeLog:
             record=data,
             checkpoint=self.checkpoint(size),
             inclusion=tuple(rfc9162.inclusion_proof(self.hashes, epoch, size)),
-            consistency=tuple(rfc9162.consistency_proof(self.hashes, epoch, size)),
             reports=reports,
         )
         self.messages.append(message)
@@ -114,14 +113,15 @@ class FakeLog:
             entries=select_entries(rec, chosen),
             checkpoint=full.checkpoint,
             inclusion=full.inclusion,
-            consistency=full.consistency,
             reports=tuple(r for r in full.reports if report_hash(r) in wanted),
         )
 
     def checkpoint_frame(self, epoch: int) -> CheckpointMessage:
         """Epoch ``epoch``'s frame for a subscriber of checkpoints only."""
         full = self.messages[epoch]
-        return CheckpointMessage(full.checkpoint, full.consistency)
+        return CheckpointMessage(
+            full.checkpoint, tuple(rfc9162.consistency_proof(self.hashes, epoch, epoch + 1))
+        )
 
 
 def user_proof(

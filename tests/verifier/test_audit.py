@@ -6,8 +6,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tests.verifier.fakelog import ORIGIN, VKEY, FakeLog, record
 from verifier import rfc9162
 from verifier.audit import AuditState, audit_epoch, restore
+from verifier.checkpoint import verify_checkpoint
 from verifier.errors import FormatError, VerificationError
+from verifier.proof import header_in_log
+from verifier.record import HEADER_SIZE
 from verifier.stream import EpochMessage
+from verifier.subscription import Subscription
 
 
 def follow(messages: list[EpochMessage]) -> AuditState:
@@ -74,12 +78,9 @@ def test_record_must_be_the_newest_leaf() -> None:
         messages[1].record,
         messages[2].checkpoint,
         tuple(rfc9162.inclusion_proof(log.hashes, 1, 3)),
-        messages[2].consistency,
     )
     assert check_of(None, older) == "epoch-size-mismatch"
-    bad_inclusion = EpochMessage(
-        messages[2].record, messages[2].checkpoint, messages[1].inclusion, messages[2].consistency
-    )
+    bad_inclusion = EpochMessage(messages[2].record, messages[2].checkpoint, messages[1].inclusion)
     assert check_of(None, bad_inclusion).startswith("inclusion")
 
 
@@ -104,3 +105,43 @@ def test_tampered_state_file_is_refused() -> None:
     tampered = state.to_json().replace('"size": 2', '"size": 1')
     with pytest.raises(FormatError):
         restore(tampered, VKEY, ORIGIN)
+
+
+@pytest.mark.parametrize("diverges_at", [0, 1, 3])
+def test_a_fork_is_caught_by_the_prefix_root_of_the_inclusion_path(diverges_at: int) -> None:
+    """The custodian's other log, one record longer than the log verified: the
+    frame's record is truly at its last index (the inclusion path leads to the
+    signed root), but the first 4 leaves that path stands for are not the log
+    verified: ``fork``, for a subscriber of every asset and of chosen assets."""
+    log, twin = FakeLog(), FakeLog()
+    state = follow([log.append() for _ in range(4)])
+    for epoch in range(4):
+        twin.append(record(epoch, liabilities=7) if epoch == diverges_at else None)
+    forked = twin.append()
+    checkpoint = verify_checkpoint(forked.checkpoint, VKEY, ORIGIN)
+    header_in_log(forked.record[:HEADER_SIZE], forked.inclusion, checkpoint)  # it holds
+    assert rfc9162.prefix_root(forked.inclusion) == rfc9162.root_from_leaf_hashes(twin.hashes[:4])
+    assert rfc9162.prefix_root(forked.inclusion) != state.root
+    with pytest.raises(VerificationError, match="its first 4 records are not the log") as info:
+        audit_epoch(state, forked, VKEY, ORIGIN)
+    assert info.value.check == "fork"
+    chosen = Subscription(assets=frozenset({"BTC"}))
+    with pytest.raises(VerificationError) as info:
+        audit_epoch(state, twin.assets_frame(4, {"BTC"}), VKEY, ORIGIN, subscription=chosen)
+    assert info.value.check == "fork"
+    # the honest log's next frame extends it
+    assert audit_epoch(state, log.append(), VKEY, ORIGIN)[0].size == 5
+
+
+def test_a_frame_needs_no_consistency_proof() -> None:
+    """The inclusion path of the last leaf is the consistency proof: what the
+    prover sends from size 1 on, the root of the first leaves, follows from it
+    (RFC 9162 §2.1.4's proof from ``epoch`` to ``epoch + 1``: the same hashes)."""
+    log = FakeLog()
+    state = None
+    for epoch in range(9):
+        message = log.append()
+        assert rfc9162.prefix_root(message.inclusion) == rfc9162.root_from_leaf_hashes(
+            log.hashes[:epoch]
+        )
+        state, _, _ = audit_epoch(state, message, VKEY, ORIGIN)

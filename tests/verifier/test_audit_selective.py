@@ -279,6 +279,6 @@ def test_checkpoints_only_check_the_witnesses() -> None:
 
     first = check(None, cosigned.checkpoint, ())
     assert first.witness_failure is None and len(first.cosignatures) == 2
-    second = check(first.state, lacking.checkpoint, log.messages[1].consistency)
+    second = check(first.state, lacking.checkpoint, log.checkpoint_frame(1).consistency)
     assert second.witness_failure is not None
     assert second.witness_failure.check == "witness-quorum"

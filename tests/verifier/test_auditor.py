@@ -8,7 +8,7 @@ import dataclasses
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.verifier.fakelog import ORIGIN, VKEY, FakeLog, record
-from tests.verifier.test_watch_attested import COLD_VKEY, report, serve
+from tests.verifier.test_watch_attested import COLD, COLD_VKEY, T0, report, serve
 from tests.verifier.test_watch_attested import record as attested_record
 from tests.verifier.witnesses import K1, K2, witnessed
 from verifier.auditor import (
@@ -26,6 +26,8 @@ from verifier.auditor import (
     Tick,
     Verified,
 )
+from verifier.record import AssetState, EpochRecord, ReserveSource, Status
+from verifier.report import ReserveReport, SignedReport, sign_report
 from verifier.stream import EpochMessage
 
 
@@ -160,3 +162,101 @@ def test_malformed_frame_is_evidence_and_keep_going_goes_on() -> None:
     assert "message" not in alarm.evidence
     garbled = dataclasses.replace(log_of(1).messages[0], record=b"\x00")
     assert kinds(feed(a, garbled)) == ["Alarm"]
+
+
+def test_reports_come_once_and_are_kept_while_bound() -> None:
+    """A connection's first frame carries every report its record binds, a
+    later one only those new since the previous epoch (PROTOCOL §11.2): a
+    report kept from an earlier frame attests an unchanged source, and is
+    still held to the record; a new report left out of its frame is
+    unattested. The auditor keeps only the reports its last record binds."""
+    log = serve(
+        (attested_record(0, report(0)), (report(0),)),  # the first frame: all of them
+        (attested_record(1, report(0)), ()),  # unchanged source: nothing new
+        (attested_record(2, report(0), stated=10**9), ()),  # the kept report contradicts it
+        (attested_record(3, report(3)), (report(3),)),  # a new report, sent
+        (attested_record(4, report(3)), ()),
+        (attested_record(5, report(5)), ()),  # a new report, left out
+        (attested_record(6, report(3)), ()),  # no longer kept: bound again, it must come again
+    )
+    a = auditor(attesters=(COLD_VKEY,), keep_going=True)
+    outs = [feed(a, m) for m in log.messages]
+    verified = [d for o in outs for d in o if isinstance(d, Verified)]
+    assert [v.status("BTC") for v in verified] == [
+        "solvent",
+        "solvent",
+        "report-mismatch",
+        "solvent",
+        "solvent",
+        "unattested",
+        "unattested",
+    ]
+    assert [v.reports for v in verified] == [
+        (report(0),),
+        (report(0),),
+        (report(0),),
+        (report(3),),
+        (report(3),),
+        (),
+        (),
+    ]
+    checks = [d.check for o in outs for d in o if isinstance(d, Alarm)]
+    assert checks == ["report-mismatch", "unattested"]
+    assert a.reports == {}
+
+
+def test_the_kept_reports_are_those_of_the_last_record_in_its_order() -> None:
+    """Two assets: a frame carrying one new report keeps the other from before;
+    ``Verified.reports`` lists what the record binds, in record order, even
+    without attester keys (a relay hands them to its subscribers)."""
+    eth_cold = sign_report(ReserveReport("cold", "ETH", 150, T0 - 500), COLD)
+    eth_later = sign_report(ReserveReport("cold", "ETH", 150, T0 + 500), COLD)
+
+    def two(epoch: int, btc: bytes, eth: bytes) -> bytes:
+        assets = []
+        for name, note in (("BTC", btc), ("ETH", eth)):
+            signed = SignedReport.parse(note)
+            r = signed.report
+            source = ReserveSource("cold", r.amount, r.as_of_ms, signed.key_id, signed.hash)
+            assets.append(
+                AssetState(name, 8, 4, bytes(32), 100, r.amount, Status.SOLVENT, (source,))
+            )
+        return EpochRecord(epoch, T0 + epoch * 1000, 60_000, tuple(assets)).encode()
+
+    log = serve(
+        (two(0, report(0), eth_cold), (eth_cold, report(0))),  # any order on the wire
+        (two(1, report(0), eth_later), (eth_later,)),
+    )
+    for config in ({"attesters": (COLD_VKEY,)}, {}):
+        a = auditor(**config)
+        verified = [d for m in log.messages for d in feed(a, m) if isinstance(d, Verified)]
+        assert [v.reports for v in verified] == [(report(0), eth_cold), (report(0), eth_later)]
+        assert all(v.status(n) == "solvent" for v in verified for n in ("BTC", "ETH"))
+
+
+def test_frames_are_read_in_the_encoding_their_connection_negotiated() -> None:
+    """MessagePack on a solvency-msgpack connection, in its canonical form
+    only; JSON, or MessagePack where JSON was negotiated, is malformed."""
+    from verifier.stream_binary import to_msgpack
+
+    log = log_of(2)
+    a = auditor(keep_going=True)
+    assert kinds(a.handle(Frame(to_msgpack(log.messages[0]), 1.0, msgpack=True))) == [
+        "SaveState",
+        "Verified",
+    ]
+    text = log.messages[1].to_json()
+    padded = to_msgpack(log.messages[1]) + b"\xc0"  # a trailing nil: not one message
+    for data, msgpack, reason in (
+        (text, True, "a text frame on a solvency-msgpack connection"),
+        (text.encode(), True, "stream message"),
+        (padded, True, "stream message"),
+        (to_msgpack(log.messages[1]), False, "malformed"),
+    ):
+        [alarm] = a.handle(Frame(data, 1.0, msgpack))
+        assert isinstance(alarm, Alarm) and alarm.check == "format" and reason in alarm.reason
+    assert a.state is not None and a.state.size == 1
+    assert kinds(a.handle(Frame(to_msgpack(log.messages[1]), 1.0, msgpack=True)))[:2] == [
+        "SaveState",
+        "Verified",
+    ]

@@ -205,13 +205,17 @@ def test_verifier_stands_alone(tmp_path: Path) -> None:
         "for m in ('prover', 'storage', 'numpy', 'sqlalchemy', 'pymerkle', 'alembic',\n"
         "          'tqdm', 'msgspec', 'psycopg'):\n"
         "    sys.modules[m] = None\n"
-        "import verifier.watch\n"
+        "import verifier.watch, verifier.relay\n"
         "from verifier.cli import main\n"
+        f"assert main(['watch', 'ws://127.0.0.1:9', '--key', {KEY_FILE!r},\n"
+        f"             '--state', {str(tmp_path)!r}, '--binary']) == 2\n"
         f"sys.exit(main(['proof', {VALID!r}, '--key', {KEY_FILE!r}]))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 4, result.stderr  # valid; ETH is unproven
     assert "VALID" in result.stdout
+    # without msgspec (the binary extra), watch --binary is a usage error
+    assert "--binary needs msgspec: install solvency-stream-verifier[binary]" in result.stderr
 
 
 def test_proof_cosigned_vector(

@@ -143,7 +143,6 @@ def test_the_binary_encoding_is_read_in_its_canonical_form_only() -> None:
         (MapEntry(record.entries[0], 0, ()),),
         full.checkpoint,
         full.inclusion,
-        full.consistency,
         (b"report\n",),
     )
     checkpoint = CheckpointMessage(full.checkpoint, (bytes(32),))

@@ -2,12 +2,14 @@
 contract: its own suite under Node (tests/js/: every vector of tests/vectors/, valid
 and invalid, with the same check names), and the same answers as the Python
 verifier to a few hundred mutated proof files, records, headers, asset entries,
-root stream frames of chosen assets (their entries, indices and map paths) and
-user ids made here."""
+root stream frames (chosen assets' entries, indices and map paths; logs forked
+before the last verified size; signed reports sent once, then kept across
+frames) and user ids made here."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import random
@@ -18,16 +20,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.verifier.fakelog import ORIGIN, VKEY, FakeLog, many
+from tests.verifier.fakelog import ORIGIN, VKEY, FakeLog, asset, many
 from verifier.assetmap import map_root
 from verifier.audit import AuditState, check_epoch
+from verifier.auditor import Auditor, AuditorConfig, Verified
 from verifier.checkpoint import VerifierKey
 from verifier.cosignature import WitnessKey
 from verifier.errors import FormatError, VerificationError
 from verifier.hashing import HASHER, check_user_id
 from verifier.proof import ProofFile, verify_proof
-from verifier.record import HEADER_SIZE, AssetState, EpochRecord, RecordHeader, decode_entry
+from verifier.record import (
+    HEADER_SIZE,
+    AssetState,
+    EpochRecord,
+    RecordHeader,
+    ReserveSource,
+    decode_entry,
+)
+from verifier.report import ReserveReport, SignedReport, report_hash, sign_report
 from verifier.stream import parse_message
 from verifier.subscription import Subscription
 
@@ -275,6 +287,16 @@ ASSETS = ("ADA", "BTC", "DOGE", "ETH", "SOL", "XRP")
 CHOICES = (("BTC",), ("CAT",), ("AAA", "ZZZ"), ("BTC", "CAT", "ETH"), ("SOL", "TRX", "XRP"))
 
 
+def held_reports(frames: list[str], subscription: Subscription) -> str:
+    """The signed reports the auditor holds after ``frames`` (each verified):
+    those the last record binds, by hash, in record order."""
+    config = AuditorConfig(VKEY, ORIGIN, keep_going=True, subscription=subscription)
+    auditor = Auditor(config, None, 0.0)
+    verified = [d for f in frames for d in auditor.on_frame(f, 0.0) if isinstance(d, Verified)]
+    assert len(verified) == len(frames)
+    return ",".join(report_hash(r).hex() for r in verified[-1].reports)
+
+
 def python_frames(frames: list[str], assets: list[str] | None, checkpoints: bool) -> str:
     """The Python auditor's answer to a ``frames`` case (differential.mjs)."""
     subscription = Subscription(None if assets is None else frozenset(assets), checkpoints)
@@ -294,7 +316,8 @@ def python_frames(frames: list[str], assets: list[str] | None, checkpoints: bool
     ids = "-" if record is None else ",".join(a.asset for a in record.assets)
     absent = ",".join(getattr(record, "absent", ()))
     findings = ",".join(f"{f.asset}:{f.status}" for f in audit.findings)
-    return f"ok {audit.epoch}/{state.timestamp_ms}/{ids}/{absent}/{findings}"
+    held = held_reports(frames, subscription)
+    return f"ok {audit.epoch}/{state.timestamp_ms}/{ids}/{absent}/{findings}/{held}"
 
 
 def mutated_frame(doc: dict[str, Any], rng: random.Random, full: dict[str, Any]) -> None:
@@ -379,6 +402,151 @@ def test_frames_of_chosen_assets_are_judged_alike(tmp_path: Path) -> None:
     kinds = {e.split(" ")[0] for e in expected}
     assert {"ok", "format", "asset-map-mismatch", "asset-map-incomplete"} <= kinds, kinds
     assert any("absent" in e for e in expected) and any("insolvent" in e for e in expected)
+
+
+COLD = Ed25519PrivateKey.from_private_bytes(bytes(range(129, 161)))
+ATTESTED = ("BTC", "ETH", "SOL")
+T0 = 1_790_000_000_000
+
+
+def cold_report(name: str, epoch: int) -> bytes:
+    """The cold wallet's signed report of 150 ``name`` as of ``epoch``."""
+    return sign_report(ReserveReport("cold", name, 150, T0 + epoch * 1000 - 500), COLD)
+
+
+def attested(epoch: int, binds: dict[str, bytes | None], liabilities: int = 100) -> bytes:
+    """A record of ``ATTESTED`` in which each asset's source binds its report, if any."""
+    assets = []
+    for name, note in binds.items():
+        a = asset(name, epoch, liabilities=liabilities if name == "ETH" else 100)
+        if note is not None:
+            signed = SignedReport.parse(note)
+            r = signed.report
+            bound = ReserveSource("cold", r.amount, r.as_of_ms, signed.key_id, signed.hash)
+            a = dataclasses.replace(a, sources=(bound,))
+        assets.append(a)
+    return EpochRecord(epoch, T0 + epoch * 1000, 60_000, tuple(assets)).encode()
+
+
+class ReportingLog:
+    """A log whose records bind signed reports, with the frames a connection gets
+    (PROTOCOL §11.2): the first carries every report its entries bind, each
+    later one those not bound by the previous record for the same asset;
+    ``fork_at``: the leaf at which a twin log (same key, same reports) differs."""
+
+    def __init__(self, binds: list[dict[str, bytes | None]], fork_at: int | None = None) -> None:
+        self.binds = binds
+        self.log = FakeLog()
+        for epoch, b in enumerate(binds):
+            self.log.append(attested(epoch, b, liabilities=7 if epoch == fork_at else 100))
+
+    def reports(self, epoch: int, first: bool, chosen: tuple[str, ...] | None) -> tuple[bytes, ...]:
+        now = self.binds[epoch]
+        before = {} if first or epoch == 0 else self.binds[epoch - 1]
+        new = [
+            note
+            for name, note in now.items()
+            if note is not None and note != before.get(name) and (chosen is None or name in chosen)
+        ]
+        return tuple(dict.fromkeys(new))  # none twice
+
+    def frame(self, epoch: int, first: bool, chosen: tuple[str, ...] | None) -> dict[str, Any]:
+        reports = self.reports(epoch, first, chosen)
+        if chosen is None:
+            message = dataclasses.replace(self.log.messages[epoch], reports=reports)
+            return dict(json.loads(message.to_json()))
+        sent = dataclasses.replace(self.log.assets_frame(epoch, chosen), reports=reports)
+        return dict(json.loads(sent.to_json()))
+
+    def checkpoint(self, epoch: int) -> dict[str, Any]:
+        return dict(json.loads(self.log.checkpoint_frame(epoch).to_json()))
+
+
+def mutated_connection(
+    frames: list[dict[str, Any]],
+    rng: random.Random,
+    twin: ReportingLog,
+    epoch: int,
+    chosen: tuple[str, ...] | None,
+) -> None:
+    """One change to the last of ``frames`` (of ``epoch``): the twin log's frame
+    (whose first leaves differ), of this epoch or next to it; a report dropped,
+    added or doubled; an inclusion hash flipped or taken from the twin's frame;
+    the old ``consistency`` key."""
+    last = frames[-1]
+    kind = rng.randrange(9)
+    if kind <= 1:
+        frames[-1] = twin.frame(epoch, False, chosen)
+    elif kind == 2:
+        other = rng.choice([epoch - 1, min(epoch + 1, len(twin.binds) - 1)])
+        frames[-1] = twin.frame(other, False, chosen)
+    elif kind == 3 and last["reports"]:
+        del last["reports"][rng.randrange(len(last["reports"]))]
+    elif kind == 4:
+        last["reports"].append(cold_report(rng.choice(["ADA", "BTC"]), 99).decode())
+    elif kind == 5 and last["reports"]:
+        last["reports"].append(rng.choice(last["reports"]))
+    elif kind == 6 and last["inclusion"]:
+        i = rng.randrange(len(last["inclusion"]))
+        last["inclusion"][i] = rng.randbytes(32).hex()
+    elif kind == 7 and last["inclusion"]:
+        other = twin.frame(epoch, False, chosen)["inclusion"]
+        i = rng.randrange(len(last["inclusion"]))
+        last["inclusion"][i] = other[i]
+    else:
+        last["consistency"] = []
+
+
+def test_connections_forks_and_reports_sent_once_are_judged_alike(tmp_path: Path) -> None:
+    """Frames from an epoch on (full, chosen assets', checkpoints), each carrying
+    the reports new since the previous epoch but the first of a connection (one
+    reconnection, maybe), which carries them all: the same reports held at the
+    end; and forks: a log whose first leaves differ from those verified, signed
+    by the same key, and frames changed in their reports or inclusion path."""
+    rng = random.Random(24)
+    epochs = 9
+    pool = {name: [cold_report(name, e) for e in range(epochs)] for name in ATTESTED}
+    binds: list[dict[str, bytes | None]] = []
+    for epoch in range(epochs):  # a report is rebound, or replaced, or dropped
+        prev = binds[-1] if binds else {}
+        binds.append(
+            {
+                name: rng.choice([prev.get(name), prev.get(name), pool[name][epoch], None])
+                for name in ATTESTED
+            }
+        )
+    base = ReportingLog(binds)
+    twins = [ReportingLog(binds, fork_at=k) for k in range(epochs - 1)]
+    cases, expected = [], []
+    for i in range(400):
+        start = rng.randrange(epochs - 1)
+        end = rng.randrange(start + 1, epochs)
+        kind = rng.randrange(10)
+        chosen = None if kind < 6 else tuple(sorted(rng.sample(ATTESTED, rng.randint(1, 2))))
+        checkpoints = kind == 9
+        again = rng.randrange(start, end + 2)  # a reconnection at that epoch, if any
+        if checkpoints:
+            frames = [base.checkpoint(e) for e in range(start, end + 1)]
+        else:
+            frames = [base.frame(e, e in (start, again), chosen) for e in range(start, end + 1)]
+        twin = twins[rng.randrange(end)]  # differs before the last frame's epoch
+        if checkpoints and i % 2:
+            frames[-1] = twin.checkpoint(end)
+        elif not checkpoints and i % 3:
+            mutated_connection(frames, rng, twin, end, chosen)
+        texts = [json.dumps(f) for f in frames]
+        assets = None if chosen is None else list(chosen)
+        case = {"kind": "frames", "frames": texts, "key": str(VKEY), "assets": assets}
+        cases.append({**case, "checkpoints": checkpoints})
+        expected.append(python_frames(texts, assets, checkpoints))
+    got = answers(cases, tmp_path)
+    differ = [(i, e, g) for i, (e, g) in enumerate(zip(expected, got, strict=True)) if e != g]
+    assert not differ, differ[:10]
+    kinds = {e.split(" ")[0] for e in expected}
+    assert {"ok", "format", "fork", "inclusion-root-mismatch", "epoch-gap"} <= kinds, kinds
+    assert sum(e == "fork" for e in expected) >= 40
+    held = [e.rsplit("/", 1)[1] for e in expected if e.startswith("ok ")]
+    assert sum(h.count(",") >= 1 for h in held) >= 20  # several reports held at once
 
 
 def test_user_ids_are_refused_alike(tmp_path: Path) -> None:

@@ -1,7 +1,9 @@
-"""A real prover daemon -> ``solvency-verify relay`` (its own process) -> a
-relay -> ``solvency-verify watch``: every epoch the prover publishes reaches
-the auditor, verified, in order; a subscriber of chosen assets or of
-checkpoints gets from a relay the very frames the prover sends it."""
+"""A real prover daemon -> ``solvency-verify relay --binary`` (its own
+process, following in MessagePack) -> a relay -> ``solvency-verify watch``,
+in JSON and with ``--binary``: every epoch the prover publishes reaches the
+auditor, verified, in order; a subscriber of every asset, of chosen assets
+or of checkpoints, in either encoding, gets from a relay the very frames the
+prover sends it."""
 
 from __future__ import annotations
 
@@ -51,7 +53,15 @@ def test_prover_relay_relay_watch(
     try:
         with out.open("wb") as f:
             upstream = f"ws://127.0.0.1:{unused_port}"
-            argv = ["relay", "--upstream", upstream, "--listen", "127.0.0.1:0", "--json"]
+            argv = [
+                "relay",
+                "--upstream",
+                upstream,
+                "--listen",
+                "127.0.0.1:0",
+                "--json",
+                "--binary",
+            ]
             argv += ["--key", key, "--state", str(tmp_path / "r1")]
             first = subprocess.Popen([sys.executable, "-m", "verifier.cli", *argv], stdout=f)
         try:
@@ -69,10 +79,18 @@ def test_prover_relay_relay_watch(
             assert main(["watch", second.downstream, "--key", key, *chosen, "--assets", "ETH"]) == 0
             epochs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
             assert [(e["followed"], e["other_assets"]) for e in epochs] == [(["ETH"], 1)] * 3
-            for choice in ("assets=ETH,XRP", "only=checkpoints"):
-                direct = Subscriber(bg, f"ws://127.0.0.1:{unused_port}", 0, choice).wait_for(3)
-                relayed = Subscriber(bg, second.downstream, 0, choice).wait_for(3)
-                assert relayed[:3] == direct[:3]  # built by the relay as by the prover
+            binary = ["--state", str(tmp_path / "binary"), "--json", "--max-epochs", "3"]
+            assert main(["watch", second.downstream, "--key", key, *binary, "--binary"]) == 0
+            epochs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+            assert [e["epoch"] for e in epochs if e["event"] == "epoch"] == [0, 1, 2]
+            assert [e["event"] for e in epochs] == ["epoch"] * 3  # selected: no warning
+            for choice in ("", "assets=ETH,XRP", "only=checkpoints"):
+                for msgpack in (False, True):
+                    prover_url = f"ws://127.0.0.1:{unused_port}"
+                    direct = Subscriber(bg, prover_url, 0, choice, msgpack).wait_for(3)
+                    relayed = Subscriber(bg, second.downstream, 0, choice, msgpack).wait_for(3)
+                    assert relayed[:3] == direct[:3]  # built by the relay as by the prover
+                    assert {type(f) for f in relayed} == {bytes if msgpack else str}
         finally:
             first.send_signal(signal.SIGTERM)
             assert first.wait(20) == 0

@@ -143,7 +143,7 @@ def _full(log: FakeLog) -> Callable[[str], list[str]]:
 def _checkpoint(frame: str) -> list[str]:
     message = parse_message(frame)
     assert isinstance(message, AssetsMessage)
-    return [CheckpointMessage(message.checkpoint, message.consistency).to_json()]
+    return [CheckpointMessage(message.checkpoint, ()).to_json()]
 
 
 LIES: dict[str, tuple[Callable[[FakeLog], Callable[[str], list[str]]], str]] = {

@@ -1,6 +1,7 @@
 """Servers and clients for the relay's tests (no test here), all on one event loop in a
-thread of its own (tests only): a prover-like upstream serving a fake log,
-relays that record what they report, a relay that lies, and subscribers."""
+thread of its own (tests only): a prover-like upstream serving a fake log (in
+MessagePack to a subscriber that negotiates it), relays that record what they
+report, a relay that lies, and subscribers."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import http.client
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -21,12 +22,21 @@ from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import Close
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from tests.verifier.fakelog import VKEY
 from verifier.cli import _parser
 from verifier.relay import Limits, Relay
-from verifier.stream import EpochMessage
+from verifier.stream import EpochMessage, parse_message
+from verifier.stream_binary import SUBPROTOCOL, to_msgpack
+
+MSGPACK = Subprotocol(SUBPROTOCOL)
+
+
+def offers_msgpack(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    """A server's ``select_subprotocol``: MessagePack if offered, as the prover's."""
+    return MSGPACK if MSGPACK in offered else None
 
 
 def until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
@@ -67,7 +77,8 @@ class Background:
 
 class Upstream:
     """A prover's ``/roots`` on 127.0.0.1: ``frames[since:]``, then each frame
-    published later; stopped and started again on the same port."""
+    published later (to a subscriber that negotiated MessagePack, each
+    re-encoded so); stopped and started again on the same port."""
 
     def __init__(self, bg: Background, messages: list[EpochMessage]) -> None:
         self.bg = bg
@@ -75,6 +86,7 @@ class Upstream:
         self.sinces: list[int] = []
         self.queries: list[str] = []  # each subscription's query string
         self.closes: list[int | None] = []  # the close code of each subscriber gone
+        self.subprotocols: list[str | None] = []  # what each subscription negotiated
         self.port = 0
         self._server: Server | None = None
         self._grew: asyncio.Condition | None = None
@@ -89,6 +101,7 @@ class Upstream:
         since = int(parse_qs(query).get("since", ["0"])[0])
         self.sinces.append(since)
         self.queries.append(query)
+        self.subprotocols.append(ws.subprotocol)
         grew = self._grew
 
         async def pump() -> None:
@@ -97,7 +110,8 @@ class Upstream:
                 async with grew:
                     await grew.wait_for(lambda: sent < len(self.frames))  # noqa: B023
                 while sent < len(self.frames):
-                    await ws.send(self.frames[sent])
+                    frame = self.frames[sent]
+                    await ws.send(frame if ws.subprotocol is None else msgpack_of(frame))
                     sent += 1
 
         task = asyncio.create_task(pump())
@@ -117,7 +131,11 @@ class Upstream:
     async def _start(self) -> None:
         self._grew = asyncio.Condition()
         self._server = await serve(
-            self._handler, "127.0.0.1", self.port, process_request=self._refuse
+            self._handler,
+            "127.0.0.1",
+            self.port,
+            process_request=self._refuse,
+            select_subprotocol=offers_msgpack,
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
@@ -141,6 +159,11 @@ class Upstream:
 
     def publish(self, *messages: EpochMessage) -> None:
         self.bg.run(self._publish([m.to_json() for m in messages]))
+
+
+def msgpack_of(frame: str | bytes) -> bytes:
+    """A JSON frame's message in MessagePack."""
+    return to_msgpack(parse_message(frame))
 
 
 class RecordingRelay(Relay):
@@ -184,24 +207,32 @@ def stop_relay(bg: Background, relay: RecordingRelay) -> None:
 
 class Subscriber:
     """A ``/roots`` subscriber that keeps every frame it gets, on one connection;
-    ``choice``: more of the query, e.g. ``assets=BTC`` or ``only=checkpoints``."""
+    ``choice``: more of the query, e.g. ``assets=BTC`` or ``only=checkpoints``;
+    ``msgpack``: it offers the MessagePack subprotocol."""
 
     def __init__(
-        self, bg: Background, url: str, since: int | None = None, choice: str = ""
+        self,
+        bg: Background,
+        url: str,
+        since: int | None = None,
+        choice: str = "",
+        msgpack: bool = False,
     ) -> None:
         self.frames: list[str | bytes] = []
         self.close_code: int | None = None
         self.extensions: str | None = None  # what the handshake negotiated
+        self.subprotocol: str | None = None
         self.connected = threading.Event()
         params = ([] if since is None else [f"since={since}"]) + ([choice] if choice else [])
         query = f"?{'&'.join(params)}" if params else ""
-        self.future = bg.spawn(self._run(f"{url}/roots{query}"))
+        self.future = bg.spawn(self._run(f"{url}/roots{query}", [MSGPACK] if msgpack else None))
         assert self.connected.wait(5), "the subscriber did not connect"
 
-    async def _run(self, url: str) -> None:
-        async with connect(url) as ws:
+    async def _run(self, url: str, subprotocols: list[Subprotocol] | None) -> None:
+        async with connect(url, subprotocols=subprotocols) as ws:
             assert ws.response is not None
             self.extensions = ws.response.headers.get("Sec-WebSocket-Extensions")
+            self.subprotocol = ws.subprotocol
             self.connected.set()
             try:
                 async for frame in ws:

@@ -180,3 +180,11 @@ def test_the_last_leafs_path_gives_the_root_before_it(n: int) -> None:
     if n:  # the same hashes as the consistency proof carries (less the new leaf)
         consistency = rfc9162.consistency_proof(hashes, n, n + 1)
         assert set(path) <= set(consistency) | {rfc9162.root_from_leaf_hashes(hashes[:n])}
+
+
+@given(st.integers(1, 300))
+def test_the_last_consistency_proof_follows_from_the_last_path(size: int) -> None:
+    hashes = [rfc9162.leaf_hash(i.to_bytes(4, "big")) for i in range(size)]
+    path = rfc9162.inclusion_proof(hashes, size - 1, size)
+    want = rfc9162.consistency_proof(hashes, size - 1, size)
+    assert rfc9162.last_consistency(size, path, hashes[-1]) == want

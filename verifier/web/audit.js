@@ -8,9 +8,9 @@
 //      record.js), or those proving what it says of the chosen assets
 //      (selection.js: `asset-map-mismatch`, `asset-map-incomplete`);
 //   3. `epoch-size-mismatch`: it is the newest record: epoch = size - 1;
-//   4. history only grows: `fork` (same size, other root, or no RFC 9162
-//      consistency with the last verified checkpoint), `replayed-checkpoint`,
-//      `epoch-gap`;
+//   4. history only grows: `fork` (same size, other root; or a log not extending
+//      the last verified one: `prefixRoot` of the inclusion path, or a checkpoint
+//      frame's consistency proof), `replayed-checkpoint`, `epoch-gap`;
 //   5. `time-went-back`: record times never decrease;
 //   6. with witnesses, a quorum cosigned (§12.3): a failure is returned as
 //      `witnessFailure`, not thrown, for a caller that follows the chain past it.
@@ -19,15 +19,16 @@
 // checkpoint frame has no record: rules 2, 3 and 5 do not apply, and 6 goes
 // without the record's time. Solvency findings (an asset INSOLVENT or UNPROVEN, a
 // chosen asset the record lacks: `absent`) are returned, not thrown. Reserve
-// reports (§13.4) are not checked here: `solvency-verify watch --attester`.
+// reports (§13.4) are not checked here; `boundReports` keeps those records bind.
 
 import { FormatError, UsageError, VerificationError } from "./errors.js";
-import { equal } from "./fields.js";
+import { equal, toHex } from "./fields.js";
 import { openCheckpoint } from "./checkpoint.js";
 import { checkQuorum } from "./cosignature.js";
+import { sha256 } from "./hashing.js";
 import { decodeRecord, headerInLog, isStale } from "./record.js";
 import { checkSelection } from "./selection.js";
-import { verifyConsistency } from "./rfc9162.js";
+import { prefixRoot, verifyConsistency } from "./rfc9162.js";
 
 /** Failures that, before anything verified, mean a wrong key: not evidence. */
 export const FIRST_CONTACT_CHECKS = new Set(["unknown-key", "origin-mismatch"]);
@@ -73,6 +74,34 @@ function checkKind(type, subscription) {
     // a whole record would not be checked to hold the chosen assets (absent)
     throw new FormatError("a whole record where chosen assets' entries were asked for");
   }
+}
+
+/** `fork` unless the checkpoint's log extends `state`'s (§11.2). */
+async function checkExtends(state, checkpoint, message) {
+  if (message.type === "checkpoint") {
+    try {
+      await verifyConsistency(state.size, checkpoint.size, state.root, checkpoint.root, message.consistency);
+    } catch (error) {
+      if (!(error instanceof VerificationError)) throw error;
+      throw new VerificationError("fork", `not an extension of the last log: ${error.message}`);
+    }
+  } else if (!equal(await prefixRoot(message.inclusion), state.root)) {
+    throw new VerificationError("fork", `its first ${state.size} records are not the log last verified`);
+  }
+}
+
+/** The reports `record` binds (Map: hex hash -> note), in record order, among
+ * `held` (the last record's) and the frame's new `reports` (§11.2; auditor.py). */
+export async function boundReports(held, record, reports) {
+  if (record === null) return held;
+  const known = new Map(held);
+  for (const note of reports) known.set(toHex(await sha256(note)), note);
+  const bound = new Map();
+  for (const source of record.assets.flatMap((a) => a.sources)) {
+    const hash = toHex(source.reportHash);
+    if (source.attested && known.has(hash) && !bound.has(hash)) bound.set(hash, known.get(hash));
+  }
+  return bound;
 }
 
 /** The record, or the chosen part of it, the frame proves in the checkpoint's log. */
@@ -122,12 +151,7 @@ export async function checkEpoch(state, message, key, { witnesses = [], quorum =
     if (checkpoint.size !== state.size + 1n) {
       throw new VerificationError("epoch-gap", `epochs ${state.size} to ${checkpoint.size - 2n} were skipped`);
     }
-    try {
-      await verifyConsistency(state.size, checkpoint.size, state.root, checkpoint.root, message.consistency);
-    } catch (error) {
-      if (!(error instanceof VerificationError)) throw error;
-      throw new VerificationError("fork", `not an extension of the last log: ${error.message}`);
-    }
+    await checkExtends(state, checkpoint, message);
     if (record !== null && record.timestampMs < state.timestampMs) {
       throw new VerificationError("time-went-back", "record is older than the previous one");
     }

@@ -9,13 +9,14 @@
 // from the last verified size (`since`), after a capped, jittered backoff. With
 // `assets=A,B` in the fragment it follows those assets only (`/roots?assets=`),
 // each proven present or absent (an absent one is an alarm), and says that the
-// record's other assets are not followed: neither received nor verified.
+// record's other assets are not followed: neither received nor verified. Reports
+// come once: those the last record binds are kept, for an epoch's alarm evidence.
 
 import { FormatError, UsageError, VerificationError } from "./errors.js";
 import { formatAmount, formatTime } from "./display.js";
 import { loadAssets, loadVerifierKey, loadWitnessKeys } from "./inputs.js";
 import { parseMessage } from "./stream.js";
-import { ALL_ASSETS, checkEpoch, FIRST_CONTACT_CHECKS, staleSources, subscriptionQuery } from "./audit.js";
+import { ALL_ASSETS, boundReports, checkEpoch, FIRST_CONTACT_CHECKS, staleSources, subscriptionQuery } from "./audit.js";
 import { Charts } from "./charts.js";
 import { $, downloadLink, el, fragmentOptions, proverUrl, setText } from "./page.js";
 
@@ -28,6 +29,7 @@ const watch = {
   config: null, // {key, witnesses, quorum, since, subscription}
   state: null, // the last verified state (audit.js)
   record: null, // its record
+  reports: new Map(), // those its record binds (audit.js)
   socket: null,
   stopped: true,
   retries: 0,
@@ -64,6 +66,7 @@ function alarm(kind, check, reason, frame, epoch = null) {
     last_verified_checkpoint: watch.state?.checkpoint ?? null,
     frame,
   };
+  if (epoch !== null) evidence.reports = [...watch.reports.values()].map((r) => new TextDecoder().decode(r));
   const name = `evidence-${Date.now()}-${check}.json`;
   const at = epoch === null ? "" : ` epoch ${epoch}`;
   const item = el("li", { className: kind, data: { check } }, `${formatTime(BigInt(Date.now()))}${at} ${check}: ${reason}`);
@@ -113,7 +116,7 @@ function connect() {
 
 /** Forget what was verified, and what the page shows of it. */
 function forget() {
-  Object.assign(watch, { state: null, record: null, intervals: [], statuses: new Map(), witnessAlarm: null });
+  Object.assign(watch, { state: null, record: null, reports: new Map(), intervals: [], statuses: new Map(), witnessAlarm: null });
   watch.stats = { count: 0, totalMs: 0, maxMs: 0, lastMs: 0 };
   views.clear();
   charts.clear();
@@ -157,9 +160,11 @@ async function pump() {
 async function verify(frame) {
   const began = performance.now();
   const { key, witnesses, quorum, subscription } = watch.config;
+  let message;
   let audit;
   try {
-    audit = await checkEpoch(watch.state, parseMessage(frame), key, { witnesses, quorum, subscription });
+    message = parseMessage(frame);
+    audit = await checkEpoch(watch.state, message, key, { witnesses, quorum, subscription });
   } catch (error) {
     if (error instanceof VerificationError) {
       if (watch.state === null && FIRST_CONTACT_CHECKS.has(error.check)) {
@@ -173,6 +178,7 @@ async function verify(frame) {
   const previous = watch.state;
   watch.state = audit.state;
   watch.record = audit.record;
+  watch.reports = await boundReports(watch.reports, audit.record, message.reports);
   watch.retries = 0;
   if (previous !== null) {
     watch.intervals.push(audit.state.timestampMs - previous.timestampMs);

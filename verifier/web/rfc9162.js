@@ -48,6 +48,16 @@ export async function rootFromLeafHashes(hashes, node = nodeHash, empty = EMPTY_
   return level[0];
 }
 
+/** MTH(D[0:n]) folded from PATH(n, D[0:n+1]): the roots of the complete subtrees
+ * of the first n leaves, leaf side first (§11.2). */
+export async function prefixRoot(lastPath) {
+  checkHashes(...lastPath);
+  if (lastPath.length === 0) return EMPTY_ROOT;
+  let root = lastPath[0];
+  for (const h of lastPath.slice(1)) root = await nodeHash(h, root);
+  return root;
+}
+
 /** Check that `leaf` (a leaf hash) is at `index` in the tree of `size` with `root`
  * (§2.1.3.2). Throws VerificationError `inclusion-index`, `inclusion-proof-size` or
  * `inclusion-root-mismatch`. */

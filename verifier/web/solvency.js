@@ -40,12 +40,12 @@ export { printableId } from "./hashing.js";
 export { decodeEntry, decodeHeader, decodeRecord, expectedStatus, headerInLog, isStale } from "./record.js";
 export { mapRoot, verifyMapPath } from "./assetmap.js";
 export { checkSelection, partialRecord } from "./selection.js";
-export { EMPTY_ROOT, rootFromLeafHashes, verifyConsistency, verifyInclusion } from "./rfc9162.js";
+export { EMPTY_ROOT, prefixRoot, rootFromLeafHashes, verifyConsistency, verifyInclusion } from "./rfc9162.js";
 export { openCheckpoint, openNote, parseCheckpoint, parseVerifierKey, splitNote } from "./checkpoint.js";
 export { checkQuorum, parseWitnessKey, verifyCosignatures } from "./cosignature.js";
 export { parseProofFile, verifyProof } from "./proof.js";
 export { parseMessage } from "./stream.js";
-export { ALL_ASSETS, checkEpoch, subscriptionQuery } from "./audit.js";
+export { ALL_ASSETS, boundReports, checkEpoch, subscriptionQuery } from "./audit.js";
 
 async function readInput(input) {
   if (typeof input === "string" || input instanceof Uint8Array) return input;

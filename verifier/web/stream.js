@@ -3,22 +3,22 @@
 //
 //   {"type": "epoch", "record": "<base64 full epoch record>",      (all assets)
 //    "checkpoint": "<signed note of the log after this epoch>",
-//    "inclusion": ["<64 hex>", ...], "consistency": ["<64 hex>", ...],
-//    "reports": ["<signed reserve report>", ...]}
+//    "inclusion": ["<64 hex>", ...], "reports": ["<signed reserve report>", ...]}
 //   {"type": "epoch-assets", "header": "<base64 record header>",   (?assets=A,B)
 //    "entries": [{"entry": "<base64>", "index": 0, "map_path": ["<64 hex>", ...]}, ...],
-//    "checkpoint", "inclusion", "consistency", "reports" as above}
+//    "checkpoint", "inclusion", "reports" as above}
 //   {"type": "checkpoint", "checkpoint": ..., "consistency": ...}  (?only=checkpoints)
 //
 // read as strictly as a proof file (fields.js), at most 1 MiB; `reports` lists no
-// report twice, `entries` are sorted by index, each once. The checks of a frame
-// against the last verified one are the auditor's (audit.js).
+// report twice (all on a connection's first frame, then the new ones), `entries`
+// are sorted by index, each once. The checks of a frame against the last verified
+// one are the auditor's (audit.js).
 
 import { FormatError } from "./errors.js";
 import { b64, exactKeys, hex32List, loadObject, natural, show, text, utf8 } from "./fields.js";
 
 export const MAX_MESSAGE_BYTES = 1 << 20;
-const COMMON = ["type", "checkpoint", "inclusion", "consistency", "reports"];
+const COMMON = ["type", "checkpoint", "inclusion", "reports"];
 
 function reports(value) {
   if (!Array.isArray(value)) throw new FormatError("reports must be a list of signed reports");
@@ -44,8 +44,8 @@ function entries(value) {
   return Object.freeze(out);
 }
 
-/** One frame (a string, or its bytes) as `{type, checkpoint, consistency}` and, but
- * for a checkpoint frame, `inclusion`, `reports` and `record` (an epoch frame) or
+/** One frame (a string, or its bytes) as `{type, checkpoint}` and `consistency` (a
+ * checkpoint frame), or `inclusion`, `reports` and `record` (an epoch frame) or
  * `header` and `entries: [{entry, index, path}]` (epoch-assets): bytes, lists of
  * bytes. Throws FormatError. */
 export function parseMessage(data) {
@@ -67,7 +67,6 @@ export function parseMessage(data) {
     ...head,
     checkpoint: checkpoint(),
     inclusion: hex32List(doc.inclusion, "inclusion"),
-    consistency: hex32List(doc.consistency, "consistency"),
     reports: reports(doc.reports),
   });
 }
