@@ -17,7 +17,7 @@ from prover.cli import main as prover_main
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 ROOT = Path(__file__).resolve().parents[2]
-USERS = 300_000  # the worker builds their tree for over a second
+USERS = 600_000  # the worker builds their tree for a few seconds
 GRACE = 0.5  # seconds a child may outlive its parent
 
 
@@ -58,6 +58,17 @@ def assert_gone_soon(pids: list[int]) -> None:
                 os.kill(p, signal.SIGKILL)
             raise AssertionError(f"{left} still running {late:.1f} s after their parent")
         time.sleep(0.01)
+
+
+def import_seconds(*modules: str) -> float:
+    """CPU seconds a fresh interpreter takes to import ``modules``."""
+    code = f"import {', '.join(modules)}"
+    before = os.times()
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    after = os.times()
+    return (after.children_user + after.children_system) - (
+        before.children_user + before.children_system
+    )
 
 
 def busy_worker(parent: subprocess.Popen[bytes], cpu: float) -> list[int]:
@@ -112,7 +123,10 @@ def test_kill_9_during_start_up_leaves_no_process_behind(tmp_path: Path, unused_
         [sys.executable, "-m", "prover.cli", *args], cwd=ROOT, stderr=subprocess.DEVNULL
     )
     try:
-        kids = busy_worker(daemon, cpu=0.6)  # the worker builds the trees: start-up is under way
+        # Past the imports the spawned worker repeats (prover.cli's, as the
+        # main module: about a second of CPU), which come before it arms its
+        # parent-death signal: the worker builds the trees.
+        kids = busy_worker(daemon, cpu=import_seconds("prover.cli", "prover.worker") + 0.4)
         daemon.kill()
         daemon.wait()
         assert_gone_soon(kids)
