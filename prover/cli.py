@@ -33,16 +33,14 @@ from pathlib import Path
 from typing import TextIO
 
 from prover import attest
-from prover.admin import export_proofs, fetch_proof
 from prover.config import CONFIG_FILE, Config, load_config
-from prover.daemon import run_daemon, setup_logging
 from prover.errors import ConfigError, KeyFileError, ProverError
-from prover.importer import import_balances
-from prover.initdir import check_private, initialise, parse_assets, redact_url, require_initialised
-from prover.keyrotation import rotate_key
-from prover.status import write_status
 from storage.errors import InvalidInputError, StorageError
 from verifier.version import VersionAction
+
+# Each command imports what it runs (the daemon, storage: SQLAlchemy and
+# alembic, about a second of CPU) when it runs: the tree worker, a spawned
+# process that imports this module again, starts without them.
 
 __all__ = ["main"]
 
@@ -58,6 +56,8 @@ def _config(args: argparse.Namespace) -> Config:
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
     }
+    from prover.initdir import check_private, require_initialised
+
     data_dir = Path(args.data_dir)
     require_initialised(data_dir)
     config = load_config(data_dir, overrides)
@@ -70,6 +70,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from prover.initdir import initialise, parse_assets, redact_url
+
     data_dir = Path(args.data_dir)
     passphrase = ""
     if args.passphrase_env:
@@ -89,6 +91,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from prover.importer import import_balances
+
     config = _config(args)
     total, seq = import_balances(config, Path(args.file), args.source)
     print(f"imported {total:,} balances as source {args.source!r} (last seq {seq})")
@@ -104,6 +108,8 @@ def _open_follow(path: str) -> TextIO:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from prover.daemon import run_daemon, setup_logging
+
     config = _config(args)
     follow = None
     if args.follow:
@@ -116,6 +122,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_proof(args: argparse.Namespace) -> int:
+    from prover.admin import fetch_proof
+
     body = fetch_proof(_config(args), args.user, args.epoch)
     if args.out:
         try:
@@ -129,6 +137,8 @@ def cmd_proof(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from prover.admin import export_proofs
+
     result = export_proofs(_config(args))
     print(f"wrote {result.files:,} proofs of epoch {result.epoch} to {result.dir}")
     return 0
@@ -138,6 +148,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_key(args: argparse.Namespace) -> int:
+    from prover.keyrotation import rotate_key
+
     config = _config(args)
     name, vkey = rotate_key(config)
     print(f"new signing key {name}; restart the daemon to use it.")
@@ -147,6 +159,8 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from prover.status import write_status
+
     write_status(_config(args), sys.stdout)
     return 0
 
