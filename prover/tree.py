@@ -56,6 +56,11 @@ _State = tuple[str, SumTreeHasher, int, U8, U8, list[U8], tuple[int, I64] | None
 RECORD: Final = DIGEST_SIZE + SUM_SIZE  # 48: hash || sum, one half of a row
 SLOT_SIZE: Final = 8  # the padding message ends with the slot as u64
 HASH_CHUNK = 2048  # rows hashed per step: keeps messages and digests in cache
+# Up to this many nodes of a level are rehashed one by one: numpy's vector
+# steps cost tens of microseconds per level whatever its width, which a
+# tree changed in one or two leaves (an asset of many, an epoch of few
+# updates) pays at every level.
+SCALAR_NODES = 8
 
 _EMPTY_SLOTS: Final[I64] = np.zeros(0, np.int64)
 _EMPTY_SLOTS.flags.writeable = False
@@ -355,6 +360,15 @@ class SumTree:
         """Recompute nodes ``parents`` (sorted, distinct; None: all) of level
         ``level + 1`` from their children, which are rows of level ``level``."""
         rows, above = self._rows[level], self._nodes[level + 1]
+        if parents is not None and len(parents) <= SCALAR_NODES:
+            digest = self._hasher.digest
+            for p in parents.tolist():
+                message = rows[p].tobytes()  # tag, left hash and sum, right hash and sum
+                total = int.from_bytes(message[1 + DIGEST_SIZE : 1 + RECORD]) + int.from_bytes(
+                    message[1 + RECORD + DIGEST_SIZE :]
+                )
+                above[p >> 1, p & 1] = np.void(digest(message).digest() + total.to_bytes(SUM_SIZE))
+            return
         pairs = rows.view(f"V{NODE_MESSAGE_SIZE}").ravel()
         count = len(rows) if parents is None else len(parents)
         step = max(2, HASH_CHUNK & ~1)  # even: a contiguous chunk fills whole pairs above

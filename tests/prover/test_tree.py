@@ -249,6 +249,25 @@ def test_sums_carry_past_64_bits() -> None:
     assert (tree.root, tree.total) == reference(3, full)[3][0]
 
 
+@pytest.mark.parametrize("scalar_nodes", [0, 8, 1 << 20])
+def test_one_by_one_and_vector_rehashing_agree(
+    scalar_nodes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Levels of few dirty nodes are rehashed one by one (``SCALAR_NODES``),
+    wider ones by numpy: both give the tree a fresh build gives, sums past 64
+    bits included."""
+    monkeypatch.setattr(prover.tree, "SCALAR_NODES", scalar_nodes)
+    full = {s: (bytes([s]) * 32, MAX_BALANCE) for s in range(16)}
+    tree = build(4, full)
+    for slots in ([3], [0, 9], list(range(1, 16, 2))):
+        sets = {s: (bytes([s + 100]) * 32, MAX_BALANCE - s) for s in slots}
+        tree.apply(*arrays(sets), np.zeros(0, np.int64))
+        full.update(sets)
+        assert (tree.root, tree.total) == reference(4, full)[4][0]
+        for slot in range(16):
+            assert tree.path(slot) == build(4, full).path(slot)
+
+
 def test_an_empty_batch_changes_nothing() -> None:
     tree = build(4, {3: (bytes(32), 5)})
     before = (tree.root, tree.total)
