@@ -80,7 +80,11 @@ def test_screenshots(page: Any, daemon: Daemon, tmp_path: Path) -> None:
     expect(page.locator("article.asset[data-asset=ETH] .stale")).to_have_text(
         "stale reserve sources: hot"
     )
+    cards = page.locator("article.asset")
+    for i in range(cards.count()):  # a chart is made once its card is in view
+        cards.nth(i).scroll_into_view_if_needed()
     expect(page.locator("article.asset .u-wrap")).to_have_count(2)
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(out / "dashboard.png"), full_page=True)
     assert (out / "dashboard.png").stat().st_size > 10_000
 
