@@ -33,12 +33,20 @@ import numpy as np
 import numpy.typing as npt
 
 from prover.errors import TreeError
+from prover.tree_inputs import (
+    EMPTY_SLOTS,
+    I64,
+    U8,
+    U64,
+    check_height,
+    check_sets,
+    check_slots,
+    duplicate_message,
+)
 from verifier.errors import FormatError
 from verifier.hashing import (
     DIGEST_SIZE,
     HASHER,
-    MAX_BALANCE,
-    MAX_HEIGHT,
     NODE_MESSAGE_SIZE,
     SUM_SIZE,
     HashState,
@@ -47,9 +55,6 @@ from verifier.hashing import (
 
 __all__ = ["SumTree", "TreeError", "Undo"]
 
-U8 = npt.NDArray[np.uint8]
-U64 = npt.NDArray[np.uint64]
-I64 = npt.NDArray[np.int64]
 Records = npt.NDArray[np.void]  # one "V48" element per node
 _State = tuple[str, SumTreeHasher, int, U8, U8, list[U8], tuple[int, I64] | None]
 
@@ -62,8 +67,6 @@ HASH_CHUNK = 2048  # rows hashed per step: keeps messages and digests in cache
 # updates) pays at every level.
 SCALAR_NODES = 8
 
-_EMPTY_SLOTS: Final[I64] = np.zeros(0, np.int64)
-_EMPTY_SLOTS.flags.writeable = False
 _EMPTY_RECORDS: Final[Records] = np.zeros(0, f"V{RECORD}")
 
 
@@ -184,7 +187,7 @@ class SumTree:
         Raises:
             TreeError: on a bad asset id, height or padding key, or bad leaves.
         """
-        height = _check_height(height)
+        height = check_height(height)
         try:
             leaf_prefix = hasher.leaf_prefix(asset)
             pad_prefix = hasher.padding_prefix(asset)
@@ -192,11 +195,11 @@ class SumTree:
             raise TreeError(str(exc)) from exc
         if not isinstance(padding_key, bytes) or len(padding_key) != DIGEST_SIZE:
             raise TreeError(f"padding key must be {DIGEST_SIZE} bytes")
-        slot_a, commitment_a, amount_a = _check_sets(height, slots, commitments, amounts)
+        slot_a, commitment_a, amount_a = check_sets(height, slots, commitments, amounts)
         occupied = np.zeros(1 << height, bool)
         occupied[slot_a] = True
         if np.count_nonzero(occupied) != len(slot_a):
-            raise TreeError(_duplicate_message(slot_a, _EMPTY_SLOTS, "among the leaves"))
+            raise TreeError(duplicate_message(slot_a, EMPTY_SLOTS, "among the leaves"))
 
         tree = cls.__new__(cls)  # no __init__: a tree exists only fully hashed
         tree._asset = asset
@@ -248,12 +251,12 @@ class SumTree:
                 0..2**64-1. The tree is unchanged then.
         """
         h = self._height
-        slots, commitments, amounts = _check_sets(h, set_slots, set_commitments, set_amounts)
-        clears = _EMPTY_SLOTS if clear_slots is None else _check_slots(h, clear_slots, "clear")
+        slots, commitments, amounts = check_sets(h, set_slots, set_commitments, set_amounts)
+        clears = EMPTY_SLOTS if clear_slots is None else check_slots(h, clear_slots, "clear")
         dirty = np.sort(np.concatenate([slots, clears]))
         if np.any(dirty[1:] == dirty[:-1]):
-            raise TreeError(_duplicate_message(slots, clears, "in one batch"))
-        stale_level, stale = self._stale or (-1, _EMPTY_SLOTS)
+            raise TreeError(duplicate_message(slots, clears, "in one batch"))
+        stale_level, stale = self._stale or (-1, EMPTY_SLOTS)
         top = h if upto is None else min(h, max(upto, stale_level))
         levels = [dirty]  # the dirty nodes of every level, sorted and distinct
         for level in range(top):
@@ -264,7 +267,7 @@ class SumTree:
                 (nodes, self._nodes[level][nodes >> 1, nodes & 1].copy())
                 for level, nodes in enumerate(levels)
             ]
-            kept += [(_EMPTY_SLOTS, _EMPTY_RECORDS)] * (h - top)
+            kept += [(EMPTY_SLOTS, _EMPTY_RECORDS)] * (h - top)
             undo.append(Undo(tuple(kept)))
         self._put_leaves(slots, commitments, amounts)
         self._put_padding(clears)
@@ -286,7 +289,7 @@ class SumTree:
     def finish(self, undo: list[Undo] | None = None) -> int:
         """Rehash what partial applies left: ``apply`` of an empty batch."""
         none = np.zeros(0, np.uint64)
-        return self.apply(_EMPTY_SLOTS, np.zeros((0, DIGEST_SIZE), np.uint8), none, None, undo)
+        return self.apply(EMPTY_SLOTS, np.zeros((0, DIGEST_SIZE), np.uint8), none, None, undo)
 
     # Storage
 
@@ -468,90 +471,3 @@ class SumTree:
         out = out.reshape(-1)[: self.capacity]
         out.flags.writeable = False
         return out
-
-
-def _check_height(height: int) -> int:
-    if isinstance(height, bool):
-        raise TreeError("height must be an integer, got bool")
-    try:
-        value = operator.index(height)
-    except TypeError as exc:
-        raise TreeError(f"height must be an integer, got {type(height).__name__}") from exc
-    if not 0 <= value <= MAX_HEIGHT:
-        raise TreeError(f"height {value} is outside 0..{MAX_HEIGHT}")
-    return value
-
-
-def _check_slots(height: int, slots: npt.ArrayLike, what: str) -> I64:
-    array = np.asarray(slots)
-    if array.ndim != 1:
-        raise TreeError(f"{what} slots must be a one-dimensional array, got shape {array.shape}")
-    if not array.size:
-        return _EMPTY_SLOTS
-    if array.dtype.kind not in "iu":
-        raise TreeError(f"{what} slots must be integers, got dtype {array.dtype}")
-    low, high = int(array.min()), int(array.max())
-    if low < 0 or high >= 1 << height:
-        raise TreeError(
-            f"{what} slot {low if low < 0 else high} is outside 0..{(1 << height) - 1} "
-            f"(tree of height {height})"
-        )
-    return array.astype(np.int64, copy=False)
-
-
-def _check_sets(
-    height: int, slots: npt.ArrayLike, commitments: npt.ArrayLike, amounts: npt.ArrayLike
-) -> tuple[I64, U8, U64]:
-    """Validate user leaves (vectorised: no Python loop over elements)."""
-    slot_a = _check_slots(height, slots, "leaf")
-    n = len(slot_a)
-    commitment_a = np.asarray(commitments)
-    if commitment_a.size == 0 and n == 0:
-        commitment_a = np.zeros((0, DIGEST_SIZE), np.uint8)
-    if commitment_a.dtype != np.uint8:
-        raise TreeError(f"commitments must be a uint8 array, got dtype {commitment_a.dtype}")
-    if commitment_a.shape != (n, DIGEST_SIZE):
-        raise TreeError(
-            f"commitments must have shape ({n}, {DIGEST_SIZE}), got {commitment_a.shape}"
-        )
-    return slot_a, commitment_a, _check_amounts(amounts, n)
-
-
-def _check_amounts(amounts: npt.ArrayLike, n: int) -> U64:
-    """Amounts as uint64, checked to be integers in 0..MAX_BALANCE (vectorised).
-
-    A list mixing ints above 2**63 with small ones would become float64 under
-    numpy's promotion; such lists are taken as Python ints (an object array)
-    and checked exactly instead: type ``int`` only, then the range.
-    """
-    array = np.asarray(amounts)
-    if array.dtype.kind in "fO" and not isinstance(amounts, np.ndarray):
-        array = np.asarray(amounts, dtype=object)
-    if array.shape != (n,):
-        raise TreeError(f"need one amount per slot: shape ({n},), got {array.shape}")
-    if not n:
-        return np.zeros(0, np.uint64)
-    kind = array.dtype.kind
-    if kind == "O":
-        types = np.frompyfunc(type, 1, 1)(array)
-        if not (types == int).all():  # noqa: E721  (an elementwise array comparison)
-            raise TreeError("amounts must be integers in 0..2**64-1")
-        bad = (array < 0) | (array > MAX_BALANCE)
-        if bad.any():
-            raise TreeError(f"amount {array[bad][0]} is outside 0..2**64-1")
-    elif kind not in "iu":
-        raise TreeError(f"amounts must be integers in 0..2**64-1, got dtype {array.dtype}")
-    elif kind == "i" and int(array.min()) < 0:
-        raise TreeError(f"amount {int(array.min())} is outside 0..2**64-1")
-    return array.astype(np.uint64)
-
-
-def _duplicate_message(slots: I64, clears: I64, where: str) -> str:
-    """Name the first slot given twice (cold path: only after a duplicate is found)."""
-    for name, group in (("set", slots), ("cleared", clears)):
-        ordered = np.sort(group)
-        twice = ordered[1:][ordered[1:] == ordered[:-1]]
-        if len(twice):
-            return f"slot {int(twice[0])} is {name} twice {where}"
-    both = np.intersect1d(slots, clears)
-    return f"slot {int(both[0])} is both set and cleared {where}"

@@ -52,6 +52,7 @@ __all__ = [
     "MAX_RESERVE",
     "UNATTESTED",
     "VERSION",
+    "AssetLines",
     "AssetState",
     "EpochRecord",
     "RecordHeader",
@@ -237,8 +238,28 @@ class RecordHeader:
             raise FormatError(f"{asset.asset}: status {asset.status.name} contradicts {want.name}")
 
 
+class AssetLines:
+    """The asset lookups a record and a part of one share: ``assets`` sorted
+    by id (all of a record's, or those a part of it proves)."""
+
+    __slots__ = ()
+    assets: tuple[AssetState, ...]
+
+    def asset(self, asset: str) -> AssetState:
+        """The line for ``asset``; KeyError if there is none."""
+        for a in self.assets:
+            if a.asset == asset:
+                return a
+        raise KeyError(asset)
+
+    @property
+    def solvent(self) -> bool:
+        """True if every asset among ``assets`` is SOLVENT."""
+        return all(a.status is Status.SOLVENT for a in self.assets)
+
+
 @dataclass(frozen=True, slots=True)
-class EpochRecord:
+class EpochRecord(AssetLines):
     """What the prover states at one epoch; ``epoch`` is also its index in the log.
     ``version`` is a record version ``hasher_for`` knows (``VERSION`` unless
     decoded). ``entries`` (each asset's canonical bytes) and ``header`` are
@@ -271,18 +292,6 @@ class EpochRecord:
             header.check_asset(a)
         object.__setattr__(self, "entries", entries)
         object.__setattr__(self, "header", header)
-
-    def asset(self, asset: str) -> AssetState:
-        """The line for ``asset``; KeyError if the record has none."""
-        for a in self.assets:
-            if a.asset == asset:
-                return a
-        raise KeyError(asset)
-
-    @property
-    def solvent(self) -> bool:
-        """True if every asset is SOLVENT."""
-        return all(a.status is Status.SOLVENT for a in self.assets)
 
     def encode(self) -> bytes:
         """The canonical bytes of the full record: its header, then every entry."""

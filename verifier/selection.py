@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from verifier.assetmap import AssetMap, verify_map_path
 from verifier.errors import VerificationError
 from verifier.hashing import hasher_for
-from verifier.record import AssetState, EpochRecord, RecordHeader, Status, decode_entry
+from verifier.record import AssetLines, AssetState, EpochRecord, RecordHeader, decode_entry
 
 __all__ = ["MapEntry", "PartialRecord", "check_selection", "proving_indices", "select_entries"]
 
@@ -33,7 +33,7 @@ class MapEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class PartialRecord:
+class PartialRecord(AssetLines):
     """What a header and some proven entries establish: the chosen ``assets``
     the record has (sorted by id) and the chosen ids it has not (``absent``).
     The record's other assets are unknown."""
@@ -57,18 +57,6 @@ class PartialRecord:
     @property
     def version(self) -> int:
         return self.header.version
-
-    def asset(self, asset: str) -> AssetState:
-        """The entry for ``asset``; KeyError if it is not among the proven ones."""
-        for a in self.assets:
-            if a.asset == asset:
-                return a
-        raise KeyError(asset)
-
-    @property
-    def solvent(self) -> bool:
-        """True if every proven asset is SOLVENT (the others are unknown)."""
-        return all(a.status is Status.SOLVENT for a in self.assets)
 
 
 def proving_indices(ids: Sequence[str], chosen: Iterable[str]) -> list[int]:

@@ -8,7 +8,7 @@ import base64
 import contextlib
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,12 @@ from tests.verifier.test_relay_support import (
     RawSubscriber,
     Subscriber,
     Upstream,
+    events,
     http_get,
     start_relay,
     stop_relay,
     until,
+    watch,
 )
 from tests.verifier.witnesses import K1, K2, NOW, witnessed
 from verifier import quorum
@@ -39,26 +41,11 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def bg() -> Iterator[Background]:
-    background = Background()
-    yield background
-    background.close()
-
-
-@pytest.fixture
 def log() -> FakeLog:
     fake = FakeLog()
     for _ in range(6):
         fake.append()
     return fake
-
-
-def watch(url: str, state: Path, *extra: str) -> int:
-    return main(["watch", url, "--key", str(VKEY), "--state", str(state), "--json", *extra])
-
-
-def events(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
 def log_frames(log: FakeLog, count: int) -> list[str | bytes]:

@@ -7,11 +7,8 @@ frame, then the new ones) reaching a subscriber that joins late."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,6 +18,7 @@ from tests.verifier.test_relay_support import (
     Background,
     Subscriber,
     Upstream,
+    events,
     start_relay,
     until,
 )
@@ -35,13 +33,6 @@ from verifier.stream_binary import SUBPROTOCOL, to_msgpack
 pytestmark = pytest.mark.timeout(60)
 
 NAMES = ("ADA", "BTC", "ETH")
-
-
-@pytest.fixture
-def bg() -> Iterator[Background]:
-    background = Background()
-    yield background
-    background.close()
 
 
 def note(name: str, epoch: int) -> bytes:
@@ -77,10 +68,6 @@ def log() -> FakeLog:
 def watch(url: str, state: Path, *extra: str) -> int:
     argv = ["watch", url, "--key", str(VKEY), "--state", str(state), "--json"]
     return main([*argv, "--attester", str(COLD_VKEY), *extra])
-
-
-def events(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
 def first_frame(message: EpochMessage) -> EpochMessage:

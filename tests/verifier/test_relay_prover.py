@@ -11,7 +11,6 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,13 +28,6 @@ from tests.verifier.test_relay_support import (
 )
 from verifier.checkpoint import verifier_key_for
 from verifier.cli import main
-
-
-@pytest.fixture
-def bg() -> Iterator[Background]:
-    background = Background()
-    yield background
-    background.close()
 
 
 @pytest.mark.timeout(90)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -21,8 +20,10 @@ from tests.verifier.test_relay_support import (
     Evil,
     Subscriber,
     Upstream,
+    events,
     start_relay,
     until,
+    watch,
 )
 from verifier.cli import main
 from verifier.stream import AssetsMessage, CheckpointMessage, parse_message
@@ -33,26 +34,11 @@ NAMES = ("ADA", "BTC", "DOGE", "ETH", "SOL")
 
 
 @pytest.fixture
-def bg() -> Iterator[Background]:
-    background = Background()
-    yield background
-    background.close()
-
-
-@pytest.fixture
 def log() -> FakeLog:
     fake = FakeLog()
     for epoch in range(6):
         fake.append(many(epoch, NAMES))
     return fake
-
-
-def watch(url: str, state: Path, *extra: str) -> int:
-    return main(["watch", url, "--key", str(VKEY), "--state", str(state), "--json", *extra])
-
-
-def events(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
 
 
 def chosen_frames(log: FakeLog, chosen: set[str], epochs: range) -> list[str | bytes]:

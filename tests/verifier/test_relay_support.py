@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import http.client
+import json
 import socket
 import threading
 import time
@@ -26,7 +27,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from tests.verifier.fakelog import VKEY
-from verifier.cli import _parser
+from verifier.cli import _parser, main
 from verifier.relay import Limits, Relay
 from verifier.stream import EpochMessage, parse_message
 from verifier.stream_binary import SUBPROTOCOL, to_msgpack
@@ -331,3 +332,13 @@ class RawSubscriber:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def watch(url: str, state: Path, *extra: str) -> int:
+    """``solvency-verify watch URL`` with the fake log's key and JSON output."""
+    return main(["watch", url, "--key", str(VKEY), "--state", str(state), "--json", *extra])
+
+
+def events(capsys: Any) -> list[dict[str, Any]]:
+    """The JSON events a command printed since the last read of ``capsys``."""
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]

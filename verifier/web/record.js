@@ -216,6 +216,13 @@ export async function decodeRecord(bytes) {
   if (!equal(await mapRoot(entries), header.assetMapRoot)) {
     throw new FormatError("the record's asset map root is not that of its entries");
   }
+  return recordView(header, assets, { entries: Object.freeze(entries) });
+}
+
+/** A record's (or a part of one's) fields for its readers: the header's
+ * epoch, times and asset count, `assets`, `solvent` (every one of them
+ * SOLVENT), and `extra`. */
+export function recordView(header, assets, extra) {
   const { epoch, timestampMs, maxReserveAgeMs, assetCount } = header;
   return Object.freeze({
     header,
@@ -223,7 +230,7 @@ export async function decodeRecord(bytes) {
     timestampMs,
     maxReserveAgeMs,
     assetCount,
-    entries: Object.freeze(entries),
+    ...extra,
     assets: Object.freeze(assets),
     solvent: assets.every((a) => a.status === "SOLVENT"),
   });

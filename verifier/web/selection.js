@@ -7,24 +7,14 @@
 
 import { VerificationError } from "./errors.js";
 import { verifyMapPath } from "./assetmap.js";
-import { decodeEntry } from "./record.js";
+import { decodeEntry, recordView } from "./record.js";
 
 /** What a header and some proven entries establish: `{header, epoch, timestampMs,
  * maxReserveAgeMs, assetCount, assets (the chosen ones the record has, sorted by
  * id), absent (the chosen ids it has not), solvent (every proven asset SOLVENT)}`. */
 export function partialRecord(header, assets, absent = []) {
-  const { epoch, timestampMs, maxReserveAgeMs, assetCount } = header;
-  assets = [...assets].sort((a, b) => (a.asset < b.asset ? -1 : 1));
-  return Object.freeze({
-    header,
-    epoch,
-    timestampMs,
-    maxReserveAgeMs,
-    assetCount,
-    assets: Object.freeze(assets),
-    absent: Object.freeze([...absent]),
-    solvent: assets.every((a) => a.status === "SOLVENT"),
-  });
+  const sorted = [...assets].sort((a, b) => (a.asset < b.asset ? -1 : 1));
+  return recordView(header, sorted, { absent: Object.freeze([...absent]) });
 }
 
 /**
