@@ -4,9 +4,15 @@ One ``Ledger`` holds one salt period's view: a user index shared by all assets,
 one commitment per user, and per asset a ``SumTree`` with the slot of each
 holder. Updates are staged, then ``close_epoch`` applies them to the trees in
 one batch per asset. A balance of 0 removes the user's leaf (the slot turns
-back into padding and is not reused within the period). A tree's ``room`` is
-the slots its period has not handed out yet; once an insert finds none left,
-the close rebuilds that tree one level higher.
+back into padding and is not reused within the period).
+
+Slots are handed out as updates are staged, in staging order: a user gets
+the next slot of the asset's order with a non-zero amount staged while it
+holds none, and holds none from a zero amount on. So where every holder
+sits depends on the order of the updates alone, never on when a ``flush``
+applied some of them. A tree's ``room`` is the slots its period has not
+handed out yet; a holder staged when there is none waits for the close,
+which rebuilds that tree one level higher (PROTOCOL §2.5).
 
 A ledger built ``ahead`` of its period's first epoch (the next salt period,
 catching up in the background) serves no proof before its first close: until
@@ -43,6 +49,7 @@ from verifier.sumtree import PathStep
 __all__ = ["AssetRoot", "Ledger", "UserProof"]
 
 NO_SLOT = -1
+WAITING = -2  # staged with no slot left in the tree's order: placed when it grows
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +91,65 @@ class _EpochUndo:
 
 @dataclass
 class _Book:
-    """One asset: its tree, its holders' slots (by user index) and its slot order."""
+    """One asset: its tree, its holders' slots (by user index) in the tree and
+    once the staged updates are applied, and its slot order.
+
+    Invariants: ``staged[u]`` is ``slots[u]`` for every user with nothing
+    staged; it is NO_SLOT exactly when the user's last staged amount is 0,
+    and WAITING exactly for the users of ``waiting`` (in staging order)."""
 
     tree: SumTree
     slots: npt.NDArray[np.int64]
+    staged: npt.NDArray[np.int64]
     allocator: SlotAllocator
+    waiting: dict[int, None] = field(default_factory=dict)
+
+    def fit(self, users: int) -> None:
+        """Make room in ``slots`` and ``staged`` for ``users`` users, with
+        more to spare so that new users do not copy them each time."""
+        if len(self.slots) < users:
+            more = np.full(spare(users) - len(self.slots), NO_SLOT, np.int64)
+            self.slots = np.concatenate([self.slots, more])
+            self.staged = np.concatenate([self.staged, more])
+
+    def hand_out(self, rows: npt.NDArray[np.int64]) -> None:
+        """Move ``staged`` past rows staged in order, each the user index given
+        a non-zero amount, or its complement ``~index`` given 0: a row gives
+        its user the next slot of the order if it holds none just before
+        (WAITING if the order is used up); a zero amount takes it away."""
+        nonzero = rows >= 0
+        users = np.where(nonzero, rows, ~rows)
+        self.fit(int(users.max()) + 1)
+        held = self.staged[users]  # each row's user's slot before these rows
+        if nonzero.all() and (held != NO_SLOT).all():  # holders staying holders
+            return
+        order = np.argsort(users, kind="stable")  # rows by user, in staging order
+        by_user, nz, before = users[order], nonzero[order], held[order]
+        first = np.ones(len(order), bool)
+        np.not_equal(by_user[1:], by_user[:-1], out=first[1:])
+        holds = np.where(first, before != NO_SLOT, np.concatenate([[False], nz[:-1]]))
+        gets = nz & ~holds  # rows that hand out a slot
+        getters = np.sort(order[gets])  # in staging order
+        count = min(len(getters), self.allocator.remaining)
+        given = np.full(len(users), WAITING, np.int64)
+        taken = self.allocator.take(count)
+        assert taken is not None  # at most what remains
+        given[getters[:count]] = taken
+        # each user's last row decides: its last slot handed out, or the one held before
+        source = np.maximum.accumulate(np.where(gets | first, np.arange(len(order)), 0))
+        last = np.ones(len(order), bool)
+        last[:-1] = first[1:]
+        final = np.where(gets[source], given[order][source], before[source])
+        final = np.where(nz, final, NO_SLOT)[last]
+        who = by_user[last]
+        if self.waiting or count < len(getters):
+            for user in who[final != WAITING].tolist():
+                self.waiting.pop(user, None)
+            queued = np.isin(getters, order[last][final == WAITING])
+            for user in users[getters[queued]].tolist():
+                self.waiting.pop(user, None)  # waiting again: behind those before
+                self.waiting[user] = None
+        self.staged[who] = final
 
 
 @dataclass
@@ -158,16 +219,26 @@ class Ledger:
     def stage_rows(self, rows: Iterable[tuple[str, str, int]]) -> None:
         """``stage`` each (user, asset, amount) of ``rows`` in order, or none of
         them if one names an unknown asset. The hot path of ingest: per row,
-        the user's index and one store, no Python call."""
+        the user's index, one store and one append, no Python call; each
+        asset's slots are handed out for all its rows at once."""
         rows = list(rows)
         assets = {asset for _, asset, _ in rows}
         if unknown := assets.difference(self.books):
             raise ProverError(f"unknown asset {min(unknown)}")
         users = self.users
-        staged = {asset: self.pending.setdefault(asset, {}) for asset in assets}
+        # per asset: the pending updates, and each row's user index (~index for a zero)
+        staged: dict[str, tuple[dict[int, int], list[int]]] = {
+            asset: (self.pending.setdefault(asset, {}), []) for asset in assets
+        }
         for user, asset, amount in rows:
             index = users.get(user)
-            staged[asset][self._index(user) if index is None else index] = amount
+            if index is None:
+                index = self._index(user)
+            changes, sequence = staged[asset]
+            changes[index] = amount
+            sequence.append(index if amount else ~index)
+        for asset, (_, sequence) in staged.items():
+            self.books[asset].hand_out(np.array(sequence, np.int64))
 
     @property
     def staged(self) -> int:
@@ -254,63 +325,52 @@ class Ledger:
         upto: int | None = None,
     ) -> bool:
         """Apply one asset's changes, noting in ``undo`` (if any) what they
-        overwrite. False if the slot order ran out: then the tree was rebuilt
+        overwrite. False if holders wait for a slot: then the tree was rebuilt
         one level higher with the changes (``may_rebuild``), or nothing changed."""
         book = self.books[asset]
-        if len(book.slots) < len(self.users):  # room for more users than that: no copy each time
-            more = np.full(spare(len(self.users)) - len(book.slots), NO_SLOT, np.int64)
-            book.slots = np.concatenate([book.slots, more])
+        if book.waiting:  # this period's slot order is used up: one level higher
+            if may_rebuild:
+                self._rebuild_with(asset, changes)
+            return False
         users = np.fromiter(changes.keys(), np.int64, len(changes))
         amounts = np.fromiter(changes.values(), np.uint64, len(changes))
-        current = book.slots[users]
-        clear = (amounts == 0) & (current != NO_SLOT)
-        update = (amounts != 0) & (current != NO_SLOT)
-        insert = (amounts != 0) & (current == NO_SLOT)
-        new_slots = book.allocator.take(int(insert.sum()))
-        if new_slots is None:  # this period's slot order is used up: one level higher
-            if may_rebuild:
-                self._rebuild_with(asset, users, amounts)
-            return False
+        before, after = book.slots[users], book.staged[users]
+        moved = before != after
+        clear = moved & (before != NO_SLOT)
+        keep = after != NO_SLOT  # exactly the non-zero amounts
         if undo is not None:
-            moved = users[insert | clear]
-            undo.slots.setdefault(asset, []).append((moved, book.slots[moved]))
-        book.slots[users[insert]] = new_slots
-        set_mask = update | insert
-        set_users = users[set_mask]
+            undo.slots.setdefault(asset, []).append((users[moved], before[moved]))
         book.tree.apply(
-            book.slots[set_users],
-            self.commitments[set_users],
-            amounts[set_mask],
-            book.slots[users[clear]],
+            after[keep],
+            self.commitments[users[keep]],
+            amounts[keep],
+            before[clear],
             None if undo is None else undo.trees.setdefault(asset, []),
             upto,
         )
-        book.slots[users[clear]] = NO_SLOT
+        book.slots[users[moved]] = after[moved]
         self.epoch_rows[asset] = self.epoch_rows.get(asset, 0) + len(changes)
         return True
 
-    def _rebuild_with(
-        self, asset: str, users: npt.NDArray[np.int64], amounts: npt.NDArray[np.uint64]
-    ) -> None:
-        """Rebuild ``asset``'s tree from its current holders with the changes applied."""
+    def _rebuild_with(self, asset: str, changes: dict[int, int]) -> None:
+        """Rebuild ``asset``'s tree one level higher with the changes applied:
+        its holders in the order their slots were handed out, then those
+        waiting, in staging order."""
         book = self.books[asset]
-        holders = np.flatnonzero(book.slots != NO_SLOT)
+        holders = np.flatnonzero(book.staged >= 0)
         # in the order their slots were taken, not by user index: user indices
         # depend on which other assets a ledger holds (prover/pool.py)
         order = self.period.slot_order(asset, book.tree.height)
         taken = np.empty_like(order)
         taken[order] = np.arange(len(order))
-        holders = holders[np.argsort(taken[book.slots[holders]], kind="stable")]
-        current = book.tree.amounts()[book.slots[holders]]
-        balances = dict(zip(holders.tolist(), current.tolist(), strict=True))
-        for u, a in zip(users.tolist(), amounts.tolist(), strict=True):
-            balances[u] = a
-        kept = [(u, a) for u, a in balances.items() if a]
+        holders = holders[np.argsort(taken[book.staged[holders]], kind="stable")]
+        everyone = np.concatenate([holders, np.fromiter(book.waiting, np.int64)])
+        current = book.tree.amounts()
+        amounts = [
+            changes[u] if u in changes else int(current[book.slots[u]]) for u in everyone.tolist()
+        ]
         self._rebuild(
-            asset,
-            np.array([u for u, _ in kept], np.int64),
-            np.array([a for _, a in kept], np.uint64),
-            min_height=book.tree.height + 1,
+            asset, everyone, np.array(amounts, np.uint64), min_height=book.tree.height + 1
         )
 
     def _rebuild(
@@ -336,7 +396,7 @@ class Ledger:
             amounts,
             hasher=self.hasher,
         )
-        self.books[asset] = _Book(tree, slots, allocator)
+        self.books[asset] = _Book(tree, slots, slots.copy(), allocator)
 
     # Users
 
