@@ -14,6 +14,14 @@ applied some of them. A tree's ``room`` is the slots its period has not
 handed out yet; a holder staged when there is none waits for the close,
 which rebuilds that tree one level higher (PROTOCOL §2.5).
 
+A tree split into parts for a sharded prover (``router``, docs/SCALING.md)
+hands out each part's slots in an order of its own, to the users the router
+puts in that part, and grows as a whole once any part is full. A ledger
+holds every part (``part`` None: the whole trees, as the single process
+does, the same for any number of parts), or one part of every tree: a
+shard's, whose trees are subtrees with their root at level ``bits``, and
+whose growth heights the coordinator decides (``growth``, ``close_epoch``).
+
 A ledger built ``ahead`` of its period's first epoch (the next salt period,
 catching up in the background) serves no proof before its first close: until
 then a flush keeps nothing to undo, hashes the wide levels only and grows a
@@ -39,17 +47,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from prover.book import NO_SLOT, Book
 from prover.errors import NotRetained, ProverError
 from prover.periods import SaltPeriod, SlotAllocator
-from prover.sizing import CLOSE_NODES, MIN_HEIGHT, flush_levels, height_for, spare
+from prover.routing import SINGLE, Router
+from prover.sizing import CLOSE_NODES, flush_levels, grown_height, height_for_parts, spare
 from prover.tree import SumTree, Undo
 from verifier.hashing import DIGEST_SIZE, HASHER, SumTreeHasher
 from verifier.sumtree import PathStep
 
 __all__ = ["AssetRoot", "Ledger", "UserProof"]
-
-NO_SLOT = -1
-WAITING = -2  # staged with no slot left in the tree's order: placed when it grows
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,69 +97,6 @@ class _EpochUndo:
 
 
 @dataclass
-class _Book:
-    """One asset: its tree, its holders' slots (by user index) in the tree and
-    once the staged updates are applied, and its slot order.
-
-    Invariants: ``staged[u]`` is ``slots[u]`` for every user with nothing
-    staged; it is NO_SLOT exactly when the user's last staged amount is 0,
-    and WAITING exactly for the users of ``waiting`` (in staging order)."""
-
-    tree: SumTree
-    slots: npt.NDArray[np.int64]
-    staged: npt.NDArray[np.int64]
-    allocator: SlotAllocator
-    waiting: dict[int, None] = field(default_factory=dict)
-
-    def fit(self, users: int) -> None:
-        """Make room in ``slots`` and ``staged`` for ``users`` users, with
-        more to spare so that new users do not copy them each time."""
-        if len(self.slots) < users:
-            more = np.full(spare(users) - len(self.slots), NO_SLOT, np.int64)
-            self.slots = np.concatenate([self.slots, more])
-            self.staged = np.concatenate([self.staged, more])
-
-    def hand_out(self, rows: npt.NDArray[np.int64]) -> None:
-        """Move ``staged`` past rows staged in order, each the user index given
-        a non-zero amount, or its complement ``~index`` given 0: a row gives
-        its user the next slot of the order if it holds none just before
-        (WAITING if the order is used up); a zero amount takes it away."""
-        nonzero = rows >= 0
-        users = np.where(nonzero, rows, ~rows)
-        self.fit(int(users.max()) + 1)
-        held = self.staged[users]  # each row's user's slot before these rows
-        if nonzero.all() and (held != NO_SLOT).all():  # holders staying holders
-            return
-        order = np.argsort(users, kind="stable")  # rows by user, in staging order
-        by_user, nz, before = users[order], nonzero[order], held[order]
-        first = np.ones(len(order), bool)
-        np.not_equal(by_user[1:], by_user[:-1], out=first[1:])
-        holds = np.where(first, before != NO_SLOT, np.concatenate([[False], nz[:-1]]))
-        gets = nz & ~holds  # rows that hand out a slot
-        getters = np.sort(order[gets])  # in staging order
-        count = min(len(getters), self.allocator.remaining)
-        given = np.full(len(users), WAITING, np.int64)
-        taken = self.allocator.take(count)
-        assert taken is not None  # at most what remains
-        given[getters[:count]] = taken
-        # each user's last row decides: its last slot handed out, or the one held before
-        source = np.maximum.accumulate(np.where(gets | first, np.arange(len(order)), 0))
-        last = np.ones(len(order), bool)
-        last[:-1] = first[1:]
-        final = np.where(gets[source], given[order][source], before[source])
-        final = np.where(nz, final, NO_SLOT)[last]
-        who = by_user[last]
-        if self.waiting or count < len(getters):
-            for user in who[final != WAITING].tolist():
-                self.waiting.pop(user, None)
-            queued = np.isin(getters, order[last][final == WAITING])
-            for user in users[getters[queued]].tolist():
-                self.waiting.pop(user, None)  # waiting again: behind those before
-                self.waiting[user] = None
-        self.staged[who] = final
-
-
-@dataclass
 class Ledger:
     """All trees of one salt period; see the module docstring."""
 
@@ -162,7 +106,7 @@ class Ledger:
     commitments: npt.NDArray[np.uint8] = field(
         default_factory=lambda: np.zeros((0, DIGEST_SIZE), np.uint8)
     )
-    books: dict[str, _Book] = field(default_factory=dict)
+    books: dict[str, Book] = field(default_factory=dict)
     pending: dict[str, dict[int, int]] = field(default_factory=dict)  # asset: user: amount
     retain: int = 0  # earlier epochs whose proofs stay available
     retain_bytes: int = 512 << 20  # and at most this much memory for them
@@ -175,10 +119,17 @@ class Ledger:
     hasher: SumTreeHasher = HASHER  # commitments' and trees' hashing rules
     ahead: bool = False  # built ahead of its first epoch: see the module docstring
     grown: tuple[str, ...] = ()  # the assets whose tree the last close rebuilt a level higher
+    router: Router = SINGLE  # users to the parts of every tree
+    part: int | None = None  # the one part held (a shard's), or None: every part
     # the buffer ``commitments`` is the start of, so new users append without a copy
     _commitment_room: npt.NDArray[np.uint8] = field(
         default_factory=lambda: np.zeros((0, DIGEST_SIZE), np.uint8), repr=False
     )
+    # each user's part, by user index, for the first ``_parts_known`` users
+    _user_parts: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(0, np.int64), repr=False
+    )
+    _parts_known: int = field(default=0, repr=False)
 
     @classmethod
     def build(
@@ -189,12 +140,22 @@ class Ledger:
         hasher: SumTreeHasher = HASHER,
         room: Mapping[str, int] | None = None,
         room_share: float = 0.0,
+        router: Router = SINGLE,
+        part: int | None = None,
+        heights: Mapping[str, int] | None = None,
     ) -> Ledger:
         """Build every tree from ``(user, asset, amount)`` rows (zero amounts skipped),
         hashed by ``hasher``; each at the smallest height >= ``height_for`` of
         its holders that leaves at least ``room[asset]`` free slots, and
-        ``room_share`` times its holders."""
-        ledger = cls(period, hasher=hasher)
+        ``room_share`` times its holders (``height_for_parts`` of the largest
+        part, split by ``router``), or at ``heights[asset]``. A shard's ledger
+        (``part``) is given the rows of its users only (``router``'s), at the
+        ``heights`` of the whole trees, which only the coordinator knows.
+
+        Raises:
+            ProverError: a tree too small for its holders.
+        """
+        ledger = cls(period, hasher=hasher, router=router, part=part)
         holdings: dict[str, tuple[list[int], list[int]]] = {a: ([], []) for a in assets}
         for user, asset, amount in balances:
             if amount:
@@ -204,10 +165,13 @@ class Ledger:
         ledger._grow_commitments()
         wanted = room or {}
         for asset, (users, amounts) in holdings.items():
-            free = max(wanted.get(asset, 0), math.ceil(len(users) * room_share))
-            ledger._rebuild(
-                asset, np.array(users, np.int64), np.array(amounts, np.uint64), room=free
-            )
+            indices = np.array(users, np.int64)
+            if heights is not None and asset in heights:
+                height = heights[asset]
+            else:
+                free = max(wanted.get(asset, 0), math.ceil(len(users) * room_share))
+                height = height_for_parts(ledger._largest_part(indices), router.bits, free)
+            ledger._rebuild(asset, indices, np.array(amounts, np.uint64), height)
         return ledger
 
     # Staging and applying updates
@@ -238,7 +202,7 @@ class Ledger:
             changes[index] = amount
             sequence.append(index if amount else ~index)
         for asset, (_, sequence) in staged.items():
-            self.books[asset].hand_out(np.array(sequence, np.int64))
+            self.books[asset].hand_out(np.array(sequence, np.int64), self._parts_of)
 
     @property
     def staged(self) -> int:
@@ -264,17 +228,24 @@ class Ledger:
         for asset, changes in self._take_pending().items():
             rows = CLOSE_NODES if ahead else self.last_epoch_rows.get(asset, 0)
             upto = flush_levels(self.books[asset].tree.height, rows)
-            if not self._apply(asset, changes, undo, may_rebuild=ahead, upto=upto) and not ahead:
+            rebuild = ahead and self.part is None  # a shard's heights come with a close
+            if not self._apply(asset, changes, undo, rebuild, upto) and not rebuild:
                 deferred[asset] = changes
         self.pending = deferred
 
-    def close_epoch(self) -> list[AssetRoot]:
+    def close_epoch(self, heights: Mapping[str, int] | None = None) -> list[AssetRoot]:
         """Apply every staged update, one batch per asset; return all roots.
+        A tree with holders waiting for a slot grows, to ``heights[asset]``
+        if given (a shard's must be: the coordinator's answer to ``growth``).
         While ``retain`` > 0, keep what the epoch overwrote for ``proof(user,
         age)``, for at most ``retain`` epochs in at most ``retain_bytes``."""
-        undo, grown = self.open, []
-        for asset, changes in self._take_pending().items():
-            if not self._apply(asset, changes, undo, may_rebuild=True):
+        undo, grown, heights = self.open, [], heights or {}
+        pending = self._take_pending()
+        for asset, height in heights.items():  # a shard's part grows with the others
+            if asset not in pending and height != self.full_height(asset):
+                pending[asset] = {}
+        for asset, changes in pending.items():
+            if not self._apply(asset, changes, undo, may_rebuild=True, height=heights.get(asset)):
                 grown.append(asset)
         for asset, book in self.books.items():  # flushed, with nothing staged since
             if book.tree.stale:
@@ -302,6 +273,7 @@ class Ledger:
         return pending
 
     def roots(self) -> list[AssetRoot]:
+        """Every asset's tree, or a shard's part of it (a subtree, its height)."""
         return [
             AssetRoot(asset, b.tree.height, b.tree.root, b.tree.total)
             for asset, b in sorted(self.books.items())
@@ -309,12 +281,59 @@ class Ledger:
 
     def room(self) -> dict[str, int]:
         """Per asset, the slots of its tree not handed out yet in this period:
-        the new holders it takes before it must be rebuilt one level higher."""
-        return {asset: b.allocator.remaining for asset, b in sorted(self.books.items())}
+        the new holders it takes before it must be rebuilt one level higher
+        (of a tree in parts: as many as its fullest part leaves, in each)."""
+        return {
+            asset: min(a.remaining for a in b.allocators) * len(b.allocators)
+            for asset, b in sorted(self.books.items())
+        }
 
-    def add_asset(self, asset: str) -> None:
+    def growth(self) -> dict[str, int]:
+        """The assets whose trees must grow at the close (holders wait for a
+        slot), each with the holders of its fullest part that has some waiting:
+        what the coordinator's heights come from (``grown_height``)."""
+        wanted = {}
+        for asset, book in self.books.items():
+            if book.waiting:
+                holders = np.flatnonzero(book.staged != NO_SLOT)
+                parts = self._parts_of(holders)
+                waiting = np.unique(self._parts_of(np.fromiter(book.waiting, np.int64)))
+                wanted[asset] = int(np.bincount(parts)[waiting].max())
+        return wanted
+
+    def full_height(self, asset: str) -> int:
+        """The height of ``asset``'s whole tree (a shard holds a subtree of it)."""
+        height = self.books[asset].tree.height
+        return height if self.part is None else height + self.router.bits
+
+    def add_asset(self, asset: str, height: int | None = None) -> None:
+        """A new asset, no holders: its tree at ``height`` (a shard's is given)."""
         if asset not in self.books:
-            self._rebuild(asset, np.zeros(0, np.int64), np.zeros(0, np.uint64))
+            none = np.zeros(0, np.int64)
+            if height is None:
+                height = height_for_parts(0, self.router.bits)
+            self._rebuild(asset, none, np.zeros(0, np.uint64), height)
+
+    def _parts_of(self, users: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """The part of each user index: the index of its slot order in a
+        book's ``allocators`` (0 in a ledger that holds one part)."""
+        if self.part is not None or not self.router.bits:
+            return np.zeros(len(users), np.int64)
+        known, need = self._parts_known, len(self.user_ids)
+        if known < need:
+            if need > len(self._user_parts):
+                room = np.zeros(spare(need), np.int64)
+                room[:known] = self._user_parts[:known]
+                self._user_parts = room
+            shard = self.router.shard
+            self._user_parts[known:need] = [shard(u) for u in self.user_ids[known:]]
+            self._parts_known = need
+        return self._user_parts[users]
+
+    def _largest_part(self, users: npt.NDArray[np.int64]) -> int:
+        if not len(users):
+            return 0
+        return int(np.bincount(self._parts_of(users)).max())
 
     def _apply(
         self,
@@ -323,14 +342,16 @@ class Ledger:
         undo: _EpochUndo | None,
         may_rebuild: bool,
         upto: int | None = None,
+        height: int | None = None,
     ) -> bool:
         """Apply one asset's changes, noting in ``undo`` (if any) what they
         overwrite. False if holders wait for a slot: then the tree was rebuilt
-        one level higher with the changes (``may_rebuild``), or nothing changed."""
+        higher (at ``height`` if given) with the changes (``may_rebuild``),
+        or nothing changed."""
         book = self.books[asset]
-        if book.waiting:  # this period's slot order is used up: one level higher
-            if may_rebuild:
-                self._rebuild_with(asset, changes)
+        if book.waiting or (height is not None and height != self.full_height(asset)):
+            if may_rebuild:  # a slot order used up (here or in another part): higher
+                self._rebuild_with(asset, changes, height)
             return False
         users = np.fromiter(changes.keys(), np.int64, len(changes))
         amounts = np.fromiter(changes.values(), np.uint64, len(changes))
@@ -352,51 +373,66 @@ class Ledger:
         self.epoch_rows[asset] = self.epoch_rows.get(asset, 0) + len(changes)
         return True
 
-    def _rebuild_with(self, asset: str, changes: dict[int, int]) -> None:
-        """Rebuild ``asset``'s tree one level higher with the changes applied:
-        its holders in the order their slots were handed out, then those
-        waiting, in staging order."""
+    def _rebuild_with(self, asset: str, changes: dict[int, int], height: int | None) -> None:
+        """Rebuild ``asset``'s tree higher with the changes applied: its
+        holders in the order their slots were handed out, then those
+        waiting, in staging order; at ``height``, or ``grown_height``."""
+        if height is None:
+            if self.part is not None:
+                raise ProverError(f"a shard's tree of {asset} grows at a height it is given")
+            height = grown_height(self.full_height(asset), self.growth()[asset], self.router.bits)
         book = self.books[asset]
         holders = np.flatnonzero(book.staged >= 0)
         # in the order their slots were taken, not by user index: user indices
         # depend on which other assets a ledger holds (prover/pool.py)
-        order = self.period.slot_order(asset, book.tree.height)
-        taken = np.empty_like(order)
-        taken[order] = np.arange(len(order))
+        taken = np.empty(book.tree.capacity, np.int64)
+        for allocator in book.allocators:
+            taken[allocator.order] = np.arange(len(allocator.order))
         holders = holders[np.argsort(taken[book.staged[holders]], kind="stable")]
         everyone = np.concatenate([holders, np.fromiter(book.waiting, np.int64)])
         current = book.tree.amounts()
         amounts = [
             changes[u] if u in changes else int(current[book.slots[u]]) for u in everyone.tolist()
         ]
-        self._rebuild(
-            asset, everyone, np.array(amounts, np.uint64), min_height=book.tree.height + 1
-        )
+        self._rebuild(asset, everyone, np.array(amounts, np.uint64), height)
 
     def _rebuild(
         self,
         asset: str,
         users: npt.NDArray[np.int64],
         amounts: npt.NDArray[np.uint64],
-        min_height: int = MIN_HEIGHT,
-        room: int = 0,
+        height: int,
     ) -> None:
-        height = max(min_height, height_for(len(users), room))
-        allocator = SlotAllocator(self.period.slot_order(asset, height))
-        taken = allocator.take(len(users))
-        assert taken is not None  # height_for leaves room for every holder
+        """``asset``'s tree of ``height`` (the whole tree's) with ``users``
+        given slots in this order, each from its part's order."""
+        bits = self.router.bits
+        parts = range(1 << bits) if self.part is None else [self.part]
+        held = height if self.part is None else height - bits
+        first = 0 if self.part is None else self.part << held
+        allocators = [
+            SlotAllocator(self.period.slot_order(asset, height, bits, p) - first) for p in parts
+        ]
+        taken = np.empty(len(users), np.int64)
+        where = self._parts_of(users) if len(allocators) > 1 else np.zeros(len(users), np.int64)
+        for index, allocator in enumerate(allocators):
+            mine = where == index
+            slots = allocator.take(int(mine.sum()))
+            if slots is None:
+                raise ProverError(f"{asset}: too many holders for a tree of height {height}")
+            taken[mine] = slots
         slots = np.full(len(self.users), NO_SLOT, np.int64)
         slots[users] = taken
         tree = SumTree.build(
             asset,
-            height,
+            held,
             self.period.padding_key(asset),
             taken,
             self.commitments[users],
             amounts,
             hasher=self.hasher,
+            first_slot=first,
         )
-        self.books[asset] = _Book(tree, slots, slots.copy(), allocator)
+        self.books[asset] = Book(tree, slots, slots.copy(), allocators)
 
     # Users
 
@@ -464,7 +500,7 @@ class Ledger:
             undo = [u for epoch in since for u in epoch.trees.get(asset, [])]
             _, amount = book.tree.leaf(slot, undo)
             path = tuple(PathStep(h, s) for h, s in book.tree.path(slot, undo))
-            entries.append((asset, slot, amount, path))
+            entries.append((asset, slot + book.tree.first_slot, amount, path))
         if not entries:
             return None
         return UserProof(user, self.period.salt(user), tuple(entries))

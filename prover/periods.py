@@ -6,6 +6,11 @@ with HMAC-SHA256, so a period can be rebuilt exactly from ``S``:
     salt(user)        = HMAC(S, "salt" || user id)
     padding_key(asset) = HMAC(S, "padding" || asset id)
     slot order(asset)  = a permutation of 0 .. 2**h - 1 seeded by HMAC(S, "slots" || asset || u8 h)
+
+A tree split into ``2**k`` parts (docs/SCALING.md) hands out each part's
+slots in an order of its own: part ``i`` is the slots whose top ``k`` bits
+are ``i``, permuted with the seed HMAC(S, "slots" || asset || u8 h || u8 k ||
+u16 i). With ``k = 0`` there is one part and the seed above.
 """
 
 from __future__ import annotations
@@ -47,11 +52,19 @@ class SaltPeriod:
     def padding_key(self, asset: str) -> bytes:
         return self._derive(b"padding", check_asset_id(asset))
 
-    def slot_order(self, asset: str, height: int) -> npt.NDArray[np.int64]:
-        """The order in which this period hands out the slots of ``asset``'s tree."""
-        seed = self._derive(b"slots", check_asset_id(asset) + bytes((height,)))
+    def slot_order(
+        self, asset: str, height: int, bits: int = 0, part: int = 0
+    ) -> npt.NDArray[np.int64]:
+        """The order in which this period hands out the slots of ``asset``'s
+        tree of ``height``, or of part ``part`` of its ``2**bits`` parts."""
+        if not 0 <= bits <= height or not 0 <= part < 1 << bits:
+            raise ValueError(f"no part {part} of 2**{bits} in a tree of height {height}")
+        data = check_asset_id(asset) + bytes((height,))
+        if bits:
+            data += bytes((bits,)) + part.to_bytes(2, "big")
+        seed = self._derive(b"slots", data)
         rng = np.random.Generator(np.random.PCG64(int.from_bytes(seed, "big")))
-        return rng.permutation(1 << height).astype(np.int64)
+        return rng.permutation(1 << (height - bits)).astype(np.int64) + (part << (height - bits))
 
 
 class SlotAllocator:
@@ -65,6 +78,11 @@ class SlotAllocator:
     def __init__(self, order: npt.NDArray[np.int64]) -> None:
         self._order = order
         self._next = 0
+
+    @property
+    def order(self) -> npt.NDArray[np.int64]:
+        """Every slot, in the order they are handed out."""
+        return self._order
 
     @property
     def remaining(self) -> int:

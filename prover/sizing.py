@@ -7,7 +7,15 @@ from __future__ import annotations
 from prover.errors import ProverError
 from verifier.hashing import MAX_HEIGHT
 
-__all__ = ["CLOSE_NODES", "MIN_HEIGHT", "flush_levels", "height_for", "spare"]
+__all__ = [
+    "CLOSE_NODES",
+    "MIN_HEIGHT",
+    "flush_levels",
+    "grown_height",
+    "height_for",
+    "height_for_parts",
+    "spare",
+]
 
 MIN_HEIGHT = 4
 CLOSE_NODES = 1 << 15  # a flush hashes every level this wide or wider (see flush_levels)
@@ -43,3 +51,20 @@ def height_for(holders: int, room: int = 0) -> int:
     while height < MAX_HEIGHT and (1 << height) - holders < room:
         height += 1
     return height
+
+
+def height_for_parts(largest: int, bits: int, room: int = 0) -> int:
+    """The height of a tree split into ``2**bits`` parts whose largest holds
+    ``largest`` holders, each part with ``room`` / ``2**bits`` free slots:
+    ``height_for`` of a part, plus ``bits`` (``height_for`` itself for one part)."""
+    height = height_for(largest, -(-room >> bits)) + bits
+    if height > MAX_HEIGHT:
+        raise ProverError(f"{largest} holders of a part do not fit a tree of height {MAX_HEIGHT}")
+    return height
+
+
+def grown_height(height: int, largest: int, bits: int) -> int:
+    """The height a tree of ``height`` in ``2**bits`` parts grows to when
+    holders wait for a slot, its fullest part with some waiting holding
+    ``largest`` (``Ledger.growth``): at least one level higher."""
+    return max(height + 1, height_for_parts(largest, bits))

@@ -56,7 +56,7 @@ from verifier.hashing import (
 __all__ = ["SumTree", "TreeError", "Undo"]
 
 Records = npt.NDArray[np.void]  # one "V48" element per node
-_State = tuple[str, SumTreeHasher, int, U8, U8, list[U8], tuple[int, I64] | None]
+_State = tuple[str, int, SumTreeHasher, int, U8, U8, list[U8], tuple[int, I64] | None]
 
 RECORD: Final = DIGEST_SIZE + SUM_SIZE  # 48: hash || sum, one half of a row
 SLOT_SIZE: Final = 8  # the padding message ends with the slot as u64
@@ -141,6 +141,7 @@ class SumTree:
 
     __slots__ = (
         "_asset",
+        "_first_slot",
         "_hasher",
         "_height",
         "_leaf_prefix",
@@ -151,6 +152,7 @@ class SumTree:
     )
 
     _asset: str
+    _first_slot: int  # the slot of leaf 0 in the whole tree (a part's subtree: not 0)
     _hasher: SumTreeHasher
     _height: int
     _leaf_prefix: U8  # hasher.leaf_prefix(asset)
@@ -170,6 +172,7 @@ class SumTree:
         amounts: npt.ArrayLike,
         *,
         hasher: SumTreeHasher = HASHER,
+        first_slot: int = 0,
     ) -> SumTree:
         """A tree with user leaves ``(commitments[i], amounts[i])`` at ``slots[i]``
         and padding in every other slot, hashed by ``hasher``. The only way to
@@ -183,6 +186,9 @@ class SumTree:
             commitments: uint8 array of shape ``(len(slots), 32)``.
             amounts: integers in ``0 .. 2**64 - 1``, one per slot.
             hasher: the hashing rules of the record version the tree is for.
+            first_slot: for a subtree of a larger tree (a part of a sharded
+                tree), the slot of its leaf 0 in that tree: padding leaves
+                hash the slot they have there. A multiple of ``2**height``.
 
         Raises:
             TreeError: on a bad asset id, height or padding key, or bad leaves.
@@ -195,6 +201,8 @@ class SumTree:
             raise TreeError(str(exc)) from exc
         if not isinstance(padding_key, bytes) or len(padding_key) != DIGEST_SIZE:
             raise TreeError(f"padding key must be {DIGEST_SIZE} bytes")
+        if first_slot % (1 << height) or not 0 <= first_slot < 1 << 32:
+            raise TreeError(f"a subtree of height {height} cannot start at slot {first_slot}")
         slot_a, commitment_a, amount_a = check_sets(height, slots, commitments, amounts)
         occupied = np.zeros(1 << height, bool)
         occupied[slot_a] = True
@@ -203,6 +211,7 @@ class SumTree:
 
         tree = cls.__new__(cls)  # no __init__: a tree exists only fully hashed
         tree._asset = asset
+        tree._first_slot = first_slot
         tree._hasher = hasher
         tree._height = height
         tree._leaf_prefix = np.frombuffer(leaf_prefix, np.uint8)
@@ -305,6 +314,7 @@ class SumTree:
         """Pickle and deepcopy the levels only: the record views are remade over them."""
         return (
             self._asset,
+            self._first_slot,
             self._hasher,
             self._height,
             self._leaf_prefix,
@@ -316,6 +326,7 @@ class SumTree:
     def __setstate__(self, state: _State) -> None:
         (
             self._asset,
+            self._first_slot,
             self._hasher,
             self._height,
             self._leaf_prefix,
@@ -356,7 +367,7 @@ class SumTree:
             stop = min(start + HASH_CHUNK, len(slots))
             k = stop - start
             where = slots[start:stop]
-            slot_view[:k] = where
+            slot_view[:k] = where + self._first_slot
             self._nodes[0][where >> 1, where & 1] = _records(_digests(message[:k], digest), 0, 0)
 
     def _rehash(self, level: int, parents: I64 | None) -> None:
@@ -404,6 +415,11 @@ class SumTree:
     @property
     def height(self) -> int:
         return self._height
+
+    @property
+    def first_slot(self) -> int:
+        """The slot of leaf 0 in the whole tree (0 unless a part of one)."""
+        return self._first_slot
 
     @property
     def hasher(self) -> SumTreeHasher:
