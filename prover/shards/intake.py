@@ -117,8 +117,10 @@ class Intake:
                 raise ProverError(f"commit {seq} names part {s} of shard {self.shard}: not read")
             rows += [(u, a, m) for q, u, a, m in found[1].rows if q > mark]
         self._marks[message.source] = max(mark, message.last_seq)
-        first = min([seq, *mine])
-        self._ready.append(_Batch(seq, first, message.source, message.last_seq, rows, message.message))
+        batch = _Batch(
+            seq, min([seq, *mine]), message.source, message.last_seq, rows, message.message
+        )
+        self._ready.append(batch)
 
     def through(self, cut: int) -> Cut:
         """The batches committed after the last cut taken and at or before ``cut``.
