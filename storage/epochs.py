@@ -26,6 +26,7 @@ from storage.assets import Assets
 from storage.checks import MAX_RESERVE, check_amount, check_asset, check_int, check_source
 from storage.db import APPEND_LOCK, Database
 from storage.errors import EpochConflictError, InvalidInputError, NotFoundError, SequenceError
+from storage.lease import Fence, Leases
 from storage.log import EpochLog
 from storage.marks import Marks, SourceMarks, check_marks
 from storage.rows import EpochRow, ReserveReport, ReserveRow
@@ -43,6 +44,7 @@ class Epochs:
         self.db = db
         self.assets = assets
         self.marks = marks
+        self.leases = Leases(db)
         self.log = EpochLog()
 
     def append(
@@ -55,17 +57,20 @@ class Epochs:
         created_ms: int,
         marks: Marks | None = None,
         reserves: Iterable[ReserveReport] | None = None,
+        fence: Fence | None = None,
     ) -> bytes:
         """Append epoch ``number``, all in one transaction: ``leaf`` as log leaf
         ``number`` in the epoch's own row, which keeps ``record`` (the log
         hashes the leaf; both are opaque bytes here), the checkpoint ``sign(size, root)``
         returns for the log with that leaf (the root is computed inside the
         transaction, hence a callback), the producer marks the epoch covers
-        (``(kind, source) -> seq``) and the reserve reports its record used.
+        (``(kind, source) -> seq``) and the reserve reports its record used;
+        with ``fence``, only if its token is still its lease's (storage/lease.py).
         Returns the checkpoint.
 
         Raises:
             EpochConflictError: ``number`` is not the log's size.
+            FencedError: ``fence``'s token is stale.
             SequenceError: a mark exceeds what was acknowledged for its source, or
                 is below (or drops) one of the previous epoch's marks.
             InvalidInputError, UnknownAssetError, InvalidAmountError: bad
@@ -82,6 +87,8 @@ class Epochs:
         try:
             with self.log.lock, self.db.transaction(write=True) as conn, self.log.bound(conn):
                 self.db.advisory_lock(conn, APPEND_LOCK)
+                if fence is not None:
+                    self.leases.check(conn, fence)
                 size = self.log.size()
                 if number != size:
                     raise EpochConflictError(f"epoch {number} does not extend a log of {size}")

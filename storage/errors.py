@@ -22,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "ConstraintError",
     "EpochConflictError",
+    "FencedError",
     "InvalidAmountError",
     "InvalidIdentifierError",
     "InvalidInputError",
@@ -64,6 +65,11 @@ class ConstraintError(StorageError):
 
 class EpochConflictError(StorageError):
     """An epoch number is not the next one of the log."""
+
+
+class FencedError(StorageError):
+    """An append under a lease whose token is no longer the lease's
+    (storage/lease.py): another writer took the log over."""
 
 
 class NotFoundError(StorageError):

@@ -265,3 +265,14 @@ class SigningKey(Base):
     public_key: Mapped[bytes] = mapped_column(LargeBinary(32))
     active_from_ms: Mapped[int] = mapped_column(BigInteger)
     active_to_ms: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class WriterLease(Base):
+    """A log writer's lease (migration 0007, storage/lease.py): who holds
+    it, until when (ms since the Unix epoch), and its fencing token."""
+
+    __tablename__ = "writer_leases"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    token: Mapped[int] = mapped_column(BigInteger)
+    expires_ms: Mapped[int] = mapped_column(BigInteger)

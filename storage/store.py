@@ -13,6 +13,7 @@ holding the database, in a module of its own:
     keys.py          the log's signing keys
     epochs.py        epochs, their marks and reserves, the log and its proofs
     cosignatures.py  witnesses' cosignatures of the epochs
+    lease.py         the log writer's lease and its fencing token
 
 Every public method but ``fold`` (a series of short transactions, safe to
 interrupt) is one transaction: it commits whole, or raises having written
@@ -37,6 +38,7 @@ from storage.epochs import Epochs
 from storage.ingest import Ingest
 from storage.journal import BalanceChunk, Journal, Run
 from storage.keys import SigningKeys
+from storage.lease import Fence, Leases
 from storage.log import EpochLog
 from storage.marks import Marks, SourceMarks
 from storage.periods import SaltPeriods
@@ -251,10 +253,32 @@ class Store:
         created_ms: int,
         marks: Marks | None = None,
         reserves: Iterable[ReserveReport] | None = None,
+        fence: Fence | None = None,
     ) -> bytes:
         return self._epochs.append(
-            number, leaf, record, sign, created_ms=created_ms, marks=marks, reserves=reserves
+            number,
+            leaf,
+            record,
+            sign,
+            created_ms=created_ms,
+            marks=marks,
+            reserves=reserves,
+            fence=fence,
         )
+
+    # The log writer's lease (lease.py)
+
+    @_documented_by(Leases.acquire)
+    def acquire_lease(self, name: str, holder: str, now_ms: int, ttl_ms: int) -> Fence | None:
+        return self._epochs.leases.acquire(name, holder, now_ms, ttl_ms)
+
+    @_documented_by(Leases.renew)
+    def renew_lease(self, fence: Fence, holder: str, now_ms: int, ttl_ms: int) -> bool:
+        return self._epochs.leases.renew(fence, holder, now_ms, ttl_ms)
+
+    @_documented_by(Leases.release)
+    def release_lease(self, fence: Fence, holder: str) -> None:
+        self._epochs.leases.release(fence, holder)
 
     @_documented_by(Epochs.latest)
     def latest_epoch(self) -> EpochRow | None:

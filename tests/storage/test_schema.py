@@ -34,6 +34,7 @@ TABLES = {
     "signing_keys",
     "source_marks",
     "witness_cosignatures",
+    "writer_leases",
 }
 
 
@@ -46,7 +47,7 @@ def test_the_migrations_create_exactly_the_models(store: Store) -> None:
 def test_open_is_idempotent_and_at_head(db_url: str) -> None:
     for _ in range(2):
         with Store.open(db_url) as store, store.engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0006"
+            assert MigrationContext.configure(conn).get_current_revision() == "0007"
 
 
 def test_upgrade_keeps_data_written_at_the_first_revision(db_url: str) -> None:
