@@ -40,8 +40,9 @@ from prover.metrics import Metrics
 from prover.worker import Row
 from storage.errors import InvalidInputError, SequenceError, StorageError, UnknownAssetError
 from storage.store import ApplyResult, Store
+from verifier.checkpoint import VerifierKey
 
-__all__ = ["IngestResult", "Intake"]
+__all__ = ["BatchChecks", "IngestResult", "Intake"]
 
 log = logging.getLogger("solvency.prover")
 T = TypeVar("T")
@@ -59,6 +60,66 @@ class IngestResult:
     applied: int  # updates applied, the others being duplicates
     duplicates: int
     last_seq: int
+
+
+@dataclass(frozen=True)
+class BatchChecks:
+    """What ingest checks of a parsed batch with no stored state: its assets
+    are registered, no reserve is dated ahead of the clock by more than the
+    allowed skew, and a source with attester keys sends signed reports,
+    signed by one of its keys (docs/PROTOCOL.md §13.2). The daemon's intake
+    and the sharded prover's front-ends both check these."""
+
+    assets: frozenset[str]
+    attesters: dict[str, tuple[VerifierKey, ...]]
+    max_reserve_skew: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> BatchChecks:
+        return cls(
+            frozenset(a.id for a in config.assets),
+            config.attester_keys(),
+            config.max_reserve_skew,
+        )
+
+    def check(self, batch: Batch, now: float) -> None:
+        """Raises:
+        IngestError: ``unknown-asset``, ``bad-update`` (an ``as_of_ms`` too
+            far ahead of ``now``) or ``unattested``."""
+        for update in batch.updates:
+            if update.asset not in self.assets:
+                raise IngestError("unknown-asset", f"asset {update.asset} is not configured", None)
+        if not isinstance(batch, ReserveBatch | ReserveReportBatch):
+            return
+        limit = int((now + self.max_reserve_skew) * 1000)
+        where = "reports" if isinstance(batch, ReserveReportBatch) else "updates"
+        dated: tuple[ReserveUpdate | ReserveReportUpdate, ...] = batch.updates
+        for i, r in enumerate(dated):
+            if r.as_of_ms > limit:
+                raise IngestError("bad-update", f"{where}[{i}]: as_of_ms is in the future", i)
+        if isinstance(batch, ReserveReportBatch):
+            self._check_signed(batch)
+        elif batch.source in self.attesters:
+            raise IngestError(
+                "unattested",
+                f"source {batch.source} has an attester key: send its reports signed "
+                "(reserve-reports)",
+            )
+
+    def _check_signed(self, batch: ReserveReportBatch) -> None:
+        """Every report signed by a key configured for the batch's source,
+        else ``unattested`` naming the first that is not."""
+        keys = self.attesters.get(batch.source)
+        if keys is None:
+            raise IngestError("unattested", f"source {batch.source} has no attester key configured")
+        for i, u in enumerate(batch.updates):
+            if u.signed.signer(keys) is None:
+                raise IngestError(
+                    "unattested",
+                    f"reports[{i}]: not signed by an attester key of {batch.source} "
+                    f"(signed by key id {u.key_id:08x})",
+                    i,
+                )
 
 
 class Intake:
@@ -142,30 +203,17 @@ class Intake:
                 self._stored.set()
 
     async def _ingest(self, batch: Batch) -> IngestResult:
-        for update in batch.updates:
-            if update.asset not in self.decimals:
-                raise IngestError("unknown-asset", f"asset {update.asset} is not configured", None)
+        BatchChecks(frozenset(self.decimals), self._attesters, self._config.max_reserve_skew).check(
+            batch, self._clock()
+        )
         if isinstance(batch, ReserveBatch | ReserveReportBatch):
-            limit = int((self._clock() + self._config.max_reserve_skew) * 1000)
-            where = "reports" if isinstance(batch, ReserveReportBatch) else "updates"
-            dated: tuple[ReserveUpdate | ReserveReportUpdate, ...] = batch.updates
-            for i, r in enumerate(dated):
-                if r.as_of_ms > limit:
-                    raise IngestError("bad-update", f"{where}[{i}]: as_of_ms is in the future", i)
             if isinstance(batch, ReserveReportBatch):
-                self._check_attested(batch)
                 result = await self._store_batch(self._store.apply_reserve_reports, batch)
                 taken = [
                     (u.asset, Reserve(u.amount, u.as_of_ms, u.key_id, u.report_hash, u.note))
                     for u in batch.updates[len(batch.updates) - len(result.applied) :]
                 ]
             else:
-                if batch.source in self._attesters:
-                    raise IngestError(
-                        "unattested",
-                        f"source {batch.source} has an attester key: send its reports signed "
-                        "(reserve-reports)",
-                    )
                 result = await self._store_batch(self._store.apply_reserves, batch)
                 taken = [
                     (r.asset, Reserve(r.amount, r.as_of_ms))
@@ -187,21 +235,6 @@ class Intake:
         return IngestResult(
             batch.id, batch.source, len(result.applied), result.duplicates, result.last_seq
         )
-
-    def _check_attested(self, batch: ReserveReportBatch) -> None:
-        """Every report signed by a key configured for the batch's source
-        (docs/PROTOCOL.md §13.2), else ``unattested`` naming the first that is not."""
-        keys = self._attesters.get(batch.source)
-        if keys is None:
-            raise IngestError("unattested", f"source {batch.source} has no attester key configured")
-        for i, u in enumerate(batch.updates):
-            if u.signed.signer(keys) is None:
-                raise IngestError(
-                    "unattested",
-                    f"reports[{i}]: not signed by an attester key of {batch.source} "
-                    f"(signed by key id {u.key_id:08x})",
-                    i,
-                )
 
     async def _store_batch(
         self, apply: Callable[[str, Any], ApplyResult], batch: Batch

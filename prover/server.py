@@ -47,14 +47,18 @@ log = logging.getLogger("solvency.server")
 CLOSE_GOING_AWAY = 1001
 
 
-def _response(status: int, body: str | bytes, content_type: str = "application/json") -> Response:
+def http_response(
+    status: int, body: str | bytes, content_type: str = "application/json"
+) -> Response:
+    """An HTTP answer to a WebSocket handshake: ``body`` with its length and type."""
     data = body.encode() if isinstance(body, str) else body
     headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data)))])
     return Response(status, http.HTTPStatus(status).phrase, headers, data)
 
 
-def _error(status: int, code: str, message: str) -> Response:
-    return _response(status, json.dumps({"type": "error", "code": code, "message": message}))
+def http_error(status: int, code: str, message: str) -> Response:
+    """A structured error answer: ``{"type": "error", "code", "message"}``."""
+    return http_response(status, json.dumps({"type": "error", "code": code, "message": message}))
 
 
 async def start_server(engine: Engine, host: str, port: int) -> Server:
@@ -74,27 +78,31 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
         if request.method == "OPTIONS" and urlsplit(request.path).path == "/proof":
             allowed = preflight_headers(origin, config.cors_origins)
             if not allowed:
-                return _error(403, "forbidden-origin", f"origin {origin} is not in cors_origins")
-            response = _response(204, b"", "text/plain")
+                return http_error(
+                    403, "forbidden-origin", f"origin {origin} is not in cors_origins"
+                )
+            response = http_response(204, b"", "text/plain")
             response.headers.update(allowed)
             return response
         if request.method != "GET":
-            response = _error(405, "method-not-allowed", f"{request.method}: only GET is served")
+            response = http_error(
+                405, "method-not-allowed", f"{request.method}: only GET is served"
+            )
             response.headers["Allow"] = "GET"
             return response
         try:
             presented = bearer_token(request.headers)
         except BadAuthorization as exc:
-            return _error(400, "bad-request", str(exc))
+            return http_error(400, "bad-request", str(exc))
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         if url.path == "/healthz":
             problem = engine.health()
-            return _response(503 if problem else 200, f"{problem or 'ok'}\n", "text/plain")
+            return http_response(503 if problem else 200, f"{problem or 'ok'}\n", "text/plain")
         if url.path == "/metrics":
             engine.metrics.connection_bytes = gate.held_bytes()
             text = render_metrics(engine.metrics, engine.witness_stats())
-            return _response(200, text, CONTENT_TYPE_LATEST)
+            return http_response(200, text, CONTENT_TYPE_LATEST)
         if url.path == "/proof":
             response = await _proof(engine, presented, query)
             response.headers.update(allow_headers(origin, config.cors_origins))
@@ -102,34 +110,36 @@ async def start_server(engine: Engine, host: str, port: int) -> Server:
         if url.path in ("/ingest", "/admin/export"):  # the operator's side: a token each
             token = config.ingest_token if url.path == "/ingest" else config.admin_token
             if not token or not token_ok(presented, token):
-                return _error(
+                return http_error(
                     401, "unauthorized", f"{url.path} needs Authorization: Bearer <token>"
                 )
             conn.open_for_messages(config.max_message_bytes)  # authenticated: may send
             return None
         if url.path == "/roots":
             if not origin_allowed(origin, request.headers.get("Host"), config.cors_origins):
-                return _error(403, "forbidden-origin", f"origin {origin} is not in cors_origins")
+                return http_error(
+                    403, "forbidden-origin", f"origin {origin} is not in cors_origins"
+                )
             try:
                 since = _since(query)
                 parse_subscription(url.query)
             except ValueError as exc:
-                return _error(400, "bad-request", str(exc))
+                return http_error(400, "bad-request", str(exc))
             if since is not None and since > engine.metrics.published_epoch + 1:
-                return _error(400, "bad-since", f"since={since} is beyond the log")
+                return http_error(400, "bad-since", f"since={since} is beyond the log")
             auditor = next((n for t, n in gate.auditors.items() if token_ok(presented, t)), None)
             if presented and auditor is None:
-                return _error(401, "unauthorized", "unknown auditor token")
+                return http_error(401, "unauthorized", "unknown auditor token")
             refusal = gate.subscribe(conn, auditor)
             if refusal is not None:
                 gate.refused(f"refused subscribers: {refusal}")
-                return _error(503, "busy", refusal)
+                return http_error(503, "busy", refusal)
             conn.ping_interval = None  # serve_roots pings, and sheds a silent subscriber
             return None
         page = web.lookup(url.path)
         if page is not None:
             return Response(200, "OK", Headers(page.headers()), page.body)
-        return _error(404, "not-found", f"no route {url.path}")
+        return http_error(404, "not-found", f"no route {url.path}")
 
     async def handler(conn: ServerConnection) -> None:
         assert conn.request is not None and isinstance(conn, GatedConnection)
@@ -199,23 +209,23 @@ def _since(query: dict[str, list[str]]) -> int | None:
 async def _proof(engine: Engine, token: str, query: dict[str, list[str]]) -> Response:
     users = query.get("user", [])
     if len(users) != 1:
-        return _error(400, "bad-request", "give exactly one user=ID")
+        return http_error(400, "bad-request", "give exactly one user=ID")
     user = users[0]
     if not engine.check_user_token(user, token):
-        return _error(401, "unauthorized", "wrong or missing token for this user")
+        return http_error(401, "unauthorized", "wrong or missing token for this user")
     epoch = None
     if "epoch" in query:
         wanted = query["epoch"]
         if len(wanted) != 1 or not wanted[0].isdigit() or len(wanted[0]) > 19:
-            return _error(400, "bad-request", "epoch must be one epoch number")
+            return http_error(400, "bad-request", "epoch must be one epoch number")
         epoch = int(wanted[0])
     try:
         proof = await engine.proof(user, epoch)
     except NotRetained as exc:
-        return _error(404, "not-retained", str(exc))
+        return http_error(404, "not-retained", str(exc))
     if proof is None:
-        return _error(404, "no-leaf", "this user holds nothing in that epoch")
-    return _response(200, proof.to_json())
+        return http_error(404, "no-leaf", "this user holds nothing in that epoch")
+    return http_response(200, proof.to_json())
 
 
 async def _ingest(engine: Engine, conn: ServerConnection) -> None:

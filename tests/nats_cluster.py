@@ -5,14 +5,16 @@ cluster name, each routed to the other two) listening on one ``host``: each
 node has its own client, cluster and monitoring port, all picked free on that
 host, and its own store directory and log file under the given directory.
 Entering returns once every node reports itself healthy on ``/healthz`` (which,
-clustered, also means it is in contact with a JetStream meta leader) and the
-meta leader sees every other node as current, so an R3 stream can be created
-at once. ``stop``, ``kill`` and ``start`` act on one node; a restarted node
-keeps its ports and store directory, and ``start`` returns once it is back in
-the cluster. Leaving kills every node and reaps it.
+clustered, also means it is in contact with a JetStream meta leader), has its
+routes to the other two, and the meta leader sees every other node as current,
+so an R3 stream can be created at once. ``stop``, ``kill`` and ``start`` act
+on one node; a restarted node keeps its ports and store directory, and
+``start`` returns once it is back in the cluster. Leaving kills every node and
+reaps it.
 
 The ``nats_cluster`` fixture yields an entered cluster under ``tmp_path`` and
-skips, saying why, where no ``nats-server`` binary is installed.
+skips, saying why, where no ``nats-server`` binary is installed; the mark
+``requires_nats_server`` does the same for tests that build their own.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ def find_server() -> Path | None:
         return DEFAULT_BINARY
     found = shutil.which("nats-server")
     return Path(found) if found else None
+
+
+NO_SERVER = "no nats-server binary (/usr/sbin/nats-server or on PATH)"
+requires_nats_server = pytest.mark.skipif(find_server() is None, reason=NO_SERVER)
 
 
 class ClusterStartError(RuntimeError):
@@ -116,7 +121,7 @@ class NatsCluster:
     ) -> None:
         found = binary or find_server()
         if found is None:
-            raise FileNotFoundError("no nats-server binary (/usr/sbin or PATH)")
+            raise FileNotFoundError(NO_SERVER)
         self.binary = found
         self.directory = directory
         self.host = host
@@ -126,6 +131,7 @@ class NatsCluster:
         self.ports: tuple[NodePorts, ...] = ()
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * NODES
         self._log_offsets = [0] * NODES
+        self._spawned_at = [0.0] * NODES
 
     # -- addresses -----------------------------------------------------------
 
@@ -140,7 +146,8 @@ class NatsCluster:
 
     @property
     def url(self) -> str:
-        """All client URLs comma-joined (nats-py's ``servers=`` takes it)."""
+        """All client URLs comma-joined, as the prover's NATS source takes them.
+        (nats-py's ``servers=`` wants the list ``urls``: a string is one URL.)"""
         return ",".join(self.urls)
 
     def store_dir(self, i: int) -> Path:
@@ -177,6 +184,11 @@ class NatsCluster:
         found = (self.monitor(i, "jsz") or {}).get("meta_cluster")
         return found if isinstance(found, dict) else {}
 
+    def routed(self, i: int) -> bool:
+        """Node ``i`` has a route to every other running node."""
+        routez = self.monitor(i, "routez") or {}
+        return int(routez.get("num_routes", 0)) >= len(self.running()) - 1
+
     def stored(self, i: int, stream: str) -> int | None:
         """How many messages node ``i``'s own replica of ``stream`` holds (its
         ``/jsz``); ``None`` if the node does not answer or holds no replica."""
@@ -195,16 +207,26 @@ class NatsCluster:
                 return i
         return None
 
-    def _meta_current(self) -> bool:
-        """A meta leader of the full size sees every other running node as current."""
+    def _meta_current(self, fresh: int | None = None) -> bool:
+        """A meta leader of the full size sees every other running node as
+        current, and has heard from node ``fresh`` since it was last spawned
+        (the leader may still count a dead node current for a while)."""
         leader = self.meta_leader()
         if leader is None:
             return False
         meta = self._meta(leader)
         if meta.get("cluster_size") != NODES:
             return False
-        current = {r.get("name") for r in meta.get("replicas") or [] if r.get("current")}
-        return all(self.names[j] in current for j in self.running() if j != leader)
+        replicas = {r.get("name"): r for r in meta.get("replicas") or []}
+        for j in self.running():
+            replica = replicas.get(self.names[j], {})
+            if j != leader and not replica.get("current"):
+                return False
+            if j == fresh != leader:
+                silent = float(replica.get("active", 0)) / 1e9  # ns since last heard
+                if silent >= time.monotonic() - self._spawned_at[j]:
+                    return False
+        return True
 
     # -- processes -----------------------------------------------------------
 
@@ -236,6 +258,7 @@ class NatsCluster:
         self.store_dir(i).mkdir(parents=True, exist_ok=True)
         with self.log_path(i).open("ab") as log:
             self._log_offsets[i] = log.tell()
+            self._spawned_at[i] = time.monotonic()
             log.write(f"--- start {' '.join(self._command(i))}\n".encode())
             log.flush()
             self._procs[i] = subprocess.Popen(
@@ -283,7 +306,10 @@ class NatsCluster:
                 self._wait(
                     "healthy cluster with a meta leader",
                     list(range(NODES)),
-                    lambda: all(self.healthy(i) for i in range(NODES)) and self._meta_current(),
+                    lambda: (
+                        all(self.healthy(i) and self.routed(i) for i in range(NODES))
+                        and self._meta_current()
+                    ),
                 )
                 return
             except ClusterStartError as error:
@@ -296,12 +322,13 @@ class NatsCluster:
 
     def start(self, i: int) -> None:
         """Start node ``i`` again (same ports, same store) and wait until it is
-        healthy and the meta leader sees it as current."""
+        healthy, routed to the other running nodes, and the meta leader sees it
+        as current."""
         self._spawn(i)
         self._wait(
             f"{self.names[i]} back in the cluster",
             [i],
-            lambda: self.healthy(i) and self._meta_current(),
+            lambda: self.healthy(i) and self.routed(i) and self._meta_current(fresh=i),
         )
 
     def stop(self, i: int, timeout: float = 10.0) -> None:
@@ -352,6 +379,6 @@ def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
     """A started three-node JetStream cluster, killed after the test."""
     binary = find_server()
     if binary is None:
-        pytest.skip("no nats-server binary (/usr/sbin/nats-server or on PATH)")
+        pytest.skip(NO_SERVER)
     with NatsCluster(tmp_path / "nats", binary=binary) as cluster:
         yield cluster

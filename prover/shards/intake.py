@@ -5,9 +5,11 @@ Messages are added in stream order (a consumer of ``<prefix>.commit`` and,
 for a shard, its own ``<prefix>.part.<i>``). A part waits until its commit
 comes; ``through(cut)`` then gives the updates of every batch whose commit
 is at or below ``cut``, in commit order. Every reader keeps each source's
-mark (the last seq applied) from the commits it reads, so all agree on
-which updates are replays: those at or below the mark when their commit
-comes, skipped as the single process's store skips them.
+balance mark (the last seq applied) from the commits it reads, so all
+agree on which updates are replays: those at or below the mark when their
+commit comes, skipped as the single process's store skips them. Reserves
+and reserve reports pass through whole (``Cut.messages``): the
+coordinator's store keeps their marks and skips their replays.
 
 Invariants:
 
@@ -18,8 +20,11 @@ Invariants:
   A reader restarted from it skips the commits at or below the cut, with
   their parts, and gives the same cuts after.
 - A part older than ``expire_ms`` of stream time is dropped: no commit
-  names it (front-ends commit within the duplicate window of their parts,
-  a third of this; a later retry publishes new parts).
+  names it. A retry within the duplicate window names parts up to a
+  window old, and front-ends commit within a third of a window of
+  starting, so a part is at most 4/3 of a window old when its commit
+  comes; ``expire_ms`` must be more than that (the default: three times
+  JetStream's default window of two minutes).
 """
 
 from __future__ import annotations
@@ -110,6 +115,9 @@ class Intake:
         parts = [self._parts.pop(s, None) for s in mine]
         if seq <= self.state().cut:  # applied before this reader began
             return
+        if message.message:  # reserves or reports: the coordinator's store skips replays
+            self._ready.append(_Batch(seq, seq, message.source, -1, [], message.message))
+            return
         rows: list[Row] = []
         mark = self._marks.get(message.source, -1)
         for s, found in zip(mine, parts, strict=True):
@@ -140,7 +148,8 @@ class Intake:
         taken, self._ready = self._ready[:count], self._ready[count:]
         marks = dict(before.marks)
         for batch in taken:
-            marks[batch.source] = max(marks.get(batch.source, -1), batch.last_seq)
+            if not batch.message:
+                marks[batch.source] = max(marks.get(batch.source, -1), batch.last_seq)
         held = [s for s in self._parts if s <= cut] + [b.first for b in self._ready]
         self._state = ReaderState(cut, marks, min([cut + 1, *held]))
         return Cut(

@@ -13,8 +13,9 @@ decoded here only:
 
 A batch belongs to the epoch whose cut is the first at or above its
 commit's stream sequence; a part no commit names is never applied.
-Invariant: a ``Commit``'s ``parts`` are in shard order, each shard at most
-once, and every part's stream sequence is below the commit's.
+Invariant: a ``Commit``'s ``parts`` are in shard order (a shard's part cut
+into several under the server's message size limit: those consecutive, in
+row order), and every part's stream sequence is below the commit's.
 """
 
 from __future__ import annotations

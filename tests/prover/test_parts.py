@@ -208,3 +208,18 @@ def test_the_top_levels_need_a_power_of_two_parts() -> None:
     top = TopTree.combine([(bytes(32), 1), (bytes([1]) * 32, 2)])
     assert top.total == 3 and top.root == HASHER.node_hash(bytes(32), 1, bytes([1]) * 32, 2)
     assert top.path(0) == [(bytes([1]) * 32, 2)] and top.bits == 1
+
+
+def test_the_router_is_the_hmac_of_its_rule() -> None:
+    import hashlib
+    import hmac
+
+    key = bytes(range(7, 39))
+    for bits in (1, 3, 8):
+        router = Router(key, bits)
+        for user in ("alice", "bob", "ü" * 40, "x" * 255):
+            mac = hmac.new(key, b"shard" + user.encode(), hashlib.sha256).digest()
+            assert router.shard(user) == mac[0] >> (8 - bits)
+    assert Router(key, 0).shard("alice") == 0
+    with pytest.raises(ValueError, match="shard bits"):
+        Router(key, 9)
