@@ -153,9 +153,7 @@ def test_a_batch_sent_again_is_skipped_by_every_reader() -> None:
     rows = [(0, "alice", "BTC", 5), (1, "bob", "BTC", 6), (2, "carol", "ETH", 7)]
     again = [(0, "alice", "BTC", 5), (1, "bob", "BTC", 6), (2, "carol", "ETH", 7)]
     overlap = [(2, "carol", "ETH", 7), (3, "dave", "BTC", 8)]
-    stream, _ = publish(
-        [("core", rows), ("core", again), ("core", overlap)], random.Random(1)
-    )
+    stream, _ = publish([("core", rows), ("core", again), ("core", overlap)], random.Random(1))
     got = {}
     for shard in range(ROUTER.parts):
         reader = Intake(shard)
