@@ -89,7 +89,7 @@ class Book:
         if self.waiting or short:
             for user in who[final != WAITING].tolist():
                 self.waiting.pop(user, None)
-            queued = np.isin(getters, order[last][final == WAITING])
+            queued = np.isin(users[getters], who[final == WAITING])
             for user in users[getters[queued]].tolist():
                 self.waiting.pop(user, None)  # waiting again: behind those before
                 self.waiting[user] = None

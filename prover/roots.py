@@ -26,10 +26,10 @@ from websockets.frames import Frame as WireFrame
 from websockets.frames import Opcode
 from websockets.protocol import State
 
-from prover.engine import Engine
 from prover.errors import SubscriberShed
 from prover.frames import Encoding, Frame
 from prover.gate import GatedConnection
+from prover.served import Served
 from verifier.subscription import Subscription
 
 __all__ = ["serve_roots"]
@@ -62,7 +62,7 @@ def _wire_frame(message: str | bytes) -> bytes:
 
 
 async def serve_roots(
-    engine: Engine,
+    engine: Served,
     conn: GatedConnection,
     since: int | None,
     subscription: Subscription,

@@ -29,13 +29,13 @@ from websockets.typing import Subprotocol
 
 from prover.auth import BadAuthorization, auditor_table, bearer_token, token_ok
 from prover.cors import allow_headers, origin_allowed, preflight_headers
-from prover.engine import Engine
 from prover.errors import IngestError, NotRetained, ProverError
 from prover.frames import Encoding
 from prover.gate import Gate, GatedConnection
 from prover.limits import ACCEPT_BACKLOG, ANONYMOUS_MAX_SIZE, descriptor_limit, plan_limits
 from prover.metrics import render_metrics
 from prover.roots import serve_roots
+from prover.served import Served
 from prover.sources import Disposition, ingest_message, refusal
 from prover.web import WebFiles
 from verifier.stream_binary import SUBPROTOCOL
@@ -61,7 +61,7 @@ def http_error(status: int, code: str, message: str) -> Response:
     return http_response(status, json.dumps({"type": "error", "code": code, "message": message}))
 
 
-async def start_server(engine: Engine, host: str, port: int) -> Server:
+async def start_server(engine: Served, host: str, port: int) -> Server:
     """Listen on ``host:port`` (0 picks a free port: see ``server.sockets``)."""
     config = engine.config
     limits, warning = plan_limits(config, descriptor_limit())
@@ -206,7 +206,7 @@ def _since(query: dict[str, list[str]]) -> int | None:
     return int(values[0])
 
 
-async def _proof(engine: Engine, token: str, query: dict[str, list[str]]) -> Response:
+async def _proof(engine: Served, token: str, query: dict[str, list[str]]) -> Response:
     users = query.get("user", [])
     if len(users) != 1:
         return http_error(400, "bad-request", "give exactly one user=ID")
@@ -228,7 +228,7 @@ async def _proof(engine: Engine, token: str, query: dict[str, list[str]]) -> Res
     return http_response(200, proof.to_json())
 
 
-async def _ingest(engine: Engine, conn: ServerConnection) -> None:
+async def _ingest(engine: Served, conn: ServerConnection) -> None:
     """One message in, one reply out, in order; errors leave the connection usable."""
     try:
         async for message in conn:
@@ -245,7 +245,7 @@ async def _ingest(engine: Engine, conn: ServerConnection) -> None:
         pass
 
 
-async def _export(engine: Engine, conn: ServerConnection) -> None:
+async def _export(engine: Served, conn: ServerConnection) -> None:
     """On ``{"type": "export"}``, write every user's proof into a new directory
     under ``export_dir`` (no path comes from the network); report progress, then
     the directory written."""

@@ -33,7 +33,9 @@ __all__ = [
 
 MAX_INT64 = 2**63 - 1  # sequence numbers and millisecond times (BIGINT)
 MAX_DECIMALS = 36
-KINDS = ("balances", "reserves")  # the kinds of producer a mark belongs to
+# the kinds of producer a mark belongs to; "stream": not a producer but the
+# ledger stream a sharded prover's epoch is cut from, its last sequence covered
+KINDS = ("balances", "reserves", "stream")
 
 _KEY_ID = re.compile(r"[0-9a-f]{8}")
 

@@ -130,6 +130,12 @@ class Intake:
         )
         self._ready.append(batch)
 
+    def passed(self, seq: int) -> None:
+        """Nothing of this reader's up to stream sequence ``seq`` remains
+        unread (a shard never receives the other shards' parts): a cut up
+        to ``seq`` may be taken."""
+        self.read = max(self.read, seq)
+
     def through(self, cut: int) -> Cut:
         """The batches committed after the last cut taken and at or before ``cut``.
 

@@ -38,6 +38,7 @@ from prover.messages import RequestId, ack, error_reply, parse_ingest
 
 if TYPE_CHECKING:
     from prover.engine import Engine
+    from prover.served import Served
 
 __all__ = ["Disposition", "Outcome", "Source", "ingest_message", "refusal"]
 
@@ -106,13 +107,13 @@ class Outcome:
         return f"id {self.id!r}: {self.error.code}: {self.error.message}"
 
 
-def refusal(engine: Engine, error: IngestError, request_id: RequestId = None) -> Outcome:
+def refusal(engine: Served, error: IngestError, request_id: RequestId = None) -> Outcome:
     """A refused message's outcome, counted in ``ingest_errors``."""
     engine.metrics.ingest_errors += 1
     return Outcome(request_id if error.id is None else error.id, error=error)
 
 
-async def ingest_message(engine: Engine, data: str | bytes) -> Outcome:
+async def ingest_message(engine: Served, data: str | bytes) -> Outcome:
     """Parse one ingest message and store it; every refusal is counted, and an
     unexpected exception is logged and becomes ``internal`` (retry)."""
     request_id: RequestId = None

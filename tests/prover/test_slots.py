@@ -129,3 +129,16 @@ def test_a_holder_that_left_and_came_back_gets_a_new_slot() -> None:
     assert slots_of(ledger, "BTC") == {"a": int(order[1])}
     proof = ledger.proof("a")
     assert proof is not None and proof.entries[0][1:3] == (int(order[1]), 6)
+
+
+def test_a_holder_staged_twice_with_no_slot_left_waits_once() -> None:
+    """A new holder staged twice in one lot after the last slot went waits
+    for the tree to grow, and the close grows it."""
+    ledger = Ledger.build(PERIOD, ["BTC"], [(f"u{i}", "BTC", 1) for i in range(15)])
+    free = ledger.room()["BTC"]
+    ledger.stage_rows(
+        [(f"x{i}", "BTC", 1) for i in range(free)] + [("new", "BTC", 1), ("new", "BTC", 2)]
+    )
+    assert ledger.growth() == {"BTC": 15 + free + 1}
+    ledger.close_epoch()
+    assert ledger.grown == ("BTC",) and ledger.balance("new", "BTC") == 2

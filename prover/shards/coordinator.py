@@ -1,0 +1,462 @@
+"""The coordinator role of the sharded prover (docs/SCALING.md, "Roles"):
+the log's single writer. It closes epochs at consistent cuts of the ledger
+stream, combines the shards' subtree roots into each asset's root, builds
+and appends the record, signs, and publishes on ``/roots``; ``/proof``
+asks the user's shard for the lower paths and adds the top ones.
+
+One epoch, under the epoch lock:
+
+1. the cut ``C``: the last commit read from ``<prefix>.commit``; the
+   reserves and reserve reports committed up to ``C`` are stored (the
+   store skips replays, as the daemon's ingest does);
+2. ``Stage(n, C)`` to every shard; the trees that must grow, and how high
+   (``grown_height`` of the fullest part of each);
+3. ``Close(n, heights)`` to every shard: each asset's parts, combined by
+   ``TopTree``;
+4. the record, appended to the log under the lease's fencing token
+   (storage/lease.py) with the cut as the epoch's ``("stream", name)``
+   mark, signed; only then published.
+
+Invariants:
+
+- Nothing is appended without the lease: a coordinator acquires it before
+  its first epoch, renews it at each, and an append with a stale token
+  writes nothing. A coordinator that lost its lease stops.
+- A failed epoch keeps what the shards closed (``_Closed``) and retries
+  the append only: shards close each epoch once.
+- Epochs pause while a shard does not answer: the record would omit
+  accepted updates; ``health`` says which shard and since when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import nats
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from prover.backoff import Backoff
+from prover.config import Config
+from prover.dbthread import DbThread
+from prover.epoch import Reserve, build_record, record_reports
+from prover.errors import IngestError, NotRetained, ProverError
+from prover.frames import Encoding, Frame
+from prover.ingest import IngestResult, Intake
+from prover.ledger import AssetRoot, UserProof
+from prover.mapped import MappedRecord
+from prover.messages import Batch, parse_ingest
+from prover.metrics import Metrics
+from prover.publication import Publication
+from prover.routing import Router
+from prover.shards import control, wire
+from prover.shards.control import Close, ClosedPart, NoProof, PartProof, Prove, Stage, Staged
+from prover.shards.intake import Intake as StreamReader
+from prover.shards.intake import NotYet, ReaderState
+from prover.sizing import grown_height, height_for_parts
+from prover.stored import stored_record
+from prover.tokens import check_user_token, user_token
+from prover.top import TopTree
+from prover.witnesses import WitnessStats
+from storage.lease import Fence
+from storage.store import ReserveRow, Store
+from verifier.checkpoint import Checkpoint, sign_note, verifier_key_for
+from verifier.proof import ProofFile
+from verifier.stream import EpochMessage
+from verifier.subscription import ALL_ASSETS, Subscription
+from verifier.sumtree import PathStep
+
+__all__ = ["Coordinator"]
+
+log = logging.getLogger("solvency.coordinator")
+T = TypeVar("T")
+RETRY = Backoff(first=0.1, cap=5.0)
+NOT_YET_WAIT = 5.0  # seconds a shard may take to read as far as a cut
+
+
+@dataclass(frozen=True, slots=True)
+class _Closed:
+    """An epoch the shards closed, not yet appended: what a retry appends."""
+
+    number: int
+    cut: int
+    roots: tuple[AssetRoot, ...]
+    tops: dict[str, TopTree]
+    marks: dict[tuple[str, str], int]
+    reserves: dict[str, dict[str, Reserve]]
+    timestamp_ms: int
+
+
+class Coordinator:
+    """The coordinator (module docstring): what ``prover.server`` serves, as
+    it serves the daemon's engine, on a store, the signing key, the ledger
+    stream's NATS servers and ``2**router.bits`` shards."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        key: Ed25519PrivateKey,
+        router: Router,
+        nats_urls: list[str],
+        stream: str,
+        prefix: str = wire.DEFAULT_PREFIX,
+        *,
+        holder: str = "coordinator",
+        lease_ttl: float = 10.0,
+        shard_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.config, self.store, self.key, self.router = config, store, key, router
+        self.clock = clock
+        self.metrics = Metrics() if metrics is None else metrics
+        self.verifier_key = verifier_key_for(config.origin, key.public_key())
+        self._urls, self._stream, self._prefix = nats_urls, stream, prefix
+        self._holder, self._lease_ttl, self._shard_timeout = holder, lease_ttl, shard_timeout
+        self._db = DbThread()
+        self._lock = asyncio.Lock()
+        self._intake = Intake(config, store, self._db, self.metrics, clock, lambda rows: None)
+        self._publication = Publication(config, store, self._db, self.metrics, clock)
+        self._reader = StreamReader(None)
+        self._nc: Client | None = None
+        self._fence: Fence | None = None
+        self._closed: _Closed | None = None
+        self._latest: tuple[EpochMessage, MappedRecord, dict[str, TopTree]] | None = None
+        self._down: dict[int, float] = {}  # shards not answering: since when
+        self._retry_at = 0.0
+
+    # Start, run, stop
+
+    async def start(self) -> None:
+        """Load the store's state; connect to NATS and read the commits after
+        the last epoch's cut; start the publication. Does not take the lease
+        (``run`` does)."""
+        self._db.start()
+        await self._intake.load()
+        latest = await self._call(self.store.latest_epoch)
+        last: MappedRecord | None = None
+        cut = 0
+        if latest is not None:
+            self.metrics.epoch = self.metrics.published_epoch = latest.number
+            last = MappedRecord(stored_record(latest))
+            self.metrics.last_epoch_time = last.record.timestamp_ms / 1000
+            marks = await self._call(self.store.epoch_marks, latest.number)
+            cut = marks.get(("stream", self._stream), 0)
+        self._reader = StreamReader(None, start=ReaderState(cut, {}, cut + 1))
+        self._nc = await nats.connect(servers=self._urls, max_reconnect_attempts=-1)
+        await self._nc.jetstream().subscribe(
+            wire.commit_subject(self._prefix),
+            cb=self._on_commit,
+            ordered_consumer=True,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=cut + 1
+            ),
+        )
+        await self._publication.start(self.metrics.epoch, last)
+
+    async def _on_commit(self, msg: Msg) -> None:
+        meta = msg.metadata
+        message = wire.decode(msg.data)
+        self._reader.add(meta.sequence.stream, int(meta.timestamp.timestamp() * 1000), message)
+
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Take the lease (waiting as a standby while another holds it), then
+        close epochs on schedule until ``stop`` is set or the lease is lost.
+        True if stopped, False if the lease was lost."""
+        while self._fence is None:
+            self._fence = await self._call(
+                self.store.acquire_lease,
+                self._stream,
+                self._holder,
+                int(self.clock() * 1000),
+                int(self._lease_ttl * 1000),
+            )
+            if self._fence is None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._lease_ttl / 3)
+                if stop.is_set():
+                    return True
+        log.info("coordinator %s holds the log (token %d)", self._holder, self._fence.token)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._until_due())
+            if stop.is_set():
+                break
+            try:
+                await self.close_epoch()
+            except LeaseLost:
+                log.error("coordinator %s lost the lease: stopping", self._holder)
+                return False
+            except (ProverError, OSError, nats.errors.Error, TimeoutError) as exc:
+                self._failed(exc)
+        return True
+
+    def _until_due(self) -> float:
+        if self.metrics.epoch_failing:
+            return max(0.0, self._retry_at - time.monotonic())
+        waiting = self._reader.read > self._reader.state().cut
+        limit = self.config.epoch_interval if waiting else self.config.max_interval
+        return max(0.0, self.metrics.last_epoch_time + limit - self.clock())
+
+    def _failed(self, exc: BaseException) -> None:
+        self.metrics.epoch_failing += 1
+        self.metrics.last_epoch_error = type(exc).__name__
+        self.metrics.last_epoch_error_time = self.clock()
+        self._retry_at = time.monotonic() + RETRY.delay(self.metrics.epoch_failing)
+        log.error("epoch %d failed: %s", self.metrics.epoch + 1, exc)
+
+    async def close(self) -> None:
+        """Stop publishing, let the lease go, close NATS and the database thread."""
+        await self._publication.close()
+        if self._fence is not None:
+            with contextlib.suppress(Exception):
+                await self._call(self.store.release_lease, self._fence, self._holder)
+        if self._nc is not None:
+            await self._nc.close()
+        self._db.shutdown()
+
+    # The epoch
+
+    async def close_epoch(self) -> EpochMessage:
+        """Close, append and publish one epoch (module docstring).
+
+        Raises:
+            LeaseLost: another coordinator holds the lease.
+            NotYet: a shard did not read as far as the cut in time.
+            ProverError: a shard refused or failed.
+        """
+        async with self._lock:
+            if self._closed is None:
+                self._closed = await self._close_shards(self.metrics.epoch + 1)
+            closed = self._closed
+            record = build_record(
+                epoch=closed.number,
+                timestamp_ms=closed.timestamp_ms,
+                max_reserve_age_ms=int(self.config.max_reserve_age * 1000),
+                decimals=self._intake.decimals,
+                roots=closed.roots,
+                reserves=closed.reserves,
+            )
+            used = [
+                ReserveRow(asset, source, r.amount, r.as_of_ms)
+                for asset, by_source in closed.reserves.items()
+                for source, r in by_source.items()
+            ]
+            message = await self._call(
+                self._append, closed, record.header.encode(), record.encode(), used
+            )
+            mapped = MappedRecord(record)
+            reports = record_reports(record, closed.reserves)
+            message = dataclasses.replace(message, reports=reports)
+            self._closed = None
+            self.metrics.epoch = closed.number
+            self.metrics.epoch_failing = 0
+            self.metrics.last_epoch_time = closed.timestamp_ms / 1000
+            self._latest = (message, mapped, closed.tops)
+            self._publication.committed(closed.number, message, mapped, time.perf_counter())
+        log.info("epoch %d: cut %d, %d assets", closed.number, closed.cut, len(closed.roots))
+        return message
+
+    async def _close_shards(self, number: int) -> _Closed:
+        """Steps 1-3 of the module docstring, for epoch ``number``."""
+        cut = self._reader.read
+        taken = self._reader.through(cut)
+        for data in taken.messages:
+            await self._store_reserves(data)
+        bits = self.router.bits
+        assets = {a: height_for_parts(0, bits) for a in self._intake.decimals}
+        staged = [
+            control.expect(r, Staged)
+            for r in await self._ask_all(lambda part: Stage(number, cut, assets))
+        ]
+        wanted: dict[str, int] = {}
+        for reply in staged:
+            for asset, largest in reply.growth.items():
+                wanted[asset] = max(wanted.get(asset, 0), largest)
+        heights = {
+            asset: grown_height(self._height(asset), largest, bits)
+            for asset, largest in wanted.items()
+        }
+        parts = [
+            control.expect(r, ClosedPart)
+            for r in await self._ask_all(lambda part: Close(number, heights))
+        ]
+        roots, tops = [], {}
+        for asset in sorted(self._intake.decimals):
+            mine = [next(p for p in closed.roots if p.asset == asset) for closed in parts]
+            if len({p.height for p in mine}) != 1:
+                raise ProverError(f"the shards' parts of {asset} are of different heights")
+            top = tops[asset] = TopTree.combine([p.record for p in mine])
+            roots.append(AssetRoot(asset, mine[0].height, top.root, top.total))
+        _, marks, reserves = self._intake.cut()
+        marks[("stream", self._stream)] = cut
+        timestamp_ms = int(self.clock() * 1000)
+        if self._latest is not None:
+            timestamp_ms = max(timestamp_ms, self._latest[1].record.timestamp_ms)
+        return _Closed(number, cut, tuple(roots), tops, marks, reserves, timestamp_ms)
+
+    def _height(self, asset: str) -> int:
+        if self._latest is not None:
+            for line in self._latest[1].record.assets:
+                if line.asset == asset:
+                    return line.height
+        return height_for_parts(0, self.router.bits)
+
+    async def _store_reserves(self, data: bytes) -> None:
+        """Store a reserves or reserve reports message the front-ends accepted;
+        one the store refuses now (it was checked there) is logged, not lost
+        silently."""
+        try:
+            await self._intake.ingest(parse_ingest(data))
+        except IngestError as exc:
+            log.error("a committed reserves message was refused: %s (%s)", exc.code, exc)
+
+    async def _ask_all(self, request: Callable[[int], control.Request]) -> list[control.Reply]:
+        """Every shard's reply to its request, asked at once; a ``not-yet``
+        asked again until ``NOT_YET_WAIT``."""
+        deadline = time.monotonic() + NOT_YET_WAIT
+
+        async def ask(part: int) -> control.Reply:
+            while True:
+                reply = await self._ask(part, request(part))
+                if not (isinstance(reply, control.Refused) and reply.code == "not-yet"):
+                    return reply
+                if time.monotonic() > deadline:
+                    raise NotYet(f"shard {part}: {reply.message}")
+                await asyncio.sleep(0.02)
+
+        return list(await asyncio.gather(*(ask(p) for p in range(self.router.parts))))
+
+    async def _ask(self, part: int, request: control.Request) -> control.Reply:
+        assert self._nc is not None
+        subject = control.control_subject(self._prefix, part)
+        try:
+            msg = await self._nc.request(subject, control.encode(request), self._shard_timeout)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            self._down.setdefault(part, self.clock())
+            raise ProverError(f"shard {part} does not answer ({type(exc).__name__})") from None
+        self._down.pop(part, None)
+        return control.decode_reply(msg.data)
+
+    def _append(
+        self, closed: _Closed, leaf: bytes, record: bytes, used: list[ReserveRow]
+    ) -> EpochMessage:
+        """In the db thread: renew the lease, then append under its token."""
+        assert self._fence is not None
+        now_ms = int(self.clock() * 1000)
+        ttl_ms = int(self._lease_ttl * 1000)
+        if not self.store.renew_lease(self._fence, self._holder, now_ms, ttl_ms):
+            raise LeaseLost(f"lease of {self._stream} taken over")
+
+        def sign(size: int, root: bytes) -> bytes:
+            body = Checkpoint(self.config.origin, size, root).to_note_body()
+            return sign_note(body, self.config.origin, self.key)
+
+        stored = self.store.latest_epoch()
+        if stored is not None and stored.number == closed.number and stored.record == record:
+            checkpoint = stored.checkpoint  # a retry after a commit that did not answer
+        else:
+            checkpoint = self.store.append_epoch(
+                closed.number,
+                leaf,
+                record,
+                sign,
+                created_ms=closed.timestamp_ms,
+                marks=closed.marks,
+                reserves=used,
+                fence=self._fence,
+            )
+        return EpochMessage(
+            record=record,
+            checkpoint=checkpoint,
+            inclusion=tuple(self.store.inclusion_proof(closed.number, closed.number + 1)),
+        )
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.wrap_future(self._db.submit(fn, *args))
+
+    # What the server asks of it
+
+    def health(self) -> str | None:
+        if self._down:
+            part, since = min(self._down.items(), key=lambda kv: kv[1])
+            return f"shard {part} down since {time.strftime('%H:%M:%S', time.gmtime(since))} UTC"
+        if failures := self.metrics.epoch_failing:
+            error = self.metrics.last_epoch_error
+            return f"epoch {self.metrics.epoch + 1} failing: {error} ({failures} attempts)"
+        late = self.clock() - self.metrics.last_epoch_time
+        if late > 2 * self.config.max_interval + 1:
+            return f"late: no epoch for {late:.0f} s" if self.metrics.last_epoch_time else "late"
+        return None
+
+    def witness_stats(self) -> list[WitnessStats]:
+        return self._publication.witness_stats()
+
+    def user_token(self, user: str) -> str:
+        return user_token(self.config.proof_secret, user)
+
+    def check_user_token(self, user: str, token: str) -> bool:
+        return check_user_token(self.config.proof_secret, user, token)
+
+    async def ingest(self, batch: Batch) -> IngestResult:
+        raise IngestError("bad-message", "this prover is sharded: send batches to a front-end")
+
+    def subscribe(
+        self,
+        since: int | None,
+        offer: Callable[[Frame], bool] | None = None,
+        subscription: Subscription = ALL_ASSETS,
+        encoding: Encoding = Encoding.JSON,
+    ) -> AsyncIterator[Frame]:
+        return self._publication.fanout.subscribe(since, offer, subscription, encoding)
+
+    def shed(self, offer: Callable[[Frame], bool]) -> None:
+        self._publication.fanout.shed(offer)
+
+    async def proof(self, user: str, epoch: int | None = None) -> ProofFile | None:
+        """``user``'s proof of the latest epoch: its shard's paths up to the
+        parts' roots, then the top levels.
+
+        Raises:
+            NotRetained: an earlier epoch (not served by a sharded prover yet).
+        """
+        async with self._lock:
+            if self._latest is None:
+                return None
+            message, record, tops = self._latest
+            if epoch is not None and epoch != record.record.epoch:
+                raise NotRetained("a sharded prover serves proofs of the latest epoch only")
+            part = self.router.shard(user)
+            reply = await self._ask(part, Prove(user, 0))
+        if isinstance(reply, NoProof):
+            return None
+        lower = control.expect(reply, PartProof).value(user)
+        entries = tuple(
+            (asset, slot, amount, path + tuple(PathStep(h, s) for h, s in tops[asset].path(part)))
+            for asset, slot, amount, path in lower.entries
+        )
+        found = UserProof(user, lower.salt, entries)
+        witnesses = self._publication.witnesses
+        if witnesses is not None:
+            message = witnesses.attach(record.record.epoch, message)
+        return record.basis(message).proof(found)
+
+    async def export_proofs(
+        self, progress: Callable[[int, int], Awaitable[None]]
+    ) -> tuple[int, Path, int]:
+        raise ProverError("exports are not served by a sharded prover yet")
+
+
+class LeaseLost(ProverError):
+    """Another coordinator took the log's lease over."""
