@@ -3,7 +3,9 @@
 Commands (all take ``--data-dir DIR``, default ./prover-data):
     init [--origin NAME] [--assets BTC:8,ETH:18] [--passphrase-env VAR]
     import FILE [--source NAME]        bulk balances from CSV (user,asset,amount) or JSONL
-    run [--follow FILE|-]              the daemon; --follow also reads ingest messages as JSON lines
+    run [--follow FILE|-] [--role R]   the daemon (role single; --follow also reads ingest
+                                       messages as JSON lines), or a sharded prover's
+                                       front-end, shard or coordinator (prover/shards/roles.py)
     proof USER [--epoch N] [--out FILE]  fetch a user's proof from the running daemon
     export-proofs                      every user's proof, written by the running daemon
                                        into a new directory under export_dir
@@ -14,11 +16,12 @@ Commands (all take ``--data-dir DIR``, default ./prover-data):
     sign-reports --key FILE [--ingest]      sign reserve reports: JSON lines in, out
 
 Configuration comes from DIR/config.toml, then SOLVENCY_* environment
-variables, then flags (--database-url, --host, --port).
+variables, then flags (--database-url, --host, --port, --role).
 
 Exit status: 0 done; 2 usage or configuration (not initialised, secrets
 readable by others, a wrong token, bad input); 3 operational (the daemon or
-the database cannot be reached, a file cannot be read or written).
+the database cannot be reached, a file cannot be read or written); ``run``
+1 as prover/daemon.py and prover/shards/roles.py say.
 Every failure is one line ``error: ...`` on standard error.
 """
 
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import TextIO
 
 from prover import attest
-from prover.config import CONFIG_FILE, Config, load_config
+from prover.config import CONFIG_FILE, ROLES, Config, load_config
 from prover.errors import ConfigError, KeyFileError, ProverError
 from storage.errors import InvalidInputError, StorageError
 from verifier.version import VersionAction
@@ -55,6 +58,7 @@ def _config(args: argparse.Namespace) -> Config:
         "database_url": getattr(args, "database_url", None),
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
+        "role": getattr(args, "role", None),
     }
     from prover.initdir import check_private, require_initialised
 
@@ -108,9 +112,18 @@ def _open_follow(path: str) -> TextIO:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from prover.daemon import run_daemon, setup_logging
+    from prover.daemon import setup_logging
 
     config = _config(args)
+    if config.role != "single":
+        if args.follow:
+            raise ConfigError(f"--follow: role {config.role} reads no file; send to a front-end")
+        from prover.shards.roles import run_role
+
+        setup_logging(args.json_logs)
+        return asyncio.run(run_role(config))
+    from prover.daemon import run_daemon
+
     follow = None
     if args.follow:
         follow = sys.stdin if args.follow == "-" else _open_follow(args.follow)
@@ -168,6 +181,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 # entry point
 
 
+def role_option(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """``--role``, overriding the ``role`` setting; on ``run``'s parser with
+    no default, so that one given before ``run`` is kept."""
+    parser.add_argument(
+        "--role",
+        choices=ROLES,
+        default=default,
+        help="what run runs: single (the daemon) or a sharded prover's process",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="solvency-prover", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action=VersionAction, distribution="solvency-stream-prover")
@@ -175,6 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--database-url", help="e.g. postgresql+psycopg://user@host/db")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default 8765)")
+    role_option(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("init", help="create a data directory, database and signing key")
@@ -191,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the daemon")
     p.add_argument("--follow", help="also read ingest messages, one JSON per line (- for stdin)")
     p.add_argument("--json-logs", action="store_true", help="structured logs, one JSON per line")
+    role_option(p, argparse.SUPPRESS)  # after run as well as before it
     p.set_defaults(run=cmd_run)
 
     p = sub.add_parser("proof", help="fetch a user's proof from the running daemon")

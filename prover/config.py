@@ -18,6 +18,13 @@ key, named as the source; docs/PROTOCOL.md §13), in the environment
 ``[[witnesses]]`` tables the witnesses that cosign the checkpoints (``key``:
 the witness's cosignature/v1 key, ``url``: its submission prefix), in the
 environment ``SOLVENCY_WITNESSES="<key>@<url>,<key>@<url>"`` (PROTOCOL §12.4).
+
+``role`` says what ``solvency-prover run`` runs (docs/SCALING.md, "Roles"):
+``single``, the daemon; or one process of a sharded prover, ``front-end``,
+``shard`` (part ``shard`` of ``2**shard_bits``) or ``coordinator``, all of
+one deployment sharing the routing key file, the NATS servers (``nats_url``)
+of the ledger stream (``ledger_*``) and a PostgreSQL database: a SQLite file
+cannot be shared by processes on several machines, and is refused.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct
@@ -41,6 +48,7 @@ from verifier.hashing import check_asset_id
 
 __all__ = [
     "CONFIG_FILE",
+    "ROLES",
     "AssetConfig",
     "AttesterConfig",
     "Config",
@@ -56,6 +64,8 @@ _COMMAND_LINE = "command line"  # where load_config's overrides come from, in it
 MAX_ORIGIN = 255
 _NATS_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # streams and consumers: no '.', '*', '>'
 _NATS_SUBJECT = re.compile(r"[!-~]+")  # printable ASCII, no space; wildcards allowed
+Role = Literal["single", "front-end", "shard", "coordinator"]
+ROLES: Final[tuple[str, ...]] = get_args(Role)  # what ``run`` may run
 _FIELD_PROBLEM = re.compile(r"Object (contains unknown|missing required) field `([^`]*)`")
 # SOLVENCY_<KEY> of a list of tables: the separator in each item, and the fields it separates
 _ENVIRONMENT_TABLES = {"assets": (":", ("id", "decimals")), "witnesses": ("@", ("key", "url"))}
@@ -151,6 +161,25 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     cors_origins: tuple[
         Annotated[str, Meta(pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")], ...
     ] = ()
+    # what `run` runs: the daemon (single), or a process of a sharded prover (docs/SCALING.md)
+    role: Role = "single"
+    # a sharded prover's trees are in 2**shard_bits parts, one per shard; the daemon ignores it
+    shard_bits: Annotated[int, Meta(ge=0, le=8)] = 0
+    shard: Annotated[int, Meta(ge=-1, le=255)] = -1  # role shard: this process's part; -1: none
+    # 32 random bytes in hex, made by init, the same for every process of a deployment
+    routing_key_file: str = "routing.key"
+    # the JetStream stream of accepted batches, its subjects' prefix, and how it is made
+    ledger_stream: Annotated[str, Meta(pattern="^[A-Za-z0-9_-]{1,64}$")] = "ledger"
+    ledger_prefix: Annotated[
+        str, Meta(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", max_length=128)
+    ] = "ledger"
+    ledger_replicas: Annotated[int, Meta(ge=1, le=5)] = 1  # 3 on a 3-node cluster
+    ledger_duplicate_window: Annotated[float, Meta(ge=1, le=86_400)] = 120.0
+    # the coordinator's name as the log's lease holder; empty: <hostname>:<pid>
+    coordinator_name: Annotated[str, Meta(max_length=128)] = ""
+    # the coordinator's lease of the log, renewed at each epoch, lasts this long; then a
+    # standby may take over. At least twice max_interval
+    lease_ttl: Annotated[float, Meta(ge=1, le=3600)] = 30.0
 
 
 class Config(Settings, frozen=True):
@@ -191,6 +220,16 @@ class Config(Settings, frozen=True):
         return self.data_dir / self.key_file
 
     @property
+    def routing_key_path(self) -> Path:
+        """The routing key file (relative: to the data directory)."""
+        return self.data_dir / self.routing_key_file
+
+    @property
+    def sqlite(self) -> bool:
+        """True when the database is a SQLite file (the default)."""
+        return self.url.partition(":")[0].partition("+")[0].lower() == "sqlite"
+
+    @property
     def export_path(self) -> Path:
         """The directory exports are written under (relative: to the data directory)."""
         return self.data_dir / (self.export_dir or "exports")
@@ -223,6 +262,7 @@ class Config(Settings, frozen=True):
                 raise ConfigError(f"attester {attester.source}: its key is named {key.name!r}")
         self._check_witnesses()
         self._check_nats()
+        self._check_role()
 
     def _check_witnesses(self) -> None:
         seen: set[tuple[str, int]] = set()
@@ -241,17 +281,40 @@ class Config(Settings, frozen=True):
             )
 
     def _check_nats(self) -> None:
-        if not self.nats_url:
+        if not self.nats_url or self.role != "single":  # a sharded prover's: the ledger stream
             return
         if not _NATS_NAME.fullmatch(self.nats_stream):
             raise ConfigError(
                 f"nats_stream {self.nats_stream!r}: name the JetStream stream"
-                " (letters, digits, '-', '_')"
+                " (letters, digits, '-', '_') the daemon consumes; for a sharded prover's"
+                " process, set its role (e.g. --role coordinator)"
             )
         if not _NATS_NAME.fullmatch(self.nats_durable):
             raise ConfigError(f"nats_durable {self.nats_durable!r}: letters, digits, '-', '_'")
         if self.nats_subject and not _NATS_SUBJECT.fullmatch(self.nats_subject):
             raise ConfigError(f"nats_subject {self.nats_subject!r} is not a subject")
+
+    def _check_role(self) -> None:
+        role = self.role
+        if role == "single":
+            return
+        if not self.nats_url:
+            raise ConfigError(f"role {role} needs nats_url: the NATS servers of the ledger stream")
+        if role == "shard" and not 0 <= self.shard < 1 << self.shard_bits:
+            raise ConfigError(
+                f"role shard needs shard, this process's part: 0..{(1 << self.shard_bits) - 1}"
+                f" (shard_bits {self.shard_bits}), got {self.shard}"
+            )
+        if role == "coordinator" and self.lease_ttl < 2 * self.max_interval:
+            raise ConfigError(
+                f"lease_ttl {self.lease_ttl:g} s: at least twice max_interval"
+                f" ({2 * self.max_interval:g} s), as the coordinator renews its lease at each epoch"
+            )
+        if role != "front-end" and self.sqlite:  # a front-end opens no database
+            raise ConfigError(
+                f"role {role} needs a PostgreSQL database_url: the processes of a sharded"
+                " prover share one database, which a SQLite file cannot be"
+            )
 
 
 def json_schema() -> bytes:

@@ -3,7 +3,9 @@
 ``initialise`` checks every argument first, builds the directory in a
 temporary one beside it (or inside it, if it exists and is empty) and moves
 it into place at the end; on any failure it removes what it made. The
-directory is 0700; config.toml, the signing key and the SQLite files 0600.
+directory is 0700; config.toml, the signing key, the routing key (a sharded
+prover's, docs/SCALING.md: 32 random bytes in hex, never replaced) and the
+SQLite files 0600.
 
 ``check_private`` refuses a data directory whose secrets others can read.
 """
@@ -37,6 +39,7 @@ __all__ = [
     "private_files",
     "redact_url",
     "require_initialised",
+    "write_routing_key",
 ]
 
 DIR_MODE = 0o700
@@ -90,8 +93,9 @@ def require_initialised(data_dir: Path) -> None:
 
 def private_files(config: Config) -> list[Path]:
     """The files of ``config`` that hold secrets and exist: config.toml, the
-    signing keys, and the SQLite database with its -wal and -shm files."""
-    candidates = [config.data_dir / CONFIG_FILE, config.key_path]
+    signing keys, the routing key, and the SQLite database with its -wal and
+    -shm files."""
+    candidates = [config.data_dir / CONFIG_FILE, config.key_path, config.routing_key_path]
     if config.previous_key_file:
         candidates.append(config.data_dir / config.previous_key_file)
     database = _sqlite_file(config.url)
@@ -137,13 +141,29 @@ def _config_text(
     return tomlkit.dumps(doc)
 
 
+def write_routing_key(path: Path) -> None:
+    """Make the routing key file ``path``: 32 random bytes in hex, mode 0600.
+
+    Raises:
+        ConfigError: ``path`` exists: a deployment's routing key is never
+            replaced (it would move users to other shards).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    except FileExistsError:
+        raise ConfigError(f"{path} exists: a routing key is never replaced") from None
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(secrets.token_hex(32) + "\n")
+
+
 def _build(work: Path, text: str, passphrase: str) -> VerifierKey:
-    """Write config.toml, the key and the database schema into ``work``."""
+    """Write config.toml, the keys and the database schema into ``work``."""
     fd = os.open(work / CONFIG_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
     # read back what was written: a config.toml init cannot read is a bug, found now
     config = load_config(work, {"key_passphrase": passphrase or None}, environ={})
+    write_routing_key(config.routing_key_path)
     key = generate_key(config.key_path, passphrase.encode() or None)
     vkey = verifier_key_for(config.origin, key.public_key())
     store = Store.open(config.url)

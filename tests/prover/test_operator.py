@@ -64,7 +64,12 @@ def test_init_fills_an_existing_empty_directory(tmp_path: Path) -> None:
     data.mkdir(mode=0o755)
     assert init(data) == 0
     assert mode(data) == 0o700
-    assert sorted(p.name for p in data.iterdir()) == ["config.toml", "prover.db", "signing.key"]
+    assert sorted(p.name for p in data.iterdir()) == [
+        "config.toml",
+        "prover.db",
+        "routing.key",
+        "signing.key",
+    ]
 
 
 @pytest.mark.parametrize("name", ["config.toml", "signing.key", "prover.db", "prover.db-wal"])
