@@ -20,8 +20,9 @@ One epoch, under the epoch lock:
 Invariants:
 
 - Nothing is appended without the lease: a coordinator acquires it before
-  its first epoch, renews it at each, and an append with a stale token
-  writes nothing. A coordinator that lost its lease stops.
+  its first epoch and renews it at each append, and every third of its
+  time to live whether epochs succeed or not; an append with a stale
+  token writes nothing. A coordinator that lost its lease stops.
 - A failed epoch keeps what the shards closed (``_Closed``) and retries
   the append only: shards close each epoch once.
 - Epochs pause while a shard does not answer: the record would omit
@@ -112,6 +113,7 @@ class Coordinator:
         stream: str,
         prefix: str = wire.DEFAULT_PREFIX,
         *,
+        previous_keys: tuple[Ed25519PrivateKey, ...] = (),  # still co-signing after a rotation
         holder: str = "coordinator",
         lease_ttl: float = 10.0,
         shard_timeout: float = 5.0,
@@ -119,6 +121,7 @@ class Coordinator:
         metrics: Metrics | None = None,
     ) -> None:
         self.config, self.store, self.key, self.router = config, store, key, router
+        self.previous_keys = previous_keys
         self.clock = clock
         self.metrics = Metrics() if metrics is None else metrics
         self.verifier_key = verifier_key_for(config.origin, key.public_key())
@@ -188,13 +191,20 @@ class Coordinator:
                 if stop.is_set():
                     return True
         log.info("coordinator %s holds the log (token %d)", self._holder, self._fence.token)
+        renewed = time.monotonic()
         while not stop.is_set():
+            renew_in = renewed + self._lease_ttl / 3 - time.monotonic()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._until_due())
+                await asyncio.wait_for(stop.wait(), max(0.0, min(self._until_due(), renew_in)))
             if stop.is_set():
                 break
             try:
-                await self.close_epoch()
+                if time.monotonic() >= renewed + self._lease_ttl / 3:  # epochs may be failing
+                    await self._call(self._renew)
+                    renewed = time.monotonic()
+                if self._until_due() <= 0:
+                    await self.close_epoch()
+                    renewed = time.monotonic()  # the append renewed it
             except LeaseLost:
                 log.error("coordinator %s lost the lease: stopping", self._holder)
                 return False
@@ -353,15 +363,11 @@ class Coordinator:
         self, closed: _Closed, leaf: bytes, record: bytes, used: list[ReserveRow]
     ) -> EpochMessage:
         """In the db thread: renew the lease, then append under its token."""
-        assert self._fence is not None
-        now_ms = int(self.clock() * 1000)
-        ttl_ms = int(self._lease_ttl * 1000)
-        if not self.store.renew_lease(self._fence, self._holder, now_ms, ttl_ms):
-            raise LeaseLost(f"lease of {self._stream} taken over")
+        self._renew()
 
         def sign(size: int, root: bytes) -> bytes:
             body = Checkpoint(self.config.origin, size, root).to_note_body()
-            return sign_note(body, self.config.origin, self.key)
+            return sign_note(body, self.config.origin, self.key, *self.previous_keys)
 
         stored = self.store.latest_epoch()
         if stored is not None and stored.number == closed.number and stored.record == record:
@@ -382,6 +388,13 @@ class Coordinator:
             checkpoint=checkpoint,
             inclusion=tuple(self.store.inclusion_proof(closed.number, closed.number + 1)),
         )
+
+    def _renew(self) -> None:
+        """In the db thread: extend the lease, or raise ``LeaseLost``."""
+        assert self._fence is not None
+        now_ms, ttl_ms = int(self.clock() * 1000), int(self._lease_ttl * 1000)
+        if not self.store.renew_lease(self._fence, self._holder, now_ms, ttl_ms):
+            raise LeaseLost(f"lease of {self._stream} taken over")
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.wrap_future(self._db.submit(fn, *args))

@@ -48,6 +48,7 @@ from typing import Final
 
 import nats
 import nats.errors
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client
 from websockets.asyncio.server import Server
 
@@ -317,12 +318,10 @@ async def _first_period(config: Config, store: Store, holder: str, stop: asyncio
 
 
 async def _coordinator(config: Config, router: Router, stop: asyncio.Event) -> int:
-    if config.previous_key_file:
-        raise ConfigError(
-            "previous_key_file: a coordinator signs with key_file alone; remove"
-            " previous_key_file once the new verifier key is published"
-        )
     key = load_key(config.key_path, config.passphrase)
+    previous: tuple[Ed25519PrivateKey, ...] = ()
+    if config.previous_key_file:
+        previous = (load_key(config.data_dir / config.previous_key_file, config.passphrase),)
     holder = coordinator_name(config)
     store = await asyncio.to_thread(Store.open, config.url)
     try:
@@ -338,6 +337,7 @@ async def _coordinator(config: Config, router: Router, stop: asyncio.Event) -> i
             _urls(config),
             config.ledger_stream,
             config.ledger_prefix,
+            previous_keys=previous,
             holder=holder,
             lease_ttl=config.lease_ttl,
         )
