@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from machine import cpu_model
 
-from prover.ledger import height_for
+from prover.sizing import height_for
 from prover.tree import SumTree, Undo
 from verifier.hashing import NODE_MESSAGE_SIZE, TAG_LEAF, TAG_PADDING, asset_prefix, leaf_hash
 from verifier.sumtree import PathStep, verify_path

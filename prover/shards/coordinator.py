@@ -138,6 +138,7 @@ class Coordinator:
         self._latest: tuple[EpochMessage, MappedRecord, dict[str, TopTree]] | None = None
         self._down: dict[int, float] = {}  # shards not answering: since when
         self._retry_at = 0.0
+        self._commits = asyncio.Event()  # set when a commit is read
 
     # Start, run, stop
 
@@ -172,6 +173,7 @@ class Coordinator:
         meta = msg.metadata
         message = wire.decode(msg.data)
         self._reader.add(meta.sequence.stream, int(meta.timestamp.timestamp() * 1000), message)
+        self._commits.set()  # an epoch may be due sooner than the heartbeat
 
     async def run(self, stop: asyncio.Event) -> bool:
         """Take the lease (waiting as a standby while another holds it), then
@@ -194,8 +196,17 @@ class Coordinator:
         renewed = time.monotonic()
         while not stop.is_set():
             renew_in = renewed + self._lease_ttl / 3 - time.monotonic()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, min(self._until_due(), renew_in)))
+            self._commits.clear()
+            wake = [asyncio.ensure_future(stop.wait())]
+            if self._reader.read <= self._reader.state().cut:  # idle: a commit brings it closer
+                wake.append(asyncio.ensure_future(self._commits.wait()))
+            await asyncio.wait(
+                wake,
+                timeout=max(0.0, min(self._until_due(), renew_in)),
+                return_when="FIRST_COMPLETED",
+            )
+            for waiting in wake:
+                waiting.cancel()
             if stop.is_set():
                 break
             try:
@@ -280,6 +291,7 @@ class Coordinator:
 
     async def _close_shards(self, number: int) -> _Closed:
         """Steps 1-3 of the module docstring, for epoch ``number``."""
+        now = self.clock()  # the epoch closes here: its batches are cut
         cut = self._reader.read
         taken = self._reader.through(cut)
         for data in taken.messages:
@@ -311,7 +323,7 @@ class Coordinator:
             roots.append(AssetRoot(asset, mine[0].height, top.root, top.total))
         _, marks, reserves = self._intake.cut()
         marks[("stream", self._stream)] = cut
-        timestamp_ms = int(self.clock() * 1000)
+        timestamp_ms = int(now * 1000)
         if self._latest is not None:
             timestamp_ms = max(timestamp_ms, self._latest[1].record.timestamp_ms)
         return _Closed(number, cut, tuple(roots), tops, marks, reserves, timestamp_ms)
