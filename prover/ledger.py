@@ -174,6 +174,45 @@ class Ledger:
             ledger._rebuild(asset, indices, np.array(amounts, np.uint64), height)
         return ledger
 
+    @classmethod
+    def restore(
+        cls,
+        period: SaltPeriod,
+        trees: Mapping[str, tuple[int, int]],
+        holdings: Iterable[tuple[str, str, int, int]],
+        *,
+        router: Router = SINGLE,
+        part: int | None = None,
+        hasher: SumTreeHasher = HASHER,
+        retain: int = 0,
+    ) -> Ledger:
+        """A ledger of one slot order per tree (a shard's, or one of a single
+        part) as it stood after a close: ``trees``, each asset's whole height
+        and how many slots of its order were handed out; ``holdings``, every
+        holder as (user, asset, amount, slot in the whole tree). The same
+        trees, slots and next slots handed out; no earlier epoch's proofs.
+
+        Raises:
+            ProverError: a holding of an asset not in ``trees``, of 0, of a
+                user of another part, at a slot not handed out, or two at one slot.
+        """
+        if part is None and router.bits:
+            raise ValueError("only a shard's ledger, or one of a single part, is restored")
+        ledger = cls(period, hasher=hasher, router=router, part=part, retain=retain)
+        held: dict[str, tuple[list[int], list[int], list[int]]] = {a: ([], [], []) for a in trees}
+        for user, asset, amount, slot in holdings:
+            new = user not in ledger.users
+            if asset not in held or not amount or (new and part not in (None, router.shard(user))):
+                raise ProverError(f"{user!r} holds {amount} {asset}: not a holding of this ledger")
+            for column, value in zip(held[asset], (ledger._index(user), amount, slot), strict=True):
+                column.append(value)
+        ledger._grow_commitments()
+        for asset, (users, amounts, slots) in held.items():
+            placed = (np.array(slots, np.int64), trees[asset][1])
+            users_a, amounts_a = np.array(users, np.int64), np.array(amounts, np.uint64)
+            ledger._rebuild(asset, users_a, amounts_a, trees[asset][0], placed)
+        return ledger
+
     # Staging and applying updates
 
     def stage(self, user: str, asset: str, amount: int) -> None:
@@ -402,9 +441,12 @@ class Ledger:
         users: npt.NDArray[np.int64],
         amounts: npt.NDArray[np.uint64],
         height: int,
+        placed: tuple[npt.NDArray[np.int64], int] | None = None,
     ) -> None:
         """``asset``'s tree of ``height`` (the whole tree's) with ``users``
-        given slots in this order, each from its part's order."""
+        given slots in this order, each from its part's order; or with
+        ``placed``, (their slots in the whole tree, how many slots of the
+        one order were handed out): ``restore``'s."""
         bits = self.router.bits
         parts = range(1 << bits) if self.part is None else [self.part]
         held = height if self.part is None else height - bits
@@ -412,14 +454,22 @@ class Ledger:
         allocators = [
             SlotAllocator(self.period.slot_order(asset, height, bits, p) - first) for p in parts
         ]
-        taken = np.empty(len(users), np.int64)
-        where = self._parts_of(users) if len(allocators) > 1 else np.zeros(len(users), np.int64)
-        for index, allocator in enumerate(allocators):
-            mine = where == index
-            slots = allocator.take(int(mine.sum()))
-            if slots is None:
-                raise ProverError(f"{asset}: too many holders for a tree of height {height}")
-            taken[mine] = slots
+        if placed is None:
+            taken = np.empty(len(users), np.int64)
+            where = self._parts_of(users) if len(allocators) > 1 else np.zeros(len(users), np.int64)
+            for index, allocator in enumerate(allocators):
+                mine = where == index
+                slots = allocator.take(int(mine.sum()))
+                if slots is None:
+                    raise ProverError(f"{asset}: too many holders for a tree of height {height}")
+                taken[mine] = slots
+        else:  # restored: each holder at a slot of the order handed out already
+            taken, given = placed[0] - first, allocators[0].take(placed[1])
+            handed = np.zeros((1 << held) + 1, bool)  # the last one: every slot outside
+            handed[given if given is not None else []] = True
+            outside = (taken < 0) | (taken >= 1 << held)
+            if given is None or not handed[np.where(outside, -1, taken)].all():
+                raise ProverError(f"{asset}: a holder at a slot not handed out")
         slots = np.full(len(self.users), NO_SLOT, np.int64)
         slots[users] = taken
         tree = SumTree.build(

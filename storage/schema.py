@@ -17,6 +17,10 @@ storage/migrations/versions create exactly these; a test checks they agree.
     epoch_reserves    (epoch, asset, source) -> amount, as_of_ms  reserves it used
     witness_cosignatures  (epoch, witness, key_id) -> line      its checkpoint's cosignatures
     signing_keys      key_id -> name, public_key, active_from_ms, active_to_ms
+    writer_leases     name -> holder, token, expires_ms         the log writer's lease
+    shard_states      (stream, part) -> epoch, period, cut,     a shard's last close
+                      resume, marks, trees, replies
+    shard_holdings    (stream, part, asset, user_id) -> amount, slot   its holders then
 
 Times are integer milliseconds since the Unix epoch (UTC), as in the epoch
 record, so nothing depends on a database's time zone handling.
@@ -60,9 +64,12 @@ __all__ = [
     "Reserve",
     "ReserveReportRow",
     "SaltPeriodRow",
+    "ShardHolding",
+    "ShardStateRow",
     "SigningKey",
     "SourceMark",
     "WitnessCosignature",
+    "WriterLease",
     "decode_amount",
     "encode_amount",
 ]
@@ -276,3 +283,36 @@ class WriterLease(Base):
     holder: Mapped[str] = mapped_column(String(128))
     token: Mapped[int] = mapped_column(BigInteger)
     expires_ms: Mapped[int] = mapped_column(BigInteger)
+
+
+class ShardStateRow(Base):
+    """A shard's state as of the last epoch it closed (migration 0008,
+    storage/shards.py), one row per ledger stream and part: the epoch, its
+    salt period, where the shard's reader stood after the cut (``cut``,
+    ``resume``; ``marks``: JSON, source to last seq), ``trees`` (JSON: asset
+    to [whole height, slots of the part's order handed out]) and
+    ``replies``, the shard's encoded answers to that epoch's Stage and Close."""
+
+    __tablename__ = "shard_states"
+    stream: Mapped[str] = mapped_column(String(128), primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    period: Mapped[int] = mapped_column(Integer)
+    cut: Mapped[int] = mapped_column(BigInteger)
+    resume: Mapped[int] = mapped_column(BigInteger)
+    marks: Mapped[str] = mapped_column(Text)
+    trees: Mapped[str] = mapped_column(Text)
+    replies: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ShardHolding(Base):
+    """A holder of a shard's part as of the shard's last closed epoch
+    (migration 0008): its balance (not 0) and its slot in the whole tree."""
+
+    __tablename__ = "shard_holdings"
+    stream: Mapped[str] = mapped_column(String(128), primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    asset: Mapped[str] = mapped_column(String(16), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    amount: Mapped[int] = mapped_column(Amount)
+    slot: Mapped[int] = mapped_column(BigInteger)

@@ -14,6 +14,7 @@ holding the database, in a module of its own:
     epochs.py        epochs, their marks and reserves, the log and its proofs
     cosignatures.py  witnesses' cosignatures of the epochs
     lease.py         the log writer's lease and its fencing token
+    shards.py        each shard's state and holders as of its last close
 
 Every public method but ``fold`` (a series of short transactions, safe to
 interrupt) is one transaction: it commits whole, or raises having written
@@ -55,6 +56,7 @@ from storage.rows import (
     ReserveRow,
     ReserveUpdate,
 )
+from storage.shards import Holding, HoldingChanges, ShardState, ShardStates
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -68,10 +70,13 @@ __all__ = [
     "BalanceChunk",
     "BalanceUpdate",
     "EpochRow",
+    "Holding",
+    "HoldingChanges",
     "KeyRow",
     "PeriodRow",
     "ReserveRow",
     "ReserveUpdate",
+    "ShardState",
     "Store",
 ]
 
@@ -102,6 +107,7 @@ class Store:
         self._keys = SigningKeys(self._db)
         self._epochs = Epochs(self._db, self._assets, marks)
         self._cosignatures = Cosignatures(self._db)
+        self._shards = ShardStates(self._db)
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -325,3 +331,26 @@ class Store:
     @_documented_by(Cosignatures.last_cosigned)
     def last_cosigned(self, witnesses: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
         return self._cosignatures.last_cosigned(witnesses)
+
+    # The shards' states (shards.py)
+
+    @_documented_by(ShardStates.save)
+    def save_shard(
+        self,
+        stream: str,
+        part: int,
+        after: int | None,
+        state: ShardState,
+        changes: HoldingChanges,
+    ) -> None:
+        self._shards.save(stream, part, after, state, changes)
+
+    @_documented_by(ShardStates.state)
+    def shard_state(self, stream: str, part: int) -> ShardState | None:
+        return self._shards.state(stream, part)
+
+    @_documented_by(ShardStates.holdings)
+    def shard_holdings(
+        self, stream: str, part: int, epoch: int, chunk_size: int = CHUNK
+    ) -> Iterator[list[Holding]]:
+        return self._shards.holdings(stream, part, epoch, chunk_size)

@@ -9,6 +9,7 @@ only::
     Stage(epoch, cut, assets)  -> Staged(epoch, cut, batches, growth)
     Close(epoch, heights)      -> ClosedPart(epoch, roots, state)
     Prove(user, age)           -> PartProof(salt, entries) | NoProof
+    Status()                   -> ShardStatus(closed, closed_cut, staged, staged_cut)
     any of them                -> Refused(code, message)
 
 An epoch closes in two steps: ``Stage`` applies nothing yet, it stages the
@@ -52,8 +53,10 @@ __all__ = [
     "Refused",
     "Reply",
     "Request",
+    "ShardStatus",
     "Stage",
     "Staged",
+    "Status",
     "WireState",
     "control_subject",
     "decode_reply",
@@ -148,7 +151,13 @@ class Prove(Struct, array_like=True, frozen=True, tag=3):
     age: U64 = 0
 
 
-Request = Stage | Close | Prove
+class Status(Struct, array_like=True, frozen=True, tag=4):
+    """Where the shard stands: what a coordinator taking the log over asks
+    first, since the one before it may have staged or closed an epoch it
+    never appended."""
+
+
+Request = Stage | Close | Prove | Status
 
 
 # Replies
@@ -216,7 +225,17 @@ class Refused(Struct, array_like=True, frozen=True, tag=15):
     message: str
 
 
-Reply = Staged | ClosedPart | PartProof | NoProof | Refused
+class ShardStatus(Struct, array_like=True, frozen=True, tag=16):
+    """The last epoch the shard closed and at which cut (-1: none since it
+    started), and the epoch staged and not closed, with its cut (-1: none)."""
+
+    closed: Annotated[int, Meta(ge=-1)]
+    closed_cut: U64
+    staged: Annotated[int, Meta(ge=-1)]
+    staged_cut: U64
+
+
+Reply = Staged | ClosedPart | PartProof | NoProof | ShardStatus | Refused
 
 _encoder = msgspec.msgpack.Encoder()
 _requests = msgspec.msgpack.Decoder(Request)
@@ -245,7 +264,7 @@ def decode_reply(data: bytes) -> Reply:
         raise ProverError(f"not a shard control reply: {exc}") from None
 
 
-R = TypeVar("R", Staged, ClosedPart, PartProof, NoProof)
+R = TypeVar("R", Staged, ClosedPart, PartProof, NoProof, ShardStatus)
 
 
 def expect(reply: Reply, *kinds: type[R]) -> R:

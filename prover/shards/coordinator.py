@@ -6,9 +6,12 @@ asks the user's shard for the lower paths and adds the top ones.
 
 One epoch, under the epoch lock:
 
-1. the cut ``C``: the last commit read from ``<prefix>.commit``; the
-   reserves and reserve reports committed up to ``C`` are stored (the
-   store skips replays, as the daemon's ingest does);
+1. the cut ``C``: the last commit read from ``<prefix>.commit``, or, on
+   the first epoch after a start or a failure, the cut at which shards
+   staged or closed this epoch already (``Status``: a coordinator before
+   may have got that far without appending it); the reserves and reserve
+   reports committed up to ``C`` are stored (the store skips replays, as
+   the daemon's ingest does);
 2. ``Stage(n, C)`` to every shard; the trees that must grow, and how high
    (``grown_height`` of the fullest part of each);
 3. ``Close(n, heights)`` to every shard: each asset's parts, combined by
@@ -61,10 +64,15 @@ from prover.metrics import Metrics
 from prover.publication import Publication
 from prover.routing import Router
 from prover.shards import control, wire
-from prover.shards.control import Close, ClosedPart, NoProof, PartProof, Prove, Stage, Staged
+from prover.shards.control import (
+    NoProof,
+    PartProof,
+    Prove,
+)
 from prover.shards.intake import Intake as StreamReader
 from prover.shards.intake import NotYet, ReaderState
-from prover.sizing import grown_height, height_for_parts
+from prover.shards.links import NOT_YET_WAIT, ShardLinks
+from prover.sizing import height_for_parts
 from prover.stored import stored_record
 from prover.tokens import check_user_token, user_token
 from prover.top import TopTree
@@ -82,7 +90,6 @@ __all__ = ["Coordinator"]
 log = logging.getLogger("solvency.coordinator")
 T = TypeVar("T")
 RETRY = Backoff(first=0.1, cap=5.0)
-NOT_YET_WAIT = 5.0  # seconds a shard may take to read as far as a cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +140,13 @@ class Coordinator:
         self._publication = Publication(config, store, self._db, self.metrics, clock)
         self._reader = StreamReader(None)
         self._nc: Client | None = None
+        self._links: ShardLinks | None = None
         self._fence: Fence | None = None
         self._closed: _Closed | None = None
         self._latest: tuple[EpochMessage, MappedRecord, dict[str, TopTree]] | None = None
-        self._down: dict[int, float] = {}  # shards not answering: since when
         self._retry_at = 0.0
         self._commits = asyncio.Event()  # set when a commit is read
+        self._unsure = True  # where the shards stand: asked before the next epoch
 
     # Start, run, stop
 
@@ -159,6 +167,14 @@ class Coordinator:
             cut = marks.get(("stream", self._stream), 0)
         self._reader = StreamReader(None, start=ReaderState(cut, {}, cut + 1))
         self._nc = await nats.connect(servers=self._urls, max_reconnect_attempts=-1)
+        self._links = ShardLinks(
+            self._nc,
+            self._prefix,
+            self.router.parts,
+            self.router.bits,
+            self._shard_timeout,
+            self.clock,
+        )
         await self._nc.jetstream().subscribe(
             wire.commit_subject(self._prefix),
             cb=self._on_commit,
@@ -259,7 +275,11 @@ class Coordinator:
         """
         async with self._lock:
             if self._closed is None:
-                self._closed = await self._close_shards(self.metrics.epoch + 1)
+                try:
+                    self._closed = await self._close_shards(self.metrics.epoch + 1)
+                except BaseException:
+                    self._unsure = True  # some shards may have staged or closed it
+                    raise
             closed = self._closed
             record = build_record(
                 epoch=closed.number,
@@ -291,42 +311,43 @@ class Coordinator:
 
     async def _close_shards(self, number: int) -> _Closed:
         """Steps 1-3 of the module docstring, for epoch ``number``."""
+        assert self._links is not None
         now = self.clock()  # the epoch closes here: its batches are cut
         cut = self._reader.read
+        if self._unsure:
+            cut = await self._pending_cut(number)
         taken = self._reader.through(cut)
         for data in taken.messages:
             await self._store_reserves(data)
-        bits = self.router.bits
-        assets = {a: height_for_parts(0, bits) for a in self._intake.decimals}
-        staged = [
-            control.expect(r, Staged)
-            for r in await self._ask_all(lambda part: Stage(number, cut, assets))
-        ]
-        wanted: dict[str, int] = {}
-        for reply in staged:
-            for asset, largest in reply.growth.items():
-                wanted[asset] = max(wanted.get(asset, 0), largest)
-        heights = {
-            asset: grown_height(self._height(asset), largest, bits)
-            for asset, largest in wanted.items()
-        }
-        parts = [
-            control.expect(r, ClosedPart)
-            for r in await self._ask_all(lambda part: Close(number, heights))
-        ]
-        roots, tops = [], {}
-        for asset in sorted(self._intake.decimals):
-            mine = [next(p for p in closed.roots if p.asset == asset) for closed in parts]
-            if len({p.height for p in mine}) != 1:
-                raise ProverError(f"the shards' parts of {asset} are of different heights")
-            top = tops[asset] = TopTree.combine([p.record for p in mine])
-            roots.append(AssetRoot(asset, mine[0].height, top.root, top.total))
+        assets = {a: height_for_parts(0, self.router.bits) for a in self._intake.decimals}
+        roots, tops = await self._links.close(number, cut, assets, self._height)
         _, marks, reserves = self._intake.cut()
         marks[("stream", self._stream)] = cut
         timestamp_ms = int(now * 1000)
         if self._latest is not None:
             timestamp_ms = max(timestamp_ms, self._latest[1].record.timestamp_ms)
         return _Closed(number, cut, tuple(roots), tops, marks, reserves, timestamp_ms)
+
+    async def _pending_cut(self, number: int) -> int:
+        """The cut where shards staged or closed epoch ``number`` already
+        (``ShardLinks.pending_cut``), once the commits are read as far;
+        else the last commit read.
+
+        Raises:
+            NotYet: the commits are not read as far as that cut in time.
+        """
+        assert self._links is not None
+        cut = await self._links.pending_cut(number)
+        self._unsure = False
+        if cut is None:
+            return self._reader.read
+        deadline = time.monotonic() + NOT_YET_WAIT
+        while self._reader.read < cut:
+            if time.monotonic() > deadline:
+                raise NotYet(f"commits read as far as {self._reader.read}, not {cut}")
+            await asyncio.sleep(0.02)
+        log.info("epoch %d: finished at cut %d, where the shards stand", number, cut)
+        return cut
 
     def _height(self, asset: str) -> int:
         if self._latest is not None:
@@ -343,33 +364,6 @@ class Coordinator:
             await self._intake.ingest(parse_ingest(data))
         except IngestError as exc:
             log.error("a committed reserves message was refused: %s (%s)", exc.code, exc)
-
-    async def _ask_all(self, request: Callable[[int], control.Request]) -> list[control.Reply]:
-        """Every shard's reply to its request, asked at once; a ``not-yet``
-        asked again until ``NOT_YET_WAIT``."""
-        deadline = time.monotonic() + NOT_YET_WAIT
-
-        async def ask(part: int) -> control.Reply:
-            while True:
-                reply = await self._ask(part, request(part))
-                if not (isinstance(reply, control.Refused) and reply.code == "not-yet"):
-                    return reply
-                if time.monotonic() > deadline:
-                    raise NotYet(f"shard {part}: {reply.message}")
-                await asyncio.sleep(0.02)
-
-        return list(await asyncio.gather(*(ask(p) for p in range(self.router.parts))))
-
-    async def _ask(self, part: int, request: control.Request) -> control.Reply:
-        assert self._nc is not None
-        subject = control.control_subject(self._prefix, part)
-        try:
-            msg = await self._nc.request(subject, control.encode(request), self._shard_timeout)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-            self._down.setdefault(part, self.clock())
-            raise ProverError(f"shard {part} does not answer ({type(exc).__name__})") from None
-        self._down.pop(part, None)
-        return control.decode_reply(msg.data)
 
     def _append(
         self, closed: _Closed, leaf: bytes, record: bytes, used: list[ReserveRow]
@@ -414,8 +408,8 @@ class Coordinator:
     # What the server asks of it
 
     def health(self) -> str | None:
-        if self._down:
-            part, since = min(self._down.items(), key=lambda kv: kv[1])
+        if self._links is not None and self._links.down:
+            part, since = min(self._links.down.items(), key=lambda kv: kv[1])
             return f"shard {part} down since {time.strftime('%H:%M:%S', time.gmtime(since))} UTC"
         if failures := self.metrics.epoch_failing:
             error = self.metrics.last_epoch_error
@@ -463,7 +457,8 @@ class Coordinator:
             if epoch is not None and epoch != record.record.epoch:
                 raise NotRetained("a sharded prover serves proofs of the latest epoch only")
             part = self.router.shard(user)
-            reply = await self._ask(part, Prove(user, 0))
+            assert self._links is not None
+            reply = await self._links.ask(part, Prove(user, 0))
         if isinstance(reply, NoProof):
             return None
         lower = control.expect(reply, PartProof).value(user)

@@ -271,7 +271,16 @@ async def _shard(config: Config, router: Router, stop: asyncio.Event) -> int:
     if period is None or not await _ensure_ledger(config, stop):
         return EXIT_STOPPED
     part = config.shard
-    shard = Shard(config.nats_url, config.ledger_stream, period, router, part, config.ledger_prefix)
+    store = await asyncio.to_thread(Store.open, config.url)  # each close saved there
+    shard = Shard(
+        config.nats_url,
+        config.ledger_stream,
+        period,
+        router,
+        part,
+        config.ledger_prefix,
+        store=store,
+    )
     log.info(
         "shard %d of %d (salt period %d): reading stream %s (%s, %s) at %s,"
         " answering the coordinator on %s",
@@ -284,7 +293,10 @@ async def _shard(config: Config, router: Router, stop: asyncio.Event) -> int:
         redact(config.nats_url),
         control_subject(config.ledger_prefix, part),
     )
-    await shard.run(stop)
+    try:
+        await shard.run(stop)
+    finally:
+        await asyncio.to_thread(store.close)
     log.info("shard %d stopped", part)
     return EXIT_STOPPED
 

@@ -1,50 +1,35 @@
-"""The shard role of the sharded prover (docs/SCALING.md, "Roles"): one part
-of every tree, fed from the ledger stream, closed at the coordinator's cuts.
+"""The shard role of the sharded prover on NATS (docs/SCALING.md, "Roles"):
+one part of every tree, fed from the ledger stream, closed at the
+coordinator's cuts, saved at each close when it has a store.
 
-``ShardCore`` is the shard without I/O: an ``Intake`` of the shard's part
-of the stream and a ``Ledger`` of its part of every tree, answering the
-coordinator's control requests (prover/shards/control.py). ``Shard`` runs
-one on NATS: it reads the stream, serves the control subject, and does the
-ledger's work on a thread of its own, so that hashing an epoch does not
-stop the reading (only slows it, by the GIL).
+``Shard`` runs a ``ShardCore`` (prover/shards/core.py): it reads the
+stream (two pull consumers merged in stream order, prover/shards/pull.py),
+serves the control subject, and does the ledger's work on a thread of its
+own, so that hashing an epoch does not stop the reading (only slows it, by
+the GIL).
 
-Reading the stream. NATS 2.9 gives a consumer one filter subject, and a
-shard wants two: its parts (``<prefix>.part.<i>``) and every commit
-(``<prefix>.commit``), merged in stream order. ``Shard`` keeps one pull
-consumer of each, without acks, both from the same stream sequence, and
-reads them in rounds: it takes the stream's last sequence ``L``, then pulls
-from whichever consumer it knows less far (``no_wait``: the server answers
-at once, "no messages" when it has none left). A consumer is known as far
-as its last message, or as far as ``L`` once it has none left or went past
-it: nothing of it below that can come later. Everything read up to the
-lesser of the two is added in stream order, and the shard has read the
-stream that far (``ShardCore.passed``), other shards' parts included,
-which it never receives. The alternative, one consumer of ``<prefix>.>``
-skipping the others' parts, is simpler but has every shard receive the
-whole stream: ``2**k`` times the bytes out of the NATS servers.
+With a store (docs/SCALING.md, "Recovery"), a shard saves each close
+before it answers it (storage/shards.py), and starts from what it saved
+last: its ledger rebuilt at the same slots, its reader at the saved
+``resume``. A shard killed at any point and started again gives the same
+answers as one that never stopped; the epoch it closed last is answered
+again as it was. A core that breaks (a save that failed, say) is restored
+from the store in the same way, after a backoff.
 
 Invariants:
 
-- Messages reach the ``Intake`` in stream order, each once; on a new
-  session the consumers start after the last sequence read.
-- ``ShardCore.answer`` calls never overlap; ``add`` and ``passed`` may run
-  on another thread meanwhile (a lock guards the intake, held only for
-  its own cheap steps, never while hashing).
-- A failure while the ledger changes, or a message of the stream the
-  shard cannot read, leaves the core ``broken``: it then refuses every
-  request ``internal``, and the shard must be restarted. It never answers
-  from a half-applied epoch.
+- Messages reach the core in stream order, each once; on a new session
+  the consumers start after the last sequence read.
+- With a store, no ``ClosedPart`` is answered before its close is saved.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
-import threading
-from collections import deque
-from collections.abc import Iterator
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -52,237 +37,32 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from prover.backoff import Backoff
-from prover.errors import NotRetained, ProverError
-from prover.ledger import Ledger
+from prover.errors import ProverError
 from prover.periods import SaltPeriod
 from prover.routing import Router
 from prover.shards import wire
 from prover.shards.control import (
-    Close,
-    ClosedPart,
-    NoProof,
-    PartProof,
-    PartRoot,
-    Prove,
     Refused,
     Reply,
     Request,
     Stage,
-    Staged,
-    WireState,
     control_subject,
     decode_request,
     encode,
 )
-from prover.shards.intake import EXPIRE_MS, Intake, NotYet, ReaderState
-from prover.sizing import MIN_HEIGHT
+from prover.shards.core import ShardCore
+from prover.shards.pull import Puller, merged, open_puller
 from prover.sources.nats import redact
-from verifier.errors import FormatError
-from verifier.hashing import MAX_HEIGHT, check_asset_id, check_user_id
+from storage.errors import StorageError
+from storage.store import Store
 
 __all__ = ["Shard", "ShardCore", "ShardStats"]
 
 log = logging.getLogger("solvency.prover")
 RESTART = Backoff(first=0.5, cap=30.0)  # before a failed session is started again
-
-
-class _BadRequest(ProverError):
-    """The request is malformed or out of turn; nothing changed."""
-
-
-class ShardCore:
-    """One shard without I/O: its ``Intake`` and its ``Ledger`` (one part
-    of every tree), driven by ``add``/``passed`` in stream order and by the
-    coordinator's requests (``handle``, ``answer``).
-
-    ``epoch`` is the last epoch closed (None before the first); a staged
-    epoch is closed next, or staged again at the same cut."""
-
-    def __init__(
-        self,
-        ledger: Ledger,
-        state: ReaderState | None = None,
-        epoch: int | None = None,
-        expire_ms: int = EXPIRE_MS,
-    ) -> None:
-        """A shard from its ledger (``part`` set) and where its reader stood
-        after the epoch ``epoch`` that ledger holds (a restart), or from the
-        start of the stream."""
-        if ledger.part is None:
-            raise ValueError("a shard's ledger holds one part")
-        self.ledger = ledger
-        self.part: int = ledger.part
-        self.intake = Intake(self.part, state or ReaderState(0, {}, 1), expire_ms)
-        self.epoch = epoch
-        self.broken: str | None = None
-        self._staged: Staged | None = None
-        self._closed: ClosedPart | None = None
-        self._intake_lock = threading.Lock()
-        self._work_lock = threading.Lock()
-
-    @classmethod
-    def empty(
-        cls,
-        period: SaltPeriod,
-        router: Router,
-        part: int,
-        retain: int = 0,
-        expire_ms: int = EXPIRE_MS,
-    ) -> ShardCore:
-        """Part ``part`` of ``router``'s parts, no asset, no holder, at the
-        stream's start; the proofs of ``retain`` earlier epochs kept."""
-        if not 0 <= part < router.parts:
-            raise ValueError(f"no part {part} of {router.parts}")
-        return cls(Ledger(period, retain=retain, router=router, part=part), expire_ms=expire_ms)
-
-    # The stream
-
-    @property
-    def read(self) -> int:
-        """The stream sequence read so far: every message of this shard up to it is added."""
-        with self._intake_lock:
-            return self.intake.read
-
-    def add(self, seq: int, time_ms: int, message: wire.Part | wire.Commit) -> None:
-        """The message at stream sequence ``seq``, stored at ``time_ms``: a
-        part of this shard's or a commit, in stream order.
-
-        Raises:
-            ProverError: out of order, or a commit naming a part not read
-                (the core is then ``broken``).
-        """
-        with self._intake_lock:
-            try:
-                self.intake.add(seq, time_ms, message)
-            except ProverError as exc:
-                self.fail(f"stream message {seq}: {exc}")
-                raise
-
-    def passed(self, seq: int) -> None:
-        """No message of this shard's up to ``seq`` remains unread: other
-        shards' parts, never received, need not be waited for."""
-        with self._intake_lock:
-            self.intake.passed(seq)
-
-    def fail(self, reason: str) -> None:
-        """Refuse every request from now on, ``internal``: ``reason``."""
-        if self.broken is None:
-            self.broken = reason
-
-    # The coordinator's requests
-
-    def handle(self, data: bytes) -> bytes:
-        """The encoded reply to the encoded request ``data`` (``bad-request``
-        if it is none)."""
-        try:
-            request = decode_request(data)
-        except ProverError as exc:
-            return encode(Refused("bad-request", str(exc)))
-        return encode(self.answer(request))
-
-    def answer(self, request: Request) -> Reply:
-        """The reply to ``request``; one at a time, whatever the thread."""
-        with self._work_lock:
-            if self.broken is not None:
-                return Refused("internal", f"shard {self.part} failed: {self.broken}")
-            try:
-                if isinstance(request, Stage):
-                    return self._stage(request)
-                if isinstance(request, Close):
-                    return self._close(request)
-                return self._prove(request)
-            except NotYet as exc:
-                return Refused("not-yet", str(exc))
-            except NotRetained as exc:
-                return Refused("not-retained", str(exc))
-            except _BadRequest as exc:
-                return Refused("bad-request", str(exc))
-            except Exception as exc:  # the ledger failed while changing
-                log.exception("shard %d: %s failed", self.part, type(request).__name__)
-                self.fail(f"{type(request).__name__}: {exc}")
-                return Refused("internal", f"shard {self.part} failed: {self.broken}")
-
-    def _stage(self, request: Stage) -> Staged:
-        staged = self._staged
-        if staged is not None:
-            if (staged.epoch, staged.cut) == (request.epoch, request.cut):
-                return staged  # asked again: the answer was lost
-            raise _BadRequest(f"epoch {staged.epoch} is staged at cut {staged.cut}, not closed")
-        if self.epoch is not None and request.epoch != self.epoch + 1:
-            raise _BadRequest(f"epoch {request.epoch} cannot follow epoch {self.epoch}")
-        assets = self._heights(request.assets)
-        with self._intake_lock:
-            last = self.intake.state().cut
-            if request.cut < last:
-                raise _BadRequest(f"cut {request.cut} is before the last one, {last}")
-            if request.cut > self.intake.read:
-                raise NotYet(f"shard {self.part} read as far as {self.intake.read}")
-        for asset, height in sorted(assets.items()):
-            self.ledger.add_asset(asset, height)  # those held already are left as they are
-        with self._intake_lock:
-            cut = self.intake.through(request.cut)
-        self.ledger.stage_rows(cut.rows)
-        self._staged = Staged(request.epoch, request.cut, cut.batches, self.ledger.growth())
-        return self._staged
-
-    def _close(self, request: Close) -> ClosedPart:
-        staged = self._staged
-        if staged is None:
-            if self._closed is not None and self._closed.epoch == request.epoch:
-                return self._closed  # asked again: the answer was lost
-            raise _BadRequest(f"epoch {request.epoch} is not staged")
-        if request.epoch != staged.epoch:
-            raise _BadRequest(f"epoch {staged.epoch} is staged, not {request.epoch}")
-        heights = self._heights(request.heights)
-        ledger, bits = self.ledger, self.ledger.router.bits
-        for asset, height in heights.items():
-            if asset not in ledger.books:
-                raise _BadRequest(f"no tree of {asset} to grow")
-            if height < ledger.full_height(asset):
-                raise _BadRequest(f"{asset}: height {height} below {ledger.full_height(asset)}")
-        for asset, holders in ledger.growth().items():
-            height = heights.get(asset, ledger.full_height(asset))
-            if height == ledger.full_height(asset) or holders > 1 << (height - bits):
-                raise _BadRequest(f"{asset}: {holders} holders need a height past {height}")
-        roots = ledger.close_epoch(heights)
-        with self._intake_lock:
-            state = self.intake.state()
-        closed = ClosedPart(
-            staged.epoch, tuple(PartRoot.of(r, bits) for r in roots), WireState.of(state)
-        )
-        self.epoch, self._staged, self._closed = staged.epoch, None, closed
-        return closed
-
-    def _prove(self, request: Prove) -> PartProof | NoProof:
-        try:
-            check_user_id(request.user)
-            part = self.ledger.router.shard(request.user)
-        except FormatError as exc:
-            raise _BadRequest(str(exc)) from None
-        if part != self.part:
-            raise _BadRequest(f"user {request.user!r} is in part {part}, not {self.part}")
-        proof = self.ledger.proof(request.user, request.age)
-        return NoProof() if proof is None else PartProof.of(proof)
-
-    def _heights(self, heights: dict[str, int]) -> dict[str, int]:
-        """``heights`` of whole trees, checked: real asset ids, each tree at
-        least ``MIN_HEIGHT`` high in every part."""
-        lowest = MIN_HEIGHT + self.ledger.router.bits
-        for asset, height in heights.items():
-            try:
-                check_asset_id(asset)
-            except FormatError as exc:
-                raise _BadRequest(str(exc)) from None
-            if not lowest <= height <= MAX_HEIGHT:
-                raise _BadRequest(f"{asset}: height {height} outside {lowest}..{MAX_HEIGHT}")
-        return heights
-
-
-# I/O
 
 
 @dataclass
@@ -294,64 +74,8 @@ class ShardStats:
     pulls: int = 0  # pull requests
     requests: int = 0  # control requests answered
     sessions: int = 0  # connections made, 1 plus one per restarted session
-
-
-Held = tuple[int, int, bytes]  # stream sequence, stored time (ms), payload
-
-
-class _Puller:
-    """One pull consumer, read with ``no_wait`` requests; its messages are
-    collected by a callback on an inbox of its own (``start``), which costs
-    the event loop far less than a ``next_msg`` per message."""
-
-    def __init__(self, nc: Client, stream: str, name: str, subject: str, known: int) -> None:
-        self.nc, self.name, self.subject = nc, name, subject
-        self.api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"
-        self.held: deque[Held] = deque()  # in stream order
-        self.known = known  # every message of this consumer up to here is held or taken
-        self.inbox = ""
-        self._done: asyncio.Future[bool] | None = None  # the pull under way: True if drained
-        self._asked = self._left = 0  # messages the pull under way asked for, may still bring
-
-    async def start(self) -> None:
-        self.inbox = self.nc.new_inbox()
-        await self.nc.subscribe(self.inbox, cb=self._deliver)
-
-    async def pull(self, batch: int, max_bytes: int, last: int, timeout: float) -> None:
-        """Pull what the server holds now, up to ``batch`` messages and about
-        ``max_bytes``; ``known`` at least ``last`` if none is left.
-
-        Raises:
-            TimeoutError: no answer in ``timeout`` seconds (the consumer is gone).
-            ProverError: the server refused the pull.
-        """
-        self._done = asyncio.get_running_loop().create_future()
-        self._asked = self._left = batch
-        request = {"batch": batch, "no_wait": True, "max_bytes": max_bytes}
-        await self.nc.publish(self.api, json.dumps(request).encode(), reply=self.inbox)
-        async with asyncio.timeout(timeout):
-            drained = await self._done
-        if drained:
-            self.known = max(self.known, last)
-
-    async def _deliver(self, msg: Msg) -> None:
-        done = self._done
-        if done is None or done.done():  # after a pull that timed out: the session ends
-            return
-        status = msg.headers.get("Status") if msg.headers else None
-        if status in ("404", "408"):  # none left (408: fewer than asked for)
-            done.set_result(True)
-        elif status == "409" and self._left < self._asked:  # ``max_bytes`` reached
-            done.set_result(False)
-        elif status:
-            done.set_exception(ProverError(f"pull from {self.subject}: {status} {msg.headers}"))
-        else:
-            seq, time_ms = _position(msg)
-            self.held.append((seq, time_ms, msg.data))
-            self.known = max(self.known, seq)
-            self._left -= 1
-            if not self._left:
-                done.set_result(False)
+    restores: int = 0  # cores restored from the store
+    restore_seconds: float = 0.0  # how long the last restore took
 
 
 class Shard:
@@ -370,6 +94,7 @@ class Shard:
         *,
         retain: int = 0,
         core: ShardCore | None = None,
+        store: Store | None = None,
         batch: int = 1024,
         max_bytes: int = 8 << 20,
         idle: float = 0.05,
@@ -377,13 +102,18 @@ class Shard:
         timeout: float = 5.0,
     ) -> None:
         """``core``: the shard as recovered (its ledger of ``period``, split
-        by ``router``); by default, empty at the stream's start. ``idle``:
-        seconds between looks at a stream with nothing new; ``stage_wait``:
-        how long a ``Stage`` past what was read waits for the reading before
-        it is refused ``not-yet``; ``timeout``: of every NATS request."""
+        by ``router``); by default, empty at the stream's start. ``store``:
+        where each close is saved, and what ``run`` restores the shard from
+        (not with ``core``). ``idle``: seconds between looks at a stream
+        with nothing new; ``stage_wait``: how long a ``Stage`` past what was
+        read waits for the reading before it is refused ``not-yet``;
+        ``timeout``: of every NATS request."""
+        if core is not None and store is not None:
+            raise ValueError("a shard with a store starts from what it saved, not from a core")
         self.core = core or ShardCore.empty(period, router, part, retain)
         if self.core.part != part or self.core.ledger.router != router:
             raise ValueError(f"the core is not part {part} of this router's parts")
+        self.period, self.router, self.retain, self.store = period, router, retain, store
         self.url, self.stream, self.prefix = url, stream, prefix
         self.batch, self.max_bytes = batch, max_bytes
         self.idle, self.stage_wait, self.timeout = idle, stage_wait, timeout
@@ -393,21 +123,27 @@ class Shard:
         self._progress = asyncio.Condition()  # notified whenever more was read
         self._tasks: set[asyncio.Task[None]] = set()
         self._work = ThreadPoolExecutor(1, thread_name_prefix=f"shard-{part}")
+        self._loaded = store is None  # the core is the one to serve
 
     @property
     def part(self) -> int:
         return self.core.part
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Read and serve until ``stop`` is set; a failed session is started
-        again after a backoff, reading on from where the last one got to."""
+        """Read and serve until ``stop`` is set, after restoring the core
+        from the store if there is one; a failed session is started again
+        after a backoff, reading on from where the last one got to (with a
+        store, a broken core is restored first)."""
         failures = 0
         try:
             while not stop.is_set():
                 try:
+                    if not self._loaded or (self.store and self.core.broken):
+                        loop = asyncio.get_running_loop()
+                        await loop.run_in_executor(self._work, self._load)
                     await self._session(stop)
                     return
-                except (nats.errors.Error, OSError, ProverError) as exc:
+                except (nats.errors.Error, OSError, ProverError, StorageError) as exc:
                     failures += 1
                     delay = RESTART.delay(failures)
                     log.error(
@@ -422,6 +158,32 @@ class Shard:
             for task in list(self._tasks):
                 task.cancel()
             self._work.shutdown(wait=False, cancel_futures=True)
+
+    def _load(self) -> None:
+        """The core as the store saved it, or empty if it saved none; each
+        close saved from now on. In the worker thread."""
+        assert self.store is not None
+        store, stream, part = self.store, self.stream, self.part
+        started = time.perf_counter()
+        save = functools.partial(store.save_shard, stream, part)
+        state = store.shard_state(stream, part)
+        if state is None:
+            self.core = ShardCore.empty(self.period, self.router, part, self.retain, save=save)
+        else:
+            holdings = store.shard_holdings(stream, part, state.epoch)
+            self.core = ShardCore.restore(
+                state, holdings, self.period, self.router, part, self.retain, save=save
+            )
+            self.stats.restores += 1
+        self.stats.restore_seconds = time.perf_counter() - started
+        self._loaded = True
+        log.info(
+            "shard %d: %s in %.2f s, reading on from %d",
+            part,
+            "empty" if state is None else f"restored after epoch {state.epoch}",
+            self.stats.restore_seconds,
+            self.core.read + 1,
+        )
 
     async def _session(self, stop: asyncio.Event) -> None:
         nc = await nats.connect(
@@ -463,30 +225,19 @@ class Shard:
         finally:
             await nc.close()
 
-    async def _consumer(
-        self, nc: Client, js: JetStreamContext, subject: str, start: int
-    ) -> _Puller:
-        """An ephemeral pull consumer of ``subject`` from stream sequence ``start``, no acks."""
-        config = ConsumerConfig(
-            name=nc.new_inbox().rpartition(".")[2],
-            description=f"solvency shard {self.part}",
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            ack_policy=AckPolicy.NONE,
-            filter_subject=subject,
-            inactive_threshold=max(60.0, 10 * self.timeout),
-        )
-        created = await js.add_consumer(self.stream, config)
-        assert created.name is not None
-        puller = _Puller(nc, self.stream, created.name, subject, start - 1)
-        await puller.start()
-        return puller
+    async def _consumer(self, nc: Client, js: JetStreamContext, subject: str, start: int) -> Puller:
+        description = f"solvency shard {self.part}"
+        inactive = max(60.0, 10 * self.timeout)
+        return await open_puller(nc, js, self.stream, subject, start, description, inactive)
 
     async def _read(
-        self, js: JetStreamContext, parts: _Puller, commits: _Puller, stop: asyncio.Event
+        self, js: JetStreamContext, parts: Puller, commits: Puller, stop: asyncio.Event
     ) -> None:
-        """Rounds of reading (module docstring) until ``stop``."""
+        """Rounds of reading (prover/shards/pull.py) until ``stop``; with a
+        store, until the core breaks."""
         while not stop.is_set():
+            if self.store is not None and self.core.broken is not None:
+                raise ProverError(f"restoring shard {self.part}: {self.core.broken}")
             last = (await js.stream_info(self.stream)).state.last_seq
             upto = min(parts.known, commits.known)
             if last <= upto or self.core.broken is not None:  # look again after ``idle``,
@@ -503,10 +254,10 @@ class Shard:
                     self._progress.notify_all()
                 await asyncio.sleep(0)  # let requests in between pulls
 
-    def _take(self, parts: _Puller, commits: _Puller, upto: int) -> None:
+    def _take(self, parts: Puller, commits: Puller, upto: int) -> None:
         """Add the messages held up to ``upto``, in stream order; read that far."""
         core = self.core
-        for seq, time_ms, data in _merged(parts.held, commits.held, upto):
+        for seq, time_ms, data in merged(parts.held, commits.held, upto):
             try:
                 core.add(seq, time_ms, wire.decode(data))
             except ProverError as exc:
@@ -559,26 +310,3 @@ class Shard:
                     self.stage_wait,
                 )
         return core.read >= cut
-
-
-def _merged(first: deque[Held], second: deque[Held], upto: int) -> Iterator[Held]:
-    """Take from two ordered queues, in order, the items up to ``upto``."""
-    while True:
-        a = first[0][0] if first else upto + 1
-        b = second[0][0] if second else upto + 1
-        if min(a, b) > upto:
-            return
-        yield (first if a < b else second).popleft()
-
-
-def _position(msg: Msg) -> tuple[int, int]:
-    """A JetStream message's stream sequence and stored time (ms), read from
-    its reply subject as ``Msg.metadata`` does, without building it."""
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == 9 and tokens[:2] == [
-        "$JS",
-        "ACK",
-    ]:  # $JS.ACK.<stream>.<consumer>.<n>.<seq>...
-        return int(tokens[5]), int(tokens[7]) // 1_000_000
-    meta = msg.metadata
-    return meta.sequence.stream, int(meta.timestamp.timestamp() * 1000)

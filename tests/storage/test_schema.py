@@ -31,6 +31,8 @@ TABLES = {
     "reserve_reports",
     "reserves",
     "salt_periods",
+    "shard_holdings",
+    "shard_states",
     "signing_keys",
     "source_marks",
     "witness_cosignatures",
@@ -47,7 +49,7 @@ def test_the_migrations_create_exactly_the_models(store: Store) -> None:
 def test_open_is_idempotent_and_at_head(db_url: str) -> None:
     for _ in range(2):
         with Store.open(db_url) as store, store.engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0007"
+            assert MigrationContext.configure(conn).get_current_revision() == "0008"
 
 
 def test_upgrade_keeps_data_written_at_the_first_revision(db_url: str) -> None:

@@ -1,0 +1,311 @@
+"""A shard of the sharded prover without I/O (docs/SCALING.md, "Roles"):
+its part of the ledger stream (an ``Intake``) and its part of every tree
+(a ``Ledger``), answering the coordinator's control requests
+(prover/shards/control.py). ``Shard`` (prover/shards/shard.py) runs one on
+NATS.
+
+An epoch closes in two steps, ``Stage`` then ``Close``; each is answered
+again, the same, if asked again: a staged epoch until it is closed, the
+last closed epoch's Stage and Close until the next is staged; ``Status``
+says which epochs those are, and at which cuts. With a
+``save`` function, a close is saved (prover/shards/saved.py) before it is
+answered, so a shard restarted from what was saved (``restore``) answers
+the epoch it closed last as it did, and the next ones as if it had never
+stopped.
+
+Invariants:
+
+- ``answer`` calls never overlap; ``add`` and ``passed`` may run on another
+  thread meanwhile (a lock guards the intake, held only for its own cheap
+  steps, never while hashing).
+- The ledger is never flushed: what it has staged at a close is every
+  change of the epoch, which is what a close saves.
+- A failure while the ledger changes (a save included), or a message of
+  the stream the shard cannot read, leaves the core ``broken``: it then
+  refuses every request ``internal``, and the shard must be restarted. It
+  never answers from a half-applied epoch, nor a close it did not save.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+
+from prover.errors import NotRetained, ProverError
+from prover.ledger import Ledger
+from prover.periods import SaltPeriod
+from prover.routing import Router
+from prover.shards import wire
+from prover.shards.control import (
+    Close,
+    ClosedPart,
+    NoProof,
+    PartProof,
+    PartRoot,
+    Prove,
+    Refused,
+    Reply,
+    Request,
+    ShardStatus,
+    Stage,
+    Staged,
+    Status,
+    WireState,
+    decode_request,
+    encode,
+)
+from prover.shards.intake import EXPIRE_MS, Intake, NotYet, ReaderState
+from prover.shards.saved import decode_replies, restored_ledger, saved_close, touched
+from prover.sizing import MIN_HEIGHT
+from storage.shards import Holding, HoldingChanges, ShardState
+from verifier.errors import FormatError
+from verifier.hashing import MAX_HEIGHT, check_asset_id, check_user_id
+
+__all__ = ["Save", "ShardCore"]
+
+log = logging.getLogger("solvency.prover")
+# saves a close: the epoch closed before it (None: none), the state, the holdings changed
+Save = Callable[[int | None, ShardState, HoldingChanges], None]
+
+
+class _BadRequest(ProverError):
+    """The request is malformed or out of turn; nothing changed."""
+
+
+class ShardCore:
+    """One shard without I/O: its ``Intake`` and its ``Ledger`` (one part
+    of every tree), driven by ``add``/``passed`` in stream order and by the
+    coordinator's requests (``handle``, ``answer``).
+
+    ``epoch`` is the last epoch closed (None before the first); a staged
+    epoch is closed next, or staged again at the same cut."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        state: ReaderState | None = None,
+        epoch: int | None = None,
+        expire_ms: int = EXPIRE_MS,
+        *,
+        last: tuple[Staged, ClosedPart] | None = None,
+        save: Save | None = None,
+    ) -> None:
+        """A shard from its ledger (``part`` set) and where its reader stood
+        after the epoch ``epoch`` that ledger holds (a restart; ``last``, the
+        replies that closed it), or from the start of the stream. ``save``:
+        called with each close before it is answered."""
+        if ledger.part is None:
+            raise ValueError("a shard's ledger holds one part")
+        self.ledger = ledger
+        self.part: int = ledger.part
+        self.intake = Intake(self.part, state or ReaderState(0, {}, 1), expire_ms)
+        self.epoch = epoch
+        self.broken: str | None = None
+        self._save = save
+        self._staged: Staged | None = None
+        self._last = last  # the last closed epoch's replies to its Stage and Close
+        self._intake_lock = threading.Lock()
+        self._work_lock = threading.Lock()
+
+    @classmethod
+    def empty(
+        cls,
+        period: SaltPeriod,
+        router: Router,
+        part: int,
+        retain: int = 0,
+        expire_ms: int = EXPIRE_MS,
+        save: Save | None = None,
+    ) -> ShardCore:
+        """Part ``part`` of ``router``'s parts, no asset, no holder, at the
+        stream's start; the proofs of ``retain`` earlier epochs kept."""
+        if not 0 <= part < router.parts:
+            raise ValueError(f"no part {part} of {router.parts}")
+        ledger = Ledger(period, retain=retain, router=router, part=part)
+        return cls(ledger, expire_ms=expire_ms, save=save)
+
+    @classmethod
+    def restore(
+        cls,
+        state: ShardState,
+        holdings: Iterable[list[Holding]],
+        period: SaltPeriod,
+        router: Router,
+        part: int,
+        retain: int = 0,
+        expire_ms: int = EXPIRE_MS,
+        save: Save | None = None,
+    ) -> ShardCore:
+        """Part ``part`` as it was saved after closing ``state.epoch``, with
+        its ``holdings`` (in chunks); its reader resumes where that close left
+        it. No earlier epoch's proofs.
+
+        Raises:
+            ProverError: the state is of another salt period, or does not
+                hold together (prover/shards/saved.py).
+        """
+        ledger = restored_ledger(state, holdings, period, router, part, retain)
+        last = decode_replies(state)
+        reader = ReaderState(state.cut, dict(state.marks), state.resume)
+        return cls(ledger, reader, state.epoch, expire_ms, last=last, save=save)
+
+    # The stream
+
+    @property
+    def read(self) -> int:
+        """The stream sequence read so far: every message of this shard up to it is added."""
+        with self._intake_lock:
+            return self.intake.read
+
+    def add(self, seq: int, time_ms: int, message: wire.Part | wire.Commit) -> None:
+        """The message at stream sequence ``seq``, stored at ``time_ms``: a
+        part of this shard's or a commit, in stream order.
+
+        Raises:
+            ProverError: out of order, or a commit naming a part not read
+                (the core is then ``broken``).
+        """
+        with self._intake_lock:
+            try:
+                self.intake.add(seq, time_ms, message)
+            except ProverError as exc:
+                self.fail(f"stream message {seq}: {exc}")
+                raise
+
+    def passed(self, seq: int) -> None:
+        """No message of this shard's up to ``seq`` remains unread: other
+        shards' parts, never received, need not be waited for."""
+        with self._intake_lock:
+            self.intake.passed(seq)
+
+    def fail(self, reason: str) -> None:
+        """Refuse every request from now on, ``internal``: ``reason``."""
+        if self.broken is None:
+            self.broken = reason
+
+    # The coordinator's requests
+
+    def handle(self, data: bytes) -> bytes:
+        """The encoded reply to the encoded request ``data`` (``bad-request``
+        if it is none)."""
+        try:
+            request = decode_request(data)
+        except ProverError as exc:
+            return encode(Refused("bad-request", str(exc)))
+        return encode(self.answer(request))
+
+    def answer(self, request: Request) -> Reply:
+        """The reply to ``request``; one at a time, whatever the thread."""
+        with self._work_lock:
+            if self.broken is not None:
+                return Refused("internal", f"shard {self.part} failed: {self.broken}")
+            try:
+                if isinstance(request, Stage):
+                    return self._stage(request)
+                if isinstance(request, Close):
+                    return self._close(request)
+                if isinstance(request, Status):
+                    return self._status()
+                return self._prove(request)
+            except NotYet as exc:
+                return Refused("not-yet", str(exc))
+            except NotRetained as exc:
+                return Refused("not-retained", str(exc))
+            except _BadRequest as exc:
+                return Refused("bad-request", str(exc))
+            except Exception as exc:  # the ledger failed while changing
+                log.exception("shard %d: %s failed", self.part, type(request).__name__)
+                self.fail(f"{type(request).__name__}: {exc}")
+                return Refused("internal", f"shard {self.part} failed: {self.broken}")
+
+    def _stage(self, request: Stage) -> Staged:
+        staged = self._staged
+        again = staged or (self._last[0] if self._last is not None else None)
+        if again is not None and (again.epoch, again.cut) == (request.epoch, request.cut):
+            return again  # asked again: the answer was lost
+        if staged is not None:
+            raise _BadRequest(f"epoch {staged.epoch} is staged at cut {staged.cut}, not closed")
+        if self.epoch is not None and request.epoch != self.epoch + 1:
+            raise _BadRequest(f"epoch {request.epoch} cannot follow epoch {self.epoch}")
+        assets = self._heights(request.assets)
+        with self._intake_lock:
+            last = self.intake.state().cut
+            if request.cut < last:
+                raise _BadRequest(f"cut {request.cut} is before the last one, {last}")
+            if request.cut > self.intake.read:
+                raise NotYet(f"shard {self.part} read as far as {self.intake.read}")
+        for asset, height in sorted(assets.items()):
+            self.ledger.add_asset(asset, height)  # those held already are left as they are
+        with self._intake_lock:
+            cut = self.intake.through(request.cut)
+        self.ledger.stage_rows(cut.rows)
+        self._staged = Staged(request.epoch, request.cut, cut.batches, self.ledger.growth())
+        return self._staged
+
+    def _close(self, request: Close) -> ClosedPart:
+        staged = self._staged
+        if staged is None:
+            if self._last is not None and self._last[1].epoch == request.epoch:
+                return self._last[1]  # asked again: the answer was lost
+            raise _BadRequest(f"epoch {request.epoch} is not staged")
+        if request.epoch != staged.epoch:
+            raise _BadRequest(f"epoch {staged.epoch} is staged, not {request.epoch}")
+        heights = self._heights(request.heights)
+        ledger, bits = self.ledger, self.ledger.router.bits
+        for asset, height in heights.items():
+            if asset not in ledger.books:
+                raise _BadRequest(f"no tree of {asset} to grow")
+            if height < ledger.full_height(asset):
+                raise _BadRequest(f"{asset}: height {height} below {ledger.full_height(asset)}")
+        for asset, holders in ledger.growth().items():
+            height = heights.get(asset, ledger.full_height(asset))
+            if height == ledger.full_height(asset) or holders > 1 << (height - bits):
+                raise _BadRequest(f"{asset}: {holders} holders need a height past {height}")
+        changed = touched(ledger) if self._save is not None else {}
+        roots = ledger.close_epoch(heights)
+        with self._intake_lock:
+            state = self.intake.state()
+        closed = ClosedPart(
+            staged.epoch, tuple(PartRoot.of(r, bits) for r in roots), WireState.of(state)
+        )
+        if self._save is not None:
+            self._save(self.epoch, *saved_close(ledger, staged, closed, changed))
+        self.epoch, self._staged, self._last = staged.epoch, None, (staged, closed)
+        return closed
+
+    def _status(self) -> ShardStatus:
+        """The last epoch closed (restored, after a restart) with its cut,
+        and the epoch staged with its cut; -1 and 0 for none."""
+        closed_cut = self._last[0].cut if self._last is not None else self.intake.start.cut
+        staged = self._staged
+        return ShardStatus(
+            -1 if self.epoch is None else self.epoch,
+            closed_cut,
+            -1 if staged is None else staged.epoch,
+            0 if staged is None else staged.cut,
+        )
+
+    def _prove(self, request: Prove) -> PartProof | NoProof:
+        try:
+            check_user_id(request.user)
+            part = self.ledger.router.shard(request.user)
+        except FormatError as exc:
+            raise _BadRequest(str(exc)) from None
+        if part != self.part:
+            raise _BadRequest(f"user {request.user!r} is in part {part}, not {self.part}")
+        proof = self.ledger.proof(request.user, request.age)
+        return NoProof() if proof is None else PartProof.of(proof)
+
+    def _heights(self, heights: dict[str, int]) -> dict[str, int]:
+        """``heights`` of whole trees, checked: real asset ids, each tree at
+        least ``MIN_HEIGHT`` high in every part."""
+        lowest = MIN_HEIGHT + self.ledger.router.bits
+        for asset, height in heights.items():
+            try:
+                check_asset_id(asset)
+            except FormatError as exc:
+                raise _BadRequest(str(exc)) from None
+            if not lowest <= height <= MAX_HEIGHT:
+                raise _BadRequest(f"{asset}: height {height} outside {lowest}..{MAX_HEIGHT}")
+        return heights
