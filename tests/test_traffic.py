@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prover.ledger import Ledger, height_for
+from prover.ledger import Ledger
+from prover.sizing import height_for
 from prover.periods import SaltPeriod
 from prover.tree import SumTree
 
