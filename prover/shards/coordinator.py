@@ -147,14 +147,29 @@ class Coordinator:
         self._retry_at = 0.0
         self._commits = asyncio.Event()  # set when a commit is read
         self._unsure = True  # where the shards stand: asked before the next epoch
+        self._loaded = False  # the log's state, once the lease is held
 
     # Start, run, stop
 
     async def start(self) -> None:
-        """Load the store's state; connect to NATS and read the commits after
-        the last epoch's cut; start the publication. Does not take the lease
-        (``run`` does)."""
+        """Start the database thread and connect to NATS. The log's state is
+        loaded once the lease is held (``run``): a standby started long
+        before it takes over must begin where the log is then."""
         self._db.start()
+        self._nc = await nats.connect(servers=self._urls, max_reconnect_attempts=-1)
+        self._links = ShardLinks(
+            self._nc,
+            self._prefix,
+            self.router.parts,
+            self.router.bits,
+            self._shard_timeout,
+            self.clock,
+        )
+
+    async def _load(self) -> None:
+        """Under the lease: the store's state, the commits read after the last
+        epoch's cut, the publication started from the last epoch."""
+        assert self._nc is not None
         await self._intake.load()
         latest = await self._call(self.store.latest_epoch)
         last: MappedRecord | None = None
@@ -166,15 +181,6 @@ class Coordinator:
             marks = await self._call(self.store.epoch_marks, latest.number)
             cut = marks.get(("stream", self._stream), 0)
         self._reader = StreamReader(None, start=ReaderState(cut, {}, cut + 1))
-        self._nc = await nats.connect(servers=self._urls, max_reconnect_attempts=-1)
-        self._links = ShardLinks(
-            self._nc,
-            self._prefix,
-            self.router.parts,
-            self.router.bits,
-            self._shard_timeout,
-            self.clock,
-        )
         await self._nc.jetstream().subscribe(
             wire.commit_subject(self._prefix),
             cb=self._on_commit,
@@ -184,6 +190,7 @@ class Coordinator:
             ),
         )
         await self._publication.start(self.metrics.epoch, last)
+        self._loaded = True
 
     async def _on_commit(self, msg: Msg) -> None:
         meta = msg.metadata
@@ -208,7 +215,13 @@ class Coordinator:
                     await asyncio.wait_for(stop.wait(), self._lease_ttl / 3)
                 if stop.is_set():
                     return True
-        log.info("coordinator %s holds the log (token %d)", self._holder, self._fence.token)
+        await self._load()
+        log.info(
+            "coordinator %s holds the log (token %d), epoch %d next",
+            self._holder,
+            self._fence.token,
+            self.metrics.epoch + 1,
+        )
         renewed = time.monotonic()
         while not stop.is_set():
             renew_in = renewed + self._lease_ttl / 3 - time.monotonic()
@@ -255,7 +268,8 @@ class Coordinator:
 
     async def close(self) -> None:
         """Stop publishing, let the lease go, close NATS and the database thread."""
-        await self._publication.close()
+        if self._loaded:
+            await self._publication.close()
         if self._fence is not None:
             with contextlib.suppress(Exception):
                 await self._call(self.store.release_lease, self._fence, self._holder)
@@ -408,6 +422,8 @@ class Coordinator:
     # What the server asks of it
 
     def health(self) -> str | None:
+        if not self._loaded:
+            return "standby: another coordinator holds the log's lease"
         if self._links is not None and self._links.down:
             part, since = min(self._links.down.items(), key=lambda kv: kv[1])
             return f"shard {part} down since {time.strftime('%H:%M:%S', time.gmtime(since))} UTC"
@@ -438,6 +454,8 @@ class Coordinator:
         subscription: Subscription = ALL_ASSETS,
         encoding: Encoding = Encoding.JSON,
     ) -> AsyncIterator[Frame]:
+        if not self._loaded:  # a standby: the stream ends, the subscriber tries again later
+            return _nothing()
         return self._publication.fanout.subscribe(since, offer, subscription, encoding)
 
     def shed(self, offer: Callable[[Frame], bool]) -> None:
@@ -476,6 +494,11 @@ class Coordinator:
         self, progress: Callable[[int, int], Awaitable[None]]
     ) -> tuple[int, Path, int]:
         raise ProverError("exports are not served by a sharded prover yet")
+
+
+async def _nothing() -> AsyncIterator[Frame]:
+    return
+    yield  # an async generator that ends at once
 
 
 class LeaseLost(ProverError):

@@ -364,13 +364,12 @@ async def _coordinator(config: Config, router: Router, stop: asyncio.Event) -> i
                     f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}"
                 ) from None
             log.info(
-                "coordinator %s of %d shards listening on ws://%s:%d (epoch %d next):"
+                "coordinator %s of %d shards listening on ws://%s:%d:"
                 " stream %s (%s) at %s, database %s, verifier key %s",
                 holder,
                 router.parts,
                 config.host,
                 server.sockets[0].getsockname()[1],
-                coordinator.metrics.epoch + 1,
                 config.ledger_stream,
                 wire.commit_subject(config.ledger_prefix),
                 redact(config.nats_url),

@@ -63,6 +63,7 @@ __all__ = ["Shard", "ShardCore", "ShardStats"]
 
 log = logging.getLogger("solvency.prover")
 RESTART = Backoff(first=0.5, cap=30.0)  # before a failed session is started again
+SESSION_OK = 30.0  # s a session ran before failing: its restart backs off from the start
 
 
 @dataclass
@@ -134,16 +135,19 @@ class Shard:
         from the store if there is one; a failed session is started again
         after a backoff, reading on from where the last one got to (with a
         store, a broken core is restored first)."""
-        failures = 0
+        failures, started = 0, time.monotonic()
         try:
             while not stop.is_set():
                 try:
                     if not self._loaded or (self.store and self.core.broken):
                         loop = asyncio.get_running_loop()
                         await loop.run_in_executor(self._work, self._load)
+                    started = time.monotonic()
                     await self._session(stop)
                     return
                 except (nats.errors.Error, OSError, ProverError, StorageError) as exc:
+                    if time.monotonic() - started > SESSION_OK:  # it ran: start over quickly
+                        failures = 0
                     failures += 1
                     delay = RESTART.delay(failures)
                     log.error(
