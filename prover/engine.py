@@ -55,7 +55,7 @@ from prover.frames import Encoding, Frame
 from prover.ingest import IngestResult, Intake
 from prover.mapped import MappedRecord
 from prover.messages import Batch
-from prover.metrics import Metrics
+from prover.metrics import Metrics, epoch_health
 from prover.proofs import Proofs, Tip
 from prover.publication import Publication
 from prover.rotation import Rotation
@@ -187,13 +187,7 @@ class Engine:
     def health(self) -> str | None:
         """None while epochs keep coming, else why not: the last attempt at
         an epoch failed, or the last epoch is over two heartbeats old."""
-        if failures := self.metrics.epoch_failing:
-            error = self.metrics.last_epoch_error
-            return f"epoch {self.metrics.epoch + 1} failing: {error} ({failures} attempts)"
-        late = self.clock() - self.metrics.last_epoch_time
-        if late > 2 * self.config.max_interval + 1:
-            return f"late: no epoch for {late:.0f} s" if self.metrics.last_epoch_time else "late"
-        return None
+        return epoch_health(self.metrics, self.clock(), self.config.max_interval)
 
     def _until_due(self) -> float:
         """Seconds until the next epoch closes: one interval after the last close

@@ -167,3 +167,15 @@ def render_metrics(metrics: Metrics, witnesses: Sequence[WitnessStats] = ()) -> 
     serve it as ``prometheus_client.CONTENT_TYPE_LATEST``)."""
     metrics.witnesses = tuple(witnesses)
     return generate_latest(metrics.registry).decode()
+
+
+def epoch_health(metrics: Metrics, now: float, max_interval: float) -> str | None:
+    """None while epochs keep coming, else why not: the last attempt at an
+    epoch failed, or the last epoch is over two heartbeats old."""
+    if failures := metrics.epoch_failing:
+        error = metrics.last_epoch_error
+        return f"epoch {metrics.epoch + 1} failing: {error} ({failures} attempts)"
+    late = now - metrics.last_epoch_time
+    if late > 2 * max_interval + 1:
+        return f"late: no epoch for {late:.0f} s" if metrics.last_epoch_time else "late"
+    return None

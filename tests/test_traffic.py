@@ -17,8 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prover.ledger import Ledger
-from prover.sizing import height_for
 from prover.periods import SaltPeriod
+from prover.sizing import height_for
 from prover.tree import SumTree
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))

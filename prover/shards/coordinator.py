@@ -60,7 +60,7 @@ from prover.ingest import IngestResult, Intake
 from prover.ledger import AssetRoot, UserProof
 from prover.mapped import MappedRecord
 from prover.messages import Batch, parse_ingest
-from prover.metrics import Metrics
+from prover.metrics import Metrics, epoch_health
 from prover.publication import Publication
 from prover.routing import Router
 from prover.shards import control, wire
@@ -427,13 +427,7 @@ class Coordinator:
         if self._links is not None and self._links.down:
             part, since = min(self._links.down.items(), key=lambda kv: kv[1])
             return f"shard {part} down since {time.strftime('%H:%M:%S', time.gmtime(since))} UTC"
-        if failures := self.metrics.epoch_failing:
-            error = self.metrics.last_epoch_error
-            return f"epoch {self.metrics.epoch + 1} failing: {error} ({failures} attempts)"
-        late = self.clock() - self.metrics.last_epoch_time
-        if late > 2 * self.config.max_interval + 1:
-            return f"late: no epoch for {late:.0f} s" if self.metrics.last_epoch_time else "late"
-        return None
+        return epoch_health(self.metrics, self.clock(), self.config.max_interval)
 
     def witness_stats(self) -> list[WitnessStats]:
         return self._publication.witness_stats()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from prover.shards.intake import NotYet, ReaderState
 from prover.shards.shard import Shard, ShardCore
 from prover.sizing import grown_height, height_for_parts
 from prover.top import TopTree
+from tests.prover.test_nats_source import _jetstream_reachable
 
 PERIOD = SaltPeriod(7, 0, bytes(range(32, 64)))
 KEY = bytes(range(100, 132))
@@ -449,14 +449,6 @@ def test_malformed_replies_are_refused_when_decoded() -> None:
 
 
 # On the real NATS server
-
-
-def _jetstream_reachable() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 4222), timeout=1) as s:
-            return b'"jetstream":true' in s.recv(4096)
-    except OSError:
-        return False
 
 
 @dataclass(frozen=True)
