@@ -141,8 +141,10 @@ class RoleProcess:
     def __init__(self, name: str, argv: list[str], log: Path) -> None:
         self.name, self.log = name, log
         with open(log, "ab") as err:
+            # its configuration is its config.toml alone: no SOLVENCY_* of the test run
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SOLVENCY_")}
             self.proc = subprocess.Popen(
-                argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL
+                argv, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL, env=env
             )
 
     @property
@@ -240,6 +242,7 @@ class Deployment:
             "epoch_interval": epoch_interval,
             "max_interval": max_interval,
             "lease_ttl": lease_ttl,
+            "max_reserve_age": 3600.0,  # reserves are sent once: fresh for the whole test
         }
         self.processes: dict[str, RoleProcess] = {}
         self.auditors: list[Auditor] = []  # stopped with the deployment
