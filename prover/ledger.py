@@ -52,7 +52,8 @@ from prover.errors import NotRetained, ProverError
 from prover.periods import SaltPeriod, SlotAllocator
 from prover.routing import SINGLE, Router
 from prover.sizing import CLOSE_NODES, flush_levels, grown_height, height_for_parts, spare
-from prover.tree import SumTree, Undo
+from prover.tree import SumTree
+from prover.undo import EpochUndo, leaves_as_of
 from verifier.hashing import DIGEST_SIZE, HASHER, SumTreeHasher
 from verifier.sumtree import PathStep
 
@@ -78,24 +79,6 @@ class UserProof:
     entries: tuple[tuple[str, int, int, tuple[PathStep, ...]], ...]  # asset, slot, balance, path
 
 
-@dataclass(frozen=True, slots=True)
-class _EpochUndo:
-    """What the batches of one epoch overwrote, per asset and in order: the
-    trees' ``Undo`` records, and the holders whose slot changed (user indices,
-    their slots before)."""
-
-    trees: dict[str, list[Undo]] = field(default_factory=dict)
-    slots: dict[str, list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]]] = field(
-        default_factory=dict
-    )
-
-    @property
-    def nbytes(self) -> int:
-        trees = sum(u.nbytes for undos in self.trees.values() for u in undos)
-        slots = sum(a.nbytes + b.nbytes for moves in self.slots.values() for a, b in moves)
-        return trees + slots
-
-
 @dataclass
 class Ledger:
     """All trees of one salt period; see the module docstring."""
@@ -110,10 +93,10 @@ class Ledger:
     pending: dict[str, dict[int, int]] = field(default_factory=dict)  # asset: user: amount
     retain: int = 0  # earlier epochs whose proofs stay available
     retain_bytes: int = 512 << 20  # and at most this much memory for them
-    history: deque[_EpochUndo] = field(default_factory=deque)
+    history: deque[EpochUndo] = field(default_factory=deque)
     history_bytes: int = 0
     epochs: int = 0  # close_epoch calls so far
-    open: _EpochUndo = field(default_factory=_EpochUndo)  # batches since the last close
+    open: EpochUndo = field(default_factory=EpochUndo)  # batches since the last close
     epoch_rows: dict[str, int] = field(default_factory=dict)  # per asset, this epoch so far
     last_epoch_rows: dict[str, int] = field(default_factory=dict)  # per asset, the last one
     hasher: SumTreeHasher = HASHER  # commitments' and trees' hashing rules
@@ -290,7 +273,7 @@ class Ledger:
             if book.tree.stale:
                 book.tree.finish(undo.trees.setdefault(asset, []))
         self.last_epoch_rows, self.epoch_rows = self.epoch_rows, {}
-        self.open = _EpochUndo()
+        self.open = EpochUndo()
         self.epochs += 1
         self.ahead = False
         self.grown = tuple(grown)
@@ -378,7 +361,7 @@ class Ledger:
         self,
         asset: str,
         changes: dict[int, int],
-        undo: _EpochUndo | None,
+        undo: EpochUndo | None,
         may_rebuild: bool,
         upto: int | None = None,
         height: int | None = None,
@@ -536,21 +519,7 @@ class Ledger:
         if index is None:
             return None
         since = (list(self.history)[len(self.history) - age :] if age else []) + [self.open]
-        entries = []
-        for asset, book in sorted(self.books.items()):
-            slot = int(book.slots[index]) if index < len(book.slots) else NO_SLOT
-            moves = [m for epoch in since for m in epoch.slots.get(asset, [])]
-            for moved, before in moves:  # the oldest change after that epoch knows the slot
-                found = np.flatnonzero(moved == index)
-                if len(found):
-                    slot = int(before[found[0]])
-                    break
-            if slot == NO_SLOT:
-                continue
-            undo = [u for epoch in since for u in epoch.trees.get(asset, [])]
-            _, amount = book.tree.leaf(slot, undo)
-            path = tuple(PathStep(h, s) for h, s in book.tree.path(slot, undo))
-            entries.append((asset, slot + book.tree.first_slot, amount, path))
+        entries = leaves_as_of(self.books, index, since)
         if not entries:
             return None
         return UserProof(user, self.period.salt(user), tuple(entries))
