@@ -61,6 +61,15 @@ def http_error(status: int, code: str, message: str) -> Response:
     return http_response(status, json.dumps({"type": "error", "code": code, "message": message}))
 
 
+def not_get(request: Request) -> Response | None:
+    """405 for any method but GET (the only one served), else None."""
+    if request.method == "GET":
+        return None
+    response = http_error(405, "method-not-allowed", f"{request.method}: only GET is served")
+    response.headers["Allow"] = "GET"
+    return response
+
+
 async def start_server(engine: Served, host: str, port: int) -> Server:
     """Listen on ``host:port`` (0 picks a free port: see ``server.sockets``)."""
     config = engine.config
@@ -84,12 +93,8 @@ async def start_server(engine: Served, host: str, port: int) -> Server:
             response = http_response(204, b"", "text/plain")
             response.headers.update(allowed)
             return response
-        if request.method != "GET":
-            response = http_error(
-                405, "method-not-allowed", f"{request.method}: only GET is served"
-            )
-            response.headers["Allow"] = "GET"
-            return response
+        if (refused := not_get(request)) is not None:
+            return refused
         try:
             presented = bearer_token(request.headers)
         except BadAuthorization as exc:

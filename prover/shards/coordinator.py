@@ -364,10 +364,10 @@ class Coordinator:
         return cut
 
     def _height(self, asset: str) -> int:
+        """``asset``'s tree height in the last record (a new asset's: the least)."""
         if self._latest is not None:
-            for line in self._latest[1].record.assets:
-                if line.asset == asset:
-                    return line.height
+            with contextlib.suppress(KeyError):
+                return self._latest[1].record.asset(asset).height
         return height_for_parts(0, self.router.bits)
 
     async def _store_reserves(self, data: bytes) -> None:

@@ -78,7 +78,7 @@ from prover.messages import (
 )
 from prover.metrics import Metrics
 from prover.routing import Router
-from prover.server import http_error, http_response
+from prover.server import http_error, http_response, not_get
 from prover.shards.split import PartTooLarge, Split, split_balances, split_reserves
 from prover.shards.stream import (
     MessageTooLarge,
@@ -281,12 +281,8 @@ class Frontend:
 
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         assert isinstance(conn, GatedConnection)
-        if request.method != "GET":
-            response = http_error(
-                405, "method-not-allowed", f"{request.method}: only GET is served"
-            )
-            response.headers["Allow"] = "GET"
-            return response
+        if (refused := not_get(request)) is not None:
+            return refused
         try:
             presented = bearer_token(request.headers)
         except BadAuthorization as exc:

@@ -81,9 +81,10 @@ class ShardLinks:
             control.expect(r, ClosedPart)
             for r in await self.ask_all(lambda part: Close(number, heights))
         ]
+        by_asset = [{p.asset: p for p in closed.roots} for closed in parts]
         roots, tops = [], {}
         for asset in sorted(assets):
-            mine = [next(p for p in closed.roots if p.asset == asset) for closed in parts]
+            mine = [found[asset] for found in by_asset]
             if len({p.height for p in mine}) != 1:
                 raise ProverError(f"the shards' parts of {asset} are of different heights")
             top = tops[asset] = TopTree.combine([p.record for p in mine])
