@@ -21,7 +21,8 @@ producer sends ``acct{(seq * 7919) % accounts}`` with the same seqs, one
 asset only (with ``--assets 1``, the daemon of those versions).
 
 For each offered update rate: the rate acknowledged, the cores the daemon
-used (its process and the tree worker), whether every epoch closed within
+used (its process and the tree worker), that CPU per acknowledged update
+and the tree workers' part of it, whether every epoch closed within
 its 1 s interval (largest gap between consecutive epoch times), p99 of epoch
 close to publication (the prover's /metrics), the p50/p99 latency from
 epoch close (the record's timestamp) to the auditor, a process of its own,
@@ -377,11 +378,16 @@ def subscribers(url: str, count: int, ready: Any, stop: Any, out: Any) -> None:
     out.put(rows)
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time so far of process ``pid`` and its descendants (Linux /proc)."""
+def own_cpu_seconds(pid: int) -> float:
+    """CPU time so far of process ``pid`` alone (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
-    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time so far of process ``pid`` and its descendants (Linux /proc)."""
+    total = own_cpu_seconds(pid)
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
             total += sum(map(cpu_seconds, map(int, (task / "children").read_text().split())))
@@ -406,15 +412,17 @@ async def run(
     producers: Producers,
 ) -> None:
     trees = Trees(producers.holders().tolist())
-    header = ["offered/s", "acked/s", "cores", "epochs", "max gap s", "pub p99 ms", "p50", "p99"]
+    header = ["offered/s", "acked/s", "cores", "us/upd", "trees us", "epochs", "max gap s"]
+    header += ["pub p99 ms", "p50", "p99"]
     header += ["leaves p50", "leaves max", "hash/upd", "grown"]
     print(" ".join(f"{h:>10}" for h in header))
     for rate in [float(r) for r in args.rates.split(",")]:
         async with audited(url, key, origin) as audit_done:
-            cpu, began = cpu_seconds(daemon), time.time()
+            cpu, own, began = cpu_seconds(daemon), own_cpu_seconds(daemon), time.time()
             sent = await produce_all(args, url, token, producers, f"bench-{int(rate)}", rate)
             elapsed = time.time() - began
-            cores = (cpu_seconds(daemon) - cpu) / elapsed
+            cpu, own = cpu_seconds(daemon) - cpu, own_cpu_seconds(daemon) - own
+            cores = cpu / elapsed
             await asyncio.sleep(2)
             epochs, published = await audit_done()
         times = [t for _, t, _ in epochs]
@@ -423,8 +431,10 @@ async def run(
         build = [(published[n] - t / 1000) * 1000 for n, t, _ in epochs if n in published]
         work = offered(sent.acked, [t / 1000 for t in times], trees)
         acked = sent.applied / max(args.seconds, sent.last_ack - began)
+        per_update = 1e6 / max(1, sent.applied)  # CPU seconds to us per acked update
         print(
-            f"{rate:>10,.0f} {acked:>10,.0f} {cores:>10.2f} {len(epochs):>10} "
+            f"{rate:>10,.0f} {acked:>10,.0f} {cores:>10.2f} "
+            f"{cpu * per_update:>10.1f} {(cpu - own) * per_update:>10.1f} {len(epochs):>10} "
             f"{max(gaps, default=0):>10.2f} {pct(build, 99):>10.0f} "
             f"{pct(lat, 50):>10.0f} {pct(lat, 99):>10.0f} {work.leaves_median:>10,.0f} "
             f"{work.leaves_max:>10,} {work.hashes_per_update:>10.2f} {work.growths:>10}"

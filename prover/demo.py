@@ -70,13 +70,18 @@ async def relay(name: str, stream: asyncio.StreamReader) -> None:
         print(f"[{name}] {line.decode(errors='replace').rstrip()}", flush=True)
 
 
-async def spawn(name: str, *args: str) -> asyncio.subprocess.Process:
+async def spawn(
+    name: str, *args: str, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
+    """``python *args`` as process ``name``, its output relayed line by line;
+    ``env``: variables added to the demo's own environment for it alone."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,  # Ctrl-C reaches the demo only; it stops the others in order
+        env=None if env is None else {**os.environ, **env},
     )
     assert proc.stdout is not None
     _relays.add(asyncio.create_task(relay(name, proc.stdout)))
@@ -289,7 +294,6 @@ async def demo(args: argparse.Namespace) -> int:
     prover_main(
         ["--data-dir", str(data), "init", "--origin", "demo.localhost/solvency", "--assets", assets]
     )
-    os.environ["SOLVENCY_MAX_RESERVE_AGE"] = "10"  # short enough to see a source go stale
     attesters = {
         source: generate_attester_key(source, data / f"attester-{source}.key")
         for source in ("cold-wallet", "hot-wallet")
@@ -303,7 +307,9 @@ async def demo(args: argparse.Namespace) -> int:
     port = free_port()
     url = f"ws://127.0.0.1:{port}"
     prover = await spawn(
-        "prover", "-m", "prover.cli", "--data-dir", str(data), "--port", str(port), "run"
+        "prover",
+        *("-m", "prover.cli", "--data-dir", str(data), "--port", str(port), "run"),
+        env={"SOLVENCY_MAX_RESERVE_AGE": "10"},  # short enough to see a source go stale
     )
     await wait_healthy(port, prover)
     auditor = await spawn(
