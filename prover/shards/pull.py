@@ -7,14 +7,31 @@ merged in stream order. A shard keeps one pull consumer of each
 (``open_puller``), without acks, both from the same stream sequence, and
 reads them in rounds: it takes the stream's last sequence ``L``, then
 pulls from whichever consumer it knows less far (``no_wait``: the server
-answers at once, "no messages" when it has none left). A consumer is known
-as far as its last message, or as far as ``L`` once it has none left or
-went past it: nothing of it below that can come later. Everything read up
-to the lesser of the two is taken in stream order (``merged``), and the
-shard has read the stream that far, other shards' parts included, which
-it never receives. The alternative, one consumer of ``<prefix>.>``
-skipping the others' parts, is simpler but has every shard receive the
-whole stream: ``2**k`` times the bytes out of the NATS servers.
+answers at once). Everything read up to the lesser of the two is taken in
+stream order (``merged``), and the shard has read the stream that far,
+other shards' parts included, which it never receives. The alternative,
+one consumer of ``<prefix>.>`` skipping the others' parts, is simpler but
+has every shard receive the whole stream: ``2**k`` times the bytes out of
+the NATS servers.
+
+A consumer is known as far as its last message, and past it only as far
+as the stream shows nothing more of its subject: when a pull ends short of
+``L``, the shard asks the stream leader for the next message of the
+subject after ``known`` (``STREAM.MSG.GET`` with ``next_by_subj``: read
+from the leader's store when it answers, so with ``L`` stored). None, and
+the consumer is known up to ``L``; one past ``L``, up to just before it.
+How the pull ended proves nothing: NATS 2.9.10 answers a ``no_wait`` pull
+"no messages" (404) from the consumer's pending count, which rises only
+after the stream stored a message (off its signal loop), and a consumer
+placed on a follower reads a store that lags the leader's; so a pull may
+end before a message already stored (measured on one server: 13 in 7,000
+pulls sent just after the publish was acknowledged; the consumer info's
+``num_pending`` is that same count). When the stream holds a message up to
+``L`` that the consumer has not delivered, the shard pulls again with
+``expires`` set, which has the server read its store rather than the count
+and answer once it delivered some. Every pull with ``expires`` would need
+no lookup, but waits the whole ``expires`` when the consumer has nothing,
+which one of the two has in most rounds.
 
 Invariant: a ``Puller``'s ``held`` messages are in stream order, each
 once, and every message of its subject up to ``known`` is held or taken.
@@ -27,6 +44,7 @@ import json
 from collections import deque
 from collections.abc import Iterator
 
+import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -37,6 +55,27 @@ from prover.errors import ProverError
 __all__ = ["Held", "Puller", "merged", "open_puller"]
 
 Held = tuple[int, int, bytes]  # stream sequence, stored time (ms), payload
+NO_MESSAGE = 10037  # JetStream's error code for "no message found"
+
+
+class _Stored(msgspec.Struct):
+    seq: int
+
+
+class _ApiError(msgspec.Struct):
+    code: int
+    err_code: int = 0
+    description: str = ""
+
+
+class _GetReply(msgspec.Struct):
+    """A ``STREAM.MSG.GET`` answer, only what is read of it (not the payload)."""
+
+    message: _Stored | None = None
+    error: _ApiError | None = None
+
+
+_get_reply = msgspec.json.Decoder(_GetReply)
 
 
 class Puller:
@@ -47,10 +86,13 @@ class Puller:
     def __init__(self, nc: Client, stream: str, name: str, subject: str, known: int) -> None:
         self.nc, self.name, self.subject = nc, name, subject
         self.api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"
+        self.get_api = f"$JS.API.STREAM.MSG.GET.{stream}"
         self.held: deque[Held] = deque()  # in stream order
         self.known = known  # every message of this consumer up to here is held or taken
         self.inbox = ""
-        self._done: asyncio.Future[bool] | None = None  # the pull under way: True if drained
+        self.lookups = 0  # pulls that ended short of the last sequence, checked on the stream
+        self.lags = 0  # of those, the stream held a message the consumer had not delivered
+        self._done: asyncio.Future[bool] | None = None  # the pull under way: True if it ended
         self._asked = self._left = 0  # messages the pull under way asked for, may still bring
 
     async def start(self) -> None:
@@ -58,28 +100,66 @@ class Puller:
         await self.nc.subscribe(self.inbox, cb=self._deliver)
 
     async def pull(self, batch: int, max_bytes: int, last: int, timeout: float) -> None:
-        """Pull what the server holds now, up to ``batch`` messages and about
-        ``max_bytes``; ``known`` at least ``last`` if none is left.
+        """Pull what the consumer gives now, up to ``batch`` messages and
+        about ``max_bytes``; if it gives out short of ``last`` (the stream's
+        last sequence, taken before), ``known`` up to ``last`` once the
+        stream shows nothing more of the subject up to there, else a pull
+        that waits for the message it shows (module docstring).
 
         Raises:
             TimeoutError: no answer in ``timeout`` seconds (the consumer is gone).
-            ProverError: the server refused the pull.
+            ProverError: the server refused the pull or the lookup.
+            nats.errors.Error: the lookup was not answered (no responders, timeout).
         """
+        if not await self._request(batch, max_bytes, 0.0, timeout) or self.known >= last:
+            return
+        self.lookups += 1
+        following = await self._next_stored(timeout)
+        if following is None or following > last:
+            self.known = last if following is None else following - 1
+            return
+        self.lags += 1  # stored, not delivered yet: wait for it rather than pass it
+        await self._request(batch, max_bytes, timeout / 2, timeout)
+
+    async def _request(self, batch: int, max_bytes: int, wait: float, timeout: float) -> bool:
+        """One pull request, answered within ``timeout``: True if it ended
+        with the consumer giving out, False once ``batch`` or ``max_bytes``
+        is reached. With ``wait`` (seconds), the server reads its store
+        and answers as soon as it gave some, or after ``wait``."""
         self._done = asyncio.get_running_loop().create_future()
         self._asked = self._left = batch
-        request = {"batch": batch, "no_wait": True, "max_bytes": max_bytes}
+        request: dict[str, object] = {"batch": batch, "no_wait": True, "max_bytes": max_bytes}
+        if wait:
+            request["expires"] = int(wait * 1e9)
         await self.nc.publish(self.api, json.dumps(request).encode(), reply=self.inbox)
         async with asyncio.timeout(timeout):
-            drained = await self._done
-        if drained:
-            self.known = max(self.known, last)
+            return await self._done
+
+    async def _next_stored(self, timeout: float) -> int | None:
+        """The stream sequence of the stream's next message of this subject
+        after ``known``, as the stream leader's store holds it now; None if
+        there is none."""
+        request = {"seq": self.known + 1, "next_by_subj": self.subject}
+        answer = await self.nc.request(self.get_api, json.dumps(request).encode(), timeout=timeout)
+        try:
+            reply = _get_reply.decode(answer.data)
+        except msgspec.DecodeError as exc:
+            raise ProverError(f"next of {self.subject} after {self.known}: {exc}") from None
+        if reply.message is not None:
+            return reply.message.seq
+        error = reply.error or _ApiError(0, 0, "neither a message nor an error")
+        if error.err_code == NO_MESSAGE:
+            return None
+        raise ProverError(
+            f"next of {self.subject} after {self.known}: {error.code} {error.description}"
+        )
 
     async def _deliver(self, msg: Msg) -> None:
         done = self._done
         if done is None or done.done():  # after a pull that timed out: the session ends
             return
         status = msg.headers.get("Status") if msg.headers else None
-        if status in ("404", "408"):  # none left (408: fewer than asked for)
+        if status in ("404", "408"):  # none left, as the consumer sees it (408: fewer than asked)
             done.set_result(True)
         elif status == "409" and self._left < self._asked:  # ``max_bytes`` reached
             done.set_result(False)

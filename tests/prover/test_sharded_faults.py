@@ -43,13 +43,11 @@ PRODUCERS = 4
 REPLAYED = 10  # batches each producer sends again at the end
 COVER_DEADLINE = 15.0  # seconds for an epoch to cover the last ack
 RESUME_DEADLINE = 20.0  # seconds for epochs to resume after a fault ends
-# The ledger stream's replicas where the fault is not a NATS node's: 3 once
-# shards read a replicated stream safely. A shard (prover/shards/pull.py)
-# takes a consumer as read up to the stream's last_seq when a no_wait pull
-# answers "no messages"; JetStream may answer so for a message it stored
-# already (on a follower lagging the leader, and, more rarely, on one
-# server), and the shard then breaks ("stream sequence N after M: out of
-# order"): within seconds under this load on R3, now and then on R1.
+# The ledger stream's replicas where the fault is not a NATS node's: 3, as in
+# production. A consumer may answer "no messages" for a message its stream
+# stored already (on a follower lagging the leader, and, more rarely, on one
+# server); shards check such an answer on the stream leader
+# (prover/shards/pull.py) instead of breaking on it.
 REPLICAS = 3
 # Seconds after freezing a coordinator for what it sent before to land (a
 # request the tap has not seen yet, a commit PostgreSQL has not answered):
