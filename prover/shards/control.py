@@ -6,10 +6,15 @@ The coordinator sends a request on ``<prefix>.shard.<i>.control``
 msgspec Structs in MessagePack arrays, tagged, encoded and decoded here
 only::
 
-    Stage(epoch, cut, assets)  -> Staged(epoch, cut, batches, growth)
-    Close(epoch, heights)      -> ClosedPart(epoch, roots, state)
-    Prove(user, age)           -> PartProof(salt, entries) | NoProof
-    Status()                   -> ShardStatus(closed, closed_cut, staged, staged_cut)
+    Stage(epoch, cut, assets, period)
+                               -> Staged(epoch, cut, batches, growth, next)
+    Close(epoch, heights, begin, switch)
+                               -> ClosedPart(epoch, roots, state)
+    Prove(user, epoch)         -> PartProof(salt, entries) | NoProof
+    ExportPage(epoch, start, count)
+                               -> ExportedPage(epoch, instance, users, next, proofs)
+    Status()                   -> ShardStatus(closed, closed_cut, staged, staged_cut,
+                                              switched, heights)
     any of them                -> Refused(code, message)
 
 An epoch closes in two steps: ``Stage`` applies nothing yet, it stages the
@@ -17,7 +22,11 @@ batches committed up to ``cut`` and tells which trees must grow
 (``Ledger.growth``); the coordinator takes the largest per asset over all
 shards, computes each new height (``grown_height``) and sends them to every
 shard with ``Close``, which rebuilds those parts and answers the roots of
-its subtrees.
+its subtrees. A salt rotation (docs/SCALING.md, "Salt rotation across
+shards") rides on the same two steps: ``Stage.period`` names the period
+the trees must be of, ``Staged.next`` how far a shard's next trees are,
+``Close.begin`` starts their build and ``Close.switch`` closes the epoch
+with them.
 
 Invariants:
 
@@ -44,8 +53,13 @@ from verifier.sumtree import PathStep
 
 __all__ = [
     "CODES",
+    "PAGE_BYTES",
+    "Begin",
     "Close",
     "ClosedPart",
+    "ExportPage",
+    "ExportedPage",
+    "NextState",
     "NoProof",
     "PartProof",
     "PartRoot",
@@ -57,6 +71,7 @@ __all__ = [
     "Stage",
     "Staged",
     "Status",
+    "UserPart",
     "WireState",
     "control_subject",
     "decode_reply",
@@ -71,6 +86,7 @@ Digest = Annotated[bytes, Meta(min_length=DIGEST_SIZE, max_length=DIGEST_SIZE)]
 Sum = Annotated[bytes, Meta(min_length=SUM_SIZE, max_length=SUM_SIZE)]  # big-endian
 Code = Literal["not-yet", "not-retained", "bad-request", "internal"]
 CODES: Final[tuple[Code, ...]] = ("not-yet", "not-retained", "bad-request", "internal")
+PAGE_BYTES: Final = 256 << 10  # proofs in an ExportedPage, past which a shard adds no user
 
 
 def control_subject(prefix: str, shard: int) -> str:
@@ -132,23 +148,40 @@ class Stage(Struct, array_like=True, frozen=True, tag=1):
     epoch: U64
     cut: U64
     assets: dict[str, Height]
+    period: U64 = 0  # the salt period the trees must be of (0: whichever they are)
+
+
+class Begin(Struct, array_like=True, frozen=True):
+    """Build the trees of salt period ``period`` at these whole ``heights``
+    (every asset's), from the holders as of the epoch closed."""
+
+    period: U64
+    heights: dict[str, Height]
 
 
 class Close(Struct, array_like=True, frozen=True, tag=2):
     """Close the staged epoch ``epoch``, the trees of ``heights`` rebuilt at
     those heights (the whole trees'): every asset that must grow in any
-    shard, none other. The same request again gets the same answer."""
+    shard, none other. With ``switch``, close it with the trees of that
+    salt period instead, ``heights`` every asset's (grown or not); with
+    ``begin``, begin those trees' build after the close. The same request
+    again gets the same answer."""
 
     epoch: U64
     heights: dict[str, Height]
+    begin: Begin | None = None
+    switch: U64 = 0
 
 
 class Prove(Struct, array_like=True, frozen=True, tag=3):
-    """``user``'s paths up to the shard's subtree roots, as of the last
-    closed epoch or ``age`` epochs before it."""
+    """``user``'s paths up to the shard's subtree roots as of epoch
+    ``epoch`` (-1: the last the shard closed). The shard counts back from
+    the epoch it closed last, which may be one past the coordinator's
+    latest (closed, not yet appended); an epoch it no longer keeps (nor
+    closed yet) is refused ``not-retained``."""
 
     user: str
-    age: U64 = 0
+    epoch: Annotated[int, Meta(ge=-1)] = -1
 
 
 class Status(Struct, array_like=True, frozen=True, tag=4):
@@ -157,10 +190,42 @@ class Status(Struct, array_like=True, frozen=True, tag=4):
     never appended."""
 
 
-Request = Stage | Close | Prove | Status
+class ExportPage(Struct, array_like=True, frozen=True, tag=9):
+    """The lower proofs, as of epoch ``epoch``, of the shard's users
+    ``start`` onwards in its ledger's order, at most ``count`` of them
+    looked at: a page of an export (``ExportedPage``). The first page
+    (``start`` 0) freezes the shard's trees as of ``epoch``, which must be
+    the epoch it closed last; the next pages are read from them, while
+    epochs go on closing (prover/shards/core.py). Refused ``not-retained``
+    if ``epoch`` is not the last closed (first page), or no export of it
+    is under way (the shard restarted, or another export began)."""
+
+    epoch: U64
+    start: U64
+    count: Annotated[int, Meta(ge=1)]
+
+
+Request = Stage | Close | Prove | Status | ExportPage
 
 
 # Replies
+
+
+class NextState(Struct, array_like=True, frozen=True):
+    """A shard's trees of the salt period ``period`` it must rotate to:
+    built from its holders as of the close of epoch ``since`` (-1: no
+    build of that period); ``ready``, built and fed every update staged
+    since, this epoch's too: a close may switch to them, at ``heights``
+    grown as ``growth`` asks (both empty unless ready). ``holders``: per
+    asset, the holders of the part after this epoch, for the heights of a
+    build to begin."""
+
+    period: U64
+    since: Annotated[int, Meta(ge=-1)]
+    ready: bool
+    holders: dict[str, U64]
+    heights: dict[str, Height]
+    growth: dict[str, U64]
 
 
 class Staged(Struct, array_like=True, frozen=True, tag=11):
@@ -172,6 +237,7 @@ class Staged(Struct, array_like=True, frozen=True, tag=11):
     cut: U64
     batches: U64
     growth: dict[str, U64]
+    next: NextState | None = None  # on an earlier period than the Stage's
 
 
 class ClosedPart(Struct, array_like=True, frozen=True, tag=12):
@@ -211,6 +277,26 @@ class PartProof(Struct, array_like=True, frozen=True, tag=13):
         return UserProof(user, self.salt, entries)
 
 
+UserPart = tuple[str, PartProof]  # a user and their lower proof
+
+
+class ExportedPage(Struct, array_like=True, frozen=True, tag=19):
+    """A page of epoch ``epoch``'s export: the users looked at were
+    ``start`` (of the request) to ``next - 1`` of the shard's ledger, of
+    ``users`` it knows now (those it took in after the epoch held nothing
+    then); ``proofs``, those of them that held anything, in that order.
+    ``instance`` names the shard's ledger, whose order of users is its own:
+    a page of another instance (the shard restarted) does not continue the
+    pages before. A shard stops adding users once ``proofs`` encode to
+    ``PAGE_BYTES``: a reply is at most that plus one user's proof."""
+
+    epoch: U64
+    instance: U64
+    users: U64
+    next: U64
+    proofs: tuple[UserPart, ...]
+
+
 class NoProof(Struct, array_like=True, frozen=True, tag=14):
     """The user held nothing in that epoch (or is unknown to the shard)."""
 
@@ -227,15 +313,19 @@ class Refused(Struct, array_like=True, frozen=True, tag=15):
 
 class ShardStatus(Struct, array_like=True, frozen=True, tag=16):
     """The last epoch the shard closed and at which cut (-1: none since it
-    started), and the epoch staged and not closed, with its cut (-1: none)."""
+    started), and the epoch staged and not closed, with its cut (-1: none);
+    the salt period the last epoch closed switched the trees to, and their
+    whole heights then (0 and none: that close switched nothing)."""
 
     closed: Annotated[int, Meta(ge=-1)]
     closed_cut: U64
     staged: Annotated[int, Meta(ge=-1)]
     staged_cut: U64
+    switched: U64 = 0
+    heights: dict[str, Height] = {}
 
 
-Reply = Staged | ClosedPart | PartProof | NoProof | ShardStatus | Refused
+Reply = Staged | ClosedPart | PartProof | NoProof | ShardStatus | ExportedPage | Refused
 
 _encoder = msgspec.msgpack.Encoder()
 _requests = msgspec.msgpack.Decoder(Request)
@@ -264,7 +354,7 @@ def decode_reply(data: bytes) -> Reply:
         raise ProverError(f"not a shard control reply: {exc}") from None
 
 
-R = TypeVar("R", Staged, ClosedPart, PartProof, NoProof, ShardStatus)
+R = TypeVar("R", Staged, ClosedPart, PartProof, NoProof, ShardStatus, ExportedPage)
 
 
 def expect(reply: Reply, *kinds: type[R]) -> R:

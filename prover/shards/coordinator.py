@@ -2,7 +2,8 @@
 the log's single writer. It closes epochs at consistent cuts of the ledger
 stream, combines the shards' subtree roots into each asset's root, builds
 and appends the record, signs, and publishes on ``/roots``; ``/proof``
-asks the user's shard for the lower paths and adds the top ones.
+and exports ask the shards for the lower paths and add the top ones
+(prover/shards/proofs.py), for the last ``proof_epochs`` epochs.
 
 One epoch, under the epoch lock:
 
@@ -15,7 +16,8 @@ One epoch, under the epoch lock:
 2. ``Stage(n, C)`` to every shard; the trees that must grow, and how high
    (``grown_height`` of the fullest part of each);
 3. ``Close(n, heights)`` to every shard: each asset's parts, combined by
-   ``TopTree``;
+   ``TopTree``; both steps carry the salt rotation's requests, a new
+   period started first if one is due (prover/shards/rotation.py);
 4. the record, appended to the log under the lease's fencing token
    (storage/lease.py) with the cut as the epoch's ``("stream", name)``
    mark, signed; only then published.
@@ -54,36 +56,33 @@ from prover.backoff import Backoff
 from prover.config import Config
 from prover.dbthread import DbThread
 from prover.epoch import Reserve, build_record, record_reports
-from prover.errors import IngestError, NotRetained, ProverError
+from prover.errors import IngestError, ProverError
 from prover.frames import Encoding, Frame
 from prover.ingest import IngestResult, Intake
-from prover.ledger import AssetRoot, UserProof
+from prover.ledger import AssetRoot
 from prover.mapped import MappedRecord
 from prover.messages import Batch, parse_ingest
 from prover.metrics import Metrics, epoch_health
 from prover.publication import Publication
 from prover.routing import Router
 from prover.shards import control, wire
-from prover.shards.control import (
-    NoProof,
-    PartProof,
-    Prove,
-)
 from prover.shards.intake import Intake as StreamReader
 from prover.shards.intake import NotYet, ReaderState
 from prover.shards.links import NOT_YET_WAIT, ShardLinks
+from prover.shards.proofs import ShardedProofs
+from prover.shards.rotation import Rotations
 from prover.sizing import height_for_parts
-from prover.stored import stored_record
+from prover.stored import stored_epoch, stored_record
 from prover.tokens import check_user_token, user_token
 from prover.top import TopTree
 from prover.witnesses import WitnessStats
 from storage.lease import Fence
+from storage.rows import PeriodRow
 from storage.store import ReserveRow, Store
 from verifier.checkpoint import Checkpoint, sign_note, verifier_key_for
 from verifier.proof import ProofFile
 from verifier.stream import EpochMessage
 from verifier.subscription import ALL_ASSETS, Subscription
-from verifier.sumtree import PathStep
 
 __all__ = ["Coordinator"]
 
@@ -147,7 +146,11 @@ class Coordinator:
         self._retry_at = 0.0
         self._commits = asyncio.Event()  # set when a commit is read
         self._unsure = True  # where the shards stand: asked before the next epoch
+        self._rotations = Rotations(config.salt_period, router.bits, self._new_period)
         self._loaded = False  # the log's state, once the lease is held
+        self._proofs = ShardedProofs(
+            config, router, self._ask, self._stored, lambda: self._publication.witnesses
+        )
 
     # Start, run, stop
 
@@ -161,7 +164,6 @@ class Coordinator:
             self._nc,
             self._prefix,
             self.router.parts,
-            self.router.bits,
             self._shard_timeout,
             self.clock,
         )
@@ -171,6 +173,7 @@ class Coordinator:
         epoch's cut, the publication started from the last epoch."""
         assert self._nc is not None
         await self._intake.load()
+        self._rotations.target = await self._call(self.store.latest_salt_period)
         latest = await self._call(self.store.latest_epoch)
         last: MappedRecord | None = None
         cut = 0
@@ -319,6 +322,7 @@ class Coordinator:
             self.metrics.epoch_failing = 0
             self.metrics.last_epoch_time = closed.timestamp_ms / 1000
             self._latest = (message, mapped, closed.tops)
+            self._proofs.committed(message, mapped, closed.tops)
             self._publication.committed(closed.number, message, mapped, time.perf_counter())
         log.info("epoch %d: cut %d, %d assets", closed.number, closed.cut, len(closed.roots))
         return message
@@ -334,7 +338,8 @@ class Coordinator:
         for data in taken.messages:
             await self._store_reserves(data)
         assets = {a: height_for_parts(0, self.router.bits) for a in self._intake.decimals}
-        roots, tops = await self._links.close(number, cut, assets, self._height)
+        await self._rotations.start_if_due(now)
+        roots, tops = await self._rotations.close(self._links, number, cut, assets, self._height)
         _, marks, reserves = self._intake.cut()
         marks[("stream", self._stream)] = cut
         timestamp_ms = int(now * 1000)
@@ -351,7 +356,7 @@ class Coordinator:
             NotYet: the commits are not read as far as that cut in time.
         """
         assert self._links is not None
-        cut = await self._links.pending_cut(number)
+        cut = await self._rotations.pending_cut(self._links, number)
         self._unsure = False
         if cut is None:
             return self._reader.read
@@ -409,6 +414,15 @@ class Coordinator:
             inclusion=tuple(self.store.inclusion_proof(closed.number, closed.number + 1)),
         )
 
+    async def _new_period(self, now_ms: int) -> PeriodRow:
+        """Start the next salt period in the store, the lease renewed first."""
+
+        def start() -> PeriodRow:
+            self._renew()
+            return self.store.start_salt_period(now_ms)
+
+        return await self._call(start)
+
     def _renew(self) -> None:
         """In the db thread: extend the lease, or raise ``LeaseLost``."""
         assert self._fence is not None
@@ -456,38 +470,29 @@ class Coordinator:
         self._publication.fanout.shed(offer)
 
     async def proof(self, user: str, epoch: int | None = None) -> ProofFile | None:
-        """``user``'s proof of the latest epoch: its shard's paths up to the
-        parts' roots, then the top levels.
+        """``user``'s proof of the latest epoch, or of ``epoch`` if it is one
+        of the last ``proof_epochs`` before it (``ShardedProofs.proof``).
 
         Raises:
-            NotRetained: an earlier epoch (not served by a sharded prover yet).
+            NotRetained: ``epoch`` is not kept, here or by the user's shard.
         """
-        async with self._lock:
-            if self._latest is None:
-                return None
-            message, record, tops = self._latest
-            if epoch is not None and epoch != record.record.epoch:
-                raise NotRetained("a sharded prover serves proofs of the latest epoch only")
-            part = self.router.shard(user)
-            assert self._links is not None
-            reply = await self._links.ask(part, Prove(user, 0))
-        if isinstance(reply, NoProof):
-            return None
-        lower = control.expect(reply, PartProof).value(user)
-        entries = tuple(
-            (asset, slot, amount, path + tuple(PathStep(h, s) for h, s in tops[asset].path(part)))
-            for asset, slot, amount, path in lower.entries
-        )
-        found = UserProof(user, lower.salt, entries)
-        witnesses = self._publication.witnesses
-        if witnesses is not None:
-            message = witnesses.attach(record.record.epoch, message)
-        return record.basis(message).proof(found)
+        return await self._proofs.proof(user, epoch)
 
     async def export_proofs(
         self, progress: Callable[[int, int], Awaitable[None]]
     ) -> tuple[int, Path, int]:
-        raise ProverError("exports are not served by a sharded prover yet")
+        """Every user's proof of the latest epoch, written into a new
+        directory under ``export_dir``; (epoch, directory, files written)
+        (``ShardedProofs.export``)."""
+        return await self._proofs.export(progress)
+
+    async def _ask(self, part: int, request: control.Request) -> control.Reply:
+        if self._links is None:
+            raise ProverError("the coordinator is not started")
+        return await self._links.ask(part, request)
+
+    async def _stored(self, epoch: int, record: MappedRecord) -> tuple[EpochMessage, MappedRecord]:
+        return await self._call(stored_epoch, self.store, epoch, record)
 
 
 async def _nothing() -> AsyncIterator[Frame]:

@@ -1,11 +1,7 @@
 """The coordinator's side of the control messages (prover/shards/control.py):
-every shard asked at once, and one epoch closed across them (docs/SCALING.md,
-"Consistent cuts").
-
-``ShardLinks.close(n, cut, ...)`` is an epoch's two steps: ``Stage(n, cut)``
-to every shard; the trees that must grow and how high (``grown_height`` of
-the fullest part of each, as reported); ``Close(n, heights)`` to every
-shard; each asset's parts combined by ``TopTree`` into its root.
+one shard asked, or every shard at once, and where the shards stand after a
+coordinator before stopped mid-epoch (docs/SCALING.md, "Consistent cuts").
+An epoch's ``Stage`` and ``Close`` across them: prover/shards/rotation.py.
 
 Invariant: a shard that does not answer is in ``down`` (with the time it
 first did not) until it answers again.
@@ -15,18 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import nats.errors
 from nats.aio.client import Client
 
 from prover.errors import ProverError
-from prover.ledger import AssetRoot
 from prover.shards import control
-from prover.shards.control import Close, ClosedPart, ShardStatus, Stage, Staged, Status
+from prover.shards.control import ShardStatus, Status
 from prover.shards.intake import NotYet
-from prover.sizing import grown_height
-from prover.top import TopTree
 
 __all__ = ["NOT_YET_WAIT", "ShardLinks"]
 
@@ -41,55 +34,12 @@ class ShardLinks:
         nc: Client,
         prefix: str,
         parts: int,
-        bits: int,
         timeout: float,
         clock: Callable[[], float],
     ) -> None:
-        self._nc, self._prefix, self.parts, self.bits = nc, prefix, parts, bits
+        self._nc, self._prefix, self.parts = nc, prefix, parts
         self._timeout, self._clock = timeout, clock
         self.down: dict[int, float] = {}  # shards not answering: since when
-
-    async def close(
-        self,
-        number: int,
-        cut: int,
-        assets: Mapping[str, int],
-        heights_now: Callable[[str], int],
-    ) -> tuple[list[AssetRoot], dict[str, TopTree]]:
-        """Close epoch ``number`` at ``cut`` in every shard (module docstring);
-        ``assets``: every asset with the height a shard adds it at;
-        ``heights_now``: each tree's height before this epoch. Returns the
-        roots (in asset order) and each asset's top levels.
-
-        Raises:
-            NotYet: a shard did not read as far as ``cut`` in time.
-            ProverError: a shard refused, failed or did not answer.
-        """
-        staged = [
-            control.expect(r, Staged)
-            for r in await self.ask_all(lambda part: Stage(number, cut, dict(assets)))
-        ]
-        wanted: dict[str, int] = {}
-        for reply in staged:
-            for asset, largest in reply.growth.items():
-                wanted[asset] = max(wanted.get(asset, 0), largest)
-        heights = {
-            asset: grown_height(heights_now(asset), largest, self.bits)
-            for asset, largest in wanted.items()
-        }
-        parts = [
-            control.expect(r, ClosedPart)
-            for r in await self.ask_all(lambda part: Close(number, heights))
-        ]
-        by_asset = [{p.asset: p for p in closed.roots} for closed in parts]
-        roots, tops = [], {}
-        for asset in sorted(assets):
-            mine = [found[asset] for found in by_asset]
-            if len({p.height for p in mine}) != 1:
-                raise ProverError(f"the shards' parts of {asset} are of different heights")
-            top = tops[asset] = TopTree.combine([p.record for p in mine])
-            roots.append(AssetRoot(asset, mine[0].height, top.root, top.total))
-        return roots, tops
 
     async def pending_cut(self, number: int) -> int | None:
         """The cut at which shards staged or closed epoch ``number`` already

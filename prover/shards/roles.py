@@ -13,7 +13,8 @@ What each process finds, and where:
 - ``front-end``: a ``Frontend`` on ``host:port``; no database;
 - ``shard``: part ``shard`` of the trees, under the store's latest salt
   period, waiting up to ``PERIOD_WAIT`` seconds for the coordinator to
-  start the first one;
+  start the first one (a shard restored from its save takes the period it
+  saved instead, prover/shards/shard.py: a rotation may be under way);
 - ``coordinator``: the store, the signing key (``key_file``), the lease
   holder's name (``coordinator_name``, else ``<hostname>:<pid>``) and its
   ``lease_ttl``; the ``Coordinator``, served by ``prover.server`` on
@@ -279,6 +280,8 @@ async def _shard(config: Config, router: Router, stop: asyncio.Event) -> int:
         router,
         part,
         config.ledger_prefix,
+        retain=config.proof_epochs,
+        retain_bytes=config.proof_memory_mb << 20,
         store=store,
     )
     log.info(

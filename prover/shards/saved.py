@@ -5,7 +5,8 @@ A close saves the shard's state (its reader's after the cut, each tree's
 height and allocator position, its replies to the epoch's Stage and Close)
 and the holdings the epoch changed: the (user, asset) pairs staged in it,
 each with its balance and slot in the whole tree or gone, and every holder
-of a tree the close rebuilt (its slots all moved). A restarted shard
+of a tree the close rebuilt (its slots all moved), or of every tree when
+the close switched to a new salt period (the state then names it). A restarted shard
 rebuilds its ledger from the saved holdings at the saved slots and
 positions (``Ledger.restore``), checks that it gives the saved roots, and
 reads the stream again from the saved ``resume``.
@@ -55,11 +56,12 @@ def touched(ledger: Ledger) -> Touched:
 
 
 def saved_close(
-    ledger: Ledger, staged: Staged, closed: ClosedPart, changed: Touched
+    ledger: Ledger, staged: Staged, closed: ClosedPart, changed: Touched, switched: bool = False
 ) -> tuple[ShardState, HoldingChanges]:
     """What to save of ``ledger`` just closed (``closed``, the reply to the
-    ``staged`` epoch), ``changed`` in it (``touched`` before the close)."""
-    replaced = frozenset(ledger.grown)
+    ``staged`` epoch), ``changed`` in it (``touched`` before the close);
+    ``switched``: ``ledger`` is a new salt period's, every holding replaced."""
+    replaced = frozenset(ledger.books if switched else ledger.grown)
     held: list[Holding] = []
     gone: list[tuple[str, str]] = []
     ids = ledger.user_ids

@@ -10,11 +10,14 @@ the GIL).
 
 With a store (docs/SCALING.md, "Recovery"), a shard saves each close
 before it answers it (storage/shards.py), and starts from what it saved
-last: its ledger rebuilt at the same slots, its reader at the saved
-``resume``. A shard killed at any point and started again gives the same
-answers as one that never stopped; the epoch it closed last is answered
-again as it was. A core that breaks (a save that failed, say) is restored
-from the store in the same way, after a backoff.
+last: its ledger rebuilt at the same slots, under the salt period it
+saved (after a rotation, not the one it was started with), its reader at
+the saved ``resume``; the salt periods it rotates to are read from the
+store too (docs/SCALING.md, "Salt rotation across shards"). A shard
+killed at any point and started again gives the same answers as one that
+never stopped; the epoch it closed last is answered again as it was. A
+core that breaks (a save that failed, say) is restored from the store in
+the same way, after a backoff.
 
 Invariants:
 
@@ -94,6 +97,7 @@ class Shard:
         prefix: str = wire.DEFAULT_PREFIX,
         *,
         retain: int = 0,
+        retain_bytes: int = 512 << 20,
         core: ShardCore | None = None,
         store: Store | None = None,
         batch: int = 1024,
@@ -108,13 +112,17 @@ class Shard:
         (not with ``core``). ``idle``: seconds between looks at a stream
         with nothing new; ``stage_wait``: how long a ``Stage`` past what was
         read waits for the reading before it is refused ``not-yet``;
-        ``timeout``: of every NATS request."""
+        ``timeout``: of every NATS request. ``retain``, ``retain_bytes``:
+        how many epochs before the last the core keeps proofs of, in how
+        much memory (``config.proof_epochs``, ``proof_memory_mb``); a core
+        restored from the store keeps none from before its restore."""
         if core is not None and store is not None:
             raise ValueError("a shard with a store starts from what it saved, not from a core")
-        self.core = core or ShardCore.empty(period, router, part, retain)
+        self.core = core or ShardCore.empty(period, router, part, retain, retain_bytes=retain_bytes)
         if self.core.part != part or self.core.ledger.router != router:
             raise ValueError(f"the core is not part {part} of this router's parts")
         self.period, self.router, self.retain, self.store = period, router, retain, store
+        self.retain_bytes = retain_bytes
         self.url, self.stream, self.prefix = url, stream, prefix
         self.batch, self.max_bytes = batch, max_bytes
         self.idle, self.stage_wait, self.timeout = idle, stage_wait, timeout
@@ -162,6 +170,7 @@ class Shard:
             for task in list(self._tasks):
                 task.cancel()
             self._work.shutdown(wait=False, cancel_futures=True)
+            self.core.rotation.stop()
 
     def _load(self) -> None:
         """The core as the store saved it, or empty if it saved none; each
@@ -171,14 +180,32 @@ class Shard:
         started = time.perf_counter()
         save = functools.partial(store.save_shard, stream, part)
         state = store.shard_state(stream, part)
+        self.core.rotation.stop()  # a build of the core before this one
+        if state is not None and state.period != self.period.number:  # rotated since
+            self.period = self._period(state.period)
         if state is None:
-            self.core = ShardCore.empty(self.period, self.router, part, self.retain, save=save)
+            self.core = ShardCore.empty(
+                self.period,
+                self.router,
+                part,
+                self.retain,
+                save=save,
+                retain_bytes=self.retain_bytes,
+            )
         else:
             holdings = store.shard_holdings(stream, part, state.epoch)
             self.core = ShardCore.restore(
-                state, holdings, self.period, self.router, part, self.retain, save=save
+                state,
+                holdings,
+                self.period,
+                self.router,
+                part,
+                self.retain,
+                save=save,
+                retain_bytes=self.retain_bytes,
             )
             self.stats.restores += 1
+        self.core.rotation.periods = self._period
         self.stats.restore_seconds = time.perf_counter() - started
         self._loaded = True
         log.info(
@@ -188,6 +215,12 @@ class Shard:
             self.stats.restore_seconds,
             self.core.read + 1,
         )
+
+    def _period(self, number: int) -> SaltPeriod:
+        """Salt period ``number`` as the store keeps it (a rotation's)."""
+        assert self.store is not None
+        row = self.store.salt_period(number)
+        return SaltPeriod(row.number, row.started_ms, row.secret)
 
     async def _session(self, stop: asyncio.Event) -> None:
         nc = await nats.connect(

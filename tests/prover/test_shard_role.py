@@ -382,7 +382,7 @@ def test_bad_requests_are_refused_and_change_nothing() -> None:
     assert isinstance(ask(core, Prove(MINE[0])), PartProof)
     assert isinstance(ask(core, Prove(MINE[20])), NoProof)
     with pytest.raises(NotRetained):
-        expect(ask(core, Prove(MINE[0], age=1)), PartProof)
+        expect(ask(core, Prove(MINE[0], epoch=0)), PartProof)
 
 
 def test_a_failure_while_the_ledger_changes_leaves_the_shard_broken() -> None:

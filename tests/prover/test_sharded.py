@@ -29,6 +29,7 @@ from prover.shards.coordinator import Coordinator
 from prover.shards.frontend import Frontend
 from prover.shards.shard import Shard
 from storage.store import Store
+from tests.prover.epoch_rows import rows_by_epoch
 from tests.prover.test_frontend import NATS, TOKEN, Names, names  # noqa: F401 (fixture)
 from verifier.checkpoint import verifier_key_for
 from verifier.cli import main as verify_main
@@ -176,25 +177,10 @@ def compare(store: Store, stream: str, acks: list[tuple[int, dict]]) -> None:
     """Each epoch's assets equal a single ``Ledger`` split the same way, fed
     the same batches in commit order, closed at the same cuts."""
     single = Ledger.build(PERIOD, ASSETS, [], router=ROUTER)
-    acks = sorted(acks, key=lambda a: a[0])
-    marks: dict[str, int] = {}
-    after = 0
-    for number in range(store.log_size()):
-        cut = store.epoch_marks(number).get(("stream", stream), 0)
-        rows = []
-        for seq, message in acks:
-            if after < seq <= cut:
-                mark = marks.get(message["source"], -1)
-                rows += [
-                    (u["user"], u["asset"], u["amount"])
-                    for u in message["updates"]
-                    if u["seq"] > mark
-                ]
-                marks[message["source"]] = max(mark, message["updates"][-1]["seq"])
+    for number, rows in rows_by_epoch(store, stream, acks):
         single.stage_rows(rows)
         single.close_epoch()
         record = EpochRecord.decode(store.epoch(number).record)
         assert [(a.asset, a.height, a.root, a.liabilities) for a in record.assets] == [
             (r.asset, r.height, r.root, r.total) for r in single.roots()
         ], f"epoch {number}"
-        after = cut
