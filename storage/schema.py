@@ -20,7 +20,10 @@ storage/migrations/versions create exactly these; a test checks they agree.
     writer_leases     name -> holder, token, expires_ms         the log writer's lease
     shard_states      (stream, part) -> epoch, period, cut,     a shard's last close
                       resume, marks, trees, replies
-    shard_holdings    (stream, part, asset, user_id) -> amount, slot   its holders then
+    shard_holdings    (stream, part, asset, user_id) -> amount, slot   its holders as of
+                      the last fold
+    shard_deltas      (stream, part, epoch) -> count, body      each close's changed
+                      holdings, packed, not yet folded into shard_holdings
 
 Times are integer milliseconds since the Unix epoch (UTC), as in the epoch
 record, so nothing depends on a database's time zone handling.
@@ -64,6 +67,7 @@ __all__ = [
     "Reserve",
     "ReserveReportRow",
     "SaltPeriodRow",
+    "ShardDelta",
     "ShardHolding",
     "ShardStateRow",
     "SigningKey",
@@ -316,3 +320,17 @@ class ShardHolding(Base):
     user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     amount: Mapped[int] = mapped_column(Amount)
     slot: Mapped[int] = mapped_column(BigInteger)
+
+
+class ShardDelta(Base):
+    """The holdings one close of a shard changed (migration 0009,
+    storage/shards.py), not yet folded into ``shard_holdings``: ``body``
+    packs them (msgpack, see ``storage.shards``), ``count`` how many
+    holdings it names."""
+
+    __tablename__ = "shard_deltas"
+    stream: Mapped[str] = mapped_column(String(128), primary_key=True)
+    part: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    epoch: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    count: Mapped[int] = mapped_column(Integer)
+    body: Mapped[bytes] = mapped_column(LargeBinary)

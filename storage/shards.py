@@ -1,13 +1,20 @@
-"""What a shard of the sharded prover restarts from (tables ``shard_states``
-and ``shard_holdings``, migration 0008; docs/SCALING.md, "Recovery"): its
-state and its holders as of the last epoch it closed, per ledger stream and
-part.
+"""What a shard of the sharded prover restarts from (tables ``shard_states``,
+``shard_holdings`` and ``shard_deltas``, migrations 0008-0009;
+docs/SCALING.md, "Recovery"): its state and its holders as of the last
+epoch it closed, per ledger stream and part.
 
 A shard saves each close before it answers it: ``save`` writes the new
-state and the holdings the close changed (``HoldingChanges``), in one
-transaction. A restarted shard reads ``state``, then ``holdings`` as of
-that state's epoch, rebuilds its trees at the same slots and reads the
-stream again from the state's ``resume``.
+state and appends ONE ``shard_deltas`` row, the holdings the close changed
+(``HoldingChanges``) packed in msgpack, in one transaction; no per-holding
+row work on the close's path. ``fold`` (run off the close, e.g. in a
+thread of the shard every so many changed holdings) brings the base,
+``shard_holdings``, up to date: it takes the part's deltas, coalesces them
+(a holding changed in many epochs is written once), and upserts the result
+and deletes the deltas in one transaction. A restarted shard reads
+``state``, then ``holdings`` as of that state's epoch (the base with the
+deltas replayed over it in epoch order, from one snapshot), rebuilds its
+trees at the same slots and reads the stream again from the state's
+``resume``. Rows saved before 0009 are a base with no deltas.
 
 Invariants:
 
@@ -15,30 +22,44 @@ Invariants:
   caller closed last (none: nothing stored): two shard processes of one
   part, or one close saved twice, cannot both succeed
   (``EpochConflictError``).
-- After a ``save`` the holdings are the part's holders as of its epoch,
-  each with a non-zero balance. That no two hold one slot of an asset, and
-  each a slot handed out, is checked where they are restored
-  (``Ledger.restore``), not by an index, which would cost every save.
+- The part's holders as of its state's epoch are the base overlaid with
+  every delta of the part in epoch order (a delta's ``replaced`` assets
+  first drop every holding of theirs, then its ``gone``, then its
+  ``held`` over what was there), each with a non-zero balance. A fold
+  changes the base and deletes the deltas it applied in one transaction,
+  so the overlay is the same before, during and after it; a delta a fold
+  did not take (appended after its claim) has a higher epoch than every
+  delta it took. Two folds of one part take disjoint deltas, the later
+  claim waiting for the earlier fold's commit (its delete locks the rows;
+  on SQLite, the write lock), so the base never goes back in time.
+- That no two hold one slot of an asset, and each a slot handed out, is
+  checked where they are restored (``Ledger.restore``), not by an index,
+  which would cost every fold.
 - Holdings are read from one snapshot that holds the epoch asked for.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import ColumnElement, Connection, Row, delete, select, update
+import msgspec
+from sqlalchemy import ColumnElement, Connection, Row, delete, func, insert, select, update
 
 from storage.checks import MAX_BALANCE, check_asset, check_int, check_source
 from storage.db import CHUNK, Database, check_chunk_size
-from storage.errors import EpochConflictError, InvalidInputError
-from storage.schema import ShardHolding, ShardStateRow, encode_amount
+from storage.errors import EpochConflictError, InvalidInputError, StorageError
+from storage.schema import ShardDelta, ShardHolding, ShardStateRow, encode_amount
 
-__all__ = ["Holding", "HoldingChanges", "ShardState", "ShardStates"]
+__all__ = ["Holding", "HoldingChanges", "ShardState", "ShardStates", "fold_deltas"]
 
 Holding = tuple[str, str, int, int]  # user, asset, amount, slot in the whole tree
 MAX_SLOT = (1 << 32) - 1  # trees are at most 32 high
+DELTA_FORMAT = 1  # a delta's body: msgpack [format, replaced, held, gone]
+Body = tuple[int, list[str], list[Holding], list[tuple[str, str]]]
+_body = msgspec.msgpack.Decoder(Body)
+Overlay = dict[tuple[str, str], tuple[int, int] | None]  # (user, asset) -> (amount, slot), gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +105,8 @@ class ShardStates:
         changes: HoldingChanges,
     ) -> None:
         """Save ``state`` and ``changes`` over the state of epoch ``after``
-        (None: the part has none stored), in one transaction.
+        (None: the part has none stored), in one transaction: the state row
+        and one delta row (``changes`` packed), whatever their number.
 
         Raises:
             EpochConflictError: the stored state is not ``after``'s.
@@ -97,6 +119,15 @@ class ShardStates:
         held = _checked(changes.held)
         for asset in changes.replaced:
             check_asset(asset)
+        gone = changes.gone
+        body = msgspec.msgpack.encode(
+            (
+                DELTA_FORMAT,
+                sorted(changes.replaced),
+                held if isinstance(held, list | tuple) else list(held),
+                gone if isinstance(gone, list | tuple) else list(gone),
+            )
+        )
         values = {
             "epoch": state.epoch,
             "period": state.period,
@@ -124,15 +155,31 @@ class ShardStates:
                     raise EpochConflictError(
                         f"{stream} part {part}: epoch {stored} stored, not {after}"
                     )
-            if changes.replaced:
-                conn.execute(
-                    delete(ShardHolding).where(
-                        ShardHolding.stream == stream,
-                        ShardHolding.part == part,
-                        ShardHolding.asset.in_(sorted(changes.replaced)),
-                    )
+            conn.execute(
+                insert(ShardDelta).values(
+                    stream=stream,
+                    part=part,
+                    epoch=state.epoch,
+                    count=len(held) + len(gone),
+                    body=body,
                 )
-            self._write(conn, stream, part, held, changes.gone)
+            )
+
+    def fold(self, stream: str, part: int) -> int:
+        """Fold the part's deltas into its base (``fold_deltas``) in one
+        write transaction; return how many changed holdings they named (0:
+        none to fold). Safe beside saves and other folds of the part, and
+        at any point of a crash (see the module's invariants)."""
+        _check_key(stream, part)
+        with self.db.transaction(write=True) as conn:
+            return fold_deltas(conn, self.db.dialect, stream, part)
+
+    def pending(self, stream: str, part: int) -> int:
+        """How many changed holdings the part's deltas name, not yet folded."""
+        _check_key(stream, part)
+        key = (ShardDelta.stream == stream, ShardDelta.part == part)
+        with self.db.transaction() as conn:
+            return int(conn.scalar(select(func.sum(ShardDelta.count)).where(*key)) or 0)
 
     def state(self, stream: str, part: int) -> ShardState | None:
         """The state of ``stream``'s part ``part`` last saved, or None."""
@@ -145,8 +192,10 @@ class ShardStates:
         self, stream: str, part: int, epoch: int, chunk_size: int = CHUNK
     ) -> Iterator[list[Holding]]:
         """Every holding of the part as of ``epoch``, in chunks of at most
-        ``chunk_size``, in no particular order, from one snapshot (a
-        server-side cursor on PostgreSQL).
+        ``chunk_size``, in no particular order, from one snapshot: the part's
+        deltas read and coalesced first, then the base streamed (a
+        server-side cursor on PostgreSQL) without the holdings they changed,
+        then what they hold.
 
         Raises:
             EpochConflictError: the part's state is not ``epoch``'s (any more).
@@ -159,6 +208,10 @@ class ShardStates:
                 raise EpochConflictError(
                     f"{stream} part {part}: epoch {stored} stored, not {epoch}"
                 )
+            query = select(ShardDelta.body).where(
+                ShardDelta.stream == stream, ShardDelta.part == part
+            )
+            replaced, latest = _overlay(conn.scalars(query.order_by(ShardDelta.epoch)))
             if self.db.dialect == "postgresql":  # a server-side cursor, amounts as text
                 raw = conn.connection.dbapi_connection
                 cursor = raw.cursor(name="shard_holdings")  # type: ignore[union-attr]
@@ -175,52 +228,122 @@ class ShardStates:
                     (stream, part),
                 )
             while chunk := cursor.fetchmany(chunk_size):  # no per-row SQLAlchemy work
-                yield [(u, a, _amount(m), s) for u, a, m, s in chunk]
+                if replaced or latest:
+                    kept = [
+                        (u, a, _amount(m), s)
+                        for u, a, m, s in chunk
+                        if a not in replaced and (u, a) not in latest
+                    ]
+                    if kept:
+                        yield kept
+                else:
+                    yield [(u, a, _amount(m), s) for u, a, m, s in chunk]
             cursor.close()
+            rows = [(u, a, *now) for (u, a), now in latest.items() if now is not None]
+            for start in range(0, len(rows), chunk_size):
+                yield rows[start : start + chunk_size]
 
-    def _write(
-        self,
-        conn: Connection,
-        stream: str,
-        part: int,
-        held: Sequence[Holding],
-        gone: Sequence[tuple[str, str]],
-    ) -> None:
-        """Delete ``gone``, then upsert ``held``, bypassing per-row SQLAlchemy
-        work: the driver's executemany (on PostgreSQL pipelined; each delete
-        by the whole key, so its plan never depends on the table's
-        statistics), and on PostgreSQL one upsert of arrays."""
-        cursor = self.db.cursor(conn)
-        if self.db.dialect == "postgresql":
-            cursor.executemany(
-                "DELETE FROM shard_holdings WHERE stream = %s AND part = %s AND asset = %s"
-                " AND user_id = %s",
-                [(stream, part, asset, user) for user, asset in gone],
+
+def fold_deltas(conn: Connection, dialect: str, stream: str, part: int) -> int:
+    """In ``conn``'s transaction, take (delete) every delta of the part,
+    coalesce them in epoch order and write the result over the base;
+    return how many changed holdings they named. The deletion comes first:
+    it claims the deltas (a concurrent fold's claim of the same rows waits
+    for this transaction, then finds them gone), and whatever fails after
+    it rolls the claim back with the rest."""
+    claimed = conn.execute(
+        delete(ShardDelta)
+        .where(ShardDelta.stream == stream, ShardDelta.part == part)
+        .returning(ShardDelta.epoch, ShardDelta.count, ShardDelta.body)
+    ).all()
+    if not claimed:
+        return 0
+    taken = sorted((int(epoch), int(count), body) for epoch, count, body in claimed)
+    replaced, latest = _overlay(body for _, _, body in taken)
+    if replaced:
+        conn.execute(
+            delete(ShardHolding).where(
+                ShardHolding.stream == stream,
+                ShardHolding.part == part,
+                ShardHolding.asset.in_(sorted(replaced)),
             )
-            if held:
-                cursor.execute(
-                    "INSERT INTO shard_holdings (stream, part, asset, user_id, amount, slot)"
-                    " SELECT %s, %s, asset, user_id, amount, slot FROM unnest(%s::text[],"
-                    " %s::text[], %s::numeric[], %s::bigint[]) AS h(user_id, asset, amount, slot)"
-                    " ON CONFLICT (stream, part, asset, user_id)"
-                    " DO UPDATE SET amount = EXCLUDED.amount, slot = EXCLUDED.slot",
-                    (stream, part, *map(list, zip(*held, strict=True))),
-                )
-            return
+        )
+    held: list[Holding] = []
+    gone: list[tuple[str, str]] = []
+    for (user, asset), now in latest.items():
+        if now is not None:
+            held.append((user, asset, *now))
+        elif asset not in replaced:  # those are deleted already
+            gone.append((user, asset))
+    _write(conn, dialect, stream, part, held, gone)
+    return sum(count for _, count, _ in taken)
+
+
+def _overlay(bodies: Iterable[bytes]) -> tuple[set[str], Overlay]:
+    """Deltas' bodies, in epoch order, coalesced: the assets any replaced
+    (the base's holdings of those do not count), and each (user, asset)
+    they name with its last holding, or None if it holds nothing."""
+    replaced: set[str] = set()
+    latest: Overlay = {}
+    for body in bodies:
+        try:
+            form, dropped, held, gone = _body.decode(body)
+        except msgspec.DecodeError as exc:
+            raise StorageError(f"a malformed shard delta: {exc}") from None
+        if form != DELTA_FORMAT:
+            raise StorageError(f"a shard delta of format {form}, not {DELTA_FORMAT}")
+        if dropped:
+            replaced.update(dropped)
+            latest = {key: now for key, now in latest.items() if key[1] not in dropped}
+        for key in gone:
+            latest[key] = None
+        for user, asset, amount, slot in held:
+            latest[user, asset] = (amount, slot)
+    return replaced, latest
+
+
+def _write(
+    conn: Connection,
+    dialect: str,
+    stream: str,
+    part: int,
+    held: Sequence[Holding],
+    gone: Sequence[tuple[str, str]],
+) -> None:
+    """Delete ``gone``, then upsert ``held`` in the base, bypassing per-row
+    SQLAlchemy work: the driver's executemany (on PostgreSQL pipelined; each
+    delete by the whole key, so its plan never depends on the table's
+    statistics), and on PostgreSQL one upsert of arrays."""
+    cursor = Database.cursor(conn)
+    if dialect == "postgresql":
         cursor.executemany(
-            "DELETE FROM shard_holdings WHERE stream = ? AND part = ? AND asset = ?"
-            " AND user_id = ?",
+            "DELETE FROM shard_holdings WHERE stream = %s AND part = %s AND asset = %s"
+            " AND user_id = %s",
             [(stream, part, asset, user) for user, asset in gone],
         )
-        cursor.executemany(
-            "INSERT INTO shard_holdings (stream, part, asset, user_id, amount, slot)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (stream, part, asset, user_id)"
-            " DO UPDATE SET amount = excluded.amount, slot = excluded.slot",
-            [
-                (stream, part, asset, user, encode_amount(amount, "sqlite"), slot)
-                for user, asset, amount, slot in held
-            ],
-        )
+        if held:  # one JSON array of [user, asset, amount, slot]: no per-element adapting
+            cursor.execute(
+                "INSERT INTO shard_holdings (stream, part, asset, user_id, amount, slot)"
+                " SELECT %s, %s, h->>1, h->>0, (h->>2)::numeric, (h->>3)::bigint"
+                " FROM json_array_elements(%s::json) AS h"
+                " ON CONFLICT (stream, part, asset, user_id)"
+                " DO UPDATE SET amount = EXCLUDED.amount, slot = EXCLUDED.slot",
+                (stream, part, msgspec.json.encode(held).decode()),
+            )
+        return
+    cursor.executemany(
+        "DELETE FROM shard_holdings WHERE stream = ? AND part = ? AND asset = ? AND user_id = ?",
+        [(stream, part, asset, user) for user, asset in gone],
+    )
+    cursor.executemany(
+        "INSERT INTO shard_holdings (stream, part, asset, user_id, amount, slot)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (stream, part, asset, user_id)"
+        " DO UPDATE SET amount = excluded.amount, slot = excluded.slot",
+        [
+            (stream, part, asset, user, encode_amount(amount, "sqlite"), slot)
+            for user, asset, amount, slot in held
+        ],
+    )
 
 
 _STATE = select(

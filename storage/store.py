@@ -14,7 +14,8 @@ holding the database, in a module of its own:
     epochs.py        epochs, their marks and reserves, the log and its proofs
     cosignatures.py  witnesses' cosignatures of the epochs
     lease.py         the log writer's lease and its fencing token
-    shards.py        each shard's state and holders as of its last close
+    shards.py        each shard's state and holders as of its last close, as a
+                     base and one delta a close, and their fold
 
 Every public method but ``fold`` (a series of short transactions, safe to
 interrupt) is one transaction: it commits whole, or raises having written
@@ -354,3 +355,11 @@ class Store:
         self, stream: str, part: int, epoch: int, chunk_size: int = CHUNK
     ) -> Iterator[list[Holding]]:
         return self._shards.holdings(stream, part, epoch, chunk_size)
+
+    @_documented_by(ShardStates.fold)
+    def fold_shard(self, stream: str, part: int) -> int:
+        return self._shards.fold(stream, part)
+
+    @_documented_by(ShardStates.pending)
+    def shard_pending(self, stream: str, part: int) -> int:
+        return self._shards.pending(stream, part)

@@ -17,7 +17,10 @@ store too (docs/SCALING.md, "Salt rotation across shards"). A shard
 killed at any point and started again gives the same answers as one that
 never stopped; the epoch it closed last is answered again as it was. A
 core that breaks (a save that failed, say) is restored from the store in
-the same way, after a backoff.
+the same way, after a backoff. A save appends one delta row whatever the
+close changed; a thread of the shard folds the deltas into the saved
+holdings (``Store.fold_shard``) once they name ``fold_every`` changed
+holdings, off the closes, so a restore replays at most about that many.
 
 Invariants:
 
@@ -32,6 +35,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -60,13 +64,14 @@ from prover.shards.core import ShardCore
 from prover.shards.pull import Puller, merged, open_puller
 from prover.sources.nats import redact
 from storage.errors import StorageError
-from storage.store import Store
+from storage.store import HoldingChanges, ShardState, Store
 
 __all__ = ["Shard", "ShardCore", "ShardStats"]
 
 log = logging.getLogger("solvency.prover")
 RESTART = Backoff(first=0.5, cap=30.0)  # before a failed session is started again
 SESSION_OK = 30.0  # s a session ran before failing: its restart backs off from the start
+FOLD_EVERY = 500_000  # changed holdings saved in deltas before a fold: bounds a restore's replay
 
 
 @dataclass
@@ -105,6 +110,7 @@ class Shard:
         idle: float = 0.05,
         stage_wait: float = 2.0,
         timeout: float = 5.0,
+        fold_every: int = FOLD_EVERY,
     ) -> None:
         """``core``: the shard as recovered (its ledger of ``period``, split
         by ``router``); by default, empty at the stream's start. ``store``:
@@ -115,7 +121,11 @@ class Shard:
         ``timeout``: of every NATS request. ``retain``, ``retain_bytes``:
         how many epochs before the last the core keeps proofs of, in how
         much memory (``config.proof_epochs``, ``proof_memory_mb``); a core
-        restored from the store keeps none from before its restore."""
+        restored from the store keeps none from before its restore.
+        ``fold_every``: how many changed holdings the saved deltas name
+        before a fold is started (at least 1)."""
+        if fold_every < 1:
+            raise ValueError(f"fold_every {fold_every} is not at least 1")
         if core is not None and store is not None:
             raise ValueError("a shard with a store starts from what it saved, not from a core")
         self.core = core or ShardCore.empty(period, router, part, retain, retain_bytes=retain_bytes)
@@ -132,6 +142,11 @@ class Shard:
         self._progress = asyncio.Condition()  # notified whenever more was read
         self._tasks: set[asyncio.Task[None]] = set()
         self._work = ThreadPoolExecutor(1, thread_name_prefix=f"shard-{part}")
+        self._folds = ThreadPoolExecutor(1, thread_name_prefix=f"shard-{part}-fold")
+        self.fold_every = fold_every
+        self._unfolded = 0  # changed holdings in the deltas saved, as far as this shard knows
+        self._folding = False  # a fold is queued or running
+        self._fold_lock = threading.Lock()  # guards the two above
         self._loaded = store is None  # the core is the one to serve
 
     @property
@@ -170,6 +185,7 @@ class Shard:
             for task in list(self._tasks):
                 task.cancel()
             self._work.shutdown(wait=False, cancel_futures=True)
+            self._folds.shutdown(wait=False, cancel_futures=True)
             self.core.rotation.stop()
 
     def _load(self) -> None:
@@ -178,8 +194,11 @@ class Shard:
         assert self.store is not None
         store, stream, part = self.store, self.stream, self.part
         started = time.perf_counter()
-        save = functools.partial(store.save_shard, stream, part)
+        save = functools.partial(self._save, part)
         state = store.shard_state(stream, part)
+        with self._fold_lock:
+            self._unfolded = store.shard_pending(stream, part)
+        self._fold_if_due()
         self.core.rotation.stop()  # a build of the core before this one
         if state is not None and state.period != self.period.number:  # rotated since
             self.period = self._period(state.period)
@@ -215,6 +234,52 @@ class Shard:
             self.stats.restore_seconds,
             self.core.read + 1,
         )
+
+    def _save(
+        self, part: int, after: int | None, state: ShardState, changes: HoldingChanges
+    ) -> None:
+        """Save a close of part ``part`` (one delta row), then start a fold
+        if one is due. In the worker thread, before the close is answered."""
+        assert self.store is not None
+        self.store.save_shard(self.stream, part, after, state, changes)
+        with self._fold_lock:
+            self._unfolded += len(changes.held) + len(changes.gone)
+        self._fold_if_due()
+
+    def _fold_if_due(self) -> None:
+        """Start a fold in the fold thread if the deltas name ``fold_every``
+        changed holdings and none is queued or running."""
+        with self._fold_lock:
+            if self._folding or self._unfolded < self.fold_every:
+                return
+            self._folding = True
+        try:
+            self._folds.submit(self._fold, self.part)
+        except RuntimeError:  # shut down: the shard stops
+            with self._fold_lock:
+                self._folding = False
+
+    def _fold(self, part: int) -> None:
+        """Fold part ``part``'s deltas into its saved holdings. In the fold
+        thread; a failure is logged and left for the next fold (the deltas
+        stay, and a restore replays them)."""
+        assert self.store is not None
+        started, folded = time.perf_counter(), 0
+        try:
+            folded = self.store.fold_shard(self.stream, part)
+        except StorageError as exc:
+            log.warning("shard %d: folding the saved deltas: %s", part, exc)
+        finally:
+            with self._fold_lock:
+                self._unfolded = max(0, self._unfolded - folded)
+                self._folding = False
+        if folded:
+            log.info(
+                "shard %d: folded %d saved holdings in %.2f s",
+                part,
+                folded,
+                time.perf_counter() - started,
+            )
 
     def _period(self, number: int) -> SaltPeriod:
         """Salt period ``number`` as the store keeps it (a rotation's)."""

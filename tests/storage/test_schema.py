@@ -31,6 +31,7 @@ TABLES = {
     "reserve_reports",
     "reserves",
     "salt_periods",
+    "shard_deltas",
     "shard_holdings",
     "shard_states",
     "signing_keys",
@@ -49,7 +50,7 @@ def test_the_migrations_create_exactly_the_models(store: Store) -> None:
 def test_open_is_idempotent_and_at_head(db_url: str) -> None:
     for _ in range(2):
         with Store.open(db_url) as store, store.engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0008"
+            assert MigrationContext.configure(conn).get_current_revision() == "0009"
 
 
 def test_upgrade_keeps_data_written_at_the_first_revision(db_url: str) -> None:
