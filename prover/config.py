@@ -180,6 +180,10 @@ class Settings(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # the coordinator's lease of the log, renewed at each epoch, lasts this long; then a
     # standby may take over. At least twice max_interval
     lease_ttl: Annotated[float, Meta(ge=1, le=3600)] = 30.0
+    # how long the coordinator waits for a shard's answer, and a shard for NATS's (each request)
+    shard_timeout: Annotated[float, Meta(ge=1, le=60)] = 5.0
+    # role shard: the port of its /healthz and /metrics (on host); 0: none
+    shard_port: Annotated[int, Meta(ge=0, le=65535)] = 0
 
 
 class Config(Settings, frozen=True):

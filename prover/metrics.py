@@ -14,7 +14,7 @@ fan-out, the server, the witnesses' reports); /metrics reads it there too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -23,7 +23,16 @@ from prometheus_client.registry import Collector
 
 from prover.witnesses import WitnessStats
 
-__all__ = ["LATENCY_BUCKETS", "Metrics", "render_metrics"]
+__all__ = [
+    "LATENCY_BUCKETS",
+    "Family",
+    "FrontendMetrics",
+    "Metrics",
+    "RoleMetrics",
+    "Sample",
+    "Snapshot",
+    "render_metrics",
+]
 
 # Seconds, from 1 ms to 10 s: finest around the targets (tens of ms from commit
 # to publication, a witness timeout of 1 s), so that p99 interpolates within a
@@ -179,3 +188,126 @@ def epoch_health(metrics: Metrics, now: float, max_interval: float) -> str | Non
     if late > 2 * max_interval + 1:
         return f"late: no epoch for {late:.0f} s" if metrics.last_epoch_time else "late"
     return None
+
+
+# A sharded prover's front-ends and shards (prover/shards/): the listener's
+# fields of ``Metrics`` and families of their own, rendered by render_metrics.
+
+Sample = float | Mapping[str, float]  # one value, or one per value of the family's label
+Family = tuple[str, str, str]  # kind ("gauge" or "counter"), help, label name ("": none)
+
+
+class Snapshot(Collector):
+    """The families ``families`` (full name: kind, help, label), their values
+    read by ``read`` at each scrape; a name ``read`` leaves out is not
+    exported (a value not known yet). A labelled family's samples come in
+    the order of their label values."""
+
+    def __init__(
+        self, families: Mapping[str, Family], read: Callable[[], Mapping[str, Sample]]
+    ) -> None:
+        self._families, self._read = families, read
+
+    def collect(self) -> Iterator[Metric]:
+        values = self._read()
+        for name, (kind, text, label) in self._families.items():
+            value = values.get(name)
+            if value is None:
+                continue
+            family = _family(name, kind, text, [label] if label else [])
+            if isinstance(value, Mapping):
+                for key, sample in sorted(value.items()):
+                    family.add_metric([key], sample)
+            else:
+                family.add_metric([], value)
+            yield family
+
+
+_LISTENER_FIELDS = ("connections", "refused_connections", "connection_bytes")
+
+
+@dataclass
+class RoleMetrics(Metrics):
+    """The metrics of a process of a sharded prover that serves HTTP (a
+    front-end, a shard): of ``Metrics``' fields, only its listener's, which
+    prover/gate.py writes (``connections``, ``refused_connections``;
+    ``connection_bytes`` set before each scrape); the role registers its own
+    collectors on ``registry``. ``render_metrics`` renders it."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.registry = CollectorRegistry()  # the daemon's families are not this role's
+        families = {f"solvency_{n}": (*_HELP[n], "") for n in _LISTENER_FIELDS}
+        self.registry.register(
+            Snapshot(
+                families, lambda: {f"solvency_{n}": getattr(self, n) for n in _LISTENER_FIELDS}
+            )
+        )
+
+
+_FRONTEND_FAMILIES: dict[str, Family] = {
+    "solvency_updates": (
+        "counter",
+        "Balance updates and reserve reports accepted: in a commit the stream acknowledged.",
+        "",
+    ),
+    "solvency_ingest_errors": ("counter", "Ingest messages refused since start.", ""),
+    "solvency_frontend_batches": (
+        "counter",
+        "Ingest messages accepted: their commit acknowledged by the stream (duplicates too).",
+        "",
+    ),
+    "solvency_frontend_refused": (
+        "counter",
+        "Ingest messages refused, by the code of the error reply.",
+        "reason",
+    ),
+    "solvency_frontend_inflight_parts": (
+        "gauge",
+        "Parts and commits published and not yet acknowledged by the stream.",
+        "",
+    ),
+    "solvency_frontend_nats_connected": ("gauge", "1 while connected to NATS, else 0.", ""),
+}
+
+
+@dataclass
+class FrontendMetrics(RoleMetrics):
+    """A front-end's metrics (prover/shards/frontend.py): its listener's, the
+    daemon's ingest counters and ``ingest_batch`` histogram (arrival to ack),
+    and its own: ``batches`` accepted, ``refused`` by reason (an error code),
+    ``inflight_parts``, ``nats_connected`` (set before each scrape) and the
+    ``publish`` histogram (a batch's parts and commit, to the stream's
+    acknowledgement of its commit). Written on the event loop's thread."""
+
+    batches: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    inflight_parts: int = 0
+    nats_connected: bool = False
+    publish: Histogram = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.registry.register(Snapshot(_FRONTEND_FAMILIES, self._values))
+        self.registry.register(self.ingest_batch)
+        self.publish = Histogram(
+            "solvency_frontend_publish_seconds",
+            "Time from a batch's first part published to its commit acknowledged.",
+            registry=self.registry,
+            buckets=LATENCY_BUCKETS,
+        )
+
+    def refuse(self, reason: str) -> None:
+        """An ingest message was refused with error code ``reason``."""
+        self.ingest_errors += 1
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def _values(self) -> dict[str, Sample]:
+        return {
+            "solvency_updates": self.updates,
+            "solvency_ingest_errors": self.ingest_errors,
+            "solvency_frontend_batches": self.batches,
+            "solvency_frontend_refused": dict(self.refused),
+            "solvency_frontend_inflight_parts": self.inflight_parts,
+            "solvency_frontend_nats_connected": int(self.nats_connected),
+        }

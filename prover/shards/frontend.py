@@ -3,10 +3,12 @@
 
 One port, like the daemon's (prover/server.py), admitted and bounded by
 prover/gate.py: ``/ingest`` (PROTOCOL §11.1, the same messages and bearer
-token) and ``/healthz`` (200 while connected to NATS and the stream exists,
-else 503 and why). Each message is parsed and checked as the daemon checks
-it before storing (every check that needs no stored state: ``parse_ingest``,
-configured assets, ``as_of_ms`` skew, attester signatures), split by shard
+token), ``/healthz`` (200 while connected to NATS and the stream exists,
+else 503 and why) and ``/metrics`` (Prometheus text: ``FrontendMetrics``,
+prover/metrics.py; like the daemon's, served to anyone). Each message is
+parsed and checked as the daemon checks it before storing (every check
+that needs no stored state: ``parse_ingest``, configured assets,
+``as_of_ms`` skew, attester signatures), split by shard
 (prover/shards/split.py) and published (prover/shards/stream.py); the ack
 comes once its commit is acknowledged by the stream.
 
@@ -52,6 +54,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
+from prometheus_client import CONTENT_TYPE_LATEST
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -76,7 +79,7 @@ from prover.messages import (
     error_reply,
     parse_ingest,
 )
-from prover.metrics import Metrics
+from prover.metrics import FrontendMetrics, render_metrics
 from prover.routing import Router
 from prover.server import http_error, http_response, not_get
 from prover.shards.split import PartTooLarge, Split, split_balances, split_reserves
@@ -148,11 +151,12 @@ class Frontend:
     ) -> None:
         self.config, self.router, self.nats_url, self.spec = config, router, nats_url, spec
         self.checks = BatchChecks.from_config(config)
-        self.metrics = Metrics()
+        self.metrics = FrontendMetrics()
         self._clock = clock
         self._nc: Client | None = None
         self._publisher: Publisher | None = None
         self._server: Server | None = None
+        self._gate: Gate | None = None
         self._stopping = False
         self._unanswered = 0  # messages read and not answered, every connection
         self._answered = asyncio.Event()  # set while none is
@@ -262,7 +266,7 @@ class Frontend:
         limits, warning = plan_limits(self.config, descriptor_limit())
         if warning:
             log.warning("%s", warning)
-        gate = Gate(limits, {}, self.metrics)
+        gate = self._gate = Gate(limits, {}, self.metrics)
         return await serve(
             self._handler,
             host,
@@ -291,6 +295,8 @@ class Frontend:
         if path == "/healthz":
             problem = await self.health()
             return http_response(503 if problem else 200, f"{problem or 'ok'}\n", "text/plain")
+        if path == "/metrics":
+            return http_response(200, self.render_metrics(), CONTENT_TYPE_LATEST)
         if path == "/ingest":
             token = self.config.ingest_token
             if not token or not token_ok(presented, token):
@@ -300,6 +306,14 @@ class Frontend:
             conn.open_for_messages(self.config.max_message_bytes)
             return None
         return http_error(404, "not-found", f"no route {path}")
+
+    def render_metrics(self) -> str:
+        """``/metrics``: the metrics, with what the connections hold and
+        whether NATS is connected as of now."""
+        if self._gate is not None:
+            self.metrics.connection_bytes = self._gate.held_bytes()
+        self.metrics.nats_connected = self._nc is not None and self._nc.is_connected
+        return render_metrics(self.metrics)
 
     async def _handler(self, conn: ServerConnection) -> None:
         """``/ingest``: messages read ahead (up to ``PIPELINE``), replies in order."""
@@ -332,6 +346,7 @@ class Frontend:
         try:
             if self._stopping:
                 error = IngestError("shutting-down", "the front-end is stopping: send it again")
+                self.metrics.refuse(error.code)
                 return _Reply(error_reply(None, error), (CLOSE_GOING_AWAY, "front-end stopping"))
             if isinstance(data, bytes):  # §11.1: a message is one text frame
                 raise IngestError("bad-message", "binary frame: send JSON in a text frame")
@@ -342,19 +357,20 @@ class Frontend:
             publishing = True
             at = await self._publish(split, previous)
             stored = True
+            self.metrics.batches += 1
             self.metrics.updates += len(batch.updates)
             self.metrics.ingest_batch.observe(time.perf_counter() - started)
             last = batch.updates[-1].seq
             return _Reply(accepted_ack(batch.id, batch.source, len(batch.updates), last, at))
         except IngestError as exc:
-            self.metrics.ingest_errors += 1
+            self.metrics.refuse(exc.code)
             reply = error_reply(request_id if exc.id is None else exc.id, exc)
             if exc.code == "internal":
                 return _Reply(reply, (CLOSE_INTERNAL, "not stored: send again from the last ack"))
             return _Reply(reply)
         except Exception:
             log.exception("ingest failed")
-            self.metrics.ingest_errors += 1
+            self.metrics.refuse("internal")
             reply = error_reply(request_id, IngestError("internal", "internal error"))
             return _Reply(reply, (CLOSE_INTERNAL, "not stored: send again from the last ack"))
         finally:
@@ -383,14 +399,21 @@ class Frontend:
             if not await asyncio.shield(previous):
                 raise IngestError("internal", "an earlier message was not stored; send it again")
 
+        messages = len(split.parts) + 1  # and the commit
+        self.metrics.inflight_parts += messages
+        started = time.perf_counter()
         try:
-            return await self._publisher.publish(split, after)
+            stored = await self._publisher.publish(split, after)
+            self.metrics.publish.observe(time.perf_counter() - started)
+            return stored
         except MessageTooLarge as exc:
             raise IngestError("too-large", f"too large for the stream: {exc}") from None
         except (PublishFailed, nats.errors.Error) as exc:
             self._failed(f"batches not published: {type(exc).__name__}")
             log.debug("not published: %s", exc)
             raise IngestError("internal", "the batch could not be stored; retry") from None
+        finally:
+            self.metrics.inflight_parts -= messages
 
 
 class _Session:

@@ -15,12 +15,17 @@ What each process finds, and where:
   period, waiting up to ``PERIOD_WAIT`` seconds for the coordinator to
   start the first one (a shard restored from its save takes the period it
   saved instead, prover/shards/shard.py: a rotation may be under way);
+  ``/healthz`` and ``/metrics`` on ``host:shard_port`` if ``shard_port`` is
+  set (prover/shards/shard_http.py), from before it restores;
 - ``coordinator``: the store, the signing key (``key_file``), the lease
   holder's name (``coordinator_name``, else ``<hostname>:<pid>``) and its
   ``lease_ttl``; the ``Coordinator``, served by ``prover.server`` on
   ``host:port``. On a store with no salt period yet it starts the first one,
   once it holds the log's lease, so that two coordinators starting at once
   cannot start two.
+
+The coordinator's requests to the shards, and the shards' NATS requests,
+wait ``shard_timeout`` seconds for an answer.
 
 Each logs one line at start saying what it is and where it listens or
 reads. SIGTERM or SIGINT stops it, before it has started too.
@@ -67,6 +72,7 @@ from prover.shards.control import control_subject
 from prover.shards.coordinator import Coordinator
 from prover.shards.frontend import Frontend, StreamSpec
 from prover.shards.shard import Shard
+from prover.shards.shard_http import ShardListener
 from prover.shards.stream import ensure_stream
 from prover.sources.nats import redact
 from storage.store import Store
@@ -283,6 +289,7 @@ async def _shard(config: Config, router: Router, stop: asyncio.Event) -> int:
         retain=config.proof_epochs,
         retain_bytes=config.proof_memory_mb << 20,
         store=store,
+        timeout=config.shard_timeout,
     )
     log.info(
         "shard %d of %d (salt period %d): reading stream %s (%s, %s) at %s,"
@@ -296,9 +303,27 @@ async def _shard(config: Config, router: Router, stop: asyncio.Event) -> int:
         redact(config.nats_url),
         control_subject(config.ledger_prefix, part),
     )
+    listener: ShardListener | None = None
     try:
+        if config.shard_port:
+            listener = ShardListener(shard, config)
+            try:
+                await listener.start(config.host, config.shard_port)
+            except OSError as exc:
+                raise ProverError(
+                    f"shard {part}: cannot listen on {config.host}:{config.shard_port}:"
+                    f" {exc.strerror or exc}"
+                ) from None
+            log.info(
+                "shard %d: /healthz and /metrics on http://%s:%d",
+                part,
+                config.host,
+                listener.port,
+            )
         await shard.run(stop)
     finally:
+        if listener is not None:
+            await listener.stop()
         await asyncio.to_thread(store.close)
     log.info("shard %d stopped", part)
     return EXIT_STOPPED
@@ -355,6 +380,7 @@ async def _coordinator(config: Config, router: Router, stop: asyncio.Event) -> i
             previous_keys=previous,
             holder=holder,
             lease_ttl=config.lease_ttl,
+            shard_timeout=config.shard_timeout,
         )
         server: Server | None = None
         try:

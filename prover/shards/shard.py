@@ -52,6 +52,7 @@ from prover.periods import SaltPeriod
 from prover.routing import Router
 from prover.shards import wire
 from prover.shards.control import (
+    ClosedPart,
     Refused,
     Reply,
     Request,
@@ -85,6 +86,15 @@ class ShardStats:
     sessions: int = 0  # connections made, 1 plus one per restarted session
     restores: int = 0  # cores restored from the store
     restore_seconds: float = 0.0  # how long the last restore took
+    restoring: bool = False  # a core is being loaded from the store
+    epoch: int = -1  # the last epoch closed (restored, after a restart); -1: none
+    cut: int = 0  # its cut: the stream sequence it was closed at
+    saves: int = 0  # closes saved to the store
+    save_seconds: float = 0.0  # how long the last save took
+    folds: int = 0  # folds of the saved deltas that succeeded
+    fold_failures: int = 0  # folds that failed
+    fold_failing: int = 0  # folds failed in a row; 0: the last one succeeded (or none ran)
+    fold_error: str = ""  # why the last fold failed
 
 
 class Shard:
@@ -153,6 +163,13 @@ class Shard:
     def part(self) -> int:
         return self.core.part
 
+    @property
+    def unfolded(self) -> int:
+        """Changed holdings named by the saved deltas and not folded yet, as
+        far as this shard knows."""
+        with self._fold_lock:
+            return self._unfolded
+
     async def run(self, stop: asyncio.Event) -> None:
         """Read and serve until ``stop`` is set, after restoring the core
         from the store if there is one; a failed session is started again
@@ -194,6 +211,23 @@ class Shard:
         assert self.store is not None
         store, stream, part = self.store, self.stream, self.part
         started = time.perf_counter()
+        self.stats.restoring = True
+        try:
+            self._restore(store, stream, part)
+        finally:
+            self.stats.restoring = False
+        self.stats.restore_seconds = time.perf_counter() - started
+        self._loaded = True
+        log.info(
+            "shard %d: %s in %.2f s, reading on from %d",
+            part,
+            "empty" if self.stats.epoch < 0 else f"restored after epoch {self.stats.epoch}",
+            self.stats.restore_seconds,
+            self.core.read + 1,
+        )
+
+    def _restore(self, store: Store, stream: str, part: int) -> None:
+        """``_load``'s work: the core and the counts of unfolded holdings."""
         save = functools.partial(self._save, part)
         state = store.shard_state(stream, part)
         with self._fold_lock:
@@ -225,15 +259,7 @@ class Shard:
             )
             self.stats.restores += 1
         self.core.rotation.periods = self._period
-        self.stats.restore_seconds = time.perf_counter() - started
-        self._loaded = True
-        log.info(
-            "shard %d: %s in %.2f s, reading on from %d",
-            part,
-            "empty" if state is None else f"restored after epoch {state.epoch}",
-            self.stats.restore_seconds,
-            self.core.read + 1,
-        )
+        self.stats.epoch, self.stats.cut = (-1, 0) if state is None else (state.epoch, state.cut)
 
     def _save(
         self, part: int, after: int | None, state: ShardState, changes: HoldingChanges
@@ -241,7 +267,10 @@ class Shard:
         """Save a close of part ``part`` (one delta row), then start a fold
         if one is due. In the worker thread, before the close is answered."""
         assert self.store is not None
+        started = time.perf_counter()
         self.store.save_shard(self.stream, part, after, state, changes)
+        self.stats.saves += 1
+        self.stats.save_seconds = time.perf_counter() - started
         with self._fold_lock:
             self._unfolded += len(changes.held) + len(changes.gone)
         self._fold_if_due()
@@ -267,8 +296,13 @@ class Shard:
         started, folded = time.perf_counter(), 0
         try:
             folded = self.store.fold_shard(self.stream, part)
+            self.stats.folds += 1
+            self.stats.fold_failing = 0
         except StorageError as exc:
             log.warning("shard %d: folding the saved deltas: %s", part, exc)
+            self.stats.fold_failures += 1
+            self.stats.fold_failing += 1
+            self.stats.fold_error = str(exc) or type(exc).__name__
         finally:
             with self._fold_lock:
                 self._unfolded = max(0, self._unfolded - folded)
@@ -399,6 +433,8 @@ class Shard:
         waits = isinstance(reply, Refused) and reply.code == "not-yet"
         if waits and isinstance(request, Stage) and await self._caught_up(request.cut):
             reply = await loop.run_in_executor(self._work, self.core.answer, request)
+        if isinstance(reply, ClosedPart) and reply.epoch > self.stats.epoch:
+            self.stats.epoch, self.stats.cut = reply.epoch, reply.state.cut
         return reply
 
     async def _caught_up(self, cut: int) -> bool:

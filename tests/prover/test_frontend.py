@@ -26,6 +26,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -649,3 +650,48 @@ def http_get(url: str) -> tuple[int, bytes]:
             return r.status, r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def test_metrics_count_accepted_and_refused_batches(tmp_path: Path, names: Names) -> None:
+    def scrape(frontend: Frontend) -> dict[str, float]:
+        status, text = http_get(f"http://127.0.0.1:{frontend.port}/metrics")
+        assert status == 200
+        found = {}
+        for family in text_string_to_metric_families(text.decode()):
+            for s in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                found[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return found
+
+    async def scenario() -> None:
+        async with frontends(tmp_path, names, 1) as (a,):
+            before = await asyncio.to_thread(scrape, a)
+            assert before["solvency_frontend_batches_total"] == 0
+            assert before["solvency_frontend_nats_connected"] == 1
+            assert "solvency_epoch" not in before  # the daemon's, not a front-end's
+            async with connect(ingest_url(a), additional_headers=AUTH) as conn:
+                for first, count in ((1, 5), (6, 7)):
+                    assert (await request(conn, batch("core", first, count)[0]))["type"] == "ack"
+                refused = [("{not json", "bad-json"), (b"\x00", "bad-message")]
+                refused.append(
+                    (batch("core", 13, 2)[0].replace('"BTC"', '"DOGE"'), "unknown-asset")
+                )
+                refused.append(("{also not json", "bad-json"))
+                for data, code in refused:
+                    assert (await request(conn, data))["code"] == code
+                after = await asyncio.to_thread(scrape, a)
+            assert after["solvency_frontend_batches_total"] == 2
+            assert after["solvency_updates_total"] == 12
+            assert after["solvency_ingest_errors_total"] == 4
+            assert after['solvency_frontend_refused_total{reason="bad-json"}'] == 2
+            assert after['solvency_frontend_refused_total{reason="bad-message"}'] == 1
+            assert after['solvency_frontend_refused_total{reason="unknown-asset"}'] == 1
+            assert after["solvency_frontend_publish_seconds_count"] == 2
+            assert after["solvency_ingest_batch_seconds_count"] == 2
+            assert after["solvency_frontend_inflight_parts"] == 0
+            assert after["solvency_connections"] >= 2  # the producer's and this scrape's
+            assert a._nc is not None
+            await a._nc.close()
+            assert (await asyncio.to_thread(scrape, a))["solvency_frontend_nats_connected"] == 0
+
+    asyncio.run(scenario())

@@ -197,11 +197,14 @@ class Role:
     """One ``solvency-prover run --role R`` process, its log in a file."""
 
     def __init__(self, data: Path, role: str, log: Path, port: int = 0, shard: int = -1) -> None:
+        """``port``: the role's listener (a shard's ``shard_port``)."""
         self.name, self.log = role if shard < 0 else f"shard {shard}", log
         args = [sys.executable, "-m", "prover.cli", "--data-dir", str(data)]
-        if port:
-            args += ["--port", str(port)]
         env = {**os.environ, "SOLVENCY_SHARD": str(shard)}
+        if port and shard >= 0:
+            env["SOLVENCY_SHARD_PORT"] = str(port)
+        elif port:
+            args += ["--port", str(port)]
         with open(log, "wb") as err:
             self.proc = subprocess.Popen(
                 [*args, "run", "--role", role, "--json-logs"],
@@ -313,17 +316,19 @@ def test_the_roles_as_processes(
     config = load_config(data, {"role": "coordinator"}, environ={})
     vkey = verifier_key_for(config.origin, load_key(config.key_path, None).public_key())
     (tmp_path / "log.vkey").write_text(f"{vkey}\n")
-    coordinator_port, front_port = free_ports(2)
+    coordinator_port, front_port, *shard_ports = free_ports(4)
     roles = [
         Role(data, "coordinator", tmp_path / "coordinator.log", coordinator_port),
-        Role(data, "shard", tmp_path / "shard0.log", shard=0),
-        Role(data, "shard", tmp_path / "shard1.log", shard=1),
+        Role(data, "shard", tmp_path / "shard0.log", shard_ports[0], shard=0),
+        Role(data, "shard", tmp_path / "shard1.log", shard_ports[1], shard=1),
         Role(data, "front-end", tmp_path / "front-end.log", front_port),
     ]
     timings: dict[str, float] = {}
     try:
         wait_healthy(front_port, roles[3].proc, roles[3].log)
         wait_healthy(coordinator_port, roles[0].proc, roles[0].log)  # an epoch: both shards answer
+        for port, role in zip(shard_ports, roles[1:3], strict=True):
+            wait_healthy(port, role.proc, role.log)  # each shard's own /healthz
         timings["started"] = time.monotonic() - began
         auditor = subprocess.Popen(
             [
