@@ -89,6 +89,7 @@ __all__ = ["Coordinator"]
 log = logging.getLogger("solvency.coordinator")
 T = TypeVar("T")
 RETRY = Backoff(first=0.1, cap=5.0)
+COMMITS_HEARTBEAT = 1.0  # s: the commits' consumer, silent 2 of these, is made anew
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,9 @@ class Coordinator:
             wire.commit_subject(self._prefix),
             cb=self._on_commit,
             ordered_consumer=True,
+            # R1 on any peer of the stream, a stopped one too (NATS 2.9.10, see
+            # pull.py ``open_puller``): nats-py makes it anew once 2 heartbeats miss
+            idle_heartbeat=COMMITS_HEARTBEAT,
             config=ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=cut + 1
             ),

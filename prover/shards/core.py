@@ -39,11 +39,8 @@ Invariants:
   ``retain`` is. The copy (each tree's levels, about as much memory again
   as the trees) is dropped after the last page or at the next export's
   first; making it holds the core up for as long as copying that memory.
-  Reading the pages through the undo records instead would keep no copy,
-  but an export would then have to end within the retention: measured
-  (two assets, the 2-core VM), 6,400 proofs/s a shard at age 0 and
-  2,200-3,400/s at age 10, so about 85,000 users a shard within 60 epochs
-  closing every second.
+  (Pages read through the undo records would keep no copy, but would
+  bound an export by the retention: docs/SCALING.md.)
 """
 
 from __future__ import annotations

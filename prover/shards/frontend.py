@@ -242,7 +242,7 @@ class Frontend:
 
     async def _connect(self) -> Client:
         async def error(exc: Exception) -> None:
-            self._failed(f"nats: {exc or type(exc).__name__}")
+            self._failed(f"nats: {str(exc) or type(exc).__name__}")
 
         async def disconnected() -> None:
             if not self._stopping:

@@ -41,10 +41,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections import deque
 from collections.abc import Iterator
 
 import msgspec
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -54,8 +56,15 @@ from prover.errors import ProverError
 
 __all__ = ["Held", "Puller", "merged", "open_puller"]
 
+log = logging.getLogger("solvency.prover")
 Held = tuple[int, int, bytes]  # stream sequence, stored time (ms), payload
 NO_MESSAGE = 10037  # JetStream's error code for "no message found"
+# Seconds each attempt to create a consumer waits for the answer (``open_puller``):
+# short first, as a consumer placed on a peer that is down is never answered (one
+# creation in three while one node of three is down; 5 in a row seen), longer
+# after, should the cluster be slow rather than the consumer lost. An answer
+# comes in 2-10 ms otherwise (the fault tests' deployment, on 2 cores).
+CREATE_WAITS = (0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0, 2.0, 4.0)
 
 
 class _Stored(msgspec.Struct):
@@ -182,24 +191,85 @@ async def open_puller(
     start: int,
     description: str,
     inactive: float,
+    waits: tuple[float, ...] = CREATE_WAITS,
 ) -> Puller:
     """An ephemeral pull consumer of ``subject`` from stream sequence
     ``start``, no acks; the server drops it once unused for ``inactive``
-    seconds (a shard that died)."""
-    config = ConsumerConfig(
-        name=nc.new_inbox().rpartition(".")[2],
-        description=description,
-        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=start,
-        ack_policy=AckPolicy.NONE,
-        filter_subject=subject,
-        inactive_threshold=inactive,
+    seconds (a shard that died).
+
+    NATS 2.9.10 makes such a consumer R1 on one of the stream's peers drawn
+    at random, a peer that is down included (``createGroupForConsumer``
+    checks no peer's liveness, ``setPreferred`` draws one uniformly; while
+    one node of three is down, one creation in three): nothing answers the
+    creation, and the consumer, assigned, is "offline" (10119) until that
+    peer is back. So each attempt waits ``waits[i]`` seconds for the answer
+    (a creation is answered in milliseconds otherwise), then deletes the
+    consumer it asked for (the meta leader removes an assignment at once,
+    wherever it was placed) and asks for another, under a new name. A
+    creation merely slow (the meta leader just elected, say) may still
+    make its consumer after the deletion: unused, the server drops it after
+    ``inactive``.
+
+    Raises:
+        ProverError: no attempt was answered in time.
+        nats.errors.Error: a creation refused, or NATS unreachable.
+    """
+    began = asyncio.get_running_loop().time()
+    for attempt, wait in enumerate(waits, 1):
+        config = ConsumerConfig(
+            name=nc.new_inbox().rpartition(".")[2],
+            description=description,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            ack_policy=AckPolicy.NONE,
+            filter_subject=subject,
+            inactive_threshold=inactive,
+        )
+        assert config.name is not None
+        try:
+            created = await js.add_consumer(stream, config, timeout=wait)
+        except nats.errors.TimeoutError:
+            deleted = await _delete_quietly(js, stream, config.name, wait)
+            log.warning(
+                "consumer %s of %s: creation not answered in %.1f s (attempt %d of %d):"
+                " placed on a peer that is down? %s; creating another",
+                config.name,
+                subject,
+                wait,
+                attempt,
+                len(waits),
+                deleted,
+            )
+            continue
+        assert created.name is not None
+        if attempt > 1:
+            log.info(
+                "consumer %s of %s created at attempt %d, %.1f s after the first",
+                created.name,
+                subject,
+                attempt,
+                asyncio.get_running_loop().time() - began,
+            )
+        puller = Puller(nc, stream, created.name, subject, start - 1)
+        await puller.start()
+        return puller
+    raise ProverError(
+        f"no consumer of {subject} on stream {stream} created: {len(waits)} creations"
+        f" not answered in {asyncio.get_running_loop().time() - began:.1f} s"
     )
-    created = await js.add_consumer(stream, config)
-    assert created.name is not None
-    puller = Puller(nc, stream, created.name, subject, start - 1)
-    await puller.start()
-    return puller
+
+
+async def _delete_quietly(js: JetStreamContext, stream: str, name: str, wait: float) -> str:
+    """Delete consumer ``name``, waiting ``wait`` seconds at most; what came
+    of it, for the log. One not deleted goes unused, and the server drops
+    it later (``inactive_threshold``)."""
+    try:
+        await asyncio.wait_for(js.delete_consumer(stream, name), wait)
+    except TimeoutError:
+        return f"its deletion not answered in {wait:.1f} s"
+    except nats.errors.Error as exc:
+        return f"not deleted ({type(exc).__name__} {exc})"
+    return "deleted"
 
 
 def merged(first: deque[Held], second: deque[Held], upto: int) -> Iterator[Held]:

@@ -196,7 +196,7 @@ async def _ensure_ledger(config: Config, stop: asyncio.Event) -> bool:
             log.warning(
                 "NATS at %s: %s; trying again in %.1f s",
                 redact(config.nats_url),
-                exc or type(exc).__name__,
+                str(exc) or type(exc).__name__,
                 delay,
             )
             with contextlib.suppress(TimeoutError):

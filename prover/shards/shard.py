@@ -193,7 +193,7 @@ class Shard:
                     log.error(
                         "shard %d: %s; starting again in %.1f s",
                         self.part,
-                        exc or type(exc).__name__,
+                        str(exc) or type(exc).__name__,
                         delay,
                     )
                     with contextlib.suppress(TimeoutError):
