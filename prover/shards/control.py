@@ -7,7 +7,7 @@ msgspec Structs in MessagePack arrays, tagged, encoded and decoded here
 only::
 
     Stage(epoch, cut, assets, period)
-                               -> Staged(epoch, cut, batches, growth, next)
+                               -> Staged(epoch, cut, batches, growth, next, room)
     Close(epoch, heights, begin, switch)
                                -> ClosedPart(epoch, roots, state)
     Prove(user, epoch)         -> PartProof(salt, entries) | NoProof
@@ -231,13 +231,17 @@ class NextState(Struct, array_like=True, frozen=True):
 class Staged(Struct, array_like=True, frozen=True, tag=11):
     """Epoch ``epoch`` staged up to ``cut``: ``batches`` batches (replays
     included); ``growth``, the assets whose part must grow, each with the
-    part's holders (``Ledger.growth``)."""
+    part's holders (``Ledger.growth``); ``room``, per asset, the slots of
+    the part's order not handed out yet once the epoch is staged
+    (``Ledger.room`` of the part: a tree grows once any part has none;
+    empty in a reply saved before it was reported)."""
 
     epoch: U64
     cut: U64
     batches: U64
     growth: dict[str, U64]
     next: NextState | None = None  # on an earlier period than the Stage's
+    room: dict[str, U64] = {}
 
 
 class ClosedPart(Struct, array_like=True, frozen=True, tag=12):

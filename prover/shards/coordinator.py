@@ -147,7 +147,9 @@ class Coordinator:
         self._retry_at = 0.0
         self._commits = asyncio.Event()  # set when a commit is read
         self._unsure = True  # where the shards stand: asked before the next epoch
-        self._rotations = Rotations(config.salt_period, router.bits, self._new_period)
+        self._rotations = Rotations(
+            config.salt_period, router.bits, self._new_period, config.epoch_interval
+        )
         self._loaded = False  # the log's state, once the lease is held
         self._proofs = ShardedProofs(
             config, router, self._ask, self._stored, lambda: self._publication.witnesses
@@ -343,7 +345,9 @@ class Coordinator:
             await self._store_reserves(data)
         assets = {a: height_for_parts(0, self.router.bits) for a in self._intake.decimals}
         await self._rotations.start_if_due(now)
-        roots, tops = await self._rotations.close(self._links, number, cut, assets, self._height)
+        roots, tops = await self._rotations.close(
+            self._links, number, cut, assets, self._height, now
+        )
         _, marks, reserves = self._intake.cut()
         marks[("stream", self._stream)] = cut
         timestamp_ms = int(now * 1000)

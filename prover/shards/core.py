@@ -292,8 +292,8 @@ class ShardCore:
             cut = self.intake.through(request.cut)
         self.ledger.stage_rows(cut.rows)
         upcoming = self.rotation.staged(request.period, self.ledger, assets, cut.rows)
-        growth = self.ledger.growth()
-        self._staged = Staged(request.epoch, request.cut, cut.batches, growth, upcoming)
+        growth, room = self.ledger.growth(), self.ledger.room()
+        self._staged = Staged(request.epoch, request.cut, cut.batches, growth, upcoming, room)
         return self._staged
 
     def _close(self, request: Close) -> ClosedPart:

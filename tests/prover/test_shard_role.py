@@ -336,7 +336,7 @@ def test_a_stage_past_what_was_read_is_not_yet() -> None:
     assert core.ledger.books == {} and core.intake.state().cut == 0  # nothing changed
     feed(core, stream, end)
     staged = ask(core, Stage(1, end, HEIGHTS))
-    assert staged == Staged(1, end, 1, {})
+    assert staged == Staged(1, end, 1, {}, room={"BTC": 15, "ETH": 16})
     assert ask(core, Stage(1, end, HEIGHTS)) == staged  # asked again: the same answer
     closed = expect(ask(core, Close(1, {})), ClosedPart)
     assert ask(core, Close(1, {})) == closed  # asked again: the same answer

@@ -9,7 +9,9 @@ as of the epoch the shards' build began, fed every update since. A shard
 restored from its store in the middle of a build makes every shard begin
 again, one restored after the switch is on the new period, and a switch
 that reached some shards only is sent again and completed by the others,
-building in the close.
+building in the close. A tree filling up makes the coordinator start a
+period early, before any part runs out of slots, its trees with room for
+the rate slots are taken; with no slots taken, no early rotation.
 
 End to end on the real NATS server at 127.0.0.1:4222 and PostgreSQL
 (SOLVENCY_TEST_POSTGRES_URL): a front-end, two shards saving to the store
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import random
 import threading
 import time
@@ -39,6 +42,7 @@ from prover.config import Config
 from prover.errors import ProverError
 from prover.ledger import Ledger
 from prover.periods import SaltPeriod
+from prover.rotation import ROOM_LEADS, TRIGGER
 from prover.routing import Router
 from prover.server import start_server
 from prover.shards import control
@@ -127,8 +131,10 @@ class Links(ShardLinks):
 @dataclass
 class Deployment:
     """Shard cores saving into ``store``, the coordinator's ``Rotations``
-    (a salt period of 1 s on a clock of 0.4 s per epoch), and a single
-    ledger of every part fed the same batches, cut at the same places."""
+    (a salt period of ``salt_period`` s, 1 by default, on a clock of
+    ``seconds`` per epoch, 0.4), and a single ledger of every part fed the
+    same batches, cut at the same places (``slices`` epochs to the end of
+    the stream), each tree added at ``start_height``."""
 
     store: Store
     batches: list[Batch]
@@ -147,6 +153,12 @@ class Deployment:
     hold: int = 2  # epochs a build waits for its salt period (updates flowing meanwhile)
     gate: threading.Event = field(default_factory=threading.Event)
     began: int = 1 << 30  # the epoch of the last begin
+    room: dict[str, int] = field(default_factory=dict)  # the last begin's (``Rotations.rooms``)
+    salt_period: float = 1.0
+    seconds: float = 0.4
+    slices: int = 12
+    start_height: int = height_for_parts(0, ROUTER.bits)
+    users: list[str] = field(default_factory=lambda: USERS)  # whose proofs are compared
 
     def __post_init__(self) -> None:
         self.stream, self.commits = publish(self.batches, ROUTER, random.Random(1), 0.1)
@@ -156,13 +168,13 @@ class Deployment:
         self.rotations = self.coordinator()
         self.single = Ledger(self.periods[1], router=ROUTER)
         for asset in ASSETS:
-            self.single.add_asset(asset)
-        self.heights = {a: height_for_parts(0, ROUTER.bits) for a in ASSETS}
+            self.single.add_asset(asset, self.start_height)
+        self.heights = dict.fromkeys(ASSETS, self.start_height)
 
     def coordinator(self) -> Rotations:
         """A coordinator's ``Rotations`` as it starts: the store's latest
         period its target; each ``Close`` it decides kept in ``closes``."""
-        rotations = Rotations(1.0, ROUTER.bits, self.start_period)
+        rotations = Rotations(self.salt_period, ROUTER.bits, self.start_period, self.seconds)
         latest = max(self.periods)
         rotations.target = PeriodRow(latest, self.periods[latest].started_ms, secret(latest))
         decide = rotations.decide
@@ -208,14 +220,15 @@ class Deployment:
         ``exact``: the totals, and every user's proof verifies to the roots
         with the single ledger's balance)."""
         self.number += 1
-        cut = min(len(self.stream), (self.number + 1) * len(self.stream) // 12 or 1)
+        cut = min(len(self.stream), (self.number + 1) * len(self.stream) // self.slices or 1)
         for core in self.cores:
             feed(core, self.stream, cut)
-        await self.rotations.start_if_due(self.number * 0.4)
-        assets = {a: height_for_parts(0, ROUTER.bits) for a in ASSETS}
+        now = self.number * self.seconds
+        await self.rotations.start_if_due(now)
+        assets = dict.fromkeys(ASSETS, self.start_height)
         try:
             roots, self.tops = await self.rotations.close(
-                self.links, self.number, cut, assets, self.heights.__getitem__
+                self.links, self.number, cut, assets, self.heights.__getitem__, now
             )
         except BaseException:
             self.number -= 1
@@ -226,6 +239,7 @@ class Deployment:
         close = self.closes[-1]
         if close.begin is not None:
             self.began = self.number
+            self.room = dict(self.rotations.rooms.get(close.begin.period, {}))
         if close.switch:
             self.gate.clear()
         if self.number >= self.began + self.hold:
@@ -239,12 +253,12 @@ class Deployment:
         if exact:
             got = {r.asset: (r.height, r.root, r.total) for r in roots}
             assert got == single_roots(self.single), f"epoch {self.number}"
-            for user in USERS[::7]:
+            for user in self.users[::7]:
                 assert self.proof(user) == single_proof(self.single, user), (self.number, user)
             return
         totals = {r.asset: r.total for r in roots}
         assert totals == {r.asset: r.total for r in self.single.roots()}, f"epoch {self.number}"
-        for user in USERS:
+        for user in self.users:
             self.verify(user, {r.asset: (r.height, r.root, r.total) for r in roots})
 
     def verify(self, user: str, roots: dict[str, tuple[int, bytes, int]]) -> None:
@@ -267,7 +281,8 @@ class Deployment:
 
     def next_single(self, number: int) -> Ledger:
         """The single ledger of period ``number`` at a switch: built from its
-        holders as of the epoch every shard's build began, fed every epoch since."""
+        holders as of the epoch every shard's build began, with the room the
+        coordinator began it with, fed every epoch since."""
         began = {core.rotation.switches[-1] for core in self.cores}
         assert len(began) == 1, began
         period, since, at = began.pop()
@@ -277,6 +292,7 @@ class Deployment:
             ASSETS,
             self.snapshots[since],
             router=ROUTER,
+            room=self.room,
             room_share=ROOM_SHARE,
         )
         for epoch in range(since + 1, self.number + 1):
@@ -313,6 +329,125 @@ def store(tmp_path: Path) -> Iterator[Store]:
     store = Store.open(f"sqlite:///{tmp_path / 'prover.db'}")
     yield store
     store.close()
+
+
+def growing(seed: int, count: int, new: int) -> tuple[list[Batch], list[str]]:
+    """``count`` batches, each holding ``new`` new holders of each asset and
+    3 updates of earlier holders; and the users."""
+    rnd = random.Random(seed)
+    users: list[str] = []
+    raw = []
+    for _ in range(count):
+        rows = []
+        for asset in ASSETS:
+            for _ in range(new):
+                users.append(f"g{len(users)}")
+                rows.append((users[-1], asset, rnd.randint(1, 50)))
+        rows += [(rnd.choice(users), rnd.choice(ASSETS), rnd.randint(1, 50)) for _ in range(3)]
+        raw.append(rows)
+    return numbered(raw, 2), users
+
+
+def least_room(run: Deployment) -> dict[str, int]:
+    """Each tree's room as ``Ledger.room`` counts it: its least part's, times the parts."""
+    rooms = [core.ledger.room() for core in run.cores]
+    return {asset: min(r[asset] for r in rooms) * len(rooms) for asset in ASSETS}
+
+
+async def steady_heights(run: Deployment, epochs: int) -> None:
+    """Close ``epochs`` epochs; no close grows a tree: heights change at a switch only."""
+    for _ in range(epochs):
+        before = dict(run.heights)
+        await run.epoch()
+        close = run.closes[-1]
+        assert close.switch or (close.heights == {} and run.heights == before), run.number
+
+
+def test_a_tree_filling_up_rotates_early(store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    """About 18 new holders of each asset an epoch (of 1 s) into trees of
+    64 slots a part, a salt period of an hour: the coordinator starts a
+    period early while every part has room left, and the trees switched to
+    leave room for ``ROOM_LEADS`` rotation times at that rate; no close
+    grows a tree, and every epoch equals the single ledger's."""
+
+    caplog.set_level(logging.INFO, logger="solvency.coordinator")
+
+    async def scenario() -> None:
+        found, users = growing(13, 72, 4)
+        run = Deployment(
+            store, found, hold=0, salt_period=3600.0, seconds=1.0, slices=18, start_height=8
+        )
+        run.users = users
+        rotations = run.rotations
+        while not any(c.begin for c in run.closes):
+            assert run.number < 14, "no early rotation before the trees filled"
+            await steady_heights(run, 1)
+            assert min(least_room(run).values()) > 0
+        assert rotations.early_rotations == 1 and run.rotations.target is not None
+        assert run.closes[-1].begin is not None and run.closes[-1].begin.period == 2
+        assert "early: " in caplog.text and "'s tree fills in ~" in caplog.text
+        room, lead = rotations.rooms[2], rotations.lead
+        growth = rotations._growth
+        for asset in ASSETS:  # room for ROOM_LEADS rotation times of growth
+            assert room[asset] >= min(growth[asset].rate * ROOM_LEADS * lead, 1 << 7) > 0
+        before = dict(run.heights)
+        while not run.closes[-1].switch:
+            await steady_heights(run, 1)
+            assert run.number < 16, "the early rotation never switched"
+        assert all(run.heights[a] > before[a] for a in ASSETS)
+        rates = {a: growth[a].rate for a in ASSETS}
+        for asset, free in least_room(run).items():  # no early rotation soon again
+            assert free >= rates[asset] * TRIGGER * rotations.lead, asset
+        await steady_heights(run, 4)  # the room lasts: no early rotation meanwhile
+        assert {core.ledger.period.number for core in run.cores} == {2}
+        assert rotations.early_rotations == 1 and rotations.grown_in_close == 0
+
+    asyncio.run(scenario())
+
+
+def test_trees_nearly_full_but_not_filling_do_not_rotate_early(store: Store) -> None:
+    """Every part of each tree a few slots short of full, no slot taken
+    after the first epoch (updates of the same holders only): no early
+    rotation, however little room is left."""
+
+    async def scenario() -> None:
+        rnd = random.Random(17)
+        holders = [f"h{i}" for i in range(80)]
+        first = [[(u, a, 5) for u in holders for a in ASSETS]]
+        later = [[(rnd.choice(holders), rnd.choice(ASSETS), rnd.randint(1, 9))] for _ in range(40)]
+        run = Deployment(
+            store,
+            numbered(first + later, 1),
+            salt_period=3600.0,
+            seconds=1.0,
+            slices=10,
+            start_height=7,
+            users=holders,
+        )
+        await steady_heights(run, 1)
+        assert 0 < min(least_room(run).values()) <= 4 * 10  # a few slots a part
+        await steady_heights(run, 9)
+        assert run.rotations.early_rotations == 0 and not any(c.begin for c in run.closes)
+        assert run.rotations.lead > 0 and all(g.rate == 0 for g in run.rotations._growth.values())
+
+    asyncio.run(scenario())
+
+
+def test_a_staged_reply_saved_before_rooms_decodes_and_is_not_taken_in() -> None:
+    """A ``Staged`` encoded without ``room`` (saved before it was reported)
+    decodes with none; a close on such replies takes no room in."""
+    old = msgspec.msgpack.encode([11, 4, 9, 2, {"BTC": 3}, None])
+    staged = control.decode_reply(old)
+    assert staged == control.Staged(4, 9, 2, {"BTC": 3}) and staged.room == {}
+    rotations = Rotations(3600.0, 1, lambda now_ms: None)  # type: ignore[arg-type, return-value]
+    close = Close(4, {})
+    rotations._watch(
+        4, [staged, control.Staged(4, 9, 2, {}, room={"BTC": 1})], close, lambda a: 6, 1.0
+    )
+    assert rotations._growth == {}
+    fresh = [control.Staged(5, 9, 2, {}, room={"BTC": n}) for n in (7, 3)]
+    rotations._watch(5, fresh, Close(5, {}), lambda a: 6, 2.0)
+    assert rotations._growth["BTC"].room == 3 * 2
 
 
 def test_shards_rotate_as_one_ledger_would(store: Store) -> None:
@@ -493,7 +628,10 @@ def test_sharded_prover_rotates_while_batches_flow(tmp_path: Path, names: Names)
                 == switches[-len(shards[1].core.rotation.switches) :]
             )
             assert switches[0][1] > began  # the build begun again after the restore
-            single = compare_rotated(store, names.stream, acks, {s[2]: s[:2] for s in switches})
+            rooms = coordinator._rotations.rooms  # the room each period's trees were begun with
+            single = compare_rotated(
+                store, names.stream, acks, {s[2]: s[:2] for s in switches}, rooms
+            )
             for user in ("user0", "user11", "user123", "user250"):
                 proof = await coordinator.proof(user)
                 assert (proof is None) == (not any(single.balance(user, a) for a in SHARDED_ASSETS))
@@ -569,11 +707,13 @@ def compare_rotated(
     stream: str,
     acks: list[tuple[int, dict[str, Any]]],
     switches: dict[int, tuple[int, int]],
+    rooms: dict[int, dict[str, int]],
 ) -> Ledger:
     """Each epoch's record equals a single ``Ledger`` fed the same batches
     in commit order, cut at the same places, replaced at each switch (epoch:
     period, epoch built after) by one of that period built from its holders
-    in slot order as of that epoch and fed every batch since. The last one."""
+    in slot order as of that epoch, with the period's ``rooms``, and fed
+    every batch since. The last one."""
     first = store.salt_period(1)
     single = Ledger.build(
         SaltPeriod(1, first.started_ms, first.secret), SHARDED_ASSETS, [], router=SHARDED
@@ -590,6 +730,7 @@ def compare_rotated(
                 SHARDED_ASSETS,
                 snapshots[since],
                 router=SHARDED,
+                room=rooms.get(period, {}),
                 room_share=ROOM_SHARE,
             )
             for epoch in range(since + 1, number + 1):
