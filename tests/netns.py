@@ -23,14 +23,17 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 __all__ = ["Network", "forward", "netns_available", "requires_netns"]
 
 PREFIX = "solvt"  # namespace names: solvt-<pid>-<k>
+LINK_UP_WAIT = 5.0  # seconds ``mend`` waits for a link to carry traffic again
 
 
 def netns_available() -> str | None:
@@ -137,7 +140,13 @@ class Network:
         _ip("link", "set", self._veth(k), "down")
 
     def mend(self, k: int) -> None:
+        """Namespace ``k`` has the network again, once its link is up (a
+        link set up takes a moment to carry traffic on a loaded machine)."""
         _ip("link", "set", self._veth(k), "up")
+        state = Path(f"/sys/class/net/{self._veth(k)}/operstate")
+        deadline = time.monotonic() + LINK_UP_WAIT
+        while state.read_text().strip() != "up" and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def __exit__(self, *exc: object) -> None:
         for name in self.names:
