@@ -799,9 +799,9 @@ def report_cpu(args: argparse.Namespace, windows: Windows) -> None:
         sides = [f"{w.us([name]):.1f}" if name in w.cpu else "-" for w in (one, many)]
         print(f"  {name:<26}single {sides[0]:>6}  sharded {sides[1]:>6} us/update")
     print(
-        "These shards run without a store: the save of each close (storage/shards.py, about"
-        " 20 us per changed holding, most of it in PostgreSQL) is not in their figure, where"
-        " the daemon's journal and fold are in its."
+        "These shards run without a store: the save of each close (storage/shards.py, one"
+        " delta row, then a fold in a thread of the shard; a few us of its CPU per changed"
+        " holding) is not in their figure, where the daemon's journal and fold are in its."
     )
 
 
