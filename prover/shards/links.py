@@ -59,7 +59,10 @@ class ShardLinks:
 
     async def ask_all(self, request: Callable[[int], control.Request]) -> Sequence[control.Reply]:
         """Every shard's reply to its request, asked at once; a ``not-yet``
-        asked again until ``NOT_YET_WAIT``."""
+        asked again until ``NOT_YET_WAIT``. Once one shard's fails, the
+        others' are given up (no more copies sent): a ``Stage`` of an epoch
+        that failed, asked on after a ``not-yet``, could reach a shard after
+        the coordinator staged that epoch again at another cut."""
         deadline = time.monotonic() + NOT_YET_WAIT
 
         async def ask(part: int) -> control.Reply:
@@ -71,7 +74,12 @@ class ShardLinks:
                     raise NotYet(f"shard {part}: {reply.message}")
                 await asyncio.sleep(0.02)
 
-        return await asyncio.gather(*(ask(p) for p in range(self.parts)))
+        asked = [asyncio.ensure_future(ask(p)) for p in range(self.parts)]
+        try:
+            return await asyncio.gather(*asked)
+        finally:
+            for task in asked:
+                task.cancel()
 
     async def ask(self, part: int, request: control.Request) -> control.Reply:
         """Shard ``part``'s reply to ``request``.

@@ -33,6 +33,13 @@ and answer once it delivered some. Every pull with ``expires`` would need
 no lookup, but waits the whole ``expires`` when the consumer has nothing,
 which one of the two has in most rounds.
 
+The JetStream API reads a shard makes (the stream's state, the lookups)
+go through ``api_read``: a request the server never answers (one sent
+during a stream leader change, even to the nodes that stay up) is sent
+again after a fraction of a second rather than waited for the whole
+timeout; every copy is sent after the one before, so an answer to any of
+them is as recent as the first's would have been.
+
 Invariant: a ``Puller``'s ``held`` messages are in stream order, each
 once, and every message of its subject up to ``known`` is held or taken.
 """
@@ -54,7 +61,7 @@ from nats.js.client import JetStreamContext
 
 from prover.errors import ProverError
 
-__all__ = ["Held", "Puller", "merged", "open_puller"]
+__all__ = ["Held", "Puller", "api_read", "merged", "open_puller", "stream_state"]
 
 log = logging.getLogger("solvency.prover")
 Held = tuple[int, int, bytes]  # stream sequence, stored time (ms), payload
@@ -65,6 +72,12 @@ NO_MESSAGE = 10037  # JetStream's error code for "no message found"
 # after, should the cluster be slow rather than the consumer lost. An answer
 # comes in 2-10 ms otherwise (the fault tests' deployment, on 2 cores).
 CREATE_WAITS = (0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0, 2.0, 4.0)
+# Seconds ``api_read`` waits for an answer before it sends the request again
+# (the last one repeated up to the deadline). A JetStream API request sent in
+# the ~10 ms of a stream leader change is never answered, by any node; one
+# that is answered is, in 2-10 ms (the fault tests' deployment, on 2 cores).
+READ_WAITS = (0.25, 0.25, 0.5, 0.5, 1.0)
+NO_RESPONDERS_WAIT = 0.1  # s before a request refused for want of responders is sent again
 
 
 class _Stored(msgspec.Struct):
@@ -77,6 +90,18 @@ class _ApiError(msgspec.Struct):
     description: str = ""
 
 
+class _State(msgspec.Struct):
+    first_seq: int = 0
+    last_seq: int = 0
+
+
+class _InfoReply(msgspec.Struct):
+    """A ``STREAM.INFO`` answer, only what is read of it."""
+
+    state: _State | None = None
+    error: _ApiError | None = None
+
+
 class _GetReply(msgspec.Struct):
     """A ``STREAM.MSG.GET`` answer, only what is read of it (not the payload)."""
 
@@ -85,6 +110,80 @@ class _GetReply(msgspec.Struct):
 
 
 _get_reply = msgspec.json.Decoder(_GetReply)
+_info_reply = msgspec.json.Decoder(_InfoReply)
+
+
+async def api_read(
+    nc: Client,
+    subject: str,
+    payload: bytes,
+    timeout: float,
+    waits: tuple[float, ...] = READ_WAITS,
+    *,
+    no_responders_wait: float | None = NO_RESPONDERS_WAIT,
+) -> Msg:
+    """The answer to a request that is answered the same if asked again
+    (a JetStream API read: as of when it is answered), within ``timeout``
+    seconds: sent again whenever ``waits[i]`` passes without an answer
+    (the last wait repeated), the first answer to any copy taken, the
+    others dropped. A copy refused for want of responders (none subscribed
+    yet) is sent again ``no_responders_wait`` seconds after, if it is not
+    None; else that ends the request.
+
+    Raises:
+        nats.errors.TimeoutError: no copy answered in ``timeout``.
+        nats.errors.NoRespondersError: with ``no_responders_wait`` None.
+        nats.errors.Error: NATS unreachable, or the connection closed.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    sent: set[asyncio.Task[Msg]] = set()
+    copies = 0
+    try:
+        while (left := deadline - loop.time()) > 0:
+            copies += 1
+            sent.add(asyncio.ensure_future(nc.request(subject, payload, timeout=left)))
+            resend = loop.time() + min(waits[min(copies, len(waits)) - 1], left)
+            while (wait := resend - loop.time()) > 0:
+                if not sent:  # every copy refused (no responders): the next after a while
+                    await asyncio.sleep(wait)
+                    break
+                done, sent = await asyncio.wait(sent, timeout=wait, return_when="FIRST_COMPLETED")
+                for copy in done:
+                    error = copy.exception()
+                    if error is None:
+                        if copies > 1:
+                            log.info("%s answered, %d copies sent", subject, copies)
+                        return copy.result()
+                    if isinstance(error, nats.errors.NoRespondersError):
+                        if no_responders_wait is None:
+                            raise error
+                        resend = min(resend, loop.time() + no_responders_wait)
+                    elif not isinstance(error, nats.errors.TimeoutError):
+                        raise error
+        raise nats.errors.TimeoutError
+    finally:
+        for copy in sent:
+            copy.cancel()
+
+
+async def stream_state(nc: Client, stream: str, timeout: float) -> tuple[int, int]:
+    """``stream``'s first and last sequence, as its leader answers
+    (``api_read``).
+
+    Raises:
+        ProverError: the server refused the request (no such stream, say).
+        nats.errors.Error: no answer in ``timeout`` seconds.
+    """
+    answer = await api_read(nc, f"$JS.API.STREAM.INFO.{stream}", b"", timeout)
+    try:
+        reply = _info_reply.decode(answer.data)
+    except msgspec.DecodeError as exc:
+        raise ProverError(f"stream {stream}'s info: {exc}") from None
+    if reply.state is None:
+        error = reply.error or _ApiError(0, 0, "neither a state nor an error")
+        raise ProverError(f"stream {stream}'s info: {error.code} {error.description}")
+    return reply.state.first_seq, reply.state.last_seq
 
 
 class Puller:
@@ -149,7 +248,7 @@ class Puller:
         after ``known``, as the stream leader's store holds it now; None if
         there is none."""
         request = {"seq": self.known + 1, "next_by_subj": self.subject}
-        answer = await self.nc.request(self.get_api, json.dumps(request).encode(), timeout=timeout)
+        answer = await api_read(self.nc, self.get_api, json.dumps(request).encode(), timeout)
         try:
             reply = _get_reply.decode(answer.data)
         except msgspec.DecodeError as exc:

@@ -27,6 +27,8 @@ Invariants:
 - Messages reach the core in stream order, each once; on a new session
   the consumers start after the last sequence read.
 - With a store, no ``ClosedPart`` is answered before its close is saved.
+- A control request received is answered before its session's connection
+  closes (a ``Stage`` waiting for the reading: ``not-yet`` at once).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from prover.shards.control import (
     encode,
 )
 from prover.shards.core import ShardCore
-from prover.shards.pull import Puller, merged, open_puller
+from prover.shards.pull import Puller, merged, open_puller, stream_state
 from prover.sources.nats import redact
 from storage.errors import StorageError
 from storage.store import HoldingChanges, ShardState, Store
@@ -73,6 +75,7 @@ log = logging.getLogger("solvency.prover")
 RESTART = Backoff(first=0.5, cap=30.0)  # before a failed session is started again
 SESSION_OK = 30.0  # s a session ran before failing: its restart backs off from the start
 FOLD_EVERY = 500_000  # changed holdings saved in deltas before a fold: bounds a restore's replay
+DELETE_WAIT = 1.0  # s a session's end waits for each consumer's deletion (unused, it expires)
 
 
 @dataclass
@@ -158,6 +161,7 @@ class Shard:
         self._folding = False  # a fold is queued or running
         self._fold_lock = threading.Lock()  # guards the two above
         self._loaded = store is None  # the core is the one to serve
+        self._reading = False  # a session reads: a Stage past ``read`` may wait for it
 
     @property
     def part(self) -> int:
@@ -332,13 +336,14 @@ class Shard:
             self.stats.sessions += 1
             js = nc.jetstream(timeout=self.timeout)
             start = self.core.read + 1
-            info = await js.stream_info(self.stream)
-            if start < info.state.first_seq and start <= info.state.last_seq:
-                reason = f"the stream starts at {info.state.first_seq}, after {start}"
+            first, last = await stream_state(nc, self.stream, self.timeout)
+            if start < first and start <= last:
+                reason = f"the stream starts at {first}, after {start}"
                 self.core.fail(reason)  # what the shard has not read is gone
                 log.error("shard %d: %s", self.part, reason)
             subjects = [wire.part_subject(self.prefix, self.part), wire.commit_subject(self.prefix)]
             pullers = [await self._consumer(nc, js, subject, start) for subject in subjects]
+            self._reading = True
             serving = await nc.subscribe(
                 control_subject(self.prefix, self.part), cb=self._on_request
             )
@@ -351,30 +356,45 @@ class Shard:
                 redact(self.url),
             )
             try:
-                await self._read(js, pullers[0], pullers[1], stop)
+                await self._read(nc, pullers[0], pullers[1], stop)
             finally:
                 self.serving.clear()
-                await serving.unsubscribe()
+                await self._answer_pending()
+                with contextlib.suppress(nats.errors.Error, OSError):
+                    await serving.unsubscribe()
                 for puller in pullers:
-                    with contextlib.suppress(nats.errors.Error, OSError):
-                        await js.delete_consumer(self.stream, puller.name)
+                    with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+                        await asyncio.wait_for(
+                            js.delete_consumer(self.stream, puller.name), DELETE_WAIT
+                        )
         finally:
+            self._reading = False
             await nc.close()
+
+    async def _answer_pending(self) -> None:
+        """The reading stopped: the control requests being served are
+        answered before the connection closes (a ``Stage`` waiting for the
+        reading, ``not-yet`` at once), so the coordinator does not wait for
+        them its whole timeout."""
+        self._reading = False
+        async with self._progress:
+            self._progress.notify_all()
+        pending = list(self._tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=self.timeout)
 
     async def _consumer(self, nc: Client, js: JetStreamContext, subject: str, start: int) -> Puller:
         description = f"solvency shard {self.part}"
         inactive = max(60.0, 10 * self.timeout)
         return await open_puller(nc, js, self.stream, subject, start, description, inactive)
 
-    async def _read(
-        self, js: JetStreamContext, parts: Puller, commits: Puller, stop: asyncio.Event
-    ) -> None:
+    async def _read(self, nc: Client, parts: Puller, commits: Puller, stop: asyncio.Event) -> None:
         """Rounds of reading (prover/shards/pull.py) until ``stop``; with a
         store, until the core breaks."""
         while not stop.is_set():
             if self.store is not None and self.core.broken is not None:
                 raise ProverError(f"restoring shard {self.part}: {self.core.broken}")
-            last = (await js.stream_info(self.stream)).state.last_seq
+            _, last = await stream_state(nc, self.stream, self.timeout)
             upto = min(parts.known, commits.known)
             if last <= upto or self.core.broken is not None:  # look again after ``idle``,
                 await self._rest(stop)  # or as soon as a Stage waits for more
@@ -444,7 +464,9 @@ class Shard:
         with contextlib.suppress(TimeoutError):
             async with self._progress:
                 await asyncio.wait_for(
-                    self._progress.wait_for(lambda: core.read >= cut or core.broken is not None),
+                    self._progress.wait_for(
+                        lambda: core.read >= cut or core.broken is not None or not self._reading
+                    ),
                     self.stage_wait,
                 )
         return core.read >= cut
