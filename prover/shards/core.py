@@ -7,7 +7,11 @@ NATS.
 An epoch closes in two steps, ``Stage`` then ``Close``; each is answered
 again, the same, if asked again: a staged epoch until it is closed, the
 last closed epoch's Stage and Close until the next is staged; ``Status``
-says which epochs those are, and at which cuts. A salt rotation rides on
+says which epochs those are, and at which cuts. A staged epoch asked again
+at a later cut is staged on to it (the batches between the two cuts staged
+after the others, in stream order, as one stage to the later cut would):
+a ``Stage`` a shard held while the coordinator gave the epoch up and chose
+a later cut does not leave the shards staged at different cuts. A salt rotation rides on
 them (``rotation``, prover/shards/nextperiod.py): a ``Stage`` also feeds
 the next period's trees, a ``Close`` may begin them or switch to them. With a
 ``save`` function, a close is saved (prover/shards/saved.py) before it is
@@ -272,7 +276,8 @@ class ShardCore:
         again = staged or (self._last[0] if self._last is not None else None)
         if again is not None and (again.epoch, again.cut) == (request.epoch, request.cut):
             return again  # asked again: the answer was lost
-        if staged is not None:
+        extends = staged is not None and (staged.epoch, staged.cut) < (request.epoch, request.cut)
+        if staged is not None and (not extends or request.epoch != staged.epoch):
             raise _BadRequest(f"epoch {staged.epoch} is staged at cut {staged.cut}, not closed")
         if self.epoch is not None and request.epoch != self.epoch + 1:
             raise _BadRequest(f"epoch {request.epoch} cannot follow epoch {self.epoch}")
@@ -293,7 +298,8 @@ class ShardCore:
         self.ledger.stage_rows(cut.rows)
         upcoming = self.rotation.staged(request.period, self.ledger, assets, cut.rows)
         growth, room = self.ledger.growth(), self.ledger.room()
-        self._staged = Staged(request.epoch, request.cut, cut.batches, growth, upcoming, room)
+        batches = cut.batches + (staged.batches if staged is not None else 0)
+        self._staged = Staged(request.epoch, request.cut, batches, growth, upcoming, room)
         return self._staged
 
     def _close(self, request: Close) -> ClosedPart:

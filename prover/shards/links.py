@@ -42,8 +42,8 @@ class ShardLinks:
         self.down: dict[int, float] = {}  # shards not answering: since when
 
     async def pending_cut(self, number: int) -> int | None:
-        """The cut at which shards staged or closed epoch ``number`` already
-        (a coordinator got that far without appending it), or None.
+        """The latest cut at which shards staged or closed epoch ``number``
+        already (a coordinator got that far without appending it), or None.
 
         Raises:
             ProverError: shards that disagree, or stand past ``number``.
@@ -51,11 +51,14 @@ class ShardLinks:
         statuses = [control.expect(r, ShardStatus) for r in await self.ask_all(lambda p: Status())]
         if ahead := [s.closed for s in statuses if s.closed > number]:
             raise ProverError(f"shards closed epoch {max(ahead)}, past the log's next, {number}")
-        cuts = {s.staged_cut for s in statuses if s.staged == number}
-        cuts |= {s.closed_cut for s in statuses if s.closed == number}
-        if len(cuts) > 1:
-            raise ProverError(f"shards staged epoch {number} at different cuts: {sorted(cuts)}")
-        return cuts.pop() if cuts else None
+        closed = {s.closed_cut for s in statuses if s.closed == number}
+        staged = {s.staged_cut for s in statuses if s.staged == number}
+        if len(closed) > 1 or (closed and max(staged | closed) > min(closed)):
+            cuts = sorted(staged | closed)
+            raise ProverError(f"shards staged epoch {number} at different cuts: {cuts}")
+        # staged at different cuts (a Stage held past the epoch's try): each
+        # is staged on to the latest (ShardCore)
+        return max(staged | closed) if staged | closed else None
 
     async def ask_all(self, request: Callable[[int], control.Request]) -> Sequence[control.Reply]:
         """Every shard's reply to its request, asked at once; a ``not-yet``

@@ -347,6 +347,29 @@ def test_a_stage_past_what_was_read_is_not_yet() -> None:
     ]
 
 
+def test_a_staged_epoch_asked_again_at_a_later_cut_is_staged_on_to_it() -> None:
+    """A ``Stage`` a shard held while the coordinator gave the epoch up and
+    chose a later cut: the shard staged at the earlier cut stages on to the
+    later one, and closes as a shard staged at the later cut at once."""
+    router = Router(KEY, 1)
+    first = [(0, MINE[0], "BTC", 3), (1, MINE[1], "BTC", 5)]
+    second = [(2, MINE[0], "BTC", 0), (3, MINE[2], "BTC", 7), (4, MINE[1], "ETH", 2)]
+    stream, commits = publish([("p0", first), ("p0", second)], router, random.Random(0), 0)
+    (early, _), (late, _) = commits
+    held, direct = (ShardCore.empty(PERIOD, router, 0) for _ in range(2))
+    for core in (held, direct):
+        feed(core, stream, late)
+    assert expect(ask(held, Stage(1, early, HEIGHTS)), Staged).batches == 1
+    on = expect(ask(held, Stage(1, late, HEIGHTS)), Staged)
+    assert on == expect(ask(direct, Stage(1, late, HEIGHTS)), Staged)
+    assert on.cut == late and on.batches == 2
+    assert ask(held, Stage(1, late, HEIGHTS)) == on  # asked again: the same answer
+    refused = ask(held, Stage(1, early, HEIGHTS))  # an earlier cut cannot be staged back to
+    assert isinstance(refused, Refused) and refused.code == "bad-request"
+    assert ask(held, Close(1, {})) == ask(direct, Close(1, {}))
+    assert ask(held, Prove(MINE[2])) == ask(direct, Prove(MINE[2]))
+
+
 def test_bad_requests_are_refused_and_change_nothing() -> None:
     core, stream = one_core([(MINE[i], "BTC", 1) for i in range(17)])  # a part of 16 slots
     feed(core, stream, len(stream))

@@ -54,9 +54,11 @@ from prover.shards.control import (
     Request,
     ShardStatus,
     Stage,
+    Staged,
     Status,
     decode_reply,
     encode,
+    expect,
 )
 from prover.shards.coordinator import Coordinator
 from prover.shards.core import ShardCore
@@ -528,6 +530,33 @@ def test_a_switch_that_reached_some_shards_is_sent_again(store: Store) -> None:
         assert {c.ledger.period.number for c in run.cores} == {2}
         for _ in range(2):
             await run.epoch(exact=False)
+
+    asyncio.run(scenario())
+
+
+def test_shards_staged_at_different_cuts_close_at_the_latest(store: Store) -> None:
+    """A Stage one shard held while the coordinator gave the epoch up and
+    chose a later cut: Status finds the shards staged at two cuts, the
+    coordinator closes at the later, and the shard staged at the earlier
+    stages on to it; the epoch equals the single ledger's."""
+
+    async def scenario() -> None:
+        run = Deployment(store, batches(5))
+        for _ in range(2):
+            await run.epoch()
+        number = run.number + 1
+        cut = min(len(run.stream), (number + 1) * len(run.stream) // run.slices)
+        for core in run.cores:
+            feed(core, run.stream, cut)
+        target = 0 if run.rotations.target is None else run.rotations.target.number
+        assets = dict.fromkeys(ASSETS, run.start_height)
+        early = run.after  # the last epoch's cut: shard 1 stages nothing new yet
+        late = expect(await run.links.ask(0, Stage(number, cut, assets, target)), Staged)
+        held = expect(await run.links.ask(1, Stage(number, early, assets, target)), Staged)
+        assert (held.cut, late.cut) == (early, cut) and early < cut
+        assert await run.links.pending_cut(number) == cut
+        await run.epoch()  # exact: equal to the single ledger cut once at ``cut``
+        assert run.number == number
 
     asyncio.run(scenario())
 
