@@ -7,7 +7,8 @@ once some asset's tree would run out of room (``Applied.room``: a tree whose
 period has no slot left grows a level inside an epoch's close) within
 ``TRIGGER`` times the time a rotation takes, at the rate its slots are
 taken. The next period's trees leave room for each asset's rate for
-``ROOM_LEADS`` times that time, so that they do not trigger again soon.
+``ROOM_LEADS`` times that time, so that they do not trigger again soon
+(prover/growth.py, the rule the sharded coordinator follows too).
 
 A rotation goes on in the background while epochs close with the current
 trees:
@@ -49,7 +50,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,9 +57,9 @@ from typing import Any
 from prover.config import Config
 from prover.dbthread import DbThread
 from prover.folding import Pacing
+from prover.growth import ROOM_LEADS, TRIGGER, Growth, early, next_room, track
 from prover.periods import SaltPeriod
 from prover.pool import TreePool, Trees
-from prover.sizing import MIN_HEIGHT
 from prover.worker import EAGER_ROWS
 from prover.worker_messages import Applied, Row
 from storage.store import Store
@@ -77,25 +77,12 @@ __all__ = [
 log = logging.getLogger("solvency.prover")
 LOAD_CHUNK = 50_000  # balances read at a time when a period's trees are built
 FEED_CHUNK = 50_000  # backlog rows staged into the next trees at a time
-TRIGGER = 3.0  # an early rotation starts once a tree fills within this many rotation times
-ROOM_LEADS = 8.0  # the next trees leave room for this many rotation times of growth
 SWITCH_EPOCHS = 2  # epochs from a build's end to the switch: backlog staged, asked, switched
-RATE_SECONDS = 5.0  # time constant of the smoothed rate at which an asset's slots are taken
 CAUGHT_UP = 2 * EAGER_ROWS  # unhashed updates in the next trees that allow the switch
 # The start-up trees leave room for this share of their holders: nothing is
 # known of their growth yet, and until a first rotation can be built, a tree
 # that fills grows in a close.
 START_ROOM_SHARE = 0.125
-
-
-@dataclass
-class _Growth:
-    """One asset's room as last reported, and the rate its slots are taken at
-    (per second, smoothed over ``RATE_SECONDS``)."""
-
-    room: int
-    at: float
-    rate: float = 0.0
 
 
 @dataclass
@@ -132,7 +119,7 @@ class Rotation:
         self._next: _Next | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # staging, asking, closing old trees
         self._build_seconds = 0.0  # how long the last build took (by ``clock``)
-        self._growth: dict[str, _Growth] = {}
+        self._growth: dict[str, Growth] = {}
         self._switched = False  # since the last apply: every room is a new baseline
         self._heights: dict[str, int] = {}  # of the trees at the last apply
         self.early_rotations = 0  # started because a tree was filling up
@@ -356,15 +343,7 @@ class Rotation:
                 ", ".join(applied.grown),
             )
         self._heights = {r.asset: r.height for r in applied.roots}
-        for asset, room in applied.room.items():
-            growth = self._growth.get(asset)
-            if growth is None or self._switched or room > growth.room:  # new trees: a new baseline
-                self._growth[asset] = _Growth(room, now, 0.0 if growth is None else growth.rate)
-            elif now > growth.at:
-                sample = (growth.room - room) / (now - growth.at)
-                weight = 1 - math.exp((growth.at - now) / RATE_SECONDS)
-                growth.rate += weight * (sample - growth.rate)
-                growth.room, growth.at = room, now
+        track(self._growth, applied.room, now, self._switched)
         self._switched = False
         if self._next is None:
             self._rotate_if_due(now)
@@ -375,26 +354,13 @@ class Rotation:
         assert self._period is not None
         lead = self._build_seconds + SWITCH_EPOCHS * self._config.epoch_interval
         age = now - self._period.started_ms / 1000
-        filling = sorted(
-            (g.room / g.rate, asset)
-            for asset, g in self._growth.items()
-            if g.rate > 0 and g.room < g.rate * TRIGGER * lead
-        )
+        why = early(self._growth, lead)
         if age >= self._config.salt_period:
             why = f"salt period {self._period.number} is over"
-        elif filling:
-            seconds, asset = filling[0]
-            g = self._growth[asset]
-            why = (
-                f"early: {asset}'s tree fills in ~{seconds:.0f} s ({g.room} free slots,"
-                f" ~{g.rate:.0f} taken a second), a new salt period takes ~{lead:.0f} s"
-            )
-            self.early_rotations += 1
-        else:
+        elif why is None:
             return
-        room = {}
-        for asset, g in self._growth.items():
-            taken = (1 << self._heights.get(asset, MIN_HEIGHT)) - g.room
-            room[asset] = math.ceil(min(g.rate * ROOM_LEADS * lead, max(taken, 1 << MIN_HEIGHT)))
+        else:
+            self.early_rotations += 1
+        room = next_room(self._growth, self._heights, lead)
         log.info("%s: building the next salt period in the background", why)
         self._begin(room)

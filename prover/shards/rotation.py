@@ -55,8 +55,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from prover.errors import ProverError
+from prover.growth import Growth, early, next_room, track
 from prover.ledger import AssetRoot
-from prover.rotation import RATE_SECONDS, ROOM_LEADS, START_ROOM_SHARE, SWITCH_EPOCHS, TRIGGER
+from prover.rotation import START_ROOM_SHARE, SWITCH_EPOCHS
 from prover.shards import control
 from prover.shards.control import (
     Begin,
@@ -69,7 +70,7 @@ from prover.shards.control import (
     Status,
 )
 from prover.shards.links import ShardLinks
-from prover.sizing import MIN_HEIGHT, grown_height, height_for_parts
+from prover.sizing import grown_height, height_for_parts
 from prover.top import TopTree
 from storage.rows import PeriodRow
 
@@ -81,17 +82,6 @@ ROOM_SHARE = START_ROOM_SHARE  # the next trees leave room for at least this sha
 # was timed: 1.0 s for 99,620 holdings (docs/SCALING.md, "Salt rotation across shards")
 BUILD_SECONDS = 10e-6
 KEPT_ROOMS = 16  # periods whose room ``rooms`` keeps
-
-
-@dataclass
-class _Growth:
-    """One asset's room as last reported (the whole tree's: its least
-    part's, times the parts), and the rate its slots are taken at (per
-    second, smoothed over ``RATE_SECONDS``)."""
-
-    room: int
-    at: float
-    rate: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +142,7 @@ class Rotations:
         # asset's room its trees leave (``begin_heights``)
         self.rooms: dict[int, dict[str, int]] = {}
         self._forced: _Forced | None = None
-        self._growth: dict[str, _Growth] = {}
+        self._growth: dict[str, Growth] = {}
         self._heights: dict[str, int] = {}  # of the trees whose room ``_growth`` has
         self._fresh = False  # switched: the rooms known are the old trees', the next a baseline
         self._slots = 0  # slots handed out in the fullest shard (every asset), last close
@@ -177,30 +167,17 @@ class Rotations:
         if target is None or self.rotating:
             return
         lead = self.lead
-        filling = sorted(
-            (g.room / g.rate, asset)
-            for asset, g in self._growth.items()
-            if g.rate > 0 and g.room < g.rate * TRIGGER * lead
-        )
-        if self._fresh:  # switched since the last rooms: those were the old trees'
-            filling = []
-        early = False
+        # none early right after a switch: the rooms known were the old trees'
+        why = None if self._fresh else early(self._growth, lead)
+        is_early = why is not None
         if now - target.started_ms / 1000 >= self.salt_period:
-            why = f"salt period {target.number} is over"
-        elif filling:
-            seconds, asset = filling[0]
-            g = self._growth[asset]
-            why = (
-                f"early: {asset}'s tree fills in ~{seconds:.1f} s ({g.room} free slots,"
-                f" ~{g.rate:.0f} taken a second), a new salt period takes ~{lead:.1f} s"
-            )
-            early = True
-        else:
+            why, is_early = f"salt period {target.number} is over", False
+        elif why is None:
             return
-        room = self._room(lead)
+        room = next_room(self._growth, self._heights, lead)
         self.target = await self._start(int(now * 1000))
         self.rotating = True
-        if early:
+        if is_early:
             self.early_rotations += 1
         self.rooms[self.target.number] = room
         for number in sorted(self.rooms)[:-KEPT_ROOMS]:
@@ -211,16 +188,6 @@ class Rotations:
             self.target.number,
             ", ".join(f"{n} {asset}" for asset, n in room.items()) or "a share of their",
         )
-
-    def _room(self, lead: float) -> dict[str, int]:
-        """Each asset's room in the next period: its rate for ``ROOM_LEADS``
-        rotation times of ``lead``, at most the slots taken now (the single
-        process's, prover/rotation.py)."""
-        room = {}
-        for asset, g in sorted(self._growth.items()):
-            taken = (1 << self._heights.get(asset, MIN_HEIGHT)) - g.room
-            room[asset] = math.ceil(min(g.rate * ROOM_LEADS * lead, max(taken, 1 << MIN_HEIGHT)))
-        return room
 
     async def pending_cut(self, links: ShardLinks, number: int) -> int | None:
         """``links.pending_cut(number)``; and whether a switch at ``number``
@@ -321,15 +288,7 @@ class Rotations:
         self._slots = max(
             sum((1 << (self._heights[a] - self.bits)) - s.room[a] for a in rooms) for s in staged
         )
-        for asset, room in rooms.items():
-            growth = self._growth.get(asset)
-            if growth is None or self._fresh or room > growth.room:  # new trees: a new baseline
-                self._growth[asset] = _Growth(room, now, 0.0 if growth is None else growth.rate)
-            elif now > growth.at:
-                sample = (growth.room - room) / (now - growth.at)
-                weight = 1 - math.exp((growth.at - now) / RATE_SECONDS)
-                growth.rate += weight * (sample - growth.rate)
-                growth.room, growth.at = room, now
+        track(self._growth, rooms, now, self._fresh)
         if rooms:
             self._fresh = False
 

@@ -57,20 +57,25 @@ def config(tmp_path: Path) -> Config:
 async def sharded(
     tmp_path: Path,
     names: Names,  # noqa: F811
+    settings: Config | None = None,
+    retains: tuple[int, int] = (0, 0),
 ) -> AsyncIterator[tuple[Frontend, Coordinator, int]]:
-    """A front-end, two shards and a coordinator (on SQLite) with its server;
-    yields the front-end, the coordinator and the server's port."""
+    """A front-end, two shards (keeping ``retains`` earlier epochs) and a
+    coordinator (on SQLite) with its server, all of ``settings`` (default:
+    ``config``); yields the front-end, the coordinator and the server's port."""
     stop = asyncio.Event()
-    frontend = Frontend(config(tmp_path), ROUTER, NATS, names.spec)
+    settings = settings or config(tmp_path)
+    frontend = Frontend(settings, ROUTER, NATS, names.spec)
     await frontend.start("127.0.0.1", 0)  # makes the stream
-    shards = [Shard(NATS, names.stream, PERIOD, ROUTER, part, names.prefix) for part in (0, 1)]
+    shards = [
+        Shard(NATS, names.stream, PERIOD, ROUTER, part, names.prefix, retain=retain)
+        for part, retain in enumerate(retains)
+    ]
     tasks = [asyncio.create_task(s.run(stop)) for s in shards]
     for shard in shards:
         await asyncio.wait_for(shard.serving.wait(), 10)
-    store = Store.open(config(tmp_path).url)
-    coordinator = Coordinator(
-        config(tmp_path), store, KEY, ROUTER, [NATS], names.stream, names.prefix
-    )
+    store = Store.open(settings.url)
+    coordinator = Coordinator(settings, store, KEY, ROUTER, [NATS], names.stream, names.prefix)
     await coordinator.start()
     server = await start_server(coordinator, "127.0.0.1", 0)
     tasks.append(asyncio.create_task(coordinator.run(stop)))

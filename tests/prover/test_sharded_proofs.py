@@ -41,7 +41,6 @@ from prover.errors import NotRetained, ProverError
 from prover.ledger import AssetRoot, Ledger
 from prover.mapped import MappedRecord
 from prover.routing import Router
-from prover.server import start_server
 from prover.shards.control import (
     ExportedPage,
     ExportPage,
@@ -57,9 +56,7 @@ from prover.shards.control import (
 )
 from prover.shards.coordinator import Coordinator
 from prover.shards.core import ShardCore
-from prover.shards.frontend import Frontend
 from prover.shards.proofs import ShardedProofs
-from prover.shards.shard import Shard
 from prover.stored import stored_epoch
 from prover.top import TopTree
 from prover.worker import export_proofs
@@ -85,6 +82,7 @@ from tests.prover.test_sharded import KEY as SIGNING_KEY
 from tests.prover.test_sharded import PERIOD as E2E_PERIOD
 from tests.prover.test_sharded import ROUTER as E2E_ROUTER
 from tests.prover.test_sharded import batches as e2e_batches
+from tests.prover.test_sharded import sharded
 from verifier.checkpoint import verifier_key_for
 from verifier.cli import main as verify_main
 from verifier.proof import ProofFile, verify_proof
@@ -485,37 +483,17 @@ async def deployed(
     one) and a coordinator keeping ``RETAIN`` on SQLite with its server;
     yields a producer's connection to the front-end, the coordinator and
     the server's port."""
-    stop = asyncio.Event()
     config = e2e_config(tmp_path)
-    frontend = Frontend(config, E2E_ROUTER, NATS, names.spec)
-    await frontend.start("127.0.0.1", 0)
-    shards = [
-        Shard(NATS, names.stream, E2E_PERIOD, E2E_ROUTER, part, names.prefix, retain=retain)
-        for part, retain in ((0, RETAIN), (1, 1))
-    ]
-    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(s.run(stop)) for s in shards]
-    for shard in shards:
-        await asyncio.wait_for(shard.serving.wait(), 10)
-    store = Store.open(config.url)
-    coordinator = Coordinator(
-        config, store, SIGNING_KEY, E2E_ROUTER, [NATS], names.stream, names.prefix
-    )
-    await coordinator.start()
-    server = await start_server(coordinator, "127.0.0.1", 0)
-    tasks.append(asyncio.create_task(coordinator.run(stop)))
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    try:
+    async with sharded(tmp_path, names, config, retains=(RETAIN, 1)) as (
+        frontend,
+        coordinator,
+        port,
+    ):
+        headers = {"Authorization": f"Bearer {TOKEN}"}
         async with connect(
             f"ws://127.0.0.1:{frontend.port}/ingest", additional_headers=headers
         ) as ws:
-            yield ws, coordinator, server.sockets[0].getsockname()[1]
-    finally:
-        stop.set()
-        server.close()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await coordinator.close()
-        await frontend.stop(grace=5)
-        store.close()
+            yield ws, coordinator, port
 
 
 class Producer:
