@@ -33,12 +33,19 @@ and answer once it delivered some. Every pull with ``expires`` would need
 no lookup, but waits the whole ``expires`` when the consumer has nothing,
 which one of the two has in most rounds.
 
-The JetStream API reads a shard makes (the stream's state, the lookups)
-go through ``api_read``: a request the server never answers (one sent
-during a stream leader change, even to the nodes that stay up) is sent
-again after a fraction of a second rather than waited for the whole
-timeout; every copy is sent after the one before, so an answer to any of
-them is as recent as the first's would have been.
+The JetStream API requests (the stream's state, the lookups, making and
+deleting consumers) are prover/shards/jsapi.py's.
+
+A pull on a consumer whose peer is down is never answered: NATS 2.9.10
+keeps such a consumer, R1, "offline" until the peer is back, and nothing
+else subscribes to its pulls. So a pull that has heard nothing for
+``PULL_SILENCE`` seconds (after its ``expires``, if it has one) has its
+consumer checked (``consumer_live``: its info, answered by its leader when
+it is up), and one that does not answer for itself is replaced: the pull's
+inbox dropped, the consumer deleted (quietly: its peer may be the one
+down), a new one made from ``known + 1`` on a new inbox, and the pull sent
+to it. A pull answered within ``PULL_SILENCE``, the healthy case, costs no
+request more.
 
 Invariant: a ``Puller``'s ``held`` messages are in stream order, each
 once, and every message of its subject up to ``known`` is held or taken.
@@ -47,165 +54,96 @@ once, and every message of its subject up to ``known`` is held or taken.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
 from collections.abc import Iterator
 
-import msgspec
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.aio.subscription import Subscription
 from nats.js.client import JetStreamContext
 
 from prover.errors import ProverError
+from prover.shards.jsapi import (
+    CREATE_WAITS,
+    api_read,
+    consumer_live,
+    create_consumer,
+    delete_quietly,
+    next_stored,
+    stream_state,
+)
 
-__all__ = ["Held", "Puller", "api_read", "merged", "open_puller", "stream_state"]
+__all__ = [
+    "CREATE_WAITS",
+    "Held",
+    "Puller",
+    "api_read",
+    "merged",
+    "open_puller",
+    "stream_state",
+]
 
 log = logging.getLogger("solvency.prover")
 Held = tuple[int, int, bytes]  # stream sequence, stored time (ms), payload
-NO_MESSAGE = 10037  # JetStream's error code for "no message found"
-# Seconds each attempt to create a consumer waits for the answer (``open_puller``):
-# short first, as a consumer placed on a peer that is down is never answered (one
-# creation in three while one node of three is down; 5 in a row seen), longer
-# after, should the cluster be slow rather than the consumer lost. An answer
-# comes in 2-10 ms otherwise (the fault tests' deployment, on 2 cores).
-CREATE_WAITS = (0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 1.0, 2.0, 4.0)
-# Seconds ``api_read`` waits for an answer before it sends the request again
-# (the last one repeated up to the deadline). A JetStream API request sent in
-# the ~10 ms of a stream leader change is never answered, by any node; one
-# that is answered is, in 2-10 ms (the fault tests' deployment, on 2 cores).
-READ_WAITS = (0.25, 0.25, 0.5, 0.5, 1.0)
-NO_RESPONDERS_WAIT = 0.1  # s before a request refused for want of responders is sent again
-
-
-class _Stored(msgspec.Struct):
-    seq: int
-
-
-class _ApiError(msgspec.Struct):
-    code: int
-    err_code: int = 0
-    description: str = ""
-
-
-class _State(msgspec.Struct):
-    first_seq: int = 0
-    last_seq: int = 0
-
-
-class _InfoReply(msgspec.Struct):
-    """A ``STREAM.INFO`` answer, only what is read of it."""
-
-    state: _State | None = None
-    error: _ApiError | None = None
-
-
-class _GetReply(msgspec.Struct):
-    """A ``STREAM.MSG.GET`` answer, only what is read of it (not the payload)."""
-
-    message: _Stored | None = None
-    error: _ApiError | None = None
-
-
-_get_reply = msgspec.json.Decoder(_GetReply)
-_info_reply = msgspec.json.Decoder(_InfoReply)
-
-
-async def api_read(
-    nc: Client,
-    subject: str,
-    payload: bytes,
-    timeout: float,
-    waits: tuple[float, ...] = READ_WAITS,
-    *,
-    no_responders_wait: float | None = NO_RESPONDERS_WAIT,
-) -> Msg:
-    """The answer to a request that is answered the same if asked again
-    (a JetStream API read: as of when it is answered), within ``timeout``
-    seconds: sent again whenever ``waits[i]`` passes without an answer
-    (the last wait repeated), the first answer to any copy taken, the
-    others dropped. A copy refused for want of responders (none subscribed
-    yet) is sent again ``no_responders_wait`` seconds after, if it is not
-    None; else that ends the request.
-
-    Raises:
-        nats.errors.TimeoutError: no copy answered in ``timeout``.
-        nats.errors.NoRespondersError: with ``no_responders_wait`` None.
-        nats.errors.Error: NATS unreachable, or the connection closed.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    sent: set[asyncio.Task[Msg]] = set()
-    copies = 0
-    try:
-        while (left := deadline - loop.time()) > 0:
-            copies += 1
-            sent.add(asyncio.ensure_future(nc.request(subject, payload, timeout=left)))
-            resend = loop.time() + min(waits[min(copies, len(waits)) - 1], left)
-            while (wait := resend - loop.time()) > 0:
-                if not sent:  # every copy refused (no responders): the next after a while
-                    await asyncio.sleep(wait)
-                    break
-                done, sent = await asyncio.wait(sent, timeout=wait, return_when="FIRST_COMPLETED")
-                for copy in done:
-                    error = copy.exception()
-                    if error is None:
-                        if copies > 1:
-                            log.info("%s answered, %d copies sent", subject, copies)
-                        return copy.result()
-                    if isinstance(error, nats.errors.NoRespondersError):
-                        if no_responders_wait is None:
-                            raise error
-                        resend = min(resend, loop.time() + no_responders_wait)
-                    elif not isinstance(error, nats.errors.TimeoutError):
-                        raise error
-        raise nats.errors.TimeoutError
-    finally:
-        for copy in sent:
-            copy.cancel()
-
-
-async def stream_state(nc: Client, stream: str, timeout: float) -> tuple[int, int]:
-    """``stream``'s first and last sequence, as its leader answers
-    (``api_read``).
-
-    Raises:
-        ProverError: the server refused the request (no such stream, say).
-        nats.errors.Error: no answer in ``timeout`` seconds.
-    """
-    answer = await api_read(nc, f"$JS.API.STREAM.INFO.{stream}", b"", timeout)
-    try:
-        reply = _info_reply.decode(answer.data)
-    except msgspec.DecodeError as exc:
-        raise ProverError(f"stream {stream}'s info: {exc}") from None
-    if reply.state is None:
-        error = reply.error or _ApiError(0, 0, "neither a state nor an error")
-        raise ProverError(f"stream {stream}'s info: {error.code} {error.description}")
-    return reply.state.first_seq, reply.state.last_seq
+# Seconds a pull may go without a word from the server (past its ``expires``)
+# before its consumer is checked. On the loopback server a pull of 50 messages
+# is answered in 1 ms (median), 6 ms (p99), 25 ms at most in 600; a JetStream
+# request in 2-10 ms in the fault tests' deployment (2 cores). A pull on a
+# consumer on a stopped node costs this rather than its whole timeout.
+PULL_SILENCE = 0.3
+# Seconds the check of a silent pull's consumer waits for its info: a live
+# consumer's leader answers in milliseconds, the meta leader answers "offline"
+# for one on a stopped peer after 0.5 s.
+PROBE_TIMEOUT = 1.0
+REPLACEMENTS = 2  # consumers a pull may replace before it gives up (TimeoutError)
 
 
 class Puller:
     """One pull consumer, read with ``no_wait`` requests; its messages are
     collected by a callback on an inbox of its own (``start``), which costs
-    the event loop far less than a ``next_msg`` per message."""
+    the event loop far less than a ``next_msg`` per message. A consumer that
+    stops answering is replaced by one from ``known + 1`` (module docstring);
+    ``name`` is always the current one's."""
 
-    def __init__(self, nc: Client, stream: str, name: str, subject: str, known: int) -> None:
-        self.nc, self.name, self.subject = nc, name, subject
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        stream: str,
+        name: str,
+        subject: str,
+        known: int,
+        description: str,
+        inactive: float,
+    ) -> None:
+        self.nc, self.js, self.stream, self.subject = nc, js, stream, subject
+        self.description, self.inactive = description, inactive
+        self.name = name
         self.api = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{name}"
-        self.get_api = f"$JS.API.STREAM.MSG.GET.{stream}"
         self.held: deque[Held] = deque()  # in stream order
         self.known = known  # every message of this consumer up to here is held or taken
         self.inbox = ""
         self.lookups = 0  # pulls that ended short of the last sequence, checked on the stream
         self.lags = 0  # of those, the stream held a message the consumer had not delivered
+        self.probes = 0  # silent pulls whose consumer was checked
+        self.replaced = 0  # consumers replaced, found not answering
+        self._inbox: Subscription | None = None
         self._done: asyncio.Future[bool] | None = None  # the pull under way: True if it ended
         self._asked = self._left = 0  # messages the pull under way asked for, may still bring
 
     async def start(self) -> None:
+        """Listen on a new inbox; the one before, if any, is dropped first
+        (``unsubscribe`` discards what it holds at once), so nothing sent
+        to it is taken after."""
+        if self._inbox is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._inbox.unsubscribe()
         self.inbox = self.nc.new_inbox()
-        await self.nc.subscribe(self.inbox, cb=self._deliver)
+        self._inbox = await self.nc.subscribe(self.inbox, cb=self._deliver)
 
     async def pull(self, batch: int, max_bytes: int, last: int, timeout: float) -> None:
         """Pull what the consumer gives now, up to ``batch`` messages and
@@ -215,14 +153,16 @@ class Puller:
         that waits for the message it shows (module docstring).
 
         Raises:
-            TimeoutError: no answer in ``timeout`` seconds (the consumer is gone).
-            ProverError: the server refused the pull or the lookup.
+            TimeoutError: no answer in ``timeout`` seconds from a consumer
+                that answers its info, or ``REPLACEMENTS`` consumers replaced.
+            ProverError: the server refused the pull or the lookup, or no
+                replacement consumer was made.
             nats.errors.Error: the lookup was not answered (no responders, timeout).
         """
         if not await self._request(batch, max_bytes, 0.0, timeout) or self.known >= last:
             return
         self.lookups += 1
-        following = await self._next_stored(timeout)
+        following = await next_stored(self.nc, self.stream, self.subject, self.known, timeout)
         if following is None or following > last:
             self.known = last if following is None else following - 1
             return
@@ -230,41 +170,109 @@ class Puller:
         await self._request(batch, max_bytes, timeout / 2, timeout)
 
     async def _request(self, batch: int, max_bytes: int, wait: float, timeout: float) -> bool:
-        """One pull request, answered within ``timeout``: True if it ended
+        """One pull request, answered within ``timeout`` (sent again to a
+        replacement of a consumer that does not answer): True if it ended
         with the consumer giving out, False once ``batch`` or ``max_bytes``
         is reached. With ``wait`` (seconds), the server reads its store
         and answers as soon as it gave some, or after ``wait``."""
-        self._done = asyncio.get_running_loop().create_future()
+        for _ in range(REPLACEMENTS):
+            why = await self._ask(batch, max_bytes, wait, timeout)
+            if isinstance(why, bool):
+                return why
+            await self._replace(why)
+        why = await self._ask(batch, max_bytes, wait, timeout)
+        if isinstance(why, bool):
+            return why
+        raise TimeoutError(f"pull from {self.subject}: {REPLACEMENTS} consumers replaced, {why}")
+
+    async def _ask(self, batch: int, max_bytes: int, wait: float, timeout: float) -> bool | str:
+        """One pull request to the current consumer: how it ended
+        (``_request``), or why the consumer is to be replaced, should the
+        pull hear nothing for ``PULL_SILENCE`` past ``wait`` and the
+        consumer then not answer for itself.
+
+        Raises:
+            TimeoutError: no answer in ``timeout`` from a live consumer.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+        self._done = done
         self._asked = self._left = batch
         request: dict[str, object] = {"batch": batch, "no_wait": True, "max_bytes": max_bytes}
         if wait:
             request["expires"] = int(wait * 1e9)
+        deadline = loop.time() + timeout
+        quiet_until = loop.time() + wait + PULL_SILENCE
         await self.nc.publish(self.api, json.dumps(request).encode(), reply=self.inbox)
-        async with asyncio.timeout(timeout):
-            return await self._done
-
-    async def _next_stored(self, timeout: float) -> int | None:
-        """The stream sequence of the stream's next message of this subject
-        after ``known``, as the stream leader's store holds it now; None if
-        there is none."""
-        request = {"seq": self.known + 1, "next_by_subj": self.subject}
-        answer = await api_read(self.nc, self.get_api, json.dumps(request).encode(), timeout)
+        seen = self._left
         try:
-            reply = _get_reply.decode(answer.data)
-        except msgspec.DecodeError as exc:
-            raise ProverError(f"next of {self.subject} after {self.known}: {exc}") from None
-        if reply.message is not None:
-            return reply.message.seq
-        error = reply.error or _ApiError(0, 0, "neither a message nor an error")
-        if error.err_code == NO_MESSAGE:
-            return None
-        raise ProverError(
-            f"next of {self.subject} after {self.known}: {error.code} {error.description}"
+            while True:
+                left = min(quiet_until, deadline) - loop.time()
+                await asyncio.wait((done,), timeout=max(0.0, left))
+                if done.done():
+                    return done.result()
+                now = loop.time()
+                if now >= deadline:
+                    raise TimeoutError(f"pull from {self.subject}: no answer in {timeout:.1f} s")
+                if self._left != seen:  # messages came meanwhile: the consumer is up
+                    seen, quiet_until = self._left, now + PULL_SILENCE
+                    continue
+                self.probes += 1
+                why = await consumer_live(
+                    self.nc, self.stream, self.name, min(PROBE_TIMEOUT, deadline - now)
+                )
+                if done.done():
+                    return done.result()
+                if why is not None:
+                    return why
+                log.info(
+                    "pull from %s silent, its consumer %s up: waited for", self.subject, self.name
+                )
+                quiet_until = deadline  # up: its answer waited for as long as any
+        finally:
+            if not done.done():
+                done.cancel()  # what the consumer sends after is not taken
+
+    async def _replace(self, why: str) -> None:
+        """A new consumer from ``known + 1``, on a new inbox, for one that
+        does not answer; the old one deleted quietly (its peer may be down).
+
+        Raises:
+            ProverError: no consumer made (``create_consumer``).
+            nats.errors.Error: a creation refused, or NATS unreachable.
+        """
+        old = self.name
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await self.start()  # the old consumer's late messages are not taken
+        deleted = await delete_quietly(self.js, self.stream, old)
+        self.name = await create_consumer(
+            self.nc,
+            self.js,
+            self.stream,
+            self.subject,
+            self.known + 1,
+            self.description,
+            self.inactive,
+        )
+        self.api = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self.name}"
+        self.replaced += 1
+        log.warning(
+            "consumer %s of %s: a pull heard nothing for %.1f s and %s (%s);"
+            " replaced by %s from %d in %.2f s",
+            old,
+            self.subject,
+            PULL_SILENCE,
+            why,
+            deleted,
+            self.name,
+            self.known + 1,
+            loop.time() - began,
         )
 
     async def _deliver(self, msg: Msg) -> None:
         done = self._done
-        if done is None or done.done():  # after a pull that timed out: the session ends
+        if done is None or done.done():  # after a pull that timed out or was given up
             return
         status = msg.headers.get("Status") if msg.headers else None
         if status in ("404", "408"):  # none left, as the consumer sees it (408: fewer than asked)
@@ -292,83 +300,19 @@ async def open_puller(
     inactive: float,
     waits: tuple[float, ...] = CREATE_WAITS,
 ) -> Puller:
-    """An ephemeral pull consumer of ``subject`` from stream sequence
-    ``start``, no acks; the server drops it once unused for ``inactive``
-    seconds (a shard that died).
-
-    NATS 2.9.10 makes such a consumer R1 on one of the stream's peers drawn
-    at random, a peer that is down included (``createGroupForConsumer``
-    checks no peer's liveness, ``setPreferred`` draws one uniformly; while
-    one node of three is down, one creation in three): nothing answers the
-    creation, and the consumer, assigned, is "offline" (10119) until that
-    peer is back. So each attempt waits ``waits[i]`` seconds for the answer
-    (a creation is answered in milliseconds otherwise), then deletes the
-    consumer it asked for (the meta leader removes an assignment at once,
-    wherever it was placed) and asks for another, under a new name. A
-    creation merely slow (the meta leader just elected, say) may still
-    make its consumer after the deletion: unused, the server drops it after
-    ``inactive``.
+    """A ``Puller`` on a new ephemeral pull consumer of ``subject`` from
+    stream sequence ``start``, no acks, on a peer that answers
+    (``create_consumer``: each attempt waits ``waits[i]`` seconds); the
+    server drops it once unused for ``inactive`` seconds (a shard that died).
 
     Raises:
         ProverError: no attempt was answered in time.
         nats.errors.Error: a creation refused, or NATS unreachable.
     """
-    began = asyncio.get_running_loop().time()
-    for attempt, wait in enumerate(waits, 1):
-        config = ConsumerConfig(
-            name=nc.new_inbox().rpartition(".")[2],
-            description=description,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            ack_policy=AckPolicy.NONE,
-            filter_subject=subject,
-            inactive_threshold=inactive,
-        )
-        assert config.name is not None
-        try:
-            created = await js.add_consumer(stream, config, timeout=wait)
-        except nats.errors.TimeoutError:
-            deleted = await _delete_quietly(js, stream, config.name, wait)
-            log.warning(
-                "consumer %s of %s: creation not answered in %.1f s (attempt %d of %d):"
-                " placed on a peer that is down? %s; creating another",
-                config.name,
-                subject,
-                wait,
-                attempt,
-                len(waits),
-                deleted,
-            )
-            continue
-        assert created.name is not None
-        if attempt > 1:
-            log.info(
-                "consumer %s of %s created at attempt %d, %.1f s after the first",
-                created.name,
-                subject,
-                attempt,
-                asyncio.get_running_loop().time() - began,
-            )
-        puller = Puller(nc, stream, created.name, subject, start - 1)
-        await puller.start()
-        return puller
-    raise ProverError(
-        f"no consumer of {subject} on stream {stream} created: {len(waits)} creations"
-        f" not answered in {asyncio.get_running_loop().time() - began:.1f} s"
-    )
-
-
-async def _delete_quietly(js: JetStreamContext, stream: str, name: str, wait: float) -> str:
-    """Delete consumer ``name``, waiting ``wait`` seconds at most; what came
-    of it, for the log. One not deleted goes unused, and the server drops
-    it later (``inactive_threshold``)."""
-    try:
-        await asyncio.wait_for(js.delete_consumer(stream, name), wait)
-    except TimeoutError:
-        return f"its deletion not answered in {wait:.1f} s"
-    except nats.errors.Error as exc:
-        return f"not deleted ({type(exc).__name__} {exc})"
-    return "deleted"
+    name = await create_consumer(nc, js, stream, subject, start, description, inactive, waits)
+    puller = Puller(nc, js, stream, name, subject, start - 1, description, inactive)
+    await puller.start()
+    return puller
 
 
 def merged(first: deque[Held], second: deque[Held], upto: int) -> Iterator[Held]:

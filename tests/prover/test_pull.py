@@ -11,7 +11,8 @@ the reader takes every message once, in stream order: a reader alone, and
 a ``Shard`` reading a batch (a part, then its commit), which broke on it
 before. A randomized test interleaves publishes on the shard's parts, other
 shards' parts and the commits with rounds of reading, on the real server
-alone, and checks the merged order against the stream's."""
+alone, and checks the merged order against the stream's.
+Pulls never answered: tests/prover/test_pull_silent.py."""
 
 from __future__ import annotations
 
@@ -253,6 +254,7 @@ def test_interleaved_publishes_and_reads_take_the_stream_in_order_once(
             await publishing
             assert taken == wanted
             assert parts.lookups + commits.lookups > 0
+            assert parts.probes + commits.probes == 0  # every pull answered promptly
             assert (lagging.sent > 0) == (rate > 0)
 
     asyncio.run(run())
