@@ -19,9 +19,11 @@ before anything is timed.
 
 Printed: CPU seconds per update of each (``time.process_time``: this
 process alone, nothing else on the machine counts), the hashes the trees
-computed per update (``SumTree.apply``'s count), and the floor: that many
+computed per update (``SumTree.apply``'s count), and two floors: that many
 SHA-256 of node messages (97 bytes) at the rate measured in this run, one
-``hashlib`` call each, as the trees make them.
+``hashlib`` call each, and (when the C extension ``prover._sumhash`` is
+loaded, as the trees then use it) many per call. Run it again with
+``SOLVENCY_PURE_PYTHON=1`` in the environment for the Python paths alone.
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ import statistics
 import tempfile
 import time
 
+import numpy as np
 from machine import cpu_model
 from traffic import Producers, add_arguments, asset_ids, from_args, message
 
+import prover.tree
+from prover import speedups
 from prover.ingest import BatchChecks
 from prover.messages import BalanceBatch, parse_ingest
 from prover.periods import SaltPeriod
@@ -65,6 +70,22 @@ def hash_floor_microseconds(count: int = 200_000) -> float:
     for _ in range(5):
         began = time.perf_counter()
         [sha256(m).digest() for m in messages]
+        runs.append(time.perf_counter() - began)
+    return min(runs) / count * 1e6
+
+
+def c_floor_microseconds(count: int = 200_000) -> float | None:
+    """Microseconds per SHA-256 of a 97-byte message through ``prover._sumhash``
+    (contiguous messages, one call for all), the best of 5 runs; None if it
+    is not loaded."""
+    c = prover.tree._C_HASHING
+    if c is None:
+        return None
+    messages = np.frombuffer(os.urandom(count * NODE_MESSAGE), np.uint8).reshape(count, -1)
+    runs = []
+    for _ in range(5):
+        began = time.perf_counter()
+        c.sha256_rows(messages)
         runs.append(time.perf_counter() - began)
     return min(runs) / count * 1e6
 
@@ -104,6 +125,7 @@ def main() -> None:
     per_epoch = max(1, args.epoch_updates // args.batch)
     epochs = args.epochs + 1  # the first one untimed
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores")
+    print(f"C extensions: {speedups.describe()}")
     print(traffic.describe())
 
     accounts, assets = producers.pairs()
@@ -158,17 +180,23 @@ def main() -> None:
             trees.answer(decode_request(release))
         timed_cpu += time.process_time()
     updates = args.epochs * per_epoch * args.batch
-    floor = hash_floor_microseconds()
+    floor, c_floor = hash_floor_microseconds(), c_floor_microseconds()
     hashes = counted.hashes / updates
     tree_us = timed_cpu / updates * 1e6
+    in_c = "" if c_floor is None else f", {c_floor:.3f} us many per call in C"
     print(
         f"\nbatches of {args.batch:,}, epochs of {per_epoch * args.batch:,} updates, hashed"
-        f" ahead every {EAGER_ROWS:,} staged rows; SHA-256 of a node message {floor:.3f} us\n"
+        f" ahead every {EAGER_ROWS:,} staged rows; SHA-256 of a node message:"
+        f" {floor:.3f} us a hashlib call{in_c}\n"
     )
-    print(f"{'part':>8} {'us/update':>10} {'hashes/upd':>11} {'floor us':>9} {'x floor':>8}")
+    header = f"{'part':>8} {'us/update':>10} {'hashes/upd':>11} {'floor us':>9} {'x floor':>8}"
+    print(header + ("" if c_floor is None else f" {'C floor us':>10} {'x C floor':>10}"))
     print(f"{'ingest':>8} {ingest / len(messages) / args.batch * 1e6:>10.2f}")
     print(f"{'trees':>8} {tree_us:>10.2f} {hashes:>11.2f} {hashes * floor:>9.2f}", end="")
-    print(f" {tree_us / (hashes * floor):>8.2f}")
+    print(f" {tree_us / (hashes * floor):>8.2f}", end="")
+    if c_floor is not None:
+        print(f" {hashes * c_floor:>10.2f} {tree_us / (hashes * c_floor):>10.2f}", end="")
+    print()
     timed = [c * 1000 for c in closes[1:]]
     print(f"\nclose (Apply), ms: p50 {statistics.median(timed):.0f}, max {max(timed):.0f}")
 

@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from prover import speedups
 from prover.config import Config
 from prover.engine import Engine
 from prover.errors import ProverError
@@ -123,11 +124,12 @@ async def run_daemon(config: Config, follow: TextIO | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info(
-        "prover listening on ws://%s:%d (epoch %d next), verifier key %s",
+        "prover listening on ws://%s:%d (epoch %d next), verifier key %s; C extensions: %s",
         config.host,
         port,
         engine.metrics.epoch + 1,
         engine.verifier_key,
+        speedups.describe(),
     )
     epochs = asyncio.create_task(engine.run(stop))
     feeders = [_start_source(engine, s, stop) for s in sources_for(config, follow)]

@@ -54,6 +54,7 @@ from prover.routing import SINGLE, Router
 from prover.sizing import CLOSE_NODES, flush_levels, grown_height, height_for_parts, spare
 from prover.tree import SumTree
 from prover.undo import EpochUndo, leaves_as_of
+from prover.users import UserIndex
 from verifier.hashing import DIGEST_SIZE, HASHER, SumTreeHasher
 from verifier.sumtree import PathStep
 
@@ -84,8 +85,7 @@ class Ledger:
     """All trees of one salt period; see the module docstring."""
 
     period: SaltPeriod
-    users: dict[str, int] = field(default_factory=dict)
-    user_ids: list[str] = field(default_factory=list)
+    users: UserIndex = field(default_factory=UserIndex)
     commitments: npt.NDArray[np.uint8] = field(
         default_factory=lambda: np.zeros((0, DIGEST_SIZE), np.uint8)
     )
@@ -204,27 +204,29 @@ class Ledger:
 
     def stage_rows(self, rows: Iterable[tuple[str, str, int]]) -> None:
         """``stage`` each (user, asset, amount) of ``rows`` in order, or none of
-        them if one names an unknown asset. The hot path of ingest: per row,
-        the user's index, one store and one append, no Python call; each
-        asset's slots are handed out for all its rows at once."""
+        them if one names an unknown asset. The hot path of ingest: the users'
+        numbers in one call (``UserIndex.numbers``), then each asset's rows as
+        arrays, its slots handed out for all of them at once."""
         rows = list(rows)
-        assets = {asset for _, asset, _ in rows}
-        if unknown := assets.difference(self.books):
+        if not rows:
+            return
+        users, assets, amounts = zip(*rows, strict=True)
+        names = sorted(set(assets))
+        if unknown := set(names).difference(self.books):
             raise ProverError(f"unknown asset {min(unknown)}")
-        users = self.users
-        # per asset: the pending updates, and each row's user index (~index for a zero)
-        staged: dict[str, tuple[dict[int, int], list[int]]] = {
-            asset: (self.pending.setdefault(asset, {}), []) for asset in assets
-        }
-        for user, asset, amount in rows:
-            index = users.get(user)
-            if index is None:
-                index = self._index(user)
-            changes, sequence = staged[asset]
-            changes[index] = amount
-            sequence.append(index if amount else ~index)
-        for asset, (_, sequence) in staged.items():
-            self.books[asset].hand_out(np.array(sequence, np.int64), self._parts_of)
+        numbers = self.users.numbers(list(users))
+        amounts_a = np.array(amounts, np.uint64)
+        code = {asset: i for i, asset in enumerate(names)}
+        codes = np.fromiter(map(code.__getitem__, assets), np.int64, len(rows))
+        by_asset = np.argsort(codes, kind="stable")  # each asset's rows, in staging order
+        ends = np.cumsum(np.bincount(codes, minlength=len(names))).tolist()
+        for asset, begin, end in zip(names, [0, *ends[:-1]], ends, strict=True):
+            mine = by_asset[begin:end]
+            users_a, held = numbers[mine], amounts_a[mine]
+            changes = zip(users_a.tolist(), held.tolist(), strict=True)
+            self.pending.setdefault(asset, {}).update(changes)
+            # each row's user, or its complement for a zero: see Book.hand_out
+            self.books[asset].hand_out(np.where(held != 0, users_a, ~users_a), self._parts_of)
 
     @property
     def staged(self) -> int:
@@ -341,14 +343,14 @@ class Ledger:
         book's ``allocators`` (0 in a ledger that holds one part)."""
         if self.part is not None or not self.router.bits:
             return np.zeros(len(users), np.int64)
-        known, need = self._parts_known, len(self.user_ids)
+        known, need = self._parts_known, len(self.users)
         if known < need:
             if need > len(self._user_parts):
                 room = np.zeros(spare(need), np.int64)
                 room[:known] = self._user_parts[:known]
                 self._user_parts = room
             shard = self.router.shard
-            self._user_parts[known:need] = [shard(u) for u in self.user_ids[known:]]
+            self._user_parts[known:need] = [shard(u) for u in self.users.ids(known)]
             self._parts_known = need
         return self._user_parts[users]
 
@@ -470,11 +472,7 @@ class Ledger:
     # Users
 
     def _index(self, user: str) -> int:
-        index = self.users.get(user)
-        if index is None:
-            index = self.users[user] = len(self.user_ids)
-            self.user_ids.append(user)
-        return index
+        return self.users.number(user)
 
     def _grow_commitments(self) -> None:
         """Compute the commitment of every user added since the last call."""
@@ -483,7 +481,7 @@ class Ledger:
             return
         commit, salt = self.hasher.commitment, self.period.salt
         fresh = np.frombuffer(
-            b"".join(commit(u, salt(u)) for u in self.user_ids[known:]), np.uint8
+            b"".join(commit(u, salt(u)) for u in self.users.ids(known)), np.uint8
         ).reshape(-1, DIGEST_SIZE)
         need = known + len(fresh)
         if need > len(self._commitment_room):  # a bigger buffer, with room to spare

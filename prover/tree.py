@@ -14,6 +14,10 @@ record(2r+1)``, ``m = 2**(h-l-1)`` (one row, right half unused, at level
 ``l+1``: rebuilding a level hashes rows in place, with no message assembly and
 no Python object per node (about 48.5 bytes per node, 97 per leaf slot).
 
+Hashing: with SHA-256 (every record version so far), many messages per call
+in C (``prover._sumhash``, when ``speedups`` loads it); otherwise one
+``hashlib``-like call per message. Both give the same bytes (tests/prover/test_sumhash.py).
+
 Invariants: column 0 of every row is the hasher's node tag; every leaf record
 is the hasher's leaf or padding hash of its slot with the amount (0 for
 padding); every other record is the node hash of its two children with the
@@ -24,14 +28,17 @@ verifier.hashing.
 
 from __future__ import annotations
 
+import hashlib
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
+from prover import speedups
 from prover.errors import TreeError
 from prover.tree_inputs import (
     EMPTY_SLOTS,
@@ -49,11 +56,12 @@ from verifier.hashing import (
     HASHER,
     NODE_MESSAGE_SIZE,
     SUM_SIZE,
-    HashState,
     SumTreeHasher,
 )
 
-__all__ = ["SumTree", "TreeError", "Undo"]
+_C_HASHING = speedups.load("_sumhash")
+
+__all__ = ["SumTree", "TreeError", "Undo", "c_hashing"]
 
 Records = npt.NDArray[np.void]  # one "V48" element per node
 _State = tuple[str, int, SumTreeHasher, int, U8, U8, list[U8], tuple[int, I64] | None]
@@ -83,16 +91,10 @@ class Undo:
         return sum(nodes.nbytes + old.nbytes for nodes, old in self.levels)
 
 
-def _digests(rows: U8, digest: Callable[[bytes], HashState]) -> U8:
-    """``digest`` of each row of a C-contiguous ``(k, w)`` uint8 array, as ``(k, 32)``.
-
-    ``tolist`` on a ``V{w}`` view makes one bytes object per row in C; hashing
-    those in a list comprehension runs within a few percent of bare
-    ``hashlib.sha256(m).digest()`` calls (faster than memoryview slicing).
-    """
-    messages: list[Any] = rows.view(f"V{rows.shape[1]}").ravel().tolist()
-    joined = b"".join([digest(m).digest() for m in messages])
-    return np.frombuffer(joined, np.uint8).reshape(len(messages), DIGEST_SIZE)
+def c_hashing(hasher: SumTreeHasher) -> ModuleType | None:
+    """``prover._sumhash`` if it hashes for ``hasher``: loaded (``speedups``)
+    and ``hasher``'s digest is SHA-256."""
+    return _C_HASHING if hasher.digest is hashlib.sha256 else None
 
 
 def _add_sums(rows: U8) -> tuple[U64, U64]:
@@ -141,6 +143,7 @@ class SumTree:
 
     __slots__ = (
         "_asset",
+        "_c",
         "_first_slot",
         "_hasher",
         "_height",
@@ -152,6 +155,7 @@ class SumTree:
     )
 
     _asset: str
+    _c: ModuleType | None  # c_hashing(_hasher)
     _first_slot: int  # the slot of leaf 0 in the whole tree (a part's subtree: not 0)
     _hasher: SumTreeHasher
     _height: int
@@ -213,6 +217,7 @@ class SumTree:
         tree._asset = asset
         tree._first_slot = first_slot
         tree._hasher = hasher
+        tree._c = c_hashing(hasher)
         tree._height = height
         tree._leaf_prefix = np.frombuffer(leaf_prefix, np.uint8)
         tree._pad_prefix = np.frombuffer(pad_prefix + padding_key, np.uint8)
@@ -271,18 +276,18 @@ class SumTree:
         for level in range(top):
             nodes = levels[-1] if level != stale_level else _union(levels[-1], stale)
             levels.append(_distinct(nodes >> 1))
+        olds = None  # with undo: each level's dirty nodes before, each copied as it changes
         if undo is not None:
-            kept = [
-                (nodes, self._nodes[level][nodes >> 1, nodes & 1].copy())
-                for level, nodes in enumerate(levels)
-            ]
-            kept += [(EMPTY_SLOTS, _EMPTY_RECORDS)] * (h - top)
-            undo.append(Undo(tuple(kept)))
+            olds = [self._nodes[0][dirty >> 1, dirty & 1].copy()]
+            olds += [np.empty(len(nodes), f"V{RECORD}") for nodes in levels[1:]]
         self._put_leaves(slots, commitments, amounts)
         self._put_padding(clears)
         for level in range(top):
             if len(levels[level + 1]):
-                self._rehash(level, levels[level + 1])
+                self._rehash(level, levels[level + 1], None if olds is None else olds[level + 1])
+        if undo is not None and olds is not None:
+            kept = list(zip(levels, olds, strict=True))
+            undo.append(Undo(tuple(kept + [(EMPTY_SLOTS, _EMPTY_RECORDS)] * (h - top))))
         if top == h:
             self._stale = None
         else:  # with the nodes a partial apply before left there, if any
@@ -334,6 +339,7 @@ class SumTree:
             rows,
             self._stale,
         ) = state
+        self._c = c_hashing(self._hasher)
         self._attach(rows)
 
     # Writing leaves and rehashing levels
@@ -345,7 +351,6 @@ class SumTree:
         message[:, :p] = self._leaf_prefix
         message[:, p + DIGEST_SIZE : p + DIGEST_SIZE + 8] = 0  # amount < 2**64: high half 0
         amount_view = message[:, p + DIGEST_SIZE + 8 :].view(">u8")[:, 0]
-        digest = self._hasher.digest
         for start in range(0, len(slots), HASH_CHUNK):
             stop = min(start + HASH_CHUNK, len(slots))
             k = stop - start
@@ -353,7 +358,7 @@ class SumTree:
             amount_view[:k] = amounts[start:stop]
             where = slots[start:stop]
             self._nodes[0][where >> 1, where & 1] = _records(
-                _digests(message[:k], digest), 0, amounts[start:stop]
+                self._digests(message[:k]), 0, amounts[start:stop]
             )
 
     def _put_padding(self, slots: I64) -> None:
@@ -362,18 +367,23 @@ class SumTree:
         message = np.empty((min(len(slots), HASH_CHUNK), p + SLOT_SIZE), np.uint8)
         message[:, :p] = self._pad_prefix
         slot_view = message[:, p:].view(">u8")[:, 0]
-        digest = self._hasher.digest
         for start in range(0, len(slots), HASH_CHUNK):
             stop = min(start + HASH_CHUNK, len(slots))
             k = stop - start
             where = slots[start:stop]
             slot_view[:k] = where + self._first_slot
-            self._nodes[0][where >> 1, where & 1] = _records(_digests(message[:k], digest), 0, 0)
+            self._nodes[0][where >> 1, where & 1] = _records(self._digests(message[:k]), 0, 0)
 
-    def _rehash(self, level: int, parents: I64 | None) -> None:
+    def _rehash(self, level: int, parents: I64 | None, old: Records | None = None) -> None:
         """Recompute nodes ``parents`` (sorted, distinct; None: all) of level
-        ``level + 1`` from their children, which are rows of level ``level``."""
+        ``level + 1`` from their children, which are rows of level ``level``;
+        their records before to ``old`` if given."""
+        if self._c is not None:
+            self._c.hash_parents(self._rows[level], self._rows[level + 1], parents, old)
+            return
         rows, above = self._rows[level], self._nodes[level + 1]
+        if old is not None and parents is not None:
+            old[:] = above[parents >> 1, parents & 1]
         if parents is not None and len(parents) <= SCALAR_NODES:
             digest = self._hasher.digest
             for p in parents.tolist():
@@ -386,7 +396,6 @@ class SumTree:
         pairs = rows.view(f"V{NODE_MESSAGE_SIZE}").ravel()
         count = len(rows) if parents is None else len(parents)
         step = max(2, HASH_CHUNK & ~1)  # even: a contiguous chunk fills whole pairs above
-        digest = self._hasher.digest
         for start in range(0, count, step):
             stop = min(start + step, count)
             if parents is None:  # contiguous rows in, contiguous pairs out
@@ -395,13 +404,28 @@ class SumTree:
                 where = parents[start:stop]
                 messages = pairs[where].view(np.uint8).reshape(-1, NODE_MESSAGE_SIZE)
             hi, lo = _add_sums(messages)
-            records = _records(_digests(messages, digest), hi, lo)
+            records = _records(self._digests(messages), hi, lo)
             if parents is not None:
                 above[where >> 1, where & 1] = records
             elif count == 1:  # the root
                 above[0, 0] = records[0]
             else:  # step and count are even: whole pairs
                 above[start // 2 : stop // 2] = records.reshape(-1, 2)
+
+    def _digests(self, rows: U8) -> U8:
+        """The digest of each row of a C-contiguous ``(k, w)`` uint8 array, as ``(k, 32)``.
+
+        Without C: ``tolist`` on a ``V{w}`` view makes one bytes object per
+        row in C, and hashing those in a list comprehension runs within a
+        few percent of bare ``hashlib.sha256(m).digest()`` calls.
+        """
+        if self._c is not None:
+            joined = self._c.sha256_rows(rows)
+        else:
+            digest = self._hasher.digest
+            messages: list[Any] = rows.view(f"V{rows.shape[1]}").ravel().tolist()
+            joined = b"".join([digest(m).digest() for m in messages])
+        return np.frombuffer(joined, np.uint8).reshape(len(rows), DIGEST_SIZE)
 
     # Reading
 

@@ -102,7 +102,8 @@ def write_proofs(out: Path, proofs: Iterable[UserProof], basis: ProofBasis) -> i
 def export_proofs(ledger: Ledger, out: Path, start: int, count: int, basis: ProofBasis) -> int:
     """Write one proof file per user holding anything, for users ``start .. start+count``,
     each a new file (prover/export.py)."""
-    found = (ledger.proof(user) for user in ledger.user_ids[start : start + count])
+    stop = min(len(ledger.users), start + count)
+    found = (ledger.proof(user) for user in ledger.users.ids(min(start, stop), stop))
     return write_proofs(out, (p for p in found if p is not None), basis)
 
 
@@ -192,8 +193,8 @@ class _Trees:
                 history, ledger.history = ledger.history, deque()
                 self.snapshot = copy.deepcopy(ledger)  # without the retained epochs
                 ledger.history = history
-                users = self.snapshot.user_ids
-                return Snapshotted(len(users), list(users) if ids else [])
+                users = self.snapshot.users
+                return Snapshotted(len(users), users.ids() if ids else [])
             case Export(out=out, start=start, count=count, basis=basis):
                 return Written(export_proofs(self._frozen(), Path(out), start, count, basis))
             case ProofsOf(users=users):

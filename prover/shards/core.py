@@ -413,7 +413,7 @@ class ShardCore:
         end = min(users, request.start + request.count)
         at, size, proofs = request.start, 0, []
         while at < end and size < PAGE_BYTES:
-            user = ledger.user_ids[at]
+            user = ledger.users[at]
             at += 1
             found = ledger.proof(user)
             if found is not None:
@@ -439,7 +439,7 @@ class ShardCore:
         ledger.books = {asset: copy.deepcopy(book) for asset, book in self.ledger.books.items()}
         ledger.open = copy.deepcopy(self.ledger.open)  # the batches flushed since the close
         ledger.history = deque()
-        return _Frozen(epoch, self.instance, ledger, len(ledger.user_ids))
+        return _Frozen(epoch, self.instance, ledger, len(ledger.users))
 
     def _age(self, epoch: int) -> int:
         """How many epochs before the last one closed ``epoch`` is.

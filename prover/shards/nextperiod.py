@@ -47,6 +47,7 @@ from prover.ledger import Ledger
 from prover.periods import SaltPeriod
 from prover.shards.control import Begin, Close, NextState
 from prover.sizing import grown_height
+from prover.users import UserIndex
 
 __all__ = ["SETTLE_WAIT", "BadRotation", "Holdings", "NextPeriod", "NextTrees", "holders"]
 
@@ -69,30 +70,30 @@ class _Stopped(Exception):
 @dataclass(frozen=True)
 class Holdings:
     """A ledger's holders, each asset's in the order of their slots, as
-    user indices and amounts; ``ids`` the ledger's user ids (only ever
+    user indices and amounts; ``ids`` the ledger's users (only ever
     appended to, so the first indices stay valid while the ledger goes on)."""
 
-    ids: list[str]
+    ids: UserIndex
     assets: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.uint64]]]
 
     @classmethod
     def of(cls, ledger: Ledger) -> Holdings:
         """``ledger``'s holders after its last close (nothing staged since)."""
-        users = len(ledger.user_ids)
+        users = len(ledger.users)
         assets = {}
         for asset, book in sorted(ledger.books.items()):
             held = np.flatnonzero(book.slots[:users] != NO_SLOT)
             slots = book.slots[held]
             order = np.argsort(slots, kind="stable")
             assets[asset] = (held[order], book.tree.amounts()[slots[order]])
-        return cls(ledger.user_ids, assets)
+        return cls(ledger.users, assets)
 
     def rows(self, stopped: Callable[[], bool] = lambda: False) -> Iterator[Row]:
         """(user, asset, amount), asset by asset, each in slot order."""
         ids, count = self.ids, 0
         for asset, (users, amounts) in self.assets.items():
-            for user, amount in zip(users.tolist(), amounts.tolist(), strict=True):
-                yield ids[user], asset, amount
+            for user, amount in zip(ids.select(users), amounts.tolist(), strict=True):
+                yield user, asset, amount
                 count += 1
                 if count % STOP_EVERY == 0 and stopped():
                     raise _Stopped
@@ -101,7 +102,7 @@ class Holdings:
 def holders(ledger: Ledger) -> dict[str, int]:
     """Per asset, the holders ``ledger`` has once what is staged is applied
     (those waiting for a slot included)."""
-    users = len(ledger.user_ids)
+    users = len(ledger.users)
     return {
         asset: int(np.count_nonzero(book.staged[:users] != NO_SLOT))
         for asset, book in sorted(ledger.books.items())

@@ -64,7 +64,7 @@ def saved_close(
     replaced = frozenset(ledger.books if switched else ledger.grown)
     held: list[Holding] = []
     gone: list[tuple[str, str]] = []
-    ids = ledger.user_ids
+    ids = ledger.users
     for asset, book in sorted(ledger.books.items()):
         if asset in replaced:
             users = np.flatnonzero(book.slots[: len(ids)] != NO_SLOT)
@@ -77,13 +77,13 @@ def saved_close(
         here = slots != NO_SLOT
         first = book.tree.first_slot
         for user, amount, slot in zip(
-            users[here].tolist(),
+            ids.select(users[here]),
             amounts[here].tolist(),
             (slots[here] + first).tolist(),
             strict=True,
         ):
-            held.append((ids[user], asset, amount, slot))
-        gone += [(ids[user], asset) for user in users[~here].tolist()]
+            held.append((user, asset, amount, slot))
+        gone += [(user, asset) for user in ids.select(users[~here])]
     trees = {
         asset: (ledger.full_height(asset), len(a.order) - a.remaining)
         for asset, book in sorted(ledger.books.items())

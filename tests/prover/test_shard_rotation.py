@@ -317,7 +317,7 @@ def in_slot_order(ledger: Ledger) -> list[Row]:
     rows = []
     for asset in ASSETS:
         held = []
-        for user in ledger.user_ids:
+        for user in ledger.users:
             proof = ledger.proof(user)
             for held_asset, slot, amount, _ in proof.entries if proof else ():
                 if held_asset == asset:

@@ -219,7 +219,7 @@ class Deployment:
         out.mkdir()
         message, record = self.epochs[self.latest]
         basis = record.basis(message)
-        export_proofs(self.single, out, 0, len(self.single.user_ids), basis)
+        export_proofs(self.single, out, 0, len(self.single.users), basis)
 
 
 def files(directory: Path) -> dict[str, bytes]:
@@ -279,7 +279,7 @@ def test_export_pages_keep_their_epoch_while_epochs_close(
     for cut in (30, 60, 90):
         d.close(cut)
     epoch, core, tops = d.latest, d.cores[0], dict(d.parts.tops)
-    part_users = [u for u in d.single.user_ids if d.router.shard(u) == 0]
+    part_users = [u for u in d.single.users if d.router.shard(u) == 0]
     expected = {u: p for u in part_users if (p := d.single.proof(u)) is not None}
     got: dict[str, list[Any]] = {}
     start, end, short, cut = 0, None, 0, 90
@@ -327,7 +327,7 @@ def test_export_writes_the_single_process_files_while_epochs_close(
     for cut in (40, 80, 120):
         d.close(cut)
     d.reference_export(tmp_path / "single")
-    epoch, rounds, cut, users = d.latest, [], 120, len(d.single.user_ids)
+    epoch, rounds, cut, users = d.latest, [], 120, len(d.single.users)
 
     async def progress(done: int, users: int) -> None:
         nonlocal cut
@@ -643,7 +643,7 @@ def test_sharded_proofs_and_export_equal_the_single_process(
             reference = tmp_path / "single"
             reference.mkdir()
             single = replay(store, names.stream, producer.acks, epoch)
-            export_proofs(single, reference, 0, len(single.user_ids), record.basis(message))
+            export_proofs(single, reference, 0, len(single.users), record.basis(message))
             exported = files(out)
             assert exported == files(reference) and written == len(exported) > 100
             for name, data in exported.items():

@@ -56,7 +56,7 @@ def slots_of(ledger: Ledger, asset: str) -> dict[str, int]:
     book = ledger.books[asset]
     return {
         user: int(book.slots[i])
-        for user, i in ledger.users.items()
+        for i, user in enumerate(ledger.users)
         if i < len(book.slots) and book.slots[i] >= 0
     }
 

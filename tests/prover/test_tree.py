@@ -67,6 +67,18 @@ def dirty_nodes(height: int, slots: set[int]) -> int:
     return sum(len({s >> lvl for s in slots}) for lvl in range(height + 1)) if slots else 0
 
 
+@pytest.fixture(autouse=True, scope="module", params=["c", "python"])
+def hashing(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test twice: hashed by the C extension, and by hashlib alone."""
+    saved = prover.tree._C_HASHING
+    if request.param == "c" and saved is None:
+        pytest.skip("prover._sumhash is not built: tests/prover/test_sumhash.py says why")
+    if request.param == "python":
+        prover.tree._C_HASHING = None
+    yield
+    prover.tree._C_HASHING = saved
+
+
 # Helpers
 
 
