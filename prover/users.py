@@ -81,16 +81,17 @@ class UserIndex:
         if self._c is not None:
             return np.frombuffer(self._c.numbers(users), np.int64)
         known, ids = self._numbers, self._ids
-        for user in users:
-            if user not in known:
-                _check(user)
-        out = []
-        for user in users:
-            number = known.get(user)
-            if number is None:
-                number = known[user] = len(ids)
-                ids.append(user)
-            out.append(number)
+        out = [known.get(user) for user in users]  # one lookup each: they miss the caches
+        if None in out:
+            fresh = [i for i, number in enumerate(out) if number is None]
+            for i in fresh:
+                _check(users[i])
+            for i in fresh:
+                number = known.get(users[i])  # None, unless named before in this batch
+                if number is None:
+                    number = known[users[i]] = len(ids)
+                    ids.append(users[i])
+                out[i] = number
         return np.array(out, np.int64)
 
     def ids(self, start: int = 0, stop: int | None = None) -> list[str]:
