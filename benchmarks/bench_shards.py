@@ -9,7 +9,8 @@ epoch close at 100,000 updates/s.
         [--memory-accounts 10000000] [--memory-shards 4]
         [--close-accounts 10000000] [--close-shards 4] [--close-rate 100000]
         [--seconds 20] [--warm-up 5] [--batch 5000] [--in-flight 4]
-        [--database-url URL | --sqlite] [--nats nats://127.0.0.1:4222]
+        [--database-url URL | --sqlite] [--shard-store database|sqlite|none] [--fold-every N]
+        [--nats nats://127.0.0.1:4222]
         [--epoch-interval 1] [--max-interval 1] [traffic.py's options: --producers 2 ...]
 
 Every role runs in a process of its own (``shard_roles.py``), as does the
@@ -25,6 +26,26 @@ does; each shard builds its part of them from rows, at the whole trees'
 heights). The producers (``traffic.py``'s model, in this process) send to
 the front-ends in turn, and are paced as bench_stream's are.
 
+The shards save each close to a store and fold the saved deltas, as
+deployed ones do (``--shard-store``): ``database``, one fresh schema of
+``--database-url`` for them all; ``sqlite``, a SQLite file per shard in
+the work directory; ``none``, no store (each shard serves the part it
+built). By default, the daemon's kind: ``database``, or ``sqlite`` with
+``--sqlite``. (On SQLite a fold holds the file's write lock while it
+runs: a close whose save waits for it past the busy timeout breaks the
+shard, which then restores from the store.)
+
+A store-backed shard seeds its empty store from the part it built
+(``shard_roles.seed_part``: saved as its close of epoch 0, then folded)
+and restores from it before it serves, as a restarted shard does; the
+start-up report gives the seed's and the restore's seconds. The
+shards note each save and fold (the thread's CPU), which the ``cpu``
+report gives apart: the folds in the window, and each fold's CPU per
+holding folded so far times the holdings saved in the window (a fold
+comes every ``--fold-every`` changed holdings of a shard, by default the
+shard's ``FOLD_EVERY``: tens of seconds apart at 25,000 updates/s, so a
+window holds few).
+
 Each measurement is a window of ``--seconds`` after ``--warm-up`` seconds
 at one offered rate: updates acknowledged in it, CPU of each process in it
 (``/proc``: its threads and children), epochs closed, and for the sharded
@@ -36,7 +57,9 @@ Modes:
 - ``cpu``: the single daemon, then the sharded prover, at ``--rate``: us of
   CPU per acknowledged update of each role, their total and total/single
   (target <= 1.3); the NATS server's (if local), PostgreSQL's (if local,
-  all its processes) and the producers' apart.
+  all its processes: other clients' too) and the producers' apart, and the
+  ratio with each side's PostgreSQL added; with shard stores, the shards'
+  saves and folds (above).
 - ``coordinator``: the coordinator's CPU per epoch at ``--rate`` and a
   quarter of it (it should not depend on the rate).
 - ``throughput``: ``--offered`` updates/s (above what the machine takes) to
@@ -94,7 +117,9 @@ from websockets.asyncio.client import connect
 
 from prover.cli import main as prover_main
 from prover.config import load_config
+from prover.shards.shard import FOLD_EVERY
 from prover.shards.stream import ensure_stream
+from storage.store import Store
 
 MODES = ("cpu", "coordinator", "throughput", "memory", "close")
 DEFAULT_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -152,6 +177,7 @@ class Running:
     http: str  # serves /metrics
     timings: Path | None  # the coordinator's close_epoch lines
     start: Start | None  # a sharded deployment's
+    saves: tuple[Path, ...] = ()  # each store-backed shard's save and fold lines
 
 
 @dataclass(frozen=True)
@@ -179,6 +205,7 @@ class Window:
     gaps: tuple[float, ...]  # s between the beginnings of consecutive closes
     failed: tuple[str, ...]  # close_epoch calls that failed in it: why
     refused: tuple[str, ...]
+    saves: Saves | None = None  # the shards' saves and folds, with a store
 
     @property
     def rate(self) -> float:
@@ -209,6 +236,57 @@ class Window:
 
 
 Windows = dict[tuple[Layout, float], Window]  # by deployment and offered rate
+
+
+@dataclass(frozen=True)
+class Saves:
+    """The store-backed shards' saves and folds (shard_roles.py ``--saves``)
+    done in a window, and every fold done up to its end: count, CPU seconds
+    of the thread that did them, changed holdings they named."""
+
+    saves: int
+    save_cpu: float
+    saved: int
+    folds: int
+    fold_cpu: float
+    folded: int
+    all_fold_cpu: float  # every fold up to the window's end
+    all_folded: int
+
+    @classmethod
+    def read(cls, paths: Sequence[Path], first: float, last: float) -> Saves:
+        """The lines of ``paths`` done between ``first`` and ``last`` (unix s)."""
+        lines = [
+            json.loads(line)
+            for path in paths
+            if path.exists()
+            for line in path.read_text().splitlines()
+            if line.strip()
+        ]
+        inside = [x for x in lines if first < x["at"] <= last]
+        saves = [x for x in inside if x["kind"] == "save"]
+        folds = [x for x in inside if x["kind"] == "fold" and x["holdings"]]
+        done = [x for x in lines if x["kind"] == "fold" and x["holdings"] and x["at"] <= last]
+        return cls(
+            len(saves),
+            sum(x["cpu"] for x in saves),
+            sum(x["holdings"] for x in saves),
+            len(folds),
+            sum(x["cpu"] for x in folds),
+            sum(x["holdings"] for x in folds),
+            sum(x["cpu"] for x in done),
+            sum(x["holdings"] for x in done),
+        )
+
+    @property
+    def fold_per_holding(self) -> float | None:
+        """CPU seconds per changed holding folded, over every fold so far (None: none yet)."""
+        return self.all_fold_cpu / self.all_folded if self.all_folded else None
+
+    def amortized(self) -> float | None:
+        """CPU seconds the window's saved holdings cost their fold, at ``fold_per_holding``."""
+        per = self.fold_per_holding
+        return None if per is None else per * self.saved
 
 
 @dataclass
@@ -249,6 +327,7 @@ class Bench:
         self.secret = os.urandom(32)
         self.nats_host = urlsplit(args.nats.split(",")[0]).hostname or ""
         self.database = None if args.sqlite else args.database_url
+        self.shard_store: str = args.shard_store
         self._ledgers: dict[int, Path] = {}
         self.count = 0
 
@@ -467,15 +546,22 @@ async def sharded(bench: Bench, layout: Layout, producers: Producers) -> AsyncIt
     async with nats_client(bench.args.nats) as nc:
         await ensure_stream(nc.jetstream(), stream, prefix, 1, 120.0)
     children: list[Child] = []
+    saves = tuple(work / f"saves-{part}.jsonl" for part in range(layout.shards))
     began = time.monotonic()
     try:
-        with bench.schema(f"coordinator{bench.count}") as url:
+        with (
+            bench.schema(f"coordinator{bench.count}") as url,
+            shard_stores(bench, work, layout.shards) as stores,
+        ):
             try:
                 shards = []
                 for part in range(layout.shards):
                     argv = [*common, "shard", "--part", str(part), "--ledger", str(ledger)]
                     argv += ["--period-secret", bench.secret.hex()]
                     argv += ["--heights", ",".join(f"{a}:{h}" for a, h in whole.items())]
+                    if stores:
+                        argv += ["--store", stores[part], "--saves", str(saves[part])]
+                        argv += ["--fold-every", str(bench.args.fold_every or FOLD_EVERY)]
                     shards.append(spawn(f"shard {part}", argv, work))
                 frontends = [
                     spawn(f"front-end {i}", [*common, "frontend"], work)
@@ -503,6 +589,7 @@ async def sharded(bench: Bench, layout: Layout, producers: Producers) -> AsyncIt
                     f"http://127.0.0.1:{up['port']}",
                     timings,
                     start,
+                    saves if stores else (),
                 )
             finally:
                 stop(children[::-1])  # before the schema is dropped
@@ -510,6 +597,22 @@ async def sharded(bench: Bench, layout: Layout, producers: Producers) -> AsyncIt
         async with nats_client(bench.args.nats) as nc:
             with contextlib.suppress(NotFoundError):
                 await nc.jetstream().delete_stream(stream)
+
+
+@contextlib.contextmanager
+def shard_stores(bench: Bench, work: Path, shards: int) -> Iterator[list[str]]:
+    """Each shard's store URL (``--shard-store``; none: an empty list): a
+    SQLite file each under ``work``, or one fresh schema of the database
+    for them all, migrated here once (not by the shards at once)."""
+    if bench.shard_store == "none":
+        yield []
+    elif bench.shard_store == "sqlite":
+        yield [f"sqlite:///{work / f'shard-{part}.sqlite3'}" for part in range(shards)]
+    else:
+        with bench.schema(f"shards{bench.count}") as url:
+            assert url is not None  # parse: not with --sqlite
+            Store.open(url).close()
+            yield [url] * shards
 
 
 @dataclass(frozen=True)
@@ -530,6 +633,13 @@ class Start:
                 f" {f['rss_after'] / 2**20:,.0f} MB ({self.grown(f):.0f} B per holder-asset"
                 " grown by the build)"
             )
+            if "seed_s" in f:
+                print(
+                    f"      its store seeded with {f['seeded']:,} holdings in {f['seed_s']:.1f} s"
+                    f" ({f['seed_cpu_s']:.1f} s CPU here); restored from it in"
+                    f" {f['restore_s']:.1f} s, serving {f['serving_s']:.1f} s after the seed,"
+                    f" resident {f['rss_served'] / 2**20:,.0f} MB"
+                )
 
     @property
     def heights_text(self) -> str:
@@ -701,6 +811,7 @@ async def measure(
         everyone.cancel()
     seconds = last.mono - first.mono
     took, gaps, failed = closes(running.timings, first.wall, last.wall)
+    saves = Saves.read(running.saves, first.wall, last.wall) if running.saves else None
     busy, total = (b - a for a, b in zip(first.machine, last.machine, strict=True))
     return Window(
         running.layout,
@@ -715,6 +826,7 @@ async def measure(
         tuple(gaps),
         tuple(failed),
         tuple(acks.refused),
+        saves,
     )
 
 
@@ -791,18 +903,65 @@ def report_cpu(args: argparse.Namespace, windows: Windows) -> None:
         for n in names if len(names) > 1 else ():
             row(f"  {n}", many, [n])
         row(f"{label}{'s' * (len(names) > 1)} ({len(names)})", many, names)
+        if label == "shard" and many.saves is not None:
+            report_saves(many, many.saves)
     row("sharded total", many, many.roles)
     ratio = many.us(many.roles) / one.us(one.roles)
     print(f"{'total / single':<28}{'':>18}{ratio:>11.2f}   (target <= 1.3)")
+    if many.saves is not None and (amortized := many.saves.amortized()) is not None:
+        total = sum(many.cpu[n] for n in many.roles) - many.saves.fold_cpu + amortized
+        us = total / max(1, many.acked) * 1e6
+        print(
+            f"{'  folds amortized':<28}{'':>18}{us / one.us(one.roles):>11.2f}   (total"
+            f" {us:.1f} us: the window's folds replaced by its saved holdings' share)"
+        )
+    if all("PostgreSQL" in w.cpu for w in (one, many)):
+        with_db = many.us([*many.roles, "PostgreSQL"]) / one.us([*one.roles, "PostgreSQL"])
+        print(f"{'  with PostgreSQL':<28}{'':>18}{with_db:>11.2f}   (each side's PostgreSQL added)")
     print("apart (not in the totals):")
     for name in ("NATS server", "PostgreSQL", "producers (this process)"):  # see Bench.others
         sides = [f"{w.us([name]):.1f}" if name in w.cpu else "-" for w in (one, many)]
         print(f"  {name:<26}single {sides[0]:>6}  sharded {sides[1]:>6} us/update")
-    print(
-        "These shards run without a store: the save of each close (storage/shards.py, one"
-        " delta row, then a fold in a thread of the shard; a few us of its CPU per changed"
-        " holding) is not in their figure, where the daemon's journal and fold are in its."
+    if many.saves is None:
+        print(
+            "These shards run without a store: the save of each close (storage/shards.py, one"
+            " delta row, then a fold in a thread of the shard; a few us of its CPU per changed"
+            " holding) is not in their figure, where the daemon's journal and fold are in its."
+        )
+    else:
+        stores = {"sqlite": "a SQLite file each", "database": "PostgreSQL"}[args.shard_store]
+        daemon = "SQLite" if args.sqlite else "PostgreSQL"
+        print(
+            f"The shards save each close to {stores} and fold in a thread of theirs; the"
+            f" single daemon journals to {daemon}. PostgreSQL's CPU is apart, SQLite's in"
+            " the process using it."
+        )
+
+
+def report_saves(w: Window, saves: Saves) -> None:
+    """The shards' saves and folds in ``w``: us per acknowledged update, share of the shards'."""
+    shards = sum(w.cpu[n] for n in w.roles if n.startswith("shard"))
+
+    def line(label: str, cpu: float, what: str) -> None:
+        us = cpu / max(1, w.acked) * 1e6
+        print(f"{label:<28}{'':>10}{cpu / w.seconds:>8.2f}{us:>11.1f}   {cpu / shards:.0%}; {what}")
+
+    per_save = saves.saved / max(1, saves.saves)
+    line(
+        "  of which saves",
+        saves.save_cpu,
+        f"{saves.saves} saves, {per_save:,.0f} changed holdings each",
     )
+    folded = f"{saves.folded:,} holdings" if saves.folds else "none in the window"
+    line("  of which folds", saves.fold_cpu, f"{saves.folds} folds, {folded}")
+    if (amortized := saves.amortized()) is not None:
+        per = saves.fold_per_holding or 0.0
+        line(
+            "  folds amortized",
+            amortized,
+            f"{per * 1e6:.2f} us per holding folded ({saves.all_folded:,} so far)"
+            f" x {saves.saved:,} saved in the window",
+        )
 
 
 def report_coordinator(args: argparse.Namespace, windows: Windows) -> None:
@@ -995,6 +1154,17 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Traffi
         help="PostgreSQL: a fresh schema per deployment",
     )
     parser.add_argument("--sqlite", action="store_true", help="SQLite files instead")
+    parser.add_argument(
+        "--shard-store",
+        choices=("database", "sqlite", "none"),
+        help="where shards save: a schema of --database-url, a SQLite file each, or nowhere"
+        " (default: database, or sqlite with --sqlite)",
+    )
+    parser.add_argument(
+        "--fold-every",
+        type=int,
+        help=f"changed holdings a shard saves before a fold (default: the shard's, {FOLD_EVERY:,})",
+    )
     args = parser.parse_args(argv)
     for name, (full, quick) in SIZES.items():
         if getattr(args, name) is None:
@@ -1006,6 +1176,10 @@ def parse(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, Traffi
     args.shard_counts = [int(s) for s in args.shard_counts.split(",")]
     if unknown := set(args.modes) - set(MODES):
         parser.error(f"unknown modes {', '.join(sorted(unknown))}: choose from {', '.join(MODES)}")
+    if args.shard_store is None:
+        args.shard_store = "sqlite" if args.sqlite else "database"
+    if args.shard_store == "database" and args.sqlite:
+        parser.error("--shard-store database is --database-url's: not with --sqlite")
     if not 1 <= args.batch <= MAX_BATCH or args.in_flight < 1:
         parser.error(f"--batch must lie in 1..{MAX_BATCH:,} and --in-flight be 1 or more")
     try:

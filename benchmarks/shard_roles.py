@@ -2,7 +2,8 @@
 
     python benchmarks/shard_roles.py frontend --port 0 --ready FILE COMMON
     python benchmarks/shard_roles.py shard --part I --period-secret HEX
-        [--ledger DIR --heights BTC:21,ETH:21] --ready FILE COMMON
+        [--ledger DIR --heights BTC:21,ETH:21] [--store URL --saves FILE --fold-every N]
+        --ready FILE COMMON
     python benchmarks/shard_roles.py coordinator --port 0 --data-dir DIR
         [--database-url URL] [--epoch-interval 1] [--max-interval 10] --timings FILE
         --ready FILE COMMON
@@ -30,6 +31,18 @@ the daemon does (prover/runtime.py).
 ``build`` builds one part the same way and prints what it held (JSON), no
 NATS needed.
 
+With ``--store``, the shard saves each close there and folds the saved
+deltas as a deployed one does (``Shard`` with a store: one delta row per
+close, a fold every ``FOLD_EVERY`` changed holdings). A store holding
+nothing for the part is seeded first from the part built as above
+(``seed_part``: the built ledger saved as the close of epoch 0 at cut 0,
+then folded into the saved holdings), and the shard then restores from the
+store, as a restarted one does: the coordinator, finding the shards
+closed epoch 0 already, records it from their saved replies. The ready
+facts add the seed's and the restore's seconds. ``--saves`` gets one JSON
+line per save and per fold: ``{"kind", "at" (unix s, when done),
+"seconds", "cpu" (the saving thread's CPU s), "holdings"}``.
+
 The coordinator appends one JSON line per ``close_epoch`` to ``--timings``:
 ``{"epoch", "began" (unix s), "seconds"}`` (the cut, every shard's stage
 and close, the record, the append), or ``{"failed", "began", "seconds"}``.
@@ -46,6 +59,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -62,11 +76,14 @@ from prover.periods import SaltPeriod
 from prover.rotation import START_ROOM_SHARE
 from prover.routing import MAX_BITS, Router
 from prover.server import start_server
+from prover.shards.control import ClosedPart, PartRoot, Staged, WireState
 from prover.shards.coordinator import Coordinator
 from prover.shards.frontend import Frontend, StreamSpec
-from prover.shards.shard import Shard, ShardCore
+from prover.shards.intake import ReaderState
+from prover.shards.saved import saved_close
+from prover.shards.shard import FOLD_EVERY, Shard, ShardCore
 from prover.sizing import height_for_parts
-from storage.store import Store
+from storage.store import HoldingChanges, ShardState, Store
 from verifier.stream import EpochMessage
 
 __all__ = [
@@ -78,6 +95,7 @@ __all__ = [
     "heights",
     "part_rows",
     "rss_bytes",
+    "seed_part",
     "write_ledger",
 ]
 
@@ -86,7 +104,7 @@ DECIMALS = 8
 ORIGIN = "bench.local/solvency"
 ROWS_AT_ONCE = 1 << 16  # rows made into Python objects at a time while building
 ROUTE, HOLDINGS = "route.npy", "holdings.npy"
-READY_TIMEOUT = 120.0  # s for a shard's control subject to be served
+READY_TIMEOUT = 600.0  # s for a shard's control subject to be served (a restore first)
 
 
 # The ledger a shard starts from
@@ -153,6 +171,63 @@ def build_part(
     whole trees' heights ``whole``."""
     rows = part_rows(directory, router.bits, part, assets)
     return Ledger.build(period, assets, rows, router=router, part=part, heights=whole)
+
+
+def seed_part(store: Store, stream: str, ledger: Ledger) -> int:
+    """Save ``ledger`` (a part, as built) to ``store`` as its shard would
+    have saved closing epoch 0 at cut 0, at the stream's start, then fold it
+    into the saved holdings; return how many holdings were saved. A shard
+    restored from it answers epoch 0's Stage and Close with the replies
+    saved, whose roots are the ledger's."""
+    assert ledger.part is not None
+    bits = ledger.router.bits
+    start = WireState.of(ReaderState(0, {}, 1))
+    staged = Staged(0, 0, 0, ledger.growth(), None, ledger.room())
+    closed = ClosedPart(0, tuple(PartRoot.of(r, bits) for r in ledger.roots()), start)
+    state, changes = saved_close(ledger, staged, closed, {}, switched=True)
+    store.save_shard(stream, ledger.part, None, state, changes)
+    store.fold_shard(stream, ledger.part)
+    return len(changes.held)
+
+
+class TimedStore(Store):
+    """A ``Store`` noting each shard save and fold to ``notes`` (module
+    docstring): wall and CPU seconds of the thread that did it."""
+
+    notes: TextIO | None = None
+    _lock = threading.Lock()
+
+    def save_shard(
+        self,
+        stream: str,
+        part: int,
+        after: int | None,
+        state: ShardState,
+        changes: HoldingChanges,
+    ) -> None:
+        began, cpu = time.perf_counter(), time.thread_time()
+        super().save_shard(stream, part, after, state, changes)
+        self._note("save", began, cpu, len(changes.held) + len(changes.gone))
+
+    def fold_shard(self, stream: str, part: int) -> int:
+        began, cpu = time.perf_counter(), time.thread_time()
+        folded = super().fold_shard(stream, part)
+        self._note("fold", began, cpu, folded)
+        return folded
+
+    def _note(self, kind: str, began: float, cpu: float, holdings: int) -> None:
+        if self.notes is None:
+            return
+        line = {
+            "kind": kind,
+            "at": time.time(),
+            "seconds": time.perf_counter() - began,
+            "cpu": time.thread_time() - cpu,
+            "holdings": holdings,
+        }
+        with self._lock:
+            self.notes.write(json.dumps(line) + "\n")
+            self.notes.flush()
 
 
 def rss_bytes() -> int:
@@ -268,26 +343,67 @@ def _built(args: argparse.Namespace) -> tuple[Ledger, dict[str, Any]]:
     return ledger, facts
 
 
+def _seeded(args: argparse.Namespace, store: Store) -> dict[str, Any]:
+    """Seed ``store`` with part ``args.part`` of ``args.ledger`` if it holds
+    nothing for the part (``seed_part``); what building and seeding took."""
+    if not args.ledger or store.shard_state(args.stream, args.part) is not None:
+        return {}
+    ledger, facts = _built(args)
+    began, cpu = time.perf_counter(), time.process_time()
+    facts["seeded"] = seed_part(store, args.stream, ledger)
+    facts["seed_s"], facts["seed_cpu_s"] = time.perf_counter() - began, time.process_time() - cpu
+    del ledger
+    gc.collect()
+    return facts
+
+
 async def shard(args: argparse.Namespace) -> None:
     stop = _stop_on_signals()
     router = _router(args)
     period = SaltPeriod(1, 0, bytes.fromhex(args.period_secret))
-    core, facts = None, dict[str, Any]()
-    if args.ledger:
-        ledger, facts = _built(args)
-        core = ShardCore(ledger)
-        gc.freeze()
-    role = Shard(args.nats, args.stream, period, router, args.part, args.prefix, core=core)
-    task = asyncio.create_task(role.run(stop))
-    serving = asyncio.ensure_future(role.serving.wait())
-    await asyncio.wait({serving, task}, timeout=READY_TIMEOUT, return_when="FIRST_COMPLETED")
-    if not serving.done():
-        serving.cancel()
-        stop.set()
+    core, store, facts = None, None, dict[str, Any]()
+    with contextlib.ExitStack() as done:
+        if args.store:
+            store = TimedStore.open(args.store)
+            assert isinstance(store, TimedStore)
+            done.callback(store.close)
+            facts = await asyncio.to_thread(_seeded, args, store)
+            if args.saves:  # from here on: the shard's own saves and folds
+                store.notes = done.enter_context(open(args.saves, "a"))
+        elif args.ledger:
+            ledger, facts = _built(args)
+            core = ShardCore(ledger)
+            gc.freeze()
+        role = Shard(
+            args.nats,
+            args.stream,
+            period,
+            router,
+            args.part,
+            args.prefix,
+            core=core,
+            store=store,
+            fold_every=args.fold_every,
+        )
+        began = time.perf_counter()
+        task = asyncio.create_task(role.run(stop))
+        serving = asyncio.ensure_future(role.serving.wait())
+        await asyncio.wait({serving, task}, timeout=READY_TIMEOUT, return_when="FIRST_COMPLETED")
+        if not serving.done():
+            serving.cancel()
+            stop.set()
+            await task
+            raise SystemExit(f"shard {args.part} did not serve within {READY_TIMEOUT:.0f} s")
+        if store is not None:
+            gc.collect()
+            gc.freeze()  # the restored core, as the built one above
+            facts |= {
+                "restore_s": role.stats.restore_seconds,
+                "serving_s": time.perf_counter() - began,
+                "rss_served": rss_bytes(),
+            }
+        _ready(args.ready, **facts)
         await task
-        raise SystemExit(f"shard {args.part} did not serve within {READY_TIMEOUT:.0f} s")
-    _ready(args.ready, **facts)
-    await task
 
 
 class TimedCoordinator(Coordinator):
@@ -378,6 +494,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--period-secret", default="11" * 32, help="32 bytes, hex")
     p.add_argument("--ledger", help="shard, build: a directory write_ledger wrote")
     p.add_argument("--heights", default="", help="the whole trees': ASSET:HEIGHT,...")
+    p.add_argument("--store", default="", help="shard: save each close there (seeded if empty)")
+    p.add_argument("--saves", default="", help="shard: a JSON line per save and fold")
+    p.add_argument("--fold-every", type=int, default=FOLD_EVERY, help="shard, with --store")
     p.add_argument("--database-url", default="", help="coordinator (default: SQLite)")
     p.add_argument("--epoch-interval", type=float, default=1.0)
     p.add_argument("--max-interval", type=float, default=10.0, help="epochs with no update")
