@@ -8,9 +8,10 @@ state and appends ONE ``shard_deltas`` row, the holdings the close changed
 (``HoldingChanges``) packed in msgpack, in one transaction; no per-holding
 row work on the close's path. ``fold`` (run off the close, e.g. in a
 thread of the shard every so many changed holdings) brings the base,
-``shard_holdings``, up to date: it takes the part's deltas, coalesces them
-(a holding changed in many epochs is written once), and upserts the result
-and deletes the deltas in one transaction. A restarted shard reads
+``shard_holdings``, up to date (storage/shard_deltas.py): it takes the
+part's deltas, coalesces them (a holding changed in many epochs is written
+once), writes the result in transactions of a bounded number of holdings,
+and deletes the deltas with the last of them. A restarted shard reads
 ``state``, then ``holdings`` as of that state's epoch (the base with the
 deltas replayed over it in epoch order, from one snapshot), rebuilds its
 trees at the same slots and reads the stream again from the state's
@@ -26,12 +27,13 @@ Invariants:
   every delta of the part in epoch order (a delta's ``replaced`` assets
   first drop every holding of theirs, then its ``gone``, then its
   ``held`` over what was there), each with a non-zero balance. A fold
-  changes the base and deletes the deltas it applied in one transaction,
-  so the overlay is the same before, during and after it; a delta a fold
-  did not take (appended after its claim) has a higher epoch than every
-  delta it took. Two folds of one part take disjoint deltas, the later
-  claim waiting for the earlier fold's commit (its delete locks the rows;
-  on SQLite, the write lock), so the base never goes back in time.
+  writes only what the deltas it took name, as of the last of them, and
+  deletes them in its last transaction, so the overlay is the same
+  before, after and between its transactions (a fold stopped midway is
+  redone by the next); a delta a fold did not take (saved after it read
+  the deltas) has a higher epoch than every delta it took. One fold of a
+  part runs at a time (a lock held across its transactions), so the base
+  never goes back in time.
 - That no two hold one slot of an asset, and each a slot handed out, is
   checked where they are restored (``Ledger.restore``), not by an index,
   which would cost every fold.
@@ -41,25 +43,21 @@ Invariants:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
-from sqlalchemy import ColumnElement, Connection, Row, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Row, func, insert, select, update
 
 from storage.checks import MAX_BALANCE, check_asset, check_int, check_source
 from storage.db import CHUNK, Database, check_chunk_size
-from storage.errors import EpochConflictError, InvalidInputError, StorageError
-from storage.schema import ShardDelta, ShardHolding, ShardStateRow, encode_amount
+from storage.errors import EpochConflictError, InvalidInputError
+from storage.schema import ShardDelta, ShardStateRow
+from storage.shard_deltas import DELTA_FORMAT, Holding, fold_deltas, fold_part, overlay
 
-__all__ = ["Holding", "HoldingChanges", "ShardState", "ShardStates", "fold_deltas"]
+__all__ = ["Holding", "HoldingChanges", "ShardState", "ShardStates", "fold_deltas"]  # re-exported
 
-Holding = tuple[str, str, int, int]  # user, asset, amount, slot in the whole tree
 MAX_SLOT = (1 << 32) - 1  # trees are at most 32 high
-DELTA_FORMAT = 1  # a delta's body: msgpack [format, replaced, held, gone]
-Body = tuple[int, list[str], list[Holding], list[tuple[str, str]]]
-_body = msgspec.msgpack.Decoder(Body)
-Overlay = dict[tuple[str, str], tuple[int, int] | None]  # (user, asset) -> (amount, slot), gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,14 +163,14 @@ class ShardStates:
                 )
             )
 
-    def fold(self, stream: str, part: int) -> int:
-        """Fold the part's deltas into its base (``fold_deltas``) in one
-        write transaction; return how many changed holdings they named (0:
-        none to fold). Safe beside saves and other folds of the part, and
-        at any point of a crash (see the module's invariants)."""
+    def fold(self, stream: str, part: int, chunk_size: int | None = None) -> int:
+        """Fold the part's deltas into its base in write transactions of at
+        most ``chunk_size`` holdings (None: the database's default; see
+        storage/shard_deltas.py); return how many changed holdings they
+        named (0: none to fold). Safe beside saves and other folds of the
+        part, and at any point of a crash (see the module's invariants)."""
         _check_key(stream, part)
-        with self.db.transaction(write=True) as conn:
-            return fold_deltas(conn, self.db.dialect, stream, part)
+        return fold_part(self.db, stream, part, chunk_size)
 
     def pending(self, stream: str, part: int) -> int:
         """How many changed holdings the part's deltas name, not yet folded."""
@@ -211,7 +209,7 @@ class ShardStates:
             query = select(ShardDelta.body).where(
                 ShardDelta.stream == stream, ShardDelta.part == part
             )
-            replaced, latest = _overlay(conn.scalars(query.order_by(ShardDelta.epoch)))
+            replaced, latest = overlay(conn.scalars(query.order_by(ShardDelta.epoch)))
             if self.db.dialect == "postgresql":  # a server-side cursor, amounts as text
                 raw = conn.connection.dbapi_connection
                 cursor = raw.cursor(name="shard_holdings")  # type: ignore[union-attr]
@@ -242,108 +240,6 @@ class ShardStates:
             rows = [(u, a, *now) for (u, a), now in latest.items() if now is not None]
             for start in range(0, len(rows), chunk_size):
                 yield rows[start : start + chunk_size]
-
-
-def fold_deltas(conn: Connection, dialect: str, stream: str, part: int) -> int:
-    """In ``conn``'s transaction, take (delete) every delta of the part,
-    coalesce them in epoch order and write the result over the base;
-    return how many changed holdings they named. The deletion comes first:
-    it claims the deltas (a concurrent fold's claim of the same rows waits
-    for this transaction, then finds them gone), and whatever fails after
-    it rolls the claim back with the rest."""
-    claimed = conn.execute(
-        delete(ShardDelta)
-        .where(ShardDelta.stream == stream, ShardDelta.part == part)
-        .returning(ShardDelta.epoch, ShardDelta.count, ShardDelta.body)
-    ).all()
-    if not claimed:
-        return 0
-    taken = sorted((int(epoch), int(count), body) for epoch, count, body in claimed)
-    replaced, latest = _overlay(body for _, _, body in taken)
-    if replaced:
-        conn.execute(
-            delete(ShardHolding).where(
-                ShardHolding.stream == stream,
-                ShardHolding.part == part,
-                ShardHolding.asset.in_(sorted(replaced)),
-            )
-        )
-    held: list[Holding] = []
-    gone: list[tuple[str, str]] = []
-    for (user, asset), now in latest.items():
-        if now is not None:
-            held.append((user, asset, *now))
-        elif asset not in replaced:  # those are deleted already
-            gone.append((user, asset))
-    _write(conn, dialect, stream, part, held, gone)
-    return sum(count for _, count, _ in taken)
-
-
-def _overlay(bodies: Iterable[bytes]) -> tuple[set[str], Overlay]:
-    """Deltas' bodies, in epoch order, coalesced: the assets any replaced
-    (the base's holdings of those do not count), and each (user, asset)
-    they name with its last holding, or None if it holds nothing."""
-    replaced: set[str] = set()
-    latest: Overlay = {}
-    for body in bodies:
-        try:
-            form, dropped, held, gone = _body.decode(body)
-        except msgspec.DecodeError as exc:
-            raise StorageError(f"a malformed shard delta: {exc}") from None
-        if form != DELTA_FORMAT:
-            raise StorageError(f"a shard delta of format {form}, not {DELTA_FORMAT}")
-        if dropped:
-            replaced.update(dropped)
-            latest = {key: now for key, now in latest.items() if key[1] not in dropped}
-        for key in gone:
-            latest[key] = None
-        for user, asset, amount, slot in held:
-            latest[user, asset] = (amount, slot)
-    return replaced, latest
-
-
-def _write(
-    conn: Connection,
-    dialect: str,
-    stream: str,
-    part: int,
-    held: Sequence[Holding],
-    gone: Sequence[tuple[str, str]],
-) -> None:
-    """Delete ``gone``, then upsert ``held`` in the base, bypassing per-row
-    SQLAlchemy work: the driver's executemany (on PostgreSQL pipelined; each
-    delete by the whole key, so its plan never depends on the table's
-    statistics), and on PostgreSQL one upsert of arrays."""
-    cursor = Database.cursor(conn)
-    if dialect == "postgresql":
-        cursor.executemany(
-            "DELETE FROM shard_holdings WHERE stream = %s AND part = %s AND asset = %s"
-            " AND user_id = %s",
-            [(stream, part, asset, user) for user, asset in gone],
-        )
-        if held:  # one JSON array of [user, asset, amount, slot]: no per-element adapting
-            cursor.execute(
-                "INSERT INTO shard_holdings (stream, part, asset, user_id, amount, slot)"
-                " SELECT %s, %s, h->>1, h->>0, (h->>2)::numeric, (h->>3)::bigint"
-                " FROM json_array_elements(%s::json) AS h"
-                " ON CONFLICT (stream, part, asset, user_id)"
-                " DO UPDATE SET amount = EXCLUDED.amount, slot = EXCLUDED.slot",
-                (stream, part, msgspec.json.encode(held).decode()),
-            )
-        return
-    cursor.executemany(
-        "DELETE FROM shard_holdings WHERE stream = ? AND part = ? AND asset = ? AND user_id = ?",
-        [(stream, part, asset, user) for user, asset in gone],
-    )
-    cursor.executemany(
-        "INSERT INTO shard_holdings (stream, part, asset, user_id, amount, slot)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (stream, part, asset, user_id)"
-        " DO UPDATE SET amount = excluded.amount, slot = excluded.slot",
-        [
-            (stream, part, asset, user, encode_amount(amount, "sqlite"), slot)
-            for user, asset, amount, slot in held
-        ],
-    )
 
 
 _STATE = select(

@@ -21,6 +21,10 @@ the same way, after a backoff. A save appends one delta row whatever the
 close changed; a thread of the shard folds the deltas into the saved
 holdings (``Store.fold_shard``) once they name ``fold_every`` changed
 holdings, off the closes, so a restore replays at most about that many.
+The first fold after a start comes earlier by ``part / parts`` of
+``fold_every`` (``first_fold``), so that under even traffic the parts'
+folds (each a burst of database work) take turns instead of running at
+the same moment; each later one comes ``fold_every`` after.
 
 Invariants:
 
@@ -69,13 +73,23 @@ from prover.sources.nats import redact
 from storage.errors import StorageError
 from storage.store import HoldingChanges, ShardState, Store
 
-__all__ = ["Shard", "ShardCore", "ShardStats"]
+__all__ = ["Shard", "ShardCore", "ShardStats", "first_fold"]
 
 log = logging.getLogger("solvency.prover")
 RESTART = Backoff(first=0.5, cap=30.0)  # before a failed session is started again
 SESSION_OK = 30.0  # s a session ran before failing: its restart backs off from the start
 FOLD_EVERY = 500_000  # changed holdings saved in deltas before a fold: bounds a restore's replay
 DELETE_WAIT = 1.0  # s a session's end waits for each consumer's deletion (unused, it expires)
+
+
+def first_fold(part: int, parts: int, fold_every: int) -> int:
+    """How many changed holdings the saved deltas of part ``part`` (of
+    ``parts``) name when its first fold after a start is due:
+    ``fold_every`` less ``part / parts`` of it, so under even traffic the
+    parts' folds are spread evenly over each ``fold_every``; at least 1."""
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} is not one of {parts} parts")
+    return fold_every - fold_every * part // parts
 
 
 @dataclass
@@ -157,9 +171,10 @@ class Shard:
         self._work = ThreadPoolExecutor(1, thread_name_prefix=f"shard-{part}")
         self._folds = ThreadPoolExecutor(1, thread_name_prefix=f"shard-{part}-fold")
         self.fold_every = fold_every
+        self._fold_due = first_fold(part, router.parts, fold_every)  # unfolded starting a fold
         self._unfolded = 0  # changed holdings in the deltas saved, as far as this shard knows
         self._folding = False  # a fold is queued or running
-        self._fold_lock = threading.Lock()  # guards the two above
+        self._fold_lock = threading.Lock()  # guards the three above
         self._loaded = store is None  # the core is the one to serve
         self._reading = False  # a session reads: a Stage past ``read`` may wait for it
 
@@ -280,10 +295,11 @@ class Shard:
         self._fold_if_due()
 
     def _fold_if_due(self) -> None:
-        """Start a fold in the fold thread if the deltas name ``fold_every``
-        changed holdings and none is queued or running."""
+        """Start a fold in the fold thread if the deltas name enough changed
+        holdings (``first_fold``'s count before the first fold that
+        succeeded, ``fold_every`` after) and none is queued or running."""
         with self._fold_lock:
-            if self._folding or self._unfolded < self.fold_every:
+            if self._folding or self._unfolded < self._fold_due:
                 return
             self._folding = True
         try:
@@ -300,6 +316,8 @@ class Shard:
         started, folded = time.perf_counter(), 0
         try:
             folded = self.store.fold_shard(self.stream, part)
+            with self._fold_lock:
+                self._fold_due = self.fold_every
             self.stats.folds += 1
             self.stats.fold_failing = 0
         except StorageError as exc:

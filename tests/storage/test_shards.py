@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-import storage.shards
+import storage.shard_deltas
 from storage.errors import EpochConflictError, InvalidInputError, StorageError
 from storage.schema import encode_amount
 from storage.store import MIGRATIONS, Holding, HoldingChanges, ShardState, Store
@@ -212,14 +212,14 @@ def failing_fold(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
     """Folds that write the whole base, then raise inside their transaction
     (a crash mid-fold) while the list given holds a True."""
     fail: list[int] = []
-    write = storage.shards._write
+    write = storage.shard_deltas._write
 
     def broken(*args: object) -> None:
         write(*args)  # type: ignore[arg-type]
         if fail:
             raise StorageError("killed inside the fold")
 
-    monkeypatch.setattr(storage.shards, "_write", broken)
+    monkeypatch.setattr(storage.shard_deltas, "_write", broken)
     yield fail
 
 
