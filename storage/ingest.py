@@ -62,8 +62,8 @@ class Ingest:
 
         Updates must have strictly increasing ``seq``; those at or below the
         source's mark are replays (counted, not written). The fresh ones become
-        one ``balance_journal`` row, the last update of a (user, asset) in the
-        batch winning, and the mark advances to the last seq, in one
+        one ``balance_journal`` row (the last update of a (user, asset) in the
+        batch wins when it is read), and the mark advances to the last seq, in one
         transaction: on return the batch is durable and ``iter_balances`` sees
         it; ``fold`` moves it into the ``balances`` table later.
 

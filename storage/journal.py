@@ -62,17 +62,18 @@ class Journal:
         self.db = db
 
     def append(self, conn: Connection, source: str, fresh: list[BalanceUpdate]) -> None:
-        """Append ``fresh`` (checked, not empty) to the journal as one row, the
-        last update of a (user, asset) winning. The ingest hot path: per
-        update, one dict entry, then one join.
+        """Append ``fresh`` (checked, not empty) to the journal as one row, a
+        line per update in batch order (of a (user, asset)'s lines, readers
+        take the last). The ingest hot path: per update, one formatted line,
+        then one join.
 
         Raises:
             ConstraintError: an asset of the batch is not registered.
         """
-        lines = {(u.user, u.asset): f"{u.user}\t{u.asset}\t{u.amount}\n" for u in fresh}
+        lines = [f"{u.user}\t{u.asset}\t{u.amount}\n" for u in fresh]
         # balances.asset's foreign key is checked here, not at the fold, which
         # could not refuse a batch that was acknowledged
-        missing = {asset for _, asset in lines}.difference(conn.scalars(select(Asset.id)))
+        missing = {u.asset for u in fresh}.difference(conn.scalars(select(Asset.id)))
         if missing:
             raise ConstraintError(
                 f"constraint violated: asset {min(missing)!r} is not in assets"
@@ -86,7 +87,7 @@ class Journal:
                 "first_seq": fresh[0].seq,
                 "last_seq": fresh[-1].seq,
                 "count": len(lines),
-                "body": "".join(lines.values()).encode(),
+                "body": "".join(lines).encode(),
             },
         )
 
@@ -106,7 +107,8 @@ class Journal:
 
         Reads the journal up to its last row J (the rows' ids in one
         transaction, then their bodies a few rows per read), keeps the
-        latest amount of each (user, asset) (the highest id wins), upserts them
+        latest amount of each (user, asset) (the highest id wins, then the
+        last line of a row), upserts them
         sorted by (user, asset), ``chunk_size`` rows per write transaction, then
         deletes the journal rows up to J, about ``chunk_size`` lines' worth per
         transaction. Other writers wait for one such transaction at most (on

@@ -147,7 +147,7 @@ class Balance(Base):
 
 class BalanceJournal(Base):
     """One acknowledged batch of balance updates not yet folded into ``balances``
-    (migration 0003). The balance of a (user, asset) is its line in the
+    (migration 0003). The balance of a (user, asset) is its last line in the
     journal row of highest ``id`` that has one, else its ``balances`` row.
 
     ``id`` increases in commit order (SQLite: the rowid, assigned under the
@@ -156,11 +156,12 @@ class BalanceJournal(Base):
     numbers of the batch's first and last fresh update, ``count`` the number
     of lines of ``body``.
 
-    ``body`` is UTF-8 text, one line per (user, asset) of the batch, the last
-    update of each winning: ``f"{user}\\t{asset}\\t{amount}\\n"``, the amount in
-    decimal. User and asset ids never contain control characters (the
-    protocol refuses them, see ``storage.checks``), so tab and newline cannot
-    occur inside a field.
+    ``body`` is UTF-8 text, one line per fresh update of the batch in batch
+    order, ``f"{user}\\t{asset}\\t{amount}\\n"``, the amount in decimal
+    (rows written before held one line per (user, asset) of the batch, the
+    last update of each: read alike). User and asset ids never contain
+    control characters (the protocol refuses them, see ``storage.checks``),
+    so tab and newline cannot occur inside a field.
     """
 
     __tablename__ = "balance_journal"
