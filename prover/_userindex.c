@@ -6,8 +6,8 @@
  * this optional module is not built: setup.py). A Python dict of a million
  * ids costs about 150 bytes per user (the dict's entry, a str and an int
  * object) and three cache misses per lookup; here a user costs its UTF-8
- * bytes plus about 40 bytes, and a lookup two misses: the table's slot, then
- * the id's bytes beside nothing else.
+ * bytes plus 40-60 bytes (room to grow included), and a lookup two misses:
+ * the table's slot, then the id's bytes.
  *
  * Layout:
  *   arena    the ids back to back, each as "length u8 || UTF-8 bytes";

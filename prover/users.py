@@ -1,9 +1,10 @@
 """A ledger's users, numbered 0, 1, ... in the order they came. Pure.
 
 ``UserIndex`` maps user ids to numbers and back. It keeps them in the C
-extension ``prover._userindex`` when ``speedups`` loads it (about 40 bytes
-a user beside the id's bytes, a lookup of a million ids in two cache
-misses), otherwise in a dict and a list (about 150 bytes a user). Both
+extension ``prover._userindex`` when ``speedups`` loads it (40-60 bytes a
+user beside the id's bytes, room to grow included; a lookup among a
+million ids in two cache misses), otherwise in a dict and a list (about
+150 bytes a user). Both
 number the same way (tests/prover/test_users.py).
 
 Invariants: ids are distinct strs of 1-255 bytes of UTF-8; numbers are
@@ -30,7 +31,7 @@ MAX_ID = 255  # bytes of UTF-8 (PROTOCOL §2.2)
 def _check(user: object) -> None:
     if not isinstance(user, str):
         raise TypeError(f"a user id must be a str, not {type(user).__name__}")
-    size = len(user.encode("utf-8", "surrogatepass"))
+    size = len(user.encode("utf-8"))  # UnicodeEncodeError (a ValueError) for a lone surrogate
     if not 1 <= size <= MAX_ID:
         raise ValueError(f"a user id must be 1-{MAX_ID} bytes of UTF-8, got {size}")
 

@@ -81,6 +81,7 @@ def test_many_users_grow_the_table(kind: str) -> None:
         (b"bytes", TypeError, "a user id must be a str, not bytes"),
         ("", ValueError, "1-255 bytes of UTF-8, got 0"),
         ("é" * 128, ValueError, "1-255 bytes of UTF-8, got 256"),
+        ("a\ud800", UnicodeEncodeError, "surrogate"),
     ],
 )
 def test_bad_ids_add_none_of_the_batch(
