@@ -211,9 +211,10 @@ class Ledger:
         if not rows:
             return
         users, assets, amounts = zip(*rows, strict=True)
-        names = sorted(set(assets))
-        if unknown := set(names).difference(self.books):
+        distinct = set(assets)
+        if unknown := distinct.difference(self.books):
             raise ProverError(f"unknown asset {min(unknown)}")
+        names = sorted(distinct)
         numbers = self.users.numbers(list(users))
         amounts_a = np.array(amounts, np.uint64)
         code = {asset: i for i, asset in enumerate(names)}
